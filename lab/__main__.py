@@ -1,0 +1,160 @@
+"""The command line: ``python -m lab train | models | datasets | presets | report``.
+
+``train`` runs the same engine the UI uses and works under ``accelerate launch`` for several
+processes. A bad preset, key, value, model or dataset exits with code 2 and one line naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from lab.config import ConfigError
+    from lab.data import DataError
+    from lab.models import ModelError
+
+    return (ConfigError, DataError, ModelError, FileExistsError)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from lab.config import load_preset
+    from lab.trainer import run
+
+    cfg = load_preset(args.preset, args.set or [])
+    main = os.environ.get("RANK", "0") == "0"
+    total = cfg.train.steps * len(cfg.arms)
+    bar = tqdm(
+        total=total, desc=cfg.name, unit="step", disable=not main or args.quiet, file=sys.stderr
+    )
+    run_dir = None
+    status = {}
+    for ev in run(cfg, args.out):
+        run_dir = run_dir or ev.get("run_dir")
+        if ev["kind"] == "train":
+            bar.update(1)
+            bar.set_postfix(arm=ev["arm"], loss=f"{ev['loss']:.3f}")
+        elif ev["kind"] == "eval" and main:
+            metric = ev.get("task_metric")
+            tqdm.write(
+                f"eval step {ev['step']:>4} {ev['arm']:<7} task_metric={metric}", file=sys.stderr
+            )
+        elif ev["kind"] == "failed":
+            status[ev["arm"]] = ev["error"]
+            tqdm.write(f"arm {ev['arm']} failed: {ev['error']}", file=sys.stderr)
+    bar.close()
+    if main:
+        from lab.runs import runs_root
+
+        out = Path(args.out) if args.out else _latest_run(runs_root())
+        summary = json.loads((out / "summary.json").read_text())
+        print(json.dumps({"run_dir": str(out), "status": summary["status"]}))
+        if summary["status"] == "failed":
+            return 1
+    return 0
+
+
+def _latest_run(root: Path) -> Path:
+    return max(
+        (p for p in root.iterdir() if (p / "summary.json").exists()),
+        key=lambda p: p.stat().st_mtime,
+    )
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from lab.models import list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        state = "ready" if r["installed"] else f"missing: {r['install']}"
+        print(f"{r['name']:<14} {'/'.join(r['tasks']):<4} {state:<12} {r['description']}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from lab.datasets import list_datasets
+
+    rows = list_datasets()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        counts = f"train={r.get('n_train', '-')} test={r.get('n_test', '-')}"
+        tasks = "/".join(r.get("tasks", []))
+        print(
+            f"{r['name']:<18} {r.get('kind', ''):<15} {tasks:<8} {counts:<22} {r.get('description', '')}"
+        )
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from lab.config import list_presets, load_preset
+
+    for name in list_presets():
+        cfg = load_preset(name)
+        print(
+            f"{name:<18} model={cfg.model.name} data={cfg.data.name} task={cfg.task} steps={cfg.train.steps}"
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lab.report import html_report, render_run
+
+    out = Path(args.out or Path(args.run_dir) / "figures")
+    paths = render_run(args.run_dir, out)
+    (out / "report.html").write_text(html_report(args.run_dir), encoding="utf-8")
+    for p in [*paths, out / "report.html"]:
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train the arms of a preset and write a run directory")
+    t.add_argument("--preset", required=True, help="a preset name (see `presets`) or a YAML path")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. reg.lambda1=0"
+    )
+    t.add_argument("--out", help="the run directory to write (default: runs/<run_id>)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+    for name, fn, text in (
+        ("models", cmd_models, "list the models available offline"),
+        ("datasets", cmd_datasets, "list the shipped datasets and bias probe sets"),
+    ):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--json", action="store_true")
+        s.set_defaults(fn=fn)
+    s = sub.add_parser("presets", help="list the presets")
+    s.set_defaults(fn=cmd_presets)
+    r = sub.add_parser("report", help="render every figure of a run to HTML (no model needed)")
+    r.add_argument("run_dir")
+    r.add_argument("--out", help="output folder (default: RUN_DIR/figures)")
+    r.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except _expected_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

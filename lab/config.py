@@ -1,0 +1,332 @@
+"""Run configuration: dataclass defaults, YAML presets as small diffs, strict validation.
+
+A preset is a YAML mapping of sections (``model``, ``data``, ``lora``, ``reg``, ``train``) plus
+the top-level keys ``name``, ``task`` and ``arms``. Every key must exist in the dataclasses; an
+unknown key or a bad value raises :class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+ARMS = ("lora", "pissa", "balora")
+TASKS = ("nlg", "nlu")
+
+
+class ConfigError(ValueError):
+    """A bad preset, key or value; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = (
+        "smollm2-135m"  # embedded name, hub id, local directory, or "tiny-llama"/"tiny-bert"
+    )
+    dtype: str = "auto"  # auto (CUDA: bf16, CPU: fp32) | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    load_in_4bit: bool = False  # QLoRA-style NF4 base weights through bitsandbytes (CUDA only)
+    seed: int = 0  # seed of the weights of tiny random models
+
+
+@dataclass
+class DataConfig:
+    name: str = "sentiment"  # shipped set, a .jsonl/.csv path, or a hub dataset id
+    columns: dict[str, str] = field(default_factory=dict)  # e.g. {"prompt": "question"}
+    label_noise: float = 0.0  # fraction of training labels flipped (seeded)
+    minority_fraction: float = 0.0  # 0 = keep the balance; else the minority share in training
+    max_train: int = 2000
+    max_eval: int = 64  # test examples scored at each eval point
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])  # auto: per architecture
+    pissa_niter: int = 4  # power iterations of the fast randomized PiSSA init (0 = exact SVD)
+
+
+@dataclass
+class RegConfig:
+    lambda1: float = 0.025  # consistency weight
+    lambda2: float = 0.005  # diversity weight
+    lambda3: float = 0.005  # svd weight
+    temperature: float = 2.0
+    top_k: int = 20
+    svd_k: int = 10
+    svd_norm: str = "frobenius"  # frobenius | nuclear
+    svd_target: str = "logits"  # logits | features
+    lambda1_schedule: str = "constant"  # constant | cosine (decays to 0.1 * lambda1)
+    lambda23_warmup: float = 0.0  # fraction of steps with lambda2 = lambda3 = 0 (two-phase)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 30
+    batch_size: int = 4
+    grad_accum: int = 1
+    seq_len: int = 128
+    lr: float = 2e-4
+    scheduler: str = "cosine"  # constant | linear | cosine
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    seed: int = 0
+    eval_every: int = 0  # 0 = evaluate at the start and the end only
+    bias_eval: bool = True  # bias probes at each eval point
+    bias_items: int = 0  # items per bias probe at eval points (0 = all)
+    analysis: bool = True  # spectra, hidden states and drift at each eval point
+    probe_size: int = 64  # held-out texts for drift, spectra and t-SNE
+    log_terms: bool = True  # also log the (unweighted) terms of the lora and pissa arms
+
+
+@dataclass
+class RunConfig:
+    name: str = "custom"
+    task: str = "nlg"  # nlg (causal LM) | nlu (sequence classification)
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# NLU defaults of the paper, applied when a preset says task: nlu and leaves them unset.
+NLU_REG_DEFAULTS = {
+    "lambda1": 0.15,
+    "lambda2": 0.03,
+    "lambda3": 0.03,
+    "svd_k": 5,
+    "svd_norm": "nuclear",
+}
+
+_CHOICES = {
+    "task": TASKS,
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "reg.svd_norm": ("frobenius", "nuclear"),
+    "reg.svd_target": ("logits", "features"),
+    "reg.lambda1_schedule": ("constant", "cosine"),
+    "train.scheduler": ("constant", "linear", "cosine"),
+}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the declared type or raise naming ``where``."""
+    origin = get_origin(typ)
+    if origin is list:
+        (item,) = get_args(typ)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(out):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return out
+    if typ is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {typ}")
+
+
+def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"unknown key '{where}' (known here: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a mapping of {type(current).__name__} fields")
+            _apply(current, value, prefix=f"{where}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], where))
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every value that has a range or a fixed set of choices; raise naming the field."""
+
+    def need(cond: bool, where: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{where}: {msg}")
+
+    for where, choices in _CHOICES.items():
+        obj = cfg
+        for part in where.split("."):
+            obj = getattr(obj, part)
+        need(obj in choices, where, f"must be one of {', '.join(choices)}, got {obj!r}")
+    need(len(cfg.arms) > 0, "arms", "at least one arm is needed")
+    for arm in cfg.arms:
+        need(arm in ARMS, "arms", f"unknown arm {arm!r} (known: {', '.join(ARMS)})")
+    need(len(set(cfg.arms)) == len(cfg.arms), "arms", "an arm is listed twice")
+    need(bool(cfg.model.name.strip()), "model.name", "must not be empty")
+    need(bool(cfg.data.name.strip()), "data.name", "must not be empty")
+    need(0.0 <= cfg.data.label_noise < 1.0, "data.label_noise", "must be in [0, 1)")
+    need(0.0 <= cfg.data.minority_fraction < 0.5, "data.minority_fraction", "must be in [0, 0.5)")
+    need(cfg.data.max_train >= 1, "data.max_train", "must be at least 1")
+    need(cfg.data.max_eval >= 1, "data.max_eval", "must be at least 1")
+    need(cfg.lora.rank >= 1, "lora.rank", "must be at least 1")
+    need(cfg.lora.alpha > 0, "lora.alpha", "must be positive")
+    need(0.0 <= cfg.lora.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
+    need(len(cfg.lora.target_modules) > 0, "lora.target_modules", "must name at least one module")
+    need(cfg.lora.pissa_niter >= 0, "lora.pissa_niter", "must be 0 or more")
+    for name in ("lambda1", "lambda2", "lambda3"):
+        need(getattr(cfg.reg, name) >= 0, f"reg.{name}", "must be 0 or more")
+    need(cfg.reg.temperature > 0, "reg.temperature", "must be positive")
+    need(cfg.reg.top_k >= 2, "reg.top_k", "must be at least 2")
+    need(cfg.reg.svd_k >= 1, "reg.svd_k", "must be at least 1")
+    need(0.0 <= cfg.reg.lambda23_warmup < 1.0, "reg.lambda23_warmup", "must be in [0, 1)")
+    t = cfg.train
+    need(t.steps >= 1, "train.steps", "must be at least 1")
+    need(t.batch_size >= 1, "train.batch_size", "must be at least 1")
+    need(t.grad_accum >= 1, "train.grad_accum", "must be at least 1")
+    need(t.seq_len >= 8, "train.seq_len", "must be at least 8")
+    need(t.lr > 0, "train.lr", "must be positive")
+    need(0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be 0 or more")
+    need(t.eval_every >= 0, "train.eval_every", "must be 0 or more")
+    need(t.bias_items >= 0, "train.bias_items", "must be 0 or more")
+    need(t.probe_size >= 2, "train.probe_size", "must be at least 2")
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"preset {path}: not valid YAML ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {path}: expected a mapping at the top level")
+    return data
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """Resolve a preset name (``presets/NAME.yaml``) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    candidate = PRESETS_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    raise ConfigError(
+        f"unknown preset '{name_or_path}' (known: {', '.join(list_presets())}, or a path to a .yaml file)"
+    )
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["reg.lambda1=0", "arms=lora,balora"]`` -> nested dict, values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{item}': empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a config from a (possibly partial) nested mapping."""
+    cfg = RunConfig()
+    data = dict(data)
+    if data.get("task") == "nlu":
+        reg = dict(data.get("reg") or {})
+        for k, v in NLU_REG_DEFAULTS.items():
+            reg.setdefault(k, v)
+        data["reg"] = reg
+    _apply(cfg, data)
+    return validate(cfg)
+
+
+def load_preset(
+    name_or_path: str | Path, overrides: dict[str, Any] | list[str] | None = None
+) -> RunConfig:
+    """Load a preset and apply overrides (a nested dict or ``key=value`` strings)."""
+    data = _read_yaml(preset_path(name_or_path))
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    if overrides:
+        data = _merge(data, overrides)
+    return from_dict(data)
+
+
+def load_config_file(path: str | Path) -> RunConfig:
+    """Load a fully resolved ``config.yaml`` written with a run."""
+    return from_dict(_read_yaml(Path(path)))
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,159 @@
+"""Data plumbing: prompts through the chat template, tokenization, label and regularizer masks.
+
+NLG examples are ``{"prompt": str, "response": str}``. The model sees
+``prompt_text(prompt) + response_text(response)``; labels are -100 on the prompt and padding.
+The regularizer mask marks the positions whose logits are scored, with the same one-token shift
+as the cross-entropy: position t is used when label t+1 is a response token.
+
+NLU examples are ``{"text": str, "label": int}`` for a model with a classification head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used: no usable rows, a sequence too long, a bad column."""
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_text(tokenizer, prompt: str) -> str:
+    """The prompt as the model should see it, ending where the response begins."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return f"{prompt}\n"
+
+
+def response_text(tokenizer, response: str) -> str:
+    """The response followed by the end-of-turn text the model should learn to emit."""
+    if has_chat_template(tokenizer):
+        full = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": response}],
+            tokenize=False,
+        )
+        head = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+        )
+        if full.startswith(head):
+            return full[len(head) :]
+    eos = tokenizer.eos_token or ""
+    return f"{response}{eos}"
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class EncodedNLG:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode_nlg(tokenizer, example: dict, seq_len: int) -> EncodedNLG:
+    """Tokenize one prompt/response pair; the prompt is cut from the left if too long."""
+    p = _ids(tokenizer, prompt_text(tokenizer, example["prompt"]))
+    r = _ids(tokenizer, response_text(tokenizer, example["response"]))
+    bos = tokenizer.bos_token_id
+    if bos is not None and not has_chat_template(tokenizer) and (not p or p[0] != bos):
+        p = [bos] + p
+    if not r:
+        raise DataError("an example has an empty response")
+    if len(r) >= seq_len:
+        r = r[: seq_len - 1]
+    room = seq_len - len(r)
+    if len(p) > room:
+        p = p[len(p) - room :]
+    return EncodedNLG(input_ids=p + r, labels=[IGNORE_INDEX] * len(p) + r)
+
+
+def collate_nlg(items: Sequence[EncodedNLG], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch. Returns input_ids, attention_mask, labels (B, T) and reg_mask (B, T).
+
+    ``reg_mask[b, t]`` is True when ``labels[b, t + 1]`` is a response token: the logits at t
+    are the ones scored against label t+1, exactly as in the shifted cross-entropy.
+    """
+    T = max(len(x.input_ids) for x in items)
+    B = len(items)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, T), dtype=torch.long)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    for i, x in enumerate(items):
+        n = len(x.input_ids)
+        input_ids[i, :n] = torch.tensor(x.input_ids)
+        attention[i, :n] = 1
+        labels[i, :n] = torch.tensor(x.labels)
+    reg_mask = torch.zeros((B, T), dtype=torch.bool)
+    reg_mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # (B, T): logits at t predict label t+1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "labels": labels,
+        "reg_mask": reg_mask,
+    }
+
+
+def collate_nlu(tokenizer, examples: Sequence[dict], seq_len: int) -> dict[str, torch.Tensor]:
+    enc = tokenizer(
+        [e["text"] for e in examples],
+        padding=True,
+        truncation=True,
+        max_length=seq_len,
+        return_tensors="pt",
+    )
+    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if "token_type_ids" in enc:
+        out["token_type_ids"] = enc["token_type_ids"]
+    out["labels"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)
+    return out
+
+
+def check_seq_len(seq_len: int, model_max: int | None) -> None:
+    if model_max is not None and seq_len > model_max:
+        raise DataError(
+            f"train.seq_len={seq_len} is over the model's limit of {model_max} positions"
+        )
+
+
+def usable_examples(examples: Sequence[dict], task: str) -> list[dict]:
+    """Drop rows without the fields the task needs; raise when none is left."""
+    keys = ("prompt", "response") if task == "nlg" else ("text", "label")
+    rows = [
+        e
+        for e in examples
+        if all(k in e and e[k] is not None and str(e[k]).strip() != "" for k in keys)
+    ]
+    if not rows:
+        raise DataError(f"the dataset has no usable rows (each needs {' and '.join(keys)})")
+    return rows
+
+
+def batch_order(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
+    """Indices of each step's batch: seeded shuffles, epoch after epoch. Same for every arm."""
+    g = torch.Generator().manual_seed(seed)
+    perm: list[int] = []
+    for _ in range(steps):
+        batch = []
+        while len(batch) < batch_size:
+            if not perm:
+                perm = torch.randperm(n, generator=g).tolist()
+            batch.append(perm.pop())
+        yield batch
+
+
+def make_batch(tokenizer, examples: Sequence[dict], task: str, seq_len: int) -> dict:
+    if task == "nlg":
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return collate_nlg([encode_nlg(tokenizer, e, seq_len) for e in examples], pad)
+    return collate_nlu(tokenizer, examples, seq_len)

@@ -1,0 +1,124 @@
+"""Eval points: task metrics, bias scores and analysis snapshots of one arm (or the base model).
+
+The untouched model is evaluated as arm ``base`` through the teacher mode of the first arm, so
+no separate copy is kept. Everything returned here is numbers; arrays go under ``analysis/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lab import adapters, analysis, runs
+from lab.bias import evaluate_bias
+from lab.config import RunConfig
+from lab.data import prompt_text, response_text
+from lab.datasets import TaskData, evaluate_task
+
+
+@dataclass
+class Probes:
+    """The fixed held-out texts (never training data) used for drift, spectra and t-SNE."""
+
+    texts: list[str]
+    labels: np.ndarray  # (n,) label ids, 0 where the set has none
+    label_names: list[str] | None
+
+    @classmethod
+    def from_data(cls, task_data: TaskData, tokenizer, cfg: RunConfig) -> Probes:
+        rows = task_data.test[: cfg.train.probe_size]
+        if cfg.task == "nlg":
+            texts = [
+                prompt_text(tokenizer, r["prompt"]) + response_text(tokenizer, r["response"])
+                for r in rows
+            ]
+        else:
+            texts = [r["text"] for r in rows]
+        labels = np.array([int(r.get("label", 0) or 0) for r in rows], dtype=np.int64)
+        return cls(texts, labels, task_data.label_names)
+
+    def save(self, run_dir: Path) -> None:
+        payload = {
+            "texts": self.texts,
+            "labels": self.labels.tolist(),
+            "label_names": self.label_names,
+        }
+        runs.atomic_write_text(Path(run_dir) / "analysis" / "probe_texts.json", json.dumps(payload))
+
+
+def evaluate(
+    arm, label: str, step: int, cfg: RunConfig, task_data: TaskData, bundle, probes: Probes, run_dir
+):
+    """Yield one ``eval`` event for ``arm`` (or for the base model when label is "base")."""
+    t0 = time.perf_counter()
+    model = arm.model
+    model.eval()
+    is_base = label == "base"
+    tok = bundle.tokenizer
+    ev: dict = {"arm": label, "step": step, "kind": "eval"}
+    with adapters.teacher_mode(model) if is_base else nullcontext():
+        ev.update(evaluate_task(model, tok, task_data, max_examples=cfg.data.max_eval))
+        if cfg.train.bias_eval:
+            ev["bias"] = evaluate_bias(
+                model,
+                tok,
+                task=cfg.task,
+                data=task_data,
+                seed=cfg.train.seed,
+                max_items=cfg.train.bias_items or None,
+            )
+        if cfg.train.analysis:
+            snap = analysis.snapshot(
+                model,
+                tok,
+                arm=label,
+                step=step,
+                task=cfg.task,
+                texts=probes.texts,
+                labels=probes.labels,
+                base_context=None if is_base else (lambda: adapters.teacher_mode(model)),
+                initial=None if is_base else adapters.initial_adapter(model),
+                max_len=cfg.train.seq_len,
+            )
+            analysis.save_snapshot(run_dir, snap)
+            ev.update(snap.summary())
+    if is_base:
+        ev["kl_to_base"] = 0.0
+    ev["seconds"] = time.perf_counter() - t0
+    yield ev
+
+
+def embed(run_dir: Path, step: int, cfg: RunConfig) -> None:
+    """Joint PCA + t-SNE of the base model's and every arm's probe features at ``step``."""
+    if not cfg.train.analysis:
+        return
+    snaps = analysis.load_snapshots(run_dir, step)
+    base = analysis.load_snapshots(run_dir, 0).get("base")
+    if base is not None:
+        snaps = {"base": base, **{k: v for k, v in snaps.items() if k != "base"}}
+    if len(snaps) == 0:
+        return
+    first = next(iter(snaps.values()))
+    emb = analysis.joint_embedding(
+        {k: s.features for k, s in snaps.items()}, first.labels, seed=cfg.train.seed
+    )
+    folder = Path(run_dir) / "analysis" / f"step_{step:06d}"
+    runs.save_arrays(folder / "embedding.npz", {f"coords/{k}": v for k, v in emb["coords"].items()})
+    meta = {k: v for k, v in emb.items() if k != "coords"}
+    runs.write_json(folder / "embedding.json", meta)
+
+
+def load_embedding(run_dir: str | Path, step: int) -> dict | None:
+    """The joint embedding saved at ``step``: {"coords": {arm: (n, 2)}, "silhouette", "eff_rank"}."""
+    folder = Path(run_dir) / "analysis" / f"step_{step:06d}"
+    if not (folder / "embedding.npz").exists():
+        return None
+    arrays = runs.load_arrays(folder / "embedding.npz")
+    out = json.loads((folder / "embedding.json").read_text(encoding="utf-8"))
+    out["coords"] = {k.split("/", 1)[1]: v for k, v in arrays.items()}
+    return out

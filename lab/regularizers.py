@@ -1,0 +1,320 @@
+"""The three BA-LoRA regularizers (arXiv 2408.04556) as pure tensor functions, and their sum.
+
+- ``consistency_loss``: T^2 * KL(teacher || student) on temperature-softened distributions.
+- ``diversity_loss`` (NLG): minus the entropy of the renormalized top-K distribution.
+- ``covariance_diversity_loss`` (NLU): squared off-diagonal covariance of the batch logits.
+- ``svd_loss``: minus the share of the top-k singular values in the matrix norm.
+- ``ba_lora_loss``: task loss + the weighted terms, with every term logged raw and weighted.
+
+Every term is computed in float32 whatever the input dtype, and every term is a loss: it is
+minimised. An undefined or constant term raises :class:`DegenerateTermError`; ``ba_lora_loss``
+records it as inactive with the reason. Any other failure (an SVD that does not converge, a
+non-finite value) propagates; nothing is ever replaced by 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+TERMS = ("consistency", "diversity", "svd")
+EXACT_SVD_MAX_DIM = 512  # "auto": exact SVD up to this min(shape), randomized above
+
+
+class DegenerateTermError(ValueError):
+    """A term that is undefined or constant (zero gradient) for this input."""
+
+
+def _rows(x: torch.Tensor, mask: torch.Tensor | None, what: str) -> torch.Tensor:
+    """Select the used rows as float32: (B, T, V) + (B, T) mask -> (M, V); (N, D) -> (N, D)."""
+    if x.dim() not in (2, 3):
+        raise ValueError(f"{what} must be (N, D) or (B, T, V), got shape {tuple(x.shape)}")
+    if mask is None:
+        rows = x.reshape(-1, x.shape[-1])  # (B*T, V) or (N, D)
+    else:
+        if mask.dtype != torch.bool:
+            raise ValueError(f"the mask must be a bool tensor, got {mask.dtype}")
+        if tuple(mask.shape) != tuple(x.shape[:-1]):
+            raise ValueError(
+                f"the mask has shape {tuple(mask.shape)} but {what} has {tuple(x.shape)}; "
+                f"it must be {tuple(x.shape[:-1])}"
+            )
+        rows = x[mask]  # (M, V)
+    if rows.shape[0] == 0:
+        raise ValueError(f"the mask selects no position of {what}")
+    return rows.float()
+
+
+def _plogp(logp: torch.Tensor) -> torch.Tensor:
+    """p * log p from log-probabilities, 0 where p == 0 (log p = -inf), with finite gradients."""
+    p = logp.exp()
+    return p * torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))
+
+
+def consistency_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """T^2 * mean over used rows of KL(softmax(z_t / T) || softmax(z_s / T)) (the paper's L_CR).
+
+    Non-negative; 0 when the student's logits equal the teacher's. Minimising it keeps the
+    student close to the pre-trained model. The teacher is detached. Both sides go through
+    log_softmax (never log of softmax), so saturated or -inf logits give finite values.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} must have the same shape"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    s = _rows(student_logits, mask, "student logits")  # (M, V)
+    t = _rows(teacher_logits.detach(), mask, "teacher logits")  # (M, V)
+    log_s = F.log_softmax(s / temperature, dim=-1)
+    log_t = F.log_softmax(t / temperature, dim=-1)
+    p_t = log_t.exp()
+    # KL = sum p_t (log p_t - log p_s); entries with p_t == 0 contribute exactly 0.
+    diff = torch.where(p_t > 0, log_t - log_s, torch.zeros_like(log_s))
+    kl = (p_t * diff).sum(dim=-1)  # (M,)
+    return temperature**2 * kl.mean()
+
+
+def diversity_loss(
+    student_logits: torch.Tensor, mask: torch.Tensor | None = None, top_k: int = 20
+) -> torch.Tensor:
+    """Minus the mean entropy of softmax over the top-K logits of each used row (NLG L_DR).
+
+    Returns -H, in [-ln K, 0]: uniform top-K logits give -ln K, a peaked row gives more.
+    Minimising it raises the diversity of the next-token distribution. top_k >= V uses all V.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    z = _rows(student_logits, mask, "student logits")  # (M, V)
+    k = min(top_k, z.shape[-1])
+    top = z.topk(k, dim=-1).values  # (M, K)
+    logp = F.log_softmax(top, dim=-1)
+    entropy = -_plogp(logp).sum(dim=-1)  # (M,)
+    return -entropy.mean()
+
+
+def covariance_diversity_loss(logits: torch.Tensor) -> torch.Tensor:
+    """(1/D) * sum_{i != j} C_ij^2, C the covariance of the batch-centred (N, D) logits / (N-1).
+
+    Non-negative (the NLU L_DR); minimising it decorrelates the class logits across the batch.
+    N < 2 (covariance undefined) or D < 2 (no off-diagonal entry) raises DegenerateTermError.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (N, D), got shape {tuple(logits.shape)}")
+    n, d = logits.shape
+    if n < 2:
+        raise DegenerateTermError(f"covariance needs a batch of 2 or more rows, got N={n}")
+    if d < 2:
+        raise DegenerateTermError(f"covariance has no off-diagonal entry with D={d} column")
+    z = logits.float()
+    zc = z - z.mean(dim=0, keepdim=True)  # (N, D)
+    cov = zc.T @ zc / (n - 1)  # (D, D)
+    off = cov.pow(2).sum() - cov.diagonal().pow(2).sum()
+    return off / d
+
+
+def top_singular_values(
+    matrix: torch.Tensor, q: int, niter: int = 2, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The q largest singular values of a 2-D matrix by a randomized range finder, (q,) float32.
+
+    Halko et al.: Q spans A @ Omega (Omega Gaussian, q columns) refined by ``niter`` power
+    iterations; the values are those of Q^T A. Q is built without gradient, so gradients flow
+    through svdvals(Q^T A) only (finite even for repeated singular values). When
+    q >= min(shape) all singular values are computed exactly. ``generator`` None uses a fresh
+    generator seeded 0, so the global random state is never consumed.
+    """
+    if matrix.dim() != 2:
+        raise ValueError(f"the matrix must be 2-D, got shape {tuple(matrix.shape)}")
+    if q < 1:
+        raise ValueError(f"q must be at least 1, got {q}")
+    a = matrix.float()
+    if a.shape[0] > a.shape[1]:
+        a = a.T  # (m, n) with m <= n: the basis lives in the smaller space
+    m, n = a.shape
+    if q >= m:
+        return torch.linalg.svdvals(a)
+    if generator is None:
+        generator = torch.Generator(device=a.device).manual_seed(0)
+    with torch.no_grad():
+        omega = torch.randn(n, q, generator=generator, device=a.device)  # (n, q)
+        basis = torch.linalg.qr(a @ omega).Q  # (m, q)
+        for _ in range(niter):
+            back = torch.linalg.qr(a.T @ basis).Q  # (n, q)
+            basis = torch.linalg.qr(a @ back).Q  # (m, q)
+    return torch.linalg.svdvals(basis.T @ a)  # (q,)
+
+
+def svd_loss(
+    matrix: torch.Tensor,
+    k: int,
+    norm: str = "frobenius",
+    method: str = "auto",
+    oversample: int = 10,
+    niter: int = 2,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Minus sum_{i<=k} s_i(Z) / ||Z|| (the paper's L_SVD), ||.|| Frobenius or nuclear.
+
+    In [-sqrt(k), 0) for the Frobenius norm and [-1, 0) for the nuclear norm; minimising it
+    concentrates the matrix on its top-k directions. k >= min(shape) and the zero matrix raise
+    DegenerateTermError. method "exact" uses all singular values; "randomized" keeps
+    q = k + oversample of them (more than k, so the ratio is not a constant) with the
+    Frobenius norm computed exactly from the matrix; "auto" is exact up to min(shape) = 512.
+    Flat spectra make the randomized value slightly smaller in magnitude than the exact one.
+    """
+    if matrix.dim() != 2:
+        raise ValueError(f"the svd term needs a 2-D matrix, got shape {tuple(matrix.shape)}")
+    if norm not in ("frobenius", "nuclear"):
+        raise ValueError(f"norm must be 'frobenius' or 'nuclear', got {norm!r}")
+    if method not in ("auto", "exact", "randomized"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'randomized', got {method!r}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    small = min(matrix.shape)
+    if k >= small:
+        raise DegenerateTermError(
+            f"svd_k={k} >= min{tuple(matrix.shape)}={small}: the top-k share is constant"
+        )
+    a = matrix.float()
+    # The ratio is scale-free: dividing by the (detached) largest entry avoids overflow in the
+    # norm and leaves both the value and the gradient unchanged.
+    scale = a.detach().abs().max()
+    largest = scale.item()  # one host sync for both checks
+    if not math.isfinite(largest):
+        raise FloatingPointError("the svd term's matrix has non-finite entries")
+    if largest == 0:
+        raise DegenerateTermError("the svd term's matrix is all zeros (norm 0)")
+    a = a / scale
+    if method == "auto":
+        method = "exact" if small <= EXACT_SVD_MAX_DIM else "randomized"
+    if method == "randomized":
+        if norm == "nuclear":
+            raise ValueError("the nuclear norm needs all singular values: use method='exact'")
+        s = top_singular_values(a, k + oversample, niter=niter, generator=generator)
+    else:
+        s = torch.linalg.svdvals(a)  # (min(shape),), descending
+    denom = torch.linalg.matrix_norm(a) if norm == "frobenius" else s.sum()
+    return -s[:k].sum() / denom
+
+
+@dataclass
+class BALoRALoss:
+    """The total loss (with grad) and every term raw and weighted (detached) for logging."""
+
+    total: torch.Tensor
+    task: torch.Tensor
+    raw: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    weighted: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    inactive: dict[str, str] = field(default_factory=dict)
+
+    def as_floats(self) -> dict:
+        """Plain floats (None for inactive terms) in one host sync, keyed like a train event."""
+        named = [("loss", self.total), ("task_loss", self.task)]
+        named += [(t, self.raw.get(t)) for t in TERMS]
+        named += [(f"weighted.{t}", self.weighted.get(t)) for t in TERMS]
+        present = [(name, v) for name, v in named if v is not None]
+        values = torch.stack([v.detach().float().reshape(()) for _, v in present]).tolist()
+        flat = dict(zip([name for name, _ in present], values))
+        out = {name: flat.get(name) for name in ("loss", "task_loss", *TERMS)}
+        out["weighted"] = {t: flat.get(f"weighted.{t}") for t in TERMS}
+        out["inactive"] = dict(self.inactive)
+        return out
+
+
+def ba_lora_loss(
+    task_loss: torch.Tensor,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    *,
+    mode: str = "nlg",
+    mask: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
+    lambdas: tuple[float, float, float] = (0.025, 0.005, 0.005),
+    temperature: float = 2.0,
+    top_k: int = 20,
+    svd_k: int = 10,
+    svd_norm: str = "frobenius",
+    svd_target: str = "logits",
+    svd_method: str = "auto",
+    generator: torch.Generator | None = None,
+) -> BALoRALoss:
+    """total = task + l1 * consistency + l2 * diversity + l3 * svd over the active terms.
+
+    Logits are (M, V) / (N, D) rows, or (B, T, V) with a (B, T) mask of the used positions.
+    mode "nlg" uses diversity_loss, "nlu" covariance_diversity_loss. svd_target "features"
+    applies the svd term to ``features`` ((N, H) pooled hidden states, or (B, T, H) with the
+    mask). A term with weight 0 is still computed for logging but without a graph, and adds
+    nothing: with all weights 0, ``total`` is ``task_loss`` itself. ``teacher_logits`` may be
+    None only when lambda1 is 0 (consistency is then inactive). A term raising
+    DegenerateTermError is inactive with its message as the reason; a non-finite term raises
+    FloatingPointError naming it.
+    """
+    if mode not in ("nlg", "nlu"):
+        raise ValueError(f"mode must be 'nlg' or 'nlu', got {mode!r}")
+    if svd_target not in ("logits", "features"):
+        raise ValueError(f"svd_target must be 'logits' or 'features', got {svd_target!r}")
+    if len(lambdas) != 3:
+        raise ValueError(f"lambdas must be 3 numbers (consistency, diversity, svd), got {lambdas}")
+    weights = dict(zip(TERMS, (float(x) for x in lambdas)))
+    for term, w in weights.items():
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"the {term} weight must be a finite number >= 0, got {w}")
+    if teacher_logits is None and weights["consistency"] > 0:
+        raise ValueError("consistency has a non-zero weight but no teacher logits were given")
+    if svd_target == "features" and features is None:
+        raise ValueError("svd_target='features' needs the pooled hidden states in `features`")
+
+    student = _rows(student_logits, mask, "student logits")  # (M, V) or (N, D), float32
+
+    def consistency() -> torch.Tensor:
+        teacher = _rows(teacher_logits, mask, "teacher logits")
+        return consistency_loss(student, teacher, None, temperature)
+
+    def diversity() -> torch.Tensor:
+        if mode == "nlg":
+            return diversity_loss(student, None, top_k)
+        return covariance_diversity_loss(student)
+
+    def svd() -> torch.Tensor:
+        target = student if svd_target == "logits" else _rows(features, mask, "features")
+        return svd_loss(target, svd_k, norm=svd_norm, method=svd_method, generator=generator)
+
+    result = BALoRALoss(total=task_loss, task=task_loss.detach())
+    values: dict[str, torch.Tensor] = {}
+    for term, fn in zip(TERMS, (consistency, diversity, svd)):
+        result.raw[term] = result.weighted[term] = None
+        if term == "consistency" and teacher_logits is None:
+            result.inactive[term] = "no teacher logits were given (weight 0)"
+            continue
+        try:
+            if weights[term] > 0:
+                values[term] = fn()
+            else:
+                with torch.no_grad():
+                    values[term] = fn()
+        except DegenerateTermError as err:
+            result.inactive[term] = str(err)
+    if values:
+        finite = torch.isfinite(torch.stack([v.detach() for v in values.values()])).tolist()
+        for (term, value), ok in zip(values.items(), finite):
+            if not ok:
+                raise FloatingPointError(f"the {term} term is not finite: {value.item()}")
+    total = task_loss
+    for term, value in values.items():
+        w = weights[term]
+        if w > 0:
+            total = total + w * value
+        result.raw[term] = value.detach()
+        result.weighted[term] = w * value.detach()
+    result.total = total
+    return result

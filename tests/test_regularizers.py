@@ -1,0 +1,300 @@
+"""Known-value, gradient, dtype and failure tests for the BA-LoRA regularizers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lab import regularizers as R
+from lab.data import IGNORE_INDEX, EncodedNLG, collate_nlg
+from lab.regularizers import (
+    DegenerateTermError,
+    ba_lora_loss,
+    consistency_loss,
+    covariance_diversity_loss,
+    diversity_loss,
+    svd_loss,
+    top_singular_values,
+)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def equal_singular_matrix(k: int, shape=(6, 8), value: float = 3.0) -> torch.Tensor:
+    """A matrix with exactly k equal non-zero singular values (rotated so it is not diagonal)."""
+    m, n = shape
+    u = torch.linalg.qr(torch.randn(m, m, generator=gen(1))).Q
+    v = torch.linalg.qr(torch.randn(n, n, generator=gen(2))).Q
+    d = torch.zeros(m, n)
+    d[range(k), range(k)] = value
+    return u @ d @ v.T
+
+
+# consistency
+
+
+def test_consistency_zero_for_identical_logits():
+    z = torch.randn(5, 7, generator=gen())
+    assert consistency_loss(z, z.clone()).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_consistency_hand_computed_kl():
+    p_t, p_s = torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.75])
+    temp = 2.0  # logits = T * log p, so softmax(logits / T) = p
+    got = consistency_loss((temp * p_s.log())[None], (temp * p_t.log())[None], temperature=temp)
+    kl = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert got.item() == pytest.approx(temp**2 * kl, rel=1e-5)
+
+
+def test_consistency_temperature_squared_scaling():
+    s, t = torch.randn(4, 6, generator=gen(3)), torch.randn(4, 6, generator=gen(4))
+    for temp in (0.5, 2.0, 3.0):
+        scaled = consistency_loss(s / temp, t / temp, temperature=1.0)
+        assert consistency_loss(s, t, temperature=temp).item() == pytest.approx(
+            temp**2 * scaled.item(), rel=1e-5
+        )
+
+
+def test_consistency_masked_3d_equals_selected_rows_and_ignores_garbage():
+    s, t = torch.randn(2, 5, 9, generator=gen(5)), torch.randn(2, 5, 9, generator=gen(6))
+    mask = torch.tensor([[0, 1, 1, 0, 0], [1, 0, 1, 1, 0]], dtype=torch.bool)
+    ref = consistency_loss(s[mask], t[mask])
+    assert consistency_loss(s, t, mask).item() == pytest.approx(ref.item(), rel=1e-6)
+    s2, t2 = s.clone(), t.clone()
+    s2[~mask] = 1e30
+    t2[~mask] = -1e30
+    assert consistency_loss(s2, t2, mask).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_consistency_saturated_student_is_finite_not_log_of_zero():
+    # softmax([0, -200])[1] underflows to 0 in float32: log(softmax) would give inf.
+    got = consistency_loss(torch.tensor([[0.0, -200.0]]), torch.zeros(1, 2), temperature=1.0)
+    assert got.item() == pytest.approx(math.log(0.5) + 100.0, rel=1e-5)
+
+
+def test_consistency_rejects_empty_mask_and_shape_mismatch():
+    z = torch.randn(1, 3, 4)
+    with pytest.raises(ValueError, match="selects no position"):
+        consistency_loss(z, z, torch.zeros(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="same shape"):
+        consistency_loss(z, torch.randn(1, 3, 5))
+    with pytest.raises(ValueError, match="mask has shape"):
+        consistency_loss(z, z, torch.ones(1, 4, dtype=torch.bool))
+
+
+# diversity
+
+
+def test_diversity_uniform_top_k_is_minus_log_k():
+    k = 5
+    z = torch.full((3, 12), -10.0)
+    z[:, :k] = 1.0  # the top-K are tied
+    assert diversity_loss(z, top_k=k).item() == pytest.approx(-math.log(k), rel=1e-6)
+    assert diversity_loss(z[:, :k], top_k=50).item() == pytest.approx(-math.log(k), rel=1e-6)
+
+
+def test_diversity_peaked_is_above_minus_log_k():
+    z = torch.zeros(2, 30)
+    z[:, 0] = 5.0
+    value = diversity_loss(z, top_k=20).item()
+    assert -math.log(20) + 0.1 < value < 0
+
+
+# covariance diversity (NLU)
+
+
+def test_covariance_diversity_known_example():
+    # centred rows (0,-1), (-1,0), (1,1): C = [[1, .5], [.5, 1]], off-diag sum 2 * .25, / D = 2
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    assert covariance_diversity_loss(z).item() == pytest.approx(0.25, rel=1e-6)
+
+
+def test_covariance_diversity_single_row_is_degenerate():
+    with pytest.raises(DegenerateTermError, match="N=1"):
+        covariance_diversity_loss(torch.randn(1, 3))
+    z = torch.randn(1, 3)
+    out = ba_lora_loss(torch.tensor(1.0), z, z.clone(), mode="nlu", svd_k=1)
+    assert "diversity" in out.inactive and out.raw["diversity"] is None
+    assert out.raw["consistency"] is not None
+
+
+# svd
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_svd_equal_singular_values(k):
+    a = equal_singular_matrix(k)
+    assert svd_loss(a, k).item() == pytest.approx(-math.sqrt(k), rel=1e-5)
+    assert svd_loss(a, k, norm="nuclear").item() == pytest.approx(-1.0, rel=1e-5)
+
+
+def test_svd_degenerate_inputs():
+    with pytest.raises(DegenerateTermError, match="svd_k=4"):
+        svd_loss(torch.randn(4, 9), 4)
+    with pytest.raises(DegenerateTermError, match="zeros"):
+        svd_loss(torch.zeros(5, 9), 2)
+    with pytest.raises(ValueError, match="nuclear"):
+        svd_loss(torch.randn(5, 9), 2, norm="nuclear", method="randomized")
+
+
+def test_nuclear_svd_with_few_classes_is_inactive_in_ba_lora_loss():
+    s = torch.randn(16, 2, generator=gen(7))  # N=16, D=2 classes, k=5 >= min(N, D)
+    out = ba_lora_loss(
+        torch.tensor(0.5), s, s + 0.1, mode="nlu", svd_k=5, svd_norm="nuclear", lambdas=(1, 1, 1)
+    )
+    assert out.raw["svd"] is None and "svd_k=5" in out.inactive["svd"]
+    assert out.as_floats()["svd"] is None and out.as_floats()["weighted"]["svd"] is None
+    feats = torch.randn(16, 32, generator=gen(8))
+    out = ba_lora_loss(
+        torch.tensor(0.5), s, s, mode="nlu", features=feats, svd_k=5, svd_target="features"
+    )
+    assert "svd" not in out.inactive and out.raw["svd"].item() < 0
+
+
+def test_randomized_svd_matches_exact_and_is_not_constant():
+    g = gen(9)
+    spike = torch.randn(64, 5000, generator=g) + 3 * torch.randn(64, 1, generator=g) @ torch.randn(
+        1, 5000, generator=g
+    )
+    u = torch.linalg.qr(torch.randn(64, 64, generator=g)).Q
+    v = torch.linalg.qr(torch.randn(5000, 64, generator=g)).Q
+    decay = u @ torch.diag(100.0 / torch.arange(1, 65)) @ v.T + 0.1 * torch.randn(
+        64, 5000, generator=g
+    )
+    values = []
+    for a in (spike, decay):
+        exact = svd_loss(a, 10, method="exact").item()
+        approx = svd_loss(a, 10, method="randomized").item()
+        assert approx == pytest.approx(exact, rel=0.02)
+        assert approx != pytest.approx(-1.0, abs=0.05)
+        values.append(approx)
+    assert abs(values[0] - values[1]) > 0.3
+    s = top_singular_values(spike, 20)
+    assert s.shape == (20,) and torch.all(s[:-1] >= s[1:])
+
+
+# gradients, dtypes, failures
+
+
+def _finite_grad(fn, x: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    value = fn(x)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(x.grad).all()
+    return x.grad
+
+
+def test_gradients_finite_for_every_term():
+    z = torch.randn(6, 10, generator=gen(10))
+    z[0, 3] = float("-inf")
+    z[1, 0] = 1e30
+    teacher = torch.randn(6, 10, generator=gen(11))
+    teacher[0, 3] = float("-inf")
+    teacher[2, 1] = float("-inf")
+    _finite_grad(lambda x: consistency_loss(x, teacher), z)
+    _finite_grad(lambda x: diversity_loss(x, top_k=20), z)  # top_k > V: the -inf is included
+    _finite_grad(lambda x: diversity_loss(x, top_k=3), z)
+    _finite_grad(covariance_diversity_loss, torch.randn(6, 3, generator=gen(12)))
+    repeated = equal_singular_matrix(3, shape=(30, 40))
+    for method in ("exact", "randomized"):
+        grad = _finite_grad(lambda x, m=method: svd_loss(x, 2, method=m, oversample=3), repeated)
+        assert grad.abs().sum() > 0
+    _finite_grad(lambda x: svd_loss(x, 2, norm="nuclear"), repeated)
+    _finite_grad(lambda x: svd_loss(x, 2), torch.randn(5, 8) * 1e30)
+
+
+def test_bf16_inputs_give_float32_answer():
+    s = torch.randn(8, 64, generator=gen(13)).bfloat16()
+    t = (s.float() + 0.3 * torch.randn(8, 64, generator=gen(14))).bfloat16()
+    pairs = [
+        (consistency_loss(s, t), consistency_loss(s.float(), t.float())),
+        (diversity_loss(s), diversity_loss(s.float())),
+        (covariance_diversity_loss(s), covariance_diversity_loss(s.float())),
+        (svd_loss(s, 3), svd_loss(s.float(), 3)),
+    ]
+    for got, ref in pairs:
+        assert got.dtype == torch.float32
+        assert got.item() == pytest.approx(ref.item(), rel=1e-3)
+
+
+def _raise_linalg(*args, **kwargs):
+    raise torch.linalg.LinAlgError("svd did not converge")
+
+
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+def test_svd_failure_propagates(monkeypatch, method):
+    monkeypatch.setattr(torch.linalg, "svdvals", _raise_linalg)
+    monkeypatch.setattr(torch.linalg, "qr", _raise_linalg)
+    z = torch.randn(40, 50, generator=gen(15))
+    with pytest.raises(torch.linalg.LinAlgError):
+        ba_lora_loss(torch.tensor(1.0), z, z, svd_k=3, svd_method=method)
+
+
+def test_non_finite_term_raises_naming_it():
+    z = torch.randn(4, 6)
+    t = z.clone()
+    t[0, 0] = float("nan")  # a broken teacher: only the consistency term sees it
+    with pytest.raises(FloatingPointError, match="consistency"):
+        ba_lora_loss(torch.tensor(1.0), z, t, svd_k=2, lambdas=(1.0, 0.0, 0.0))
+    z[0, 0] = float("-inf")
+    with pytest.raises(FloatingPointError, match="svd"):
+        ba_lora_loss(torch.tensor(1.0), z, z, svd_k=2)
+
+
+def test_shifted_reg_mask_selects_the_scored_rows():
+    items = [
+        EncodedNLG([1, 2, 3, 4, 5], [-100, -100, 3, 4, 5]),
+        EncodedNLG([1, 2, 3], [-100, 2, 3]),
+    ]
+    batch = collate_nlg(items, pad_id=0)
+    labels, reg_mask = batch["labels"], batch["reg_mask"]
+    assert torch.equal(reg_mask[:, :-1], labels[:, 1:] != IGNORE_INDEX)
+    assert not reg_mask[:, -1].any()
+    B, T = labels.shape
+    V, K = 12, 4
+    logits = torch.randn(B, T, V, generator=gen(16))
+    logits[reg_mask] = torch.tensor([0.0] * K + [-30.0] * (V - K))  # uniform top-K where scored
+    last = (labels != IGNORE_INDEX) & ~reg_mask  # last response token: in labels, never scored
+    logits[last] = torch.tensor([20.0] + [-30.0] * (V - 1))
+    assert diversity_loss(logits, reg_mask, top_k=K).item() == pytest.approx(-math.log(K))
+    unshifted = diversity_loss(logits, labels != IGNORE_INDEX, top_k=K).item()
+    assert unshifted > -math.log(K) + 0.1
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1))
+    ce_rows = F.cross_entropy(logits[reg_mask], labels[:, 1:][reg_mask[:, :-1]])
+    assert ce.item() == pytest.approx(ce_rows.item(), rel=1e-6)
+
+
+def test_zero_lambdas_reproduce_task_loss_bitwise():
+    w = torch.randn(12, 5, generator=gen(17)).requires_grad_(True)
+    x, y = torch.randn(9, 5, generator=gen(18)), torch.randint(0, 12, (9,), generator=gen(19))
+    logits = x @ w.T  # (N, V)
+    teacher = logits.detach() + 0.5
+    (ref_grad,) = torch.autograd.grad(F.cross_entropy(logits, y), w, retain_graph=True)
+    task = F.cross_entropy(logits, y)
+    out = ba_lora_loss(task, logits, teacher, lambdas=(0, 0, 0), svd_k=2)
+    assert out.total is task and not out.inactive  # the same tensor, the same graph
+    assert all(out.raw[t] is not None and not out.raw[t].requires_grad for t in R.TERMS)
+    (grad,) = torch.autograd.grad(out.total, w, retain_graph=True)
+    assert torch.equal(grad, ref_grad)
+    on = ba_lora_loss(task, logits, teacher, lambdas=(1.0, 0.5, 0.5), svd_k=2)
+    (grad_on,) = torch.autograd.grad(on.total, w)
+    assert not torch.equal(grad_on, ref_grad)
+
+
+def test_as_floats_and_total():
+    z = torch.randn(10, 16, generator=gen(20))
+    out = ba_lora_loss(torch.tensor(2.0), z, z + 1.0, lambdas=(0.1, 0.2, 0.3), svd_k=3)
+    f = out.as_floats()
+    expected = 2.0 + 0.1 * f["consistency"] + 0.2 * f["diversity"] + 0.3 * f["svd"]
+    assert f["loss"] == pytest.approx(expected, rel=1e-6) and f["task_loss"] == 2.0
+    assert f["weighted"]["svd"] == pytest.approx(0.3 * f["svd"], rel=1e-6)
+    assert all(isinstance(f[t], float) for t in R.TERMS) and f["inactive"] == {}
+    with pytest.raises(ValueError, match="features"):
+        ba_lora_loss(torch.tensor(2.0), z, z, svd_target="features")
+    with pytest.raises(ValueError, match="teacher"):
+        ba_lora_loss(torch.tensor(2.0), z, None)
