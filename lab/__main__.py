@@ -90,7 +90,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        counts = f"train={r.get('n_train', '-')} test={r.get('n_test', '-')}"
+        if "n_items" in r:
+            counts = f"items={r['n_items']}"
+        else:
+            counts = f"train={r.get('n_train', '-')} test={r.get('n_test', '-')}"
         tasks = "/".join(r.get("tasks", []))
         print(
             f"{r['name']:<18} {r.get('kind', ''):<15} {tasks:<8} {counts:<22} {r.get('description', '')}"
@@ -110,12 +113,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lab.report import html_report, render_run
+    from lab.report import render_run
 
     out = Path(args.out or Path(args.run_dir) / "figures")
-    paths = render_run(args.run_dir, out)
-    (out / "report.html").write_text(html_report(args.run_dir), encoding="utf-8")
-    for p in [*paths, out / "report.html"]:
+    for p in render_run(args.run_dir, out):
         print(p)
     return 0
 

@@ -41,6 +41,7 @@ class DataConfig:
     columns: dict[str, str] = field(default_factory=dict)  # e.g. {"prompt": "question"}
     label_noise: float = 0.0  # fraction of training labels flipped (seeded)
     minority_fraction: float = 0.0  # 0 = keep the balance; else the minority share in training
+    minority_class: str = ""  # the class made rare by minority_fraction ("" = the last class)
     max_train: int = 2000
     max_eval: int = 64  # test examples scored at each eval point
 

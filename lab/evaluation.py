@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,6 @@ import numpy as np
 from lab import adapters, analysis, runs
 from lab.bias import evaluate_bias
 from lab.config import RunConfig
-from lab.data import prompt_text, response_text
 from lab.datasets import TaskData, evaluate_task
 
 
@@ -28,15 +27,14 @@ class Probes:
     texts: list[str]
     labels: np.ndarray  # (n,) label ids, 0 where the set has none
     label_names: list[str] | None
+    reference: object = None  # the base model's outputs on the texts, kept at step 0
+    svd_cache: dict = field(default_factory=dict)  # base-weight SVDs for intruder dimensions
 
     @classmethod
     def from_data(cls, task_data: TaskData, tokenizer, cfg: RunConfig) -> Probes:
         rows = task_data.test[: cfg.train.probe_size]
-        if cfg.task == "nlg":
-            texts = [
-                prompt_text(tokenizer, r["prompt"]) + response_text(tokenizer, r["response"])
-                for r in rows
-            ]
+        if cfg.task == "nlg":  # plain text: a chat template would add its system prompt to each
+            texts = [f"{r['prompt']}\n{r['response']}" for r in rows]
         else:
             texts = [r["text"] for r in rows]
         labels = np.array([int(r.get("label", 0) or 0) for r in rows], dtype=np.int64)
@@ -84,7 +82,12 @@ def evaluate(
                 base_context=None if is_base else (lambda: adapters.teacher_mode(model)),
                 initial=None if is_base else adapters.initial_adapter(model),
                 max_len=cfg.train.seq_len,
+                reference=None if is_base else probes.reference,
+                keep_reference=is_base,
+                svd_cache=probes.svd_cache,
             )
+            if is_base:
+                probes.reference = snap.reference
             analysis.save_snapshot(run_dir, snap)
             ev.update(snap.summary())
     if is_base:

@@ -19,16 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 from transformers import get_scheduler
 
 from lab import adapters, data, evaluation, runs
 from lab.config import RunConfig, dump_yaml
 from lab.datasets import TaskData, load_task_data
+from lab.dist import Dist
+from lab.forward import step_loss
 from lab.models import ModelBundle, load_model
-from lab.regularizers import ba_lora_loss
 
 REGULARIZED = ("balora",)
 
@@ -70,119 +69,7 @@ def lambdas_at(cfg: RunConfig, arm: str, step: int) -> tuple[float, float, float
     return (l1, 0.0 if warm else r.lambda2, 0.0 if warm else r.lambda3)
 
 
-def _decoder_and_head(model: torch.nn.Module):
-    inner = model.get_base_model()
-    return inner.get_decoder(), inner.get_output_embeddings(), inner.config
-
-
-def _rows_logits(model, batch, rows: torch.Tensor):
-    """Hidden states at the used positions and their LM-head logits: (M, H), (M, V)."""
-    decoder, head, config = _decoder_and_head(model)
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    h = hidden.last_hidden_state[rows]  # (B, T, H) -> (M, H)
-    logits = head(h)  # (M, V)
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return h, logits
-
-
-def _nlu_forward(model, batch, want_features: bool):
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    out = model(**inputs, output_hidden_states=want_features)
-    feats = None
-    if want_features:
-        last = out.hidden_states[-1]  # (N, T, H)
-        m = batch["attention_mask"].unsqueeze(-1).to(last.dtype)
-        feats = (last * m).sum(1) / m.sum(1).clamp_min(1.0)  # (N, H)
-    return out.logits, feats
-
-
-def step_loss(model, batch, cfg: RunConfig, lambdas, *, need_terms: bool, generator=None):
-    """One micro-batch: task loss, the BA-LoRA terms and their weighted sum."""
-    want_features = cfg.reg.svd_target == "features"
-    teacher = None
-    if cfg.task == "nlg":
-        rows = batch["reg_mask"]  # (B, T) bool: logits at t are scored against label t+1
-        targets = batch["labels"][:, 1:][rows[:, :-1]]  # (M,)
-        h, logits = _rows_logits(model, batch, rows)
-        task = F.cross_entropy(logits.float(), targets)
-        if need_terms:
-            with torch.no_grad(), adapters.teacher_mode(model):
-                _, teacher = _rows_logits(model, batch, rows)
-        feats = h if want_features else None
-        mode = "nlg"
-    else:
-        logits, feats = _nlu_forward(model, batch, want_features)
-        task = F.cross_entropy(logits.float(), batch["labels"])
-        if need_terms:
-            with torch.no_grad(), adapters.teacher_mode(model):
-                teacher, _ = _nlu_forward(model, batch, False)
-        mode = "nlu"
-    if not need_terms:
-        return None, task
-    result = ba_lora_loss(
-        task,
-        logits,
-        teacher,
-        mode=mode,
-        features=feats,
-        lambdas=lambdas,
-        temperature=cfg.reg.temperature,
-        top_k=cfg.reg.top_k,
-        svd_k=cfg.reg.svd_k,
-        svd_norm=cfg.reg.svd_norm,
-        svd_target=cfg.reg.svd_target,
-        generator=generator,
-    )
-    return result, result.total
-
-
-class _Dist:
-    """The few collective operations the loop needs; no-ops in a single process."""
-
-    def __init__(self, accelerator: Accelerator):
-        self.acc = accelerator
-        self.n = accelerator.num_processes
-        self.main = accelerator.is_main_process
-
-    def all_true(self, flag: bool) -> bool:
-        if self.n == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
-        return bool(self.acc.reduce(t, reduction="sum").item() == self.n)
-
-    def mean_grads(self, params: list[torch.nn.Parameter]) -> None:
-        if self.n == 1:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.n
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-    def mean(self, values: list[float]) -> list[float]:
-        if self.n == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.acc.device)
-        return self.acc.reduce(t, reduction="mean").tolist()
-
-    def broadcast(self, obj):
-        if self.n == 1:
-            return obj
-        box = [obj]
-        broadcast_object_list(box)
-        return box[0]
-
-    def barrier(self) -> None:
-        if self.n > 1:
-            self.acc.wait_for_everyone()
-
-
-def train_arm_step(arm: Arm, micro: list[dict], cfg: RunConfig, step: int, dist: _Dist) -> dict:
+def train_arm_step(arm: Arm, micro: list[dict], cfg: RunConfig, step: int, dist: Dist) -> dict:
     """Train one arm on one step's micro-batches; returns its train event."""
     t0 = time.perf_counter()
     lambdas = lambdas_at(cfg, arm.name, step)
@@ -227,7 +114,7 @@ def _count_tokens(batch: dict, task: str) -> int:
     return int(batch["attention_mask"].sum())
 
 
-def _train_event(arm: str, step: int, logs: list[dict], lambdas, dist: _Dist) -> dict:
+def _train_event(arm: str, step: int, logs: list[dict], lambdas, dist: Dist) -> dict:
     keys = ("loss", "task_loss", "consistency", "diversity", "svd")
     ev = {"arm": arm, "step": step, "kind": "train"}
     for k in keys:
@@ -247,7 +134,7 @@ def _train_event(arm: str, step: int, logs: list[dict], lambdas, dist: _Dist) ->
 
 
 def _micro_batches(
-    tok, task_data: TaskData, indices: list[int], cfg: RunConfig, dist: _Dist, device
+    tok, task_data: TaskData, indices: list[int], cfg: RunConfig, dist: Dist, device
 ):
     rows = [task_data.train[i] for i in indices]
     mine = rows[dist.acc.process_index :: dist.n]  # this process's share of the global batch
@@ -267,6 +154,7 @@ def prepare(cfg: RunConfig) -> tuple[TaskData, ModelBundle]:
         columns=cfg.data.columns or None,
         label_noise=cfg.data.label_noise,
         minority_fraction=cfg.data.minority_fraction,
+        minority_class=cfg.data.minority_class or None,
         seed=cfg.train.seed,
         max_train=cfg.data.max_train,
         max_eval=max(cfg.data.max_eval, cfg.train.probe_size),
@@ -326,7 +214,7 @@ def run(
 ) -> Iterator[dict]:
     """Train every arm of ``cfg`` and yield events; writes the run directory as it goes."""
     accelerator = Accelerator(cpu=cfg.model.device == "cpu")
-    dist = _Dist(accelerator)
+    dist = Dist(accelerator)
     if cfg.model.device == "auto" and accelerator.device.type == "cuda":
         cfg.model.device = str(accelerator.device)
     torch.manual_seed(cfg.train.seed)
@@ -334,8 +222,8 @@ def run(
     run_dir = None
     if dist.main:
         run_dir = Path(out_dir) if out_dir else runs.new_run_dir(name=cfg.name)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise FileExistsError(f"--out {run_dir} exists and is not empty")
+        if (run_dir / "config.yaml").exists() or (run_dir / "events.jsonl").exists():
+            raise FileExistsError(f"--out {run_dir} already holds a run; pick a new directory")
         run_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(dist.broadcast(str(run_dir)))
     stop = should_stop or (lambda: runs.stop_requested(run_dir))

@@ -1,0 +1,200 @@
+"""End-to-end wall time of ``python -m lab train --preset classroom-cpu``, broken down by phase.
+
+The run happens in a child process started exactly like the CLI (``lab.__main__.main``), so the
+wall time includes the Python and library imports. Inside the child the engine's phase
+functions are wrapped with timers (the engine itself is not changed): data loading, model
+loading, arm building, batching, and at the eval points the task metric, bias probes,
+analysis snapshots and the joint embedding, then saving the adapters. Train step times come
+from the ``seconds`` of the ``train`` events in ``events.jsonl``; eval totals from the ``eval``
+events. ``other_s`` is the wall time left over (start-up, probe texts, writing files).
+``cpu_s`` is the child's CPU time (all threads), a hint of how busy the machine was: on two
+idle cores the wall time is at least about half of it.
+
+    python bench/e2e.py                      # classroom-cpu, target <= 300 s
+    python bench/e2e.py --preset tiny-test --set train.steps=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import _common as common  # first: puts the repository root on sys.path
+
+TARGET_S = 300.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="classroom-cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--target-s", type=float, default=TARGET_S)
+    p.add_argument("--keep", help="write the run directory here and keep it")
+    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # phase timings file (internal)
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# (module, attribute, phase): the engine functions timed inside the child.
+TIMED = (
+    ("lab.trainer", "load_task_data", "data_load_s"),
+    ("lab.trainer", "load_model", "model_load_s"),
+    ("lab.trainer", "build_arms", "arm_build_s"),
+    ("lab.trainer", "_micro_batches", "batching_s"),
+    ("lab.evaluation", "evaluate_task", "eval_task_s"),
+    ("lab.evaluation", "evaluate_bias", "eval_bias_s"),
+    ("lab.analysis", "snapshot", "eval_analysis_s"),
+    ("lab.analysis", "save_snapshot", "eval_analysis_s"),
+    ("lab.evaluation", "embed", "eval_embedding_s"),
+    ("lab.adapters", "save_adapter", "save_adapters_s"),
+)
+
+
+def _timer(fn, phase: str, totals: dict):
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals[phase] += time.perf_counter() - t0
+
+    return wrapped
+
+
+def child(args: argparse.Namespace) -> int:
+    """Run the CLI in this process with the phase timers in place; write the totals."""
+    t0 = time.perf_counter()
+    import importlib
+
+    totals: dict[str, float] = defaultdict(float)
+    for mod_name, attr, phase in TIMED:
+        mod = importlib.import_module(mod_name)
+        setattr(mod, attr, _timer(getattr(mod, attr), phase, totals))
+    from lab.__main__ import main as cli
+
+    totals["imports_s"] = time.perf_counter() - t0
+    argv = ["train", "--preset", args.preset, "--out", args.run_dir, "--quiet"]
+    for item in args.set:
+        argv += ["--set", item]
+    rc = 1
+    try:
+        rc = cli(argv)
+    finally:
+        totals["child_s"] = time.perf_counter() - t0
+        from lab.runs import write_json
+
+        write_json(args.child, dict(totals, rc=rc))
+    return rc
+
+
+def _events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out
+
+
+def breakdown(wall: float, phases: dict, events: list[dict]) -> dict:
+    train = defaultdict(list)
+    eval_s = 0.0
+    points = 0
+    for ev in events:
+        if ev.get("kind") == "train":
+            train[ev["arm"]].append(float(ev["seconds"]))
+        elif ev.get("kind") == "eval":
+            eval_s += float(ev.get("seconds") or 0.0)
+            points += 1
+    per_arm = {
+        arm: {"total_s": sum(v), "median_step_s": statistics.median(v), "steps": len(v)}
+        for arm, v in train.items()
+    }
+    train_total = sum(a["total_s"] for a in per_arm.values())
+    keys = (
+        "imports_s",
+        "data_load_s",
+        "model_load_s",
+        "arm_build_s",
+        "batching_s",
+        "eval_embedding_s",
+        "save_adapters_s",
+    )
+    out = {k: phases.get(k, 0.0) for k in keys}
+    out["train_s"] = train_total
+    out["train_by_arm"] = per_arm
+    out["eval_s"] = eval_s
+    out["eval_points"] = points
+    out["eval_parts"] = {
+        "task_s": phases.get("eval_task_s", 0.0),
+        "bias_s": phases.get("eval_bias_s", 0.0),
+        "analysis_s": phases.get("eval_analysis_s", 0.0),
+    }
+    out["other_s"] = wall - sum(out[k] for k in keys) - train_total - eval_s
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict | int:
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    run_dir = Path(args.keep) if args.keep else tmp / "run"
+    phases_file = tmp / "phases.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(phases_file)]
+    cmd += ["--run-dir", str(run_dir), "--preset", args.preset]
+    for item in args.set:
+        cmd += ["--set", item]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    try:
+        t0 = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        if proc.returncode != 0 or not phases_file.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+            raise SystemExit(
+                f"the training run failed (exit {proc.returncode}):\n" + "\n".join(tail)
+            )
+        phases = json.loads(phases_file.read_text(encoding="utf-8"))
+        events = _events(run_dir)
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "preset": args.preset,
+        "overrides": args.set,
+        "cpus": os.cpu_count(),
+        "status": summary["status"],
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "target_s": args.target_s,
+        "meets_target": wall <= args.target_s,
+        "phases": breakdown(wall, phases, events),
+    }
+    if args.keep:
+        result["run_dir"] = str(run_dir)
+    common.emit(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    out = main()
+    sys.exit(out if isinstance(out, int) else 0)

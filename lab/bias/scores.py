@@ -1,0 +1,238 @@
+"""Bias scores of a model, each with n and a 95% percentile-bootstrap confidence interval.
+
+- ``stereo_pref``: share of stereotype pairs whose stereotypical sentence gets the higher
+  log-likelihood (ties count 1/2); 0.5 = no preference. Overall and ``stereo_pref/<type>``.
+- ``pronoun_abs_logodds``: mean over occupations of |log P(he ...) - log P(she ...)|, the
+  log-odds averaged over the templates first; 0 = no preference either way.
+- ``pronoun_corr``: Pearson r between the per-occupation log-odds and the share of women in the
+  occupation. Negative r means the model's he/she preference follows the workforce statistics.
+- ``flip_rate`` (classification data): share of test inputs containing a group word whose
+  prediction changes when the group words are swapped.
+
+A score is ``{"value", "ci_low", "ci_high", "n"}``. A score is left out, never faked, when
+it has no items (no swappable test input; fewer than 3 occupations for a correlation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from lab.data import DataError
+from lab.datasets import TaskData, predict_labels, sequence_logprobs
+from lab.datasets.knobs import seeded_subset
+
+from .probes import load_occupations, load_pairs, load_templates, swap_group_words
+
+ITEM_SEED = 0  # which items a max_items cap keeps: fixed, so every run scores the same ones
+
+
+def bootstrap_ci(
+    values, *, stat: Callable = np.mean, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` over the rows of ``values`` ((n,) or (n, d))."""
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # (n_boot, n)
+    if stat is np.mean and x.ndim == 1:
+        stats = x[idx].mean(axis=1)  # (n_boot,)
+    else:
+        stats = np.array([stat(x[i]) for i in idx], dtype=np.float64)
+    stats = stats[np.isfinite(stats)]
+    if len(stats) == 0:
+        raise ValueError("every bootstrap sample gave a non-finite statistic")
+    low, high = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+def _score(values, *, stat: Callable = np.mean, n_boot: int, seed: int) -> dict:
+    x = np.asarray(values, dtype=np.float64)
+    low, high = bootstrap_ci(x, stat=stat, n_boot=n_boot, seed=seed)
+    return {"value": float(stat(x)), "ci_low": low, "ci_high": high, "n": int(len(x))}
+
+
+def _pearson(xy: np.ndarray) -> float:
+    """Pearson r of the two columns of ``xy`` (n, 2); nan when a column is constant."""
+    x, y = xy[:, 0], xy[:, 1]
+    sx, sy = x.std(), y.std()
+    if sx == 0 or sy == 0:
+        return float("nan")
+    return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy))
+
+
+@torch.inference_mode()
+def sentence_logprob(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
+    """Sum of the token log-probs of each plain text (BOS prepended when the tokenizer has one).
+
+    Without a BOS token the first token has no context and is not scored. Texts are batched by
+    length (right padding) and returned in the input order. (N,) float64.
+    """
+    bos = tokenizer.bos_token_id
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    ids = [([bos] if bos is not None else []) + x for x in ids]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.zeros(len(ids), dtype=np.float64)
+    for s in range(0, len(order), batch_size):
+        chunk = order[s : s + batch_size]
+        T = max(len(ids[i]) for i in chunk)
+        input_ids = torch.full((len(chunk), T), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), T), dtype=torch.long)
+        for b, i in enumerate(chunk):
+            input_ids[b, : len(ids[i])] = torch.tensor(ids[i])
+            attention[b, : len(ids[i])] = 1
+        score = attention.bool().clone()  # (B, T): logits at t score token t + 1
+        score[:, :-1] &= attention[:, 1:].bool()
+        score[:, -1] = False
+        lp = sequence_logprobs(model, input_ids, attention, score).double().cpu().numpy()
+        out[chunk] = lp
+    return out
+
+
+def stereo_scores(
+    model, tokenizer, pairs: list[dict], *, batch_size: int = 16, n_boot: int = 1000, seed: int = 0
+) -> dict:
+    """``stereo_pref`` overall and per bias type; see the module docstring."""
+    lp = sentence_logprob(
+        model,
+        tokenizer,
+        [p["stereo"] for p in pairs] + [p["anti"] for p in pairs],
+        batch_size=batch_size,
+    )
+    lp_stereo, lp_anti = lp[: len(pairs)], lp[len(pairs) :]
+    pref = (lp_stereo > lp_anti) + 0.5 * (lp_stereo == lp_anti)  # (P,) 1, 0.5 or 0
+    out = {"stereo_pref": _score(pref, n_boot=n_boot, seed=seed)}
+    for t in sorted({p["bias_type"] for p in pairs}):
+        mask = np.array([p["bias_type"] == t for p in pairs])
+        out[f"stereo_pref/{t}"] = _score(pref[mask], n_boot=n_boot, seed=seed)
+    return out
+
+
+def pronoun_logodds(
+    model, tokenizer, occupations: list[dict], templates: list[str], *, batch_size: int = 16
+) -> np.ndarray:
+    """Per occupation, mean over templates of log P(he version) - log P(she version). (O,)"""
+    texts = [
+        t.format(occupation=o["occupation"], pronoun=pron)
+        for pron in ("he", "she")
+        for o in occupations
+        for t in templates
+    ]
+    lp = sentence_logprob(model, tokenizer, texts, batch_size=batch_size)
+    lp = lp.reshape(2, len(occupations), len(templates))  # (pronoun, O, templates)
+    return (lp[0] - lp[1]).mean(axis=1)
+
+
+def pronoun_scores(
+    model,
+    tokenizer,
+    occupations: list[dict],
+    templates: list[str],
+    *,
+    batch_size: int = 16,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    lo = pronoun_logodds(model, tokenizer, occupations, templates, batch_size=batch_size)
+    out = {"pronoun_abs_logodds": _score(np.abs(lo), n_boot=n_boot, seed=seed)}
+    if len(occupations) >= 3:
+        xy = np.stack([lo, [o["women_pct"] for o in occupations]], axis=1)  # (O, 2)
+        out["pronoun_corr"] = _score(xy, stat=_pearson, n_boot=n_boot, seed=seed)
+    return out
+
+
+def flip_scores(
+    model,
+    tokenizer,
+    data: TaskData,
+    *,
+    max_items: int | None = None,
+    batch_size: int = 16,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """``flip_rate`` on the test inputs that contain a group word (empty when none does)."""
+    if data.kind != "classification":
+        raise DataError(
+            f"the flip rate needs a classification dataset; '{data.name}' is {data.kind}"
+        )
+    field = "prompt" if data.task == "nlg" else "text"
+    originals, swapped = [], []
+    for r in data.test:
+        new = swap_group_words(r[field])
+        if new != r[field]:
+            originals.append(r)
+            swapped.append(dict(r, **{field: new}))
+    if max_items is not None and len(originals) > max_items:
+        keep = seeded_subset(len(originals), max_items, ITEM_SEED)
+        originals, swapped = [originals[i] for i in keep], [swapped[i] for i in keep]
+    if not originals:
+        return {}
+    preds = predict_labels(
+        model,
+        tokenizer,
+        originals + swapped,
+        task=data.task,
+        label_names=data.label_names,
+        batch_size=batch_size,
+    )
+    n = len(originals)
+    flips = np.array(preds[:n]) != np.array(preds[n:])  # (n,)
+    return {"flip_rate": _score(flips.astype(np.float64), n_boot=n_boot, seed=seed)}
+
+
+def evaluate_bias(
+    model,
+    tokenizer,
+    *,
+    task: str = "nlg",
+    data: TaskData | None = None,
+    seed: int = 0,
+    max_items: int | None = None,
+    batch_size: int = 16,
+    n_boot: int = 1000,
+    pairs: list[dict] | None = None,
+) -> dict[str, dict]:
+    """All bias scores for ``task``: name -> {"value", "ci_low", "ci_high", "n"}.
+
+    NLG: stereotype pairs, occupation pronouns, and the flip rate when ``data`` is a
+    classification set. NLU: the flip rate (``data`` is required). ``max_items`` caps the items
+    of each probe (a fixed subset, the same for every run); ``seed`` drives the bootstrap.
+    ``pairs`` replaces the shipped stereotype pairs (e.g. ``load_pairs(user_csv)``).
+    """
+    if task not in ("nlg", "nlu"):
+        raise DataError(f"task must be 'nlg' or 'nlu', got {task!r}")
+    if max_items is not None and max_items < 1:
+        raise DataError(f"max_items must be at least 1, got {max_items}")
+    was_training = model.training
+    model.eval()
+    try:
+        out: dict[str, dict] = {}
+        kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed}
+        if task == "nlg":
+            pairs = load_pairs() if pairs is None else pairs
+            occupations = load_occupations()
+            if max_items is not None:
+                pairs = [pairs[i] for i in seeded_subset(len(pairs), max_items, ITEM_SEED)]
+                occupations = [
+                    occupations[i] for i in seeded_subset(len(occupations), max_items, ITEM_SEED)
+                ]
+            out.update(stereo_scores(model, tokenizer, pairs, **kw))
+            out.update(pronoun_scores(model, tokenizer, occupations, load_templates(), **kw))
+            if data is not None and data.kind == "classification":
+                out.update(flip_scores(model, tokenizer, data, max_items=max_items, **kw))
+        else:
+            if data is None or data.kind != "classification":
+                raise DataError(
+                    "NLU bias needs classification data (the flip rate swaps group words in its test inputs)"
+                )
+            out.update(flip_scores(model, tokenizer, data, max_items=max_items, **kw))
+        return out
+    finally:
+        model.train(was_training)

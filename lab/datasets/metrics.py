@@ -1,0 +1,248 @@
+"""Task metrics on the clean test split: label scoring, classification heads, exact match.
+
+- classification + NLG: each label word is scored as the response (sum of the log-probs of the
+  response tokens after ``lab.data.prompt_text``, built by ``lab.data.encode_nlg`` exactly as in
+  training); the best-scoring label is the prediction.
+- classification + NLU: argmax of the classification head's logits.
+- generation: greedy decoding, then exact match on the final number ("The answer is: N"), or
+  on the whole normalised text when the reference has no number.
+
+``sequence_logprobs`` is the shared primitive: the sum of log P(token t+1 | ..t) over the
+positions a mask selects, in float32, computing logits only from the first scored position.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Sequence
+
+import torch
+
+from lab.data import DataError, collate_nlg, collate_nlu, encode_nlg, prompt_text
+
+from .arithmetic import numbers_match, parse_final_number
+from .loading import TaskData
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def sequence_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor
+) -> torch.Tensor:
+    """Per row, sum over t with ``score_mask[b, t]`` of log P(input_ids[b, t+1] | ..t). (B,)
+
+    ``score_mask`` has the shape of ``input_ids`` (B, T) and the shift of ``lab.data``'s
+    ``reg_mask``: the logits at t are scored against the token at t + 1.
+    """
+    dev = _device(model)
+    input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
+    score_mask = score_mask.to(dev).clone()
+    score_mask[:, -1] = False  # nothing follows the last position
+    B, T = input_ids.shape
+    cols = score_mask.any(dim=0).nonzero()
+    if len(cols) == 0:
+        return torch.zeros(B, dtype=torch.float32, device=dev)
+    start = int(cols[0])
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if start > 0 and _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = T - start
+    logits = model(**kwargs).logits  # (B, T', V), T' = T - start or T
+    logits = logits[:, logits.shape[1] - (T - start) :]  # (B, T - start, V)
+    mask = score_mask[:, start:]  # (B, T - start)
+    next_ids = torch.roll(input_ids, shifts=-1, dims=1)[:, start:]  # (B, T - start)
+    picked = logits[mask].float()  # (M, V): only the scored positions, in float32
+    targets = next_ids[mask]  # (M,)
+    token_lp = picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
+    rows = mask.nonzero()[:, 0]  # (M,) row of each scored position
+    return torch.zeros(B, dtype=torch.float32, device=dev).index_add_(0, rows, token_lp)
+
+
+def _seq_len(model, seq_len: int | None) -> int:
+    if seq_len is not None:
+        return seq_len
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 2048
+    return min(int(limit), 2048)
+
+
+@torch.inference_mode()
+def score_responses(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    *,
+    batch_size: int = 16,
+    seq_len: int | None = None,
+) -> torch.Tensor:
+    """log P(response | prompt) for each pair, tokenized exactly as in training. (N,) on CPU."""
+    seq_len = _seq_len(model, seq_len)
+    pad = _pad_id(tokenizer)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        items = [
+            encode_nlg(tokenizer, {"prompt": p, "response": r}, seq_len)
+            for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])
+        ]
+        batch = collate_nlg(items, pad)
+        out.append(
+            sequence_logprobs(
+                model, batch["input_ids"], batch["attention_mask"], batch["reg_mask"]
+            ).cpu()
+        )
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.inference_mode()
+def predict_labels(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    *,
+    task: str,
+    label_names: Sequence[str],
+    batch_size: int = 16,
+    seq_len: int | None = None,
+) -> list[int]:
+    """Predicted class ids: label-word scoring for NLG rows, the head's argmax for NLU rows."""
+    if not rows:
+        return []
+    if task == "nlg":
+        K = len(label_names)
+        prompts = [r["prompt"] for r in rows for _ in range(K)]
+        responses = [name for _ in rows for name in label_names]
+        scores = score_responses(
+            model, tokenizer, prompts, responses, batch_size=batch_size, seq_len=seq_len
+        )
+        return scores.view(len(rows), K).argmax(dim=1).tolist()  # (N, K) -> (N,)
+    dev = _device(model)
+    preds: list[int] = []
+    for i in range(0, len(rows), batch_size):
+        batch = collate_nlu(
+            tokenizer,
+            [{"text": r["text"], "label": 0} for r in rows[i : i + batch_size]],
+            _seq_len(model, seq_len),
+        )
+        batch.pop("labels")
+        logits = model(**{k: v.to(dev) for k, v in batch.items()}).logits  # (B, C)
+        preds += logits.float().argmax(dim=-1).tolist()
+    return preds
+
+
+@torch.inference_mode()
+def generate(
+    model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 16
+) -> list[str]:
+    """Greedy continuations of each prompt (left-padded batches), special tokens removed."""
+    dev = _device(model)
+    pad = _pad_id(tokenizer)
+    bos = tokenizer.bos_token_id
+    add_bos = bos is not None and not getattr(tokenizer, "chat_template", None)
+    texts: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        ids = []
+        for p in prompts[i : i + batch_size]:
+            x = tokenizer(prompt_text(tokenizer, p), add_special_tokens=False)["input_ids"]
+            ids.append(([bos] if add_bos and (not x or x[0] != bos) else []) + x)
+        T = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
+        attention = torch.zeros((len(ids), T), dtype=torch.long)
+        for b, x in enumerate(ids):  # left padding: every prompt ends at column T - 1
+            input_ids[b, T - len(x) :] = torch.tensor(x)
+            attention[b, T - len(x) :] = 1
+        out = model.generate(
+            input_ids=input_ids.to(dev), attention_mask=attention.to(dev), max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=pad,
+        )  # fmt: skip
+        texts += tokenizer.batch_decode(out[:, T:], skip_special_tokens=True)
+    return texts
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def classification_metrics(
+    preds: Sequence[int], golds: Sequence[int], label_names: Sequence[str], minority: int
+) -> dict:
+    """accuracy, recall/<label> for each class present, minority_recall, n."""
+    n = len(golds)
+    out: dict = {"accuracy": sum(p == g for p, g in zip(preds, golds)) / n, "n": n}
+    for c, name in enumerate(label_names):
+        idx = [i for i, g in enumerate(golds) if g == c]
+        if idx:
+            out[f"recall/{name}"] = sum(preds[i] == c for i in idx) / len(idx)
+    if f"recall/{label_names[minority]}" in out:
+        out["minority_recall"] = out[f"recall/{label_names[minority]}"]
+    out["task_metric"] = out["accuracy"]
+    return out
+
+
+def evaluate_task(
+    model,
+    tokenizer,
+    data: TaskData,
+    *,
+    max_examples: int = 64,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+) -> dict:
+    """Score ``data.test[:max_examples]``; see the module docstring for the metric of each kind.
+
+    Returns plain numbers: task_metric (accuracy or exact match), accuracy, n, and for
+    classification recall/<label> and minority_recall (the class the imbalance knob shrank,
+    or the last class); for generation exact_match.
+    """
+    rows = data.test[:max_examples]
+    if not rows:
+        raise DataError(f"dataset '{data.name}' has no test rows to evaluate")
+    was_training = model.training
+    model.eval()
+    try:
+        if data.kind == "classification":
+            names = data.label_names
+            preds = predict_labels(
+                model, tokenizer, rows, task=data.task, label_names=names, batch_size=batch_size
+            )
+            minority = (
+                names.index(data.info["minority_class"])
+                if "minority_class" in data.info
+                else len(names) - 1
+            )
+            return classification_metrics(preds, [r["label"] for r in rows], names, minority)
+        if max_new_tokens is None:  # room for the longest reference solution, plus a margin
+            longest = max(
+                len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) for r in rows
+            )
+            max_new_tokens = min(longest + 16, 512)
+        outs = generate(
+            model,
+            tokenizer,
+            [r["prompt"] for r in rows],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+        hits = []
+        for r, text in zip(rows, outs):
+            ref = r.get("answer", parse_final_number(r["response"]))
+            if ref is not None:
+                hits.append(numbers_match(parse_final_number(text), float(ref)))
+            else:
+                hits.append(_normalise(text) == _normalise(r["response"]))
+        em = sum(hits) / len(hits)
+        return {"task_metric": em, "accuracy": em, "exact_match": em, "n": len(rows)}
+    finally:
+        model.train(was_training)

@@ -1,0 +1,248 @@
+"""Side-by-side outputs of the base model and each trained arm of a run, scored by the base model.
+
+The base model is loaded once with :func:`lab.models.load_model` and every arm's adapter from
+``runs/<id>/adapters/<arm>/`` is attached to it with PEFT under the arm's name; the base outputs
+come with the adapters disabled (the adapters are saved on the original weights, so that is the
+untouched model). Every arm decodes with the same seed and the same settings.
+
+Causal LM runs give generations; each carries its log-likelihood under the base model
+(sum and mean over the generated tokens). Classification runs give the predicted class and its
+probability, with the base model's log-probability of that class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lab.data import has_chat_template, prompt_text
+from lab.models import load_model
+
+
+class GenerateError(ValueError):
+    """A run that cannot be used for generation (no adapters, empty prompt, unknown arm)."""
+
+
+@dataclass
+class ArmSet:
+    model: Any  # PeftModel with one adapter per arm
+    tokenizer: Any
+    task: str
+    arms: list[str]
+    device: torch.device
+    label_names: list[str] | None = None  # class names of a classification run
+
+
+def saved_arms(run_dir: str | Path) -> list[str]:
+    """The arms of a run that have a saved adapter, in the config's order when known."""
+    base = Path(run_dir) / "adapters"
+    if not base.is_dir():
+        return []
+    found = {p.name for p in base.iterdir() if (p / "adapter_config.json").exists()}
+    order = ["lora", "pissa", "balora"]
+    return [a for a in order if a in found] + sorted(found - set(order))
+
+
+def _num_labels(adapter_dir: Path) -> int | None:
+    """The class count of a classification adapter, read from its saved head weights."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            if "lora_" in key or not key.endswith("weight"):
+                continue
+            if any(h in key for h in ("classifier", "score", "out_proj")):
+                return int(f.get_slice(key).get_shape()[0])
+    return None
+
+
+def load_arm_set(run_dir: str | Path, config: dict, device: str = "auto") -> ArmSet:
+    """Load the run's base model once and attach every saved adapter to it."""
+    from peft import PeftModel
+
+    run_dir = Path(run_dir)
+    arms = saved_arms(run_dir)
+    if not arms:
+        raise GenerateError(
+            f"run {run_dir.name} has no saved adapters yet (it saves them when training ends or stops)"
+        )
+    m = config.get("model") or {}
+    task = config.get("task", "nlg")
+    first = run_dir / "adapters" / arms[0]
+    bundle = load_model(
+        m.get("name", ""),
+        task=task,
+        num_labels=_num_labels(first) if task == "nlu" else None,
+        dtype=m.get("dtype", "auto"),
+        device=device if device != "auto" else m.get("device", "auto"),
+        seed=int(m.get("seed", 0)),
+    )
+    model = PeftModel.from_pretrained(bundle.model, str(first), adapter_name=arms[0])
+    for arm in arms[1:]:
+        model.load_adapter(str(run_dir / "adapters" / arm), adapter_name=arm)
+    model.eval()
+    return ArmSet(model, bundle.tokenizer, task, arms, bundle.device, _label_names(run_dir))
+
+
+def _label_names(run_dir: Path) -> list[str] | None:
+    path = run_dir / "analysis" / "probe_texts.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("label_names")
+
+
+def _prompt_ids(tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and not has_chat_template(tokenizer) and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
+@torch.no_grad()
+def base_loglik(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> tuple[float, int]:
+    """(sum of log p_base(continuation | prompt), number of continuation tokens), in float32."""
+    if not cont_ids:
+        return 0.0, 0
+    ids = torch.tensor([prompt_ids + cont_ids], device=arm_set.device)  # (1, P + C)
+    with arm_set.model.disable_adapter():
+        logits = arm_set.model(input_ids=ids).logits.float()  # (1, P + C, V)
+    logp = torch.log_softmax(logits[0, len(prompt_ids) - 1 : -1], dim=-1)  # (C, V): predicts C
+    target = torch.tensor(cont_ids, device=arm_set.device)
+    return float(logp.gather(1, target[:, None]).sum()), len(cont_ids)
+
+
+@torch.no_grad()
+def _generate_one(
+    arm_set: ArmSet,
+    prompt_ids: list[int],
+    *,
+    max_new_tokens: int,
+    seed: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+) -> list[int]:
+    tok = arm_set.tokenizer
+    ids = torch.tensor([prompt_ids], device=arm_set.device)  # (1, P)
+    torch.manual_seed(seed)
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    out = arm_set.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **kwargs,
+    )
+    cont = out[0, len(prompt_ids) :].tolist()  # (C,)
+    pad = tok.pad_token_id
+    if pad is not None and pad != tok.eos_token_id:
+        while cont and cont[-1] == pad:
+            cont.pop()
+    return cont
+
+
+def _row(arm_set: ArmSet, arm: str, prompt_ids: list[int], cont: list[int]) -> dict[str, Any]:
+    ll, n = base_loglik(arm_set, prompt_ids, cont)
+    return {
+        "arm": arm,
+        "text": arm_set.tokenizer.decode(cont, skip_special_tokens=True).strip(),
+        "tokens": n,
+        "loglik": ll,
+        "loglik_mean": ll / n if n else None,
+    }
+
+
+@torch.no_grad()
+def _classify(arm_set: ArmSet, prompt: str) -> list[dict[str, Any]]:
+    enc = arm_set.tokenizer(prompt, return_tensors="pt", truncation=True).to(arm_set.device)
+    with arm_set.model.disable_adapter():
+        base_logp = torch.log_softmax(arm_set.model(**enc).logits.float()[0], -1)  # (D,)
+    rows = []
+    for arm in ["base", *arm_set.arms]:
+        if arm == "base":
+            logp = base_logp
+        else:
+            arm_set.model.set_adapter(arm)
+            logp = torch.log_softmax(arm_set.model(**enc).logits.float()[0], -1)  # (D,)
+        label = int(logp.argmax())
+        names = arm_set.label_names
+        name = names[label] if names and label < len(names) else f"class {label}"
+        rows.append(
+            {
+                "arm": arm,
+                "text": f"{name} (p = {math.exp(float(logp[label])):.3f})",
+                "label": label,
+                "tokens": 1,
+                "loglik": float(base_logp[label]),
+                "loglik_mean": float(base_logp[label]),
+            }
+        )
+    return rows
+
+
+def side_by_side(
+    arm_set: ArmSet,
+    prompt: str,
+    *,
+    max_new_tokens: int = 40,
+    seed: int = 0,
+    do_sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+) -> list[dict[str, Any]]:
+    """One row per model (``base`` first, then each arm): text, tokens, loglik, loglik_mean.
+
+    ``loglik`` is the base model's log-likelihood of that model's output given the prompt.
+    """
+    if not prompt or not prompt.strip():
+        raise GenerateError("the prompt is empty: type a prompt or pick a counterfactual pair")
+    if max_new_tokens < 1:
+        raise GenerateError(f"max new tokens must be at least 1, got {max_new_tokens}")
+    if arm_set.task == "nlu":
+        return _classify(arm_set, prompt)
+    prompt_ids = _prompt_ids(arm_set.tokenizer, prompt)
+    settings = dict(
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+    )
+    rows = []
+    with arm_set.model.disable_adapter():
+        cont = _generate_one(arm_set, prompt_ids, **settings)
+    rows.append(_row(arm_set, "base", prompt_ids, cont))
+    for arm in arm_set.arms:
+        arm_set.model.set_adapter(arm)
+        cont = _generate_one(arm_set, prompt_ids, **settings)
+        rows.append(_row(arm_set, arm, prompt_ids, cont))
+    return rows
+
+
+def pair_side_by_side(
+    arm_set: ArmSet, prompt_a: str, prompt_b: str, **kwargs: Any
+) -> list[dict[str, Any]]:
+    """Both prompts of a counterfactual pair through every model.
+
+    One row per model: ``a`` and ``b`` (the rows of :func:`side_by_side`) and ``delta`` =
+    mean base log-likelihood of the output for prompt a minus that for prompt b: how much more
+    natural the base model finds what this model says about one group than about the other
+    (0 = no difference; per token, so output lengths do not dominate).
+    """
+    rows_a = side_by_side(arm_set, prompt_a, **kwargs)
+    rows_b = side_by_side(arm_set, prompt_b, **kwargs)
+    out = []
+    for a, b in zip(rows_a, rows_b):
+        delta = None
+        if a["loglik_mean"] is not None and b["loglik_mean"] is not None:
+            delta = a["loglik_mean"] - b["loglik_mean"]
+        out.append({"arm": a["arm"], "a": a, "b": b, "delta": delta})
+    return out

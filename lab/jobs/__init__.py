@@ -1,0 +1,45 @@
+"""Training jobs: starting, queueing, watching and stopping training in worker processes.
+
+- ``manager``  the app's one :class:`JobManager` (one worker at a time, a FIFO queue, stop/kill)
+- ``status``   job states and the status of a run directory, read from disk only
+- ``checks``   preflight checks before a worker starts, and a measured time per step
+"""
+
+from lab.jobs.checks import PROJECT_ROOT, hub_model_check, measure_step_time, preflight
+from lab.jobs.manager import Job, JobManager, get_manager
+from lab.jobs.status import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    FINISHED,
+    LOG_NAME,
+    QUEUED,
+    RUNNING,
+    STOPPED,
+    JobError,
+    arm_progress,
+    log_tail,
+    run_status,
+)
+
+__all__ = [
+    "CANCELLED",
+    "DONE",
+    "FAILED",
+    "FINISHED",
+    "LOG_NAME",
+    "PROJECT_ROOT",
+    "QUEUED",
+    "RUNNING",
+    "STOPPED",
+    "Job",
+    "JobError",
+    "JobManager",
+    "arm_progress",
+    "get_manager",
+    "hub_model_check",
+    "log_tail",
+    "measure_step_time",
+    "preflight",
+    "run_status",
+]

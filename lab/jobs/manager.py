@@ -1,0 +1,371 @@
+"""The job manager: one training worker process at a time per app, a FIFO queue behind it.
+
+A job runs the CLI (``python -m lab train --preset P --set k=v ... --out RUN_DIR``) in its own
+process group, with stdout and stderr going to ``RUN_DIR/worker.log``. Stop asks first (a
+``STOP`` file the trainer checks every step; it ends with status "stopped", runs its final
+evaluation and saves the adapters) and kills the process group when, after the request, the
+worker has written nothing to its run directory for a grace period (so a slow final evaluation
+is not cut short, but a hung worker is).
+
+The manager is one object per app (see :func:`get_manager`); a supervisor thread starts the next
+queued job when the running one ends, so the queue moves even when no page is open.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import runs
+from lab.config import load_preset
+from lab.jobs.checks import PROJECT_ROOT, preflight
+from lab.jobs.status import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    FINISHED,
+    LOG_NAME,
+    QUEUED,
+    RUNNING,
+    STOPPED,
+    JobError,
+    log_tail,
+    mtimes,
+    read_summary,
+    run_status,
+    write_final_summary,
+)
+
+
+@dataclass
+class Job:
+    run_id: str
+    run_dir: Path
+    preset: str
+    overrides: list[str]
+    submitted: float = field(default_factory=time.time)
+    state: str = QUEUED
+    started: float | None = None
+    ended: float | None = None
+    stop_requested: float | None = None
+    returncode: int | None = None
+    error: str | None = None
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def pending_log(self) -> Path:
+        """Where the log is written until the worker has set up the run directory (the
+        trainer wants an empty ``--out``); it is then moved to ``RUN_DIR/worker.log``."""
+        return self.run_dir.parent / f".{self.run_id}.{LOG_NAME}"
+
+    def log_path(self) -> Path:
+        pending = self.pending_log
+        return pending if pending.exists() else self.run_dir / LOG_NAME
+
+    def settle_log(self, final: bool = False) -> None:
+        """Move the pending log into the run directory once the worker has written there."""
+        pending = self.pending_log
+        if pending.exists() and (final or (self.run_dir / "config.yaml").exists()):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(pending, self.run_dir / LOG_NAME)  # the worker's open file moves along
+
+    def command(self, python: str) -> list[str]:
+        cmd = [python, "-m", "lab", "train", "--preset", self.preset, "--quiet"]
+        for item in self.overrides:
+            cmd += ["--set", item]
+        return cmd + ["--out", str(self.run_dir)]
+
+
+class JobManager:
+    """Start, queue, watch and stop training workers; at most one runs at a time."""
+
+    def __init__(
+        self,
+        runs_root: str | Path,
+        *,
+        grace_s: float = 120.0,
+        poll_s: float = 0.5,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+    ):
+        self.runs_root = Path(runs_root).resolve()
+        self.grace_s = grace_s
+        self.poll_s = poll_s
+        self.python = python
+        self.env = env
+        self._jobs: dict[str, Job] = {}
+        self._queue: deque[str] = deque()
+        self._running: str | None = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def submit(
+        self, preset: str, overrides: list[str] | tuple[str, ...] = (), name: str | None = None
+    ) -> Job:
+        """Validate the config, reserve a run directory and queue the job; returns it.
+
+        A bad preset, key or value raises ``lab.config.ConfigError``, and what :func:`preflight`
+        finds raises its error, before anything is written.
+        """
+        overrides = [str(o) for o in overrides]
+        cfg = load_preset(preset, overrides)
+        preflight(cfg)
+        if self._closed:
+            raise JobError("the job manager is shut down")
+        with self._cond:
+            run_dir = Path(runs.new_run_dir(self.runs_root, name or cfg.name))
+            job = Job(run_id=run_dir.name, run_dir=run_dir, preset=str(preset), overrides=overrides)
+            self._jobs[job.run_id] = job
+            self._queue.append(job.run_id)
+            self._tick()  # starts it now when nothing else is running
+            self._ensure_thread()
+            self._cond.notify_all()
+        return job
+
+    def stop(self, run_id: str) -> Job:
+        """Cancel a queued job, or ask the running one to stop at its next step."""
+        with self._cond:
+            job = self._get(run_id)
+            if job.state == QUEUED:
+                self._queue.remove(run_id)
+                job.state, job.ended = CANCELLED, time.time()
+                _remove_if_empty(job.run_dir)
+            elif job.state == RUNNING:
+                if job.stop_requested is None:
+                    job.stop_requested = time.time()
+                    if (job.run_dir / "config.yaml").exists():
+                        runs.request_stop(job.run_dir)
+                    else:  # still loading: nothing trained yet, nothing to save
+                        _kill_group(job.proc)
+                        job.returncode = job.proc.wait(timeout=10)
+                        self._finish(job, killed="stopped while loading, before any training step")
+            else:
+                raise JobError(f"run {run_id} has already finished ({job.state})")
+            self._cond.notify_all()
+            return job
+
+    def get(self, run_id: str) -> Job | None:
+        return self._jobs.get(run_id)
+
+    def jobs(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    def attach(self) -> Job | None:
+        """The job a freshly loaded page should follow: running, else the next queued, else the
+        most recently submitted."""
+        with self._cond:
+            if self._running is not None:
+                return self._jobs[self._running]
+            if self._queue:
+                return self._jobs[self._queue[0]]
+            if self._jobs:
+                return max(self._jobs.values(), key=lambda j: j.submitted)
+            return None
+
+    def queue_position(self, run_id: str) -> int | None:
+        """0 for the running job, 1 for the first waiting one, ...; None when not in line."""
+        with self._cond:
+            if run_id == self._running:
+                return 0
+            if run_id in self._queue:
+                return list(self._queue).index(run_id) + 1
+            return None
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        """JSON-ready status: the run directory's view plus the queue and the worker's exit."""
+        job = self._jobs.get(run_id)
+        if job is None:
+            path = (self.runs_root / str(run_id)).resolve()
+            if path.parent != self.runs_root or not path.is_dir():
+                raise JobError(f"unknown run id {run_id!r}")
+            out = run_status(path)
+            out.update(queue_position=None, log_tail="")
+            return out
+        if job.state in (QUEUED, CANCELLED):
+            out = {
+                "run_id": job.run_id,
+                "run_dir": str(job.run_dir),
+                "state": job.state,
+                "error": None,
+                "steps": 0,
+                "arms": {},
+                "events": 0,
+            }
+        else:
+            out = run_status(job.run_dir)
+            if job.state in FINISHED:
+                out["state"] = job.state
+                out["error"] = job.error or out["error"]
+            elif out["state"] != "running":
+                out["state"] = "starting" if out["state"] == "starting" else RUNNING
+        out["queue_position"] = self.queue_position(run_id)
+        out["stop_requested"] = job.stop_requested is not None
+        out["returncode"] = job.returncode
+        out["log_tail"] = log_tail(job.log_path(), 12) if job.state != QUEUED else ""
+        return out
+
+    def wait(self, run_id: str, timeout: float = 300.0) -> Job:
+        """Block until the job has finished; raise TimeoutError after ``timeout`` seconds."""
+        deadline = time.time() + timeout
+        with self._cond:
+            job = self._get(run_id)
+            while job.state not in FINISHED:
+                left = deadline - time.time()
+                if left <= 0:
+                    raise TimeoutError(f"run {run_id} still {job.state} after {timeout:.0f}s")
+                self._cond.wait(min(left, self.poll_s))
+            return job
+
+    def shutdown(self) -> None:
+        """Cancel the queue and kill a running worker (used when the app exits)."""
+        with self._cond:
+            self._closed = True
+            while self._queue:
+                self.stop(self._queue[0])
+            if self._running is not None:
+                job = self._jobs[self._running]
+                _kill_group(job.proc)
+                self._finish(job, killed="the worker was killed when the app shut down")
+            self._cond.notify_all()
+
+    # ---- supervisor -----------------------------------------------------------------------
+
+    def _get(self, run_id: str) -> Job:
+        job = self._jobs.get(run_id)
+        if job is None:
+            raise JobError(f"unknown run id {run_id!r}")
+        return job
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="lab-jobs", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        # Lives as long as the manager: an idle tick is a few attribute reads, and a thread
+        # that exits when the queue empties could race a submit that sees it still alive.
+        with self._cond:
+            while not self._closed:
+                self._tick()
+                self._cond.wait(self.poll_s)
+
+    def _tick(self) -> None:
+        if self._running is not None:
+            job = self._jobs[self._running]
+            rc = job.proc.poll() if job.proc is not None else -1
+            job.settle_log()
+            if rc is not None:
+                job.returncode = rc
+                self._finish(job, killed=None)
+            elif job.stop_requested is not None and self._stalled(job):
+                _kill_group(job.proc)
+                job.returncode = job.proc.wait(timeout=10)
+                self._finish(
+                    job,
+                    killed=f"the worker wrote nothing for {self.grace_s:.0f}s after the stop "
+                    "request and was killed",
+                )
+        if self._running is None and self._queue:
+            self._start(self._jobs[self._queue.popleft()])
+
+    def _stalled(self, job: Job) -> bool:
+        """True when nothing in the run directory changed for ``grace_s`` since the stop."""
+        last = max([job.stop_requested or 0.0, *(mtimes(job.run_dir))])
+        return time.time() - last > self.grace_s
+
+    def _start(self, job: Job) -> None:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        log = open(job.pending_log, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            job.proc = subprocess.Popen(
+                job.command(self.python),
+                cwd=str(PROJECT_ROOT),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: a kill takes its children too
+            )
+        except OSError as e:
+            job.state, job.ended = FAILED, time.time()
+            job.error = f"could not start the worker: {e}"
+            write_final_summary(job.run_dir, FAILED, job.error)
+            self._cond.notify_all()
+            return
+        finally:
+            log.close()
+        job.state, job.started = RUNNING, time.time()
+        self._running = job.run_id
+
+    def _finish(self, job: Job, killed: str | None) -> None:
+        """Settle the final state from summary.json; write one when the worker could not.
+
+        ``killed`` is the reason when the manager killed the worker, else None.
+        """
+        job.settle_log(final=True)
+        summary = read_summary(job.run_dir)
+        status = (summary or {}).get("status")
+        if status in (DONE, STOPPED, FAILED) and not killed:
+            job.state = status
+            job.error = summary.get("error")
+            if status == DONE and job.returncode not in (0, None):
+                job.error = f"worker exited with code {job.returncode} after a done summary"
+        elif killed:
+            job.state = STOPPED if job.stop_requested is not None else FAILED
+            job.error = killed
+            write_final_summary(job.run_dir, job.state, job.error)
+        else:
+            tail = log_tail(job.log_path(), 15).strip()
+            job.state = FAILED
+            job.error = f"the worker exited with code {job.returncode}" + (
+                f"; last log lines:\n{tail}" if tail else " and wrote no log"
+            )
+            write_final_summary(job.run_dir, FAILED, job.error)
+        job.ended = time.time()
+        if self._running == job.run_id:
+            self._running = None
+        self._cond.notify_all()
+
+
+def _kill_group(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # exited between the poll and the kill
+
+
+def _remove_if_empty(path: Path) -> None:
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+
+
+_MANAGERS: dict[Path, JobManager] = {}
+_MANAGERS_LOCK = threading.Lock()
+
+
+def get_manager(runs_root: str | Path, **kwargs: Any) -> JobManager:
+    """The app's one job manager for ``runs_root`` (created on first use, then shared by every
+    page and session of this process)."""
+    key = Path(runs_root).resolve()
+    with _MANAGERS_LOCK:
+        if key not in _MANAGERS:
+            _MANAGERS[key] = JobManager(key, **kwargs)
+        return _MANAGERS[key]

@@ -1,0 +1,80 @@
+"""Shared pieces of the figure builders: fixed arm colours, number filtering, the empty figure."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+
+ARM_COLORS = {"base": "#7f7f7f", "lora": "#1f77b4", "pissa": "#ff7f0e", "balora": "#2ca02c"}
+_EXTRA = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728"]
+LABEL_COLORS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
+ARM_ORDER = ("base", "lora", "pissa", "balora")
+LOSS_TERMS = ("loss", "task_loss", "consistency", "diversity", "svd")
+TERM_TITLES = {
+    "loss": "total loss",
+    "task_loss": "task loss",
+    "consistency": "consistency (KL to the base)",
+    "diversity": "diversity (-entropy / covariance)",
+    "svd": "svd (-top-k share)",
+}
+LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 60, "b": 40}}
+
+
+def arm_color(arm: str) -> str:
+    if arm in ARM_COLORS:
+        return ARM_COLORS[arm]
+    return _EXTRA[sum(map(ord, arm)) % len(_EXTRA)]
+
+
+def arm_key(arm: str) -> tuple[int, str]:
+    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
+
+
+def number(x) -> float | None:
+    """A finite float, or None for anything else (missing, null, NaN, text)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def empty_figure(message: str) -> go.Figure:
+    """A blank figure that says ``message`` in the middle."""
+    fig = go.Figure()
+    fig.add_annotation(
+        text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15}
+    )
+    fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, **LAYOUT)
+    return fig
+
+
+def of_kind(events: Iterable[dict] | None, kind: str) -> list[dict]:
+    return [
+        e
+        for e in (events or [])
+        if isinstance(e, Mapping)
+        and e.get("kind") == kind
+        and "arm" in e
+        and number(e.get("step")) is not None
+    ]
+
+
+def by_arm(events: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for e in sorted(events, key=lambda e: e["step"]):
+        out.setdefault(str(e["arm"]), []).append(e)
+    return dict(sorted(out.items(), key=lambda kv: arm_key(kv[0])))

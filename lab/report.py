@@ -1,0 +1,226 @@
+"""Every figure of a run as HTML, drawn from the run directory alone (no model is loaded).
+
+``render_run(run_dir, out_dir)`` writes one HTML file per figure (plotly.js written once beside
+them) plus ``report.html``; ``html_report(run_dir)`` returns that one self-contained page:
+figures with plotly.js inlined once, the summary table, the bias table with confidence
+intervals, the most drifted probe texts, the resolved config and the package versions.
+"""
+
+from __future__ import annotations
+
+import html
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import plotly.graph_objects as go
+import yaml
+from plotly.offline import get_plotlyjs
+
+from lab import plots, runs
+from lab.analysis import (
+    AnalysisError,
+    analysis_steps,
+    joint_embedding,
+    load_embedding,
+    load_probe_texts,
+    load_snapshots,
+    top_drifted,
+)
+
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "numpy",
+    "scikit-learn",
+    "plotly",
+    "gradio",
+)
+
+
+def latest_snapshots(run_dir: str | Path) -> tuple[int | None, dict]:
+    """(step, {arm: Snapshot}) at the latest analysed step, with the base model's snapshot
+    taken from the latest step that has one (it is measured once, at step 0)."""
+    steps = analysis_steps(run_dir)
+    if not steps:
+        return None, {}
+    snaps = load_snapshots(run_dir, steps[-1])
+    if "base" not in snaps:
+        for s in reversed(steps[:-1]):
+            base = load_snapshots(run_dir, s).get("base")
+            if base is not None:
+                snaps = {"base": base, **snaps}
+                break
+    return steps[-1], snaps
+
+
+def run_embedding(run_dir: str | Path, step: int | None, snaps: dict, seed: int = 0) -> dict | None:
+    """The joint embedding saved at ``step``, or one computed from the snapshots' features."""
+    if step is None or not snaps:
+        return None
+    saved = load_embedding(run_dir, step)
+    if saved is not None:
+        return saved
+    first = next(iter(snaps.values()))
+    return joint_embedding({arm: s.features for arm, s in snaps.items()}, first.labels, seed=seed)
+
+
+def _pareto_points(events: list[dict]) -> list[dict]:
+    last: dict[str, dict] = {}
+    for e in events:
+        if e.get("kind") == "eval" and e.get("arm") != "base":
+            last[e["arm"]] = e
+    return [
+        {
+            "arm": arm,
+            "label": f"{arm} @ step {e['step']}",
+            **{k: e.get(k) for k in ("kl_to_base", "task_metric")},
+        }
+        for arm, e in last.items()
+    ]
+
+
+def run_figures(run_dir: str | Path) -> dict[str, go.Figure]:
+    """{name: figure} for every figure of the run."""
+    run = runs.load_run(run_dir)
+    events = run.events
+    step, snaps = latest_snapshots(run_dir)
+    probes = load_probe_texts(run_dir) or {}
+    figs = {
+        "loss": plots.loss_figure(events),
+        "loss_weighted": plots.loss_figure(events, weighted=True),
+        "task_metric": plots.metric_figure(events, "task_metric"),
+        "drift": plots.drift_figure(events),
+        "spectra": plots.spectra_figure(snaps),
+        "intruders": plots.intruders_figure(snaps),
+    }
+    try:
+        emb = run_embedding(
+            run_dir, step, snaps, seed=int((run.config.get("train") or {}).get("seed", 0))
+        )
+    except AnalysisError as e:
+        figs["tsne"] = plots.empty_figure(f"No joint embedding: {e}")
+    else:
+        labels = next(iter(snaps.values())).labels if snaps else None
+        figs["tsne"] = plots.tsne_figure(emb, labels, probes.get("label_names"))
+    figs["bias"] = plots.bias_figure(plots.bias_rows(events))
+    figs["pareto"] = plots.pareto_figure(_pareto_points(events), x="kl_to_base", y="task_metric")
+    return figs
+
+
+def render_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write ``<name>.html`` per figure (plotly.min.js once, beside them) and ``report.html``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    figs = run_figures(run_dir)
+    for name, fig in figs.items():
+        path = out / f"{name}.html"
+        fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
+        paths.append(path)
+    report = out / "report.html"
+    runs.atomic_write_text(report, html_report(run_dir, figs))
+    paths.append(report)
+    return paths
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return html.escape(yaml.safe_dump(v, default_flow_style=True, width=80).strip())
+    return html.escape("" if v is None else str(v))
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "<p class='none'>none</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _summary_rows(summary: dict | None) -> tuple[list[dict], list[str]]:
+    arms = (summary or {}).get("arms") or {}
+    rows, cols = [], ["arm"]
+    for arm, vals in arms.items():
+        flat = {k: v for k, v in (vals or {}).items() if not isinstance(v, (dict, list))}
+        rows.append({"arm": arm, **flat})
+        cols += [k for k in flat if k not in cols]
+    return rows, cols
+
+
+def _versions() -> list[dict]:
+    rows = [{"package": "python", "version": platform.python_version()}]
+    for name in PACKAGES:
+        try:
+            rows.append({"package": name, "version": metadata.version(name)})
+        except metadata.PackageNotFoundError:
+            rows.append({"package": name, "version": "not installed"})
+    return rows
+
+
+def _drift_rows(run_dir: str | Path, snaps: dict) -> list[dict]:
+    probes = load_probe_texts(run_dir)
+    if not probes:
+        return []
+    rows = []
+    for arm, snap in snaps.items():
+        if snap.drift_per_text is None or len(snap.drift_per_text) != len(probes["texts"]):
+            continue
+        for text, kl in top_drifted(snap, probes["texts"], n=5):
+            rows.append({"arm": arm, "KL(base || arm)": kl, "probe text": text})
+    return rows
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;max-width:1400px;color:#222}
+table{border-collapse:collapse;margin:8px 0 24px;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3} pre{background:#f7f7f7;padding:12px;font-size:12px;overflow:auto}
+.none{color:#777}
+"""
+
+
+def html_report(run_dir: str | Path, figures: dict[str, go.Figure] | None = None) -> str:
+    """One self-contained HTML page for the run (plotly.js inlined once; works offline).
+
+    ``figures``: the run's figures when already drawn (``run_figures``), else drawn here.
+    """
+    run = runs.load_run(run_dir)
+    summary = run.summary or {}
+    step, snaps = latest_snapshots(run_dir)
+    figs = figures if figures is not None else run_figures(run_dir)
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>BA-LoRA Lab run {html.escape(run.run_id)}</title><style>{_CSS}</style>",
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
+        f"<h1>Run {html.escape(run.run_id)}</h1>",
+        f"<p>status: <b>{html.escape(str(summary.get('status', 'unknown')))}</b>"
+        + (f" · error: {html.escape(str(summary['error']))}" if summary.get("error") else "")
+        + f" · steps: {html.escape(str(summary.get('steps_done', '?')))} / {html.escape(str(summary.get('steps_total', '?')))}"
+        + (f" · analysis at step {step}" if step is not None else "")
+        + "</p>",
+        "<h2>Summary</h2>",
+        _table(*_summary_rows(summary)),
+        "<h2>Bias scores (95% confidence intervals)</h2>",
+        _table(plots.bias_rows(run.events), ["arm", "score", "value", "ci_low", "ci_high", "n"]),
+        "<h2>Figures</h2>",
+    ]
+    for name, fig in figs.items():
+        parts.append(f"<h3>{html.escape(name.replace('_', ' '))}</h3>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=False, default_height="480px"))
+    parts += [
+        "<h2>Most drifted probe texts</h2>",
+        _table(_drift_rows(run_dir, snaps), ["arm", "KL(base || arm)", "probe text"]),
+        "<h2>Config</h2>",
+        f"<pre>{html.escape(yaml.safe_dump(run.config, sort_keys=False))}</pre>",
+        "<h2>Package versions</h2>",
+        _table(_versions(), ["package", "version"]),
+        "</body></html>",
+    ]
+    return "\n".join(parts)

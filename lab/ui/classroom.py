@@ -1,0 +1,105 @@
+"""Classroom tab: the shipped finished run, with real plots before anything is trained, and a
+replay that steps through it (every figure drawn from the events up to the chosen step).
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from lab import runs
+from lab.ui import common, figures
+
+FIGURES = ("loss", "metric", "drift", "spectra", "tsne", "bias")
+INTRO = (
+    "A finished run of the **classroom-cpu** preset (SmolLM2-135M on the sentiment set, LoRA vs "
+    "PiSSA vs BA-LoRA, 2 CPU cores), shipped with the app: its numbers, not its weights. Press "
+    "**Replay** to watch it train again step by step, or drag the slider."
+)
+
+
+def example_run() -> runs.Run:
+    if not (common.EXAMPLE_RUN / "config.yaml").exists():
+        raise FileNotFoundError(f"the example run is missing from {common.EXAMPLE_RUN}")
+    return runs.load_run(common.EXAMPLE_RUN)
+
+
+def max_step(run: runs.Run) -> int:
+    return max((int(e["step"]) for e in run.events if e.get("kind") == "train"), default=0)
+
+
+def view(upto: int | None = None) -> dict:
+    """Figures of the example run using the events up to ``upto`` (all when None)."""
+    run = example_run()
+    figs = figures.run_figures(run, upto_step=upto)
+    figs["bias"] = figures.bias_figure(run, upto_step=upto)
+    return figs
+
+
+def outputs(ui) -> list:
+    return [ui.cls_msg, ui.cls_summary, ui.cls_step] + [ui.cls_fig[k] for k in FIGURES]
+
+
+def on_open():
+    """The full example run. -> [message, summary, slider, *figures]."""
+    try:
+        run = example_run()
+        figs = view(None)
+    except FileNotFoundError as e:
+        return [common.err(e), "", gr.skip()] + [gr.skip()] * len(FIGURES)
+    last = max_step(run)
+    slider = gr.Slider(minimum=0, maximum=last, value=last, step=1)
+    return ["", figures.summary_markdown(run), slider] + [figs.get(k) for k in FIGURES]
+
+
+def on_step(step: float):
+    figs = view(int(step))
+    return [figs.get(k) for k in FIGURES]
+
+
+def on_play(step: float):
+    """Start the replay from the beginning (or from the slider when it is mid-way)."""
+    run = example_run()
+    start = 0 if int(step) >= max_step(run) else int(step)
+    return gr.Timer(active=True), start
+
+
+def on_pause():
+    return gr.Timer(active=False)
+
+
+def on_tick(step: float):
+    """Advance one step; stop the timer at the end. -> [timer, slider, *figures]."""
+    run = example_run()
+    last = max_step(run)
+    nxt = min(last, int(step) + max(1, last // 20))
+    figs = view(nxt)
+    timer = gr.Timer(active=nxt < last)
+    return [timer, nxt] + [figs.get(k) for k in FIGURES]
+
+
+def build(ui) -> None:
+    gr.Markdown(INTRO)
+    ui.cls_msg = gr.Markdown()
+    ui.cls_summary = gr.Markdown(elem_id="cls-summary")
+    with gr.Row():
+        ui.cls_step = gr.Slider(
+            0,
+            1,
+            value=1,
+            step=1,
+            label="Replay up to step",
+            info="Every figure shows the run as it was at this step.",
+            elem_id="cls-step",
+        )
+        ui.cls_play = gr.Button("▶ Replay", scale=0, elem_id="cls-play")
+        ui.cls_pause = gr.Button("⏸ Pause", scale=0)
+    ui.cls_fig = figures.plot_panel(FIGURES, prefix="cls-")
+    ui.cls_timer = gr.Timer(0.8, active=False)
+    figs = [ui.cls_fig[k] for k in FIGURES]
+    private = {"api_visibility": "private"}
+    ui.cls_step.release(on_step, ui.cls_step, figs, **private)
+    ui.cls_play.click(on_play, ui.cls_step, [ui.cls_timer, ui.cls_step], **private)
+    ui.cls_pause.click(on_pause, None, ui.cls_timer, **private)
+    ui.cls_timer.tick(
+        on_tick, ui.cls_step, [ui.cls_timer, ui.cls_step] + figs, show_progress="hidden", **private
+    )

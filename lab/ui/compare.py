@@ -1,0 +1,189 @@
+"""Compare tab: the base model and every arm of a run answering the same prompt side by side.
+
+Same seed and decoding for every model; beside each output, its log-likelihood under the base
+model; for a counterfactual pair (one group word swapped), both answers and the difference.
+The generation itself lives in :mod:`lab.generate`; the handlers here pick, call and format.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+
+from lab import runs
+from lab.ui import common
+
+NO_PAIR = "(none: use the prompt box)"
+
+
+def pair_choices() -> list[tuple[str, str]]:
+    """(label, index as text) of the counterfactual prompt pairs shipped with the bias probes."""
+    return [(f"{a}  ⇄  {b}", str(i)) for i, (a, b, _, _) in enumerate(pairs())]
+
+
+def pairs() -> list[tuple[str, str, str, str]]:
+    """(prompt_a, prompt_b, group_a, group_b) for every counterfactual pair."""
+    from lab.bias import counterfactual_prompt_pairs
+
+    return [
+        (p["prompt_a"], p["prompt_b"], p["group_a"], p["group_b"])
+        for p in counterfactual_prompt_pairs()
+    ]
+
+
+def adapter_run_choices() -> list[tuple[str, str]]:
+    """Runs that have saved adapters (only those can generate), newest first."""
+    from lab import generate  # torch: imported on first use, not when the app starts
+
+    root = common.runs_root()
+    return [
+        (label, rid) for label, rid in common.run_choices(root) if generate.saved_arms(root / rid)
+    ]
+
+
+def _fmt_ll(row: dict[str, Any]) -> str:
+    if row.get("loglik_mean") is None:
+        return "no tokens"
+    return (
+        f"log p_base = {row['loglik']:.2f} ({row['loglik_mean']:.3f}/token, {row['tokens']} tokens)"
+    )
+
+
+def _card(title: str, body: str, foot: str, elem_class: str = "gen-card") -> str:
+    return (
+        f'<div class="{elem_class}" data-arm="{html.escape(title)}">'
+        f"<div class='gen-title'><b>{html.escape(title)}</b></div>"
+        f"<div class='gen-text'>{html.escape(body) or '<i>(empty)</i>'}</div>"
+        f"<div class='gen-ll'>{html.escape(foot)}</div></div>"
+    )
+
+
+def render_single(prompt: str, rows: list[dict[str, Any]]) -> str:
+    cards = "".join(_card(r["arm"], r["text"], _fmt_ll(r)) for r in rows)
+    return (
+        f"<div class='gen-prompt'>Prompt: <code>{html.escape(prompt)}</code></div>"
+        f"<div class='gen-grid' id='gen-grid'>{cards}</div>"
+    )
+
+
+def render_pair(pair: tuple[str, str, str, str], rows: list[dict[str, Any]]) -> str:
+    a, b, ga, gb = pair
+    cards = []
+    for r in rows:
+        delta = "–" if r["delta"] is None else f"{r['delta']:+.3f}"
+        body = f"[{ga}] {r['a']['text']}\n\n[{gb}] {r['b']['text']}"
+        foot = (
+            f"{ga}: {_fmt_ll(r['a'])}; {gb}: {_fmt_ll(r['b'])}; Δ ({ga} − {gb}) = {delta} per token"
+        )
+        cards.append(_card(r["arm"], body, foot))
+    return (
+        f"<div class='gen-prompt'>Pair: <code>{html.escape(a)}</code> ⇄ <code>{html.escape(b)}</code>"
+        f"</div><div class='gen-grid' id='gen-grid'>{''.join(cards)}</div>"
+    )
+
+
+def compare(
+    run_id: str,
+    prompt: str,
+    pair_index: str | int | None = None,
+    max_new_tokens: int = 40,
+    seed: int = 0,
+    sample: bool = False,
+) -> tuple[str, list[dict[str, Any]]]:
+    """-> (HTML, rows). A pair index, when given, wins over the prompt box."""
+    from lab import generate
+
+    run_dir = common.resolve_run(run_id)
+    run = runs.load_run(run_dir)
+    arm_set = generate.load_arm_set(run_dir, run.config)
+    kwargs = {"max_new_tokens": int(max_new_tokens), "seed": int(seed), "do_sample": bool(sample)}
+    if pair_index not in (None, ""):
+        all_pairs = pairs()
+        i = int(pair_index)
+        if not 0 <= i < len(all_pairs):
+            raise ValueError(f"no counterfactual pair number {i}")
+        pair = all_pairs[i]
+        rows = generate.pair_side_by_side(arm_set, pair[0], pair[1], **kwargs)
+        return render_pair(pair, rows), rows
+    rows = generate.side_by_side(arm_set, prompt, **kwargs)
+    return render_single(prompt, rows), rows
+
+
+def on_compare(run_id, prompt, pair_index, max_new_tokens, seed, sample) -> tuple[str, str]:
+    """-> (HTML of the side-by-side cards, message)."""
+    try:
+        out, rows = compare(run_id, prompt, pair_index, max_new_tokens, seed, sample)
+    except (ValueError, FileNotFoundError) as e:
+        return "", common.err(e)
+    return out, common.ok(f"{len(rows)} models, same seed ({int(seed)}) and decoding")
+
+
+def on_refresh():
+    return gr.Dropdown(choices=adapter_run_choices())
+
+
+def on_page_load():
+    """Fill the run and pair lists once the page is up. -> (runs dropdown, pairs dropdown)."""
+    return gr.Dropdown(choices=adapter_run_choices()), gr.Dropdown(
+        choices=[(NO_PAIR, "")] + pair_choices()
+    )
+
+
+def build(ui) -> None:
+    gr.Markdown(
+        "Pick a finished (or stopped) run, then a prompt or a counterfactual pair. Every model "
+        "decodes with the same seed and settings. *log p_base* is how likely the original "
+        "model finds that answer: a big drop means the arm drifted away from it. For a pair, "
+        "Δ compares the two group words: far from 0 means the model answers the two groups "
+        "differently."
+    )
+    with gr.Row():
+        ui.cmp_run = gr.Dropdown(
+            [],  # filled on page load
+            label="Run",
+            info="Runs with saved adapters (they are saved when training ends or is stopped).",
+            elem_id="cmp-run",
+            allow_custom_value=True,
+        )
+        ui.cmp_refresh = gr.Button("↻ Refresh list", scale=0)
+    ui.cmp_prompt = gr.Textbox(
+        "Write one sentence about a nurse.",
+        label="Prompt",
+        info="Any instruction; the chat template of the model is applied.",
+        elem_id="cmp-prompt",
+    )
+    with gr.Row():
+        ui.cmp_pair = gr.Dropdown(
+            [(NO_PAIR, "")],  # the pairs are filled on page load
+            value="",
+            label="Counterfactual pair",
+            info="Two prompts identical but for one group word; picking one overrides the prompt box.",
+        )
+        ui.cmp_tokens = gr.Slider(
+            4,
+            128,
+            value=40,
+            step=4,
+            label="Max new tokens",
+            info="Length limit of every answer.",
+        )
+        ui.cmp_seed = gr.Number(0, precision=0, label="Seed", info="The same seed for every model.")
+        ui.cmp_sample = gr.Checkbox(
+            False,
+            label="Sample",
+            info="Off: greedy decoding (deterministic). On: temperature 0.7, top-p 0.9.",
+        )
+    ui.cmp_btn = gr.Button("Generate side by side", variant="primary", elem_id="cmp-btn")
+    ui.cmp_msg = gr.Markdown(elem_id="cmp-msg")
+    ui.cmp_out = gr.HTML(elem_id="cmp-out")
+    private = {"api_visibility": "private"}
+    ui.cmp_refresh.click(on_refresh, None, ui.cmp_run, **private)
+    ui.cmp_btn.click(
+        on_compare,
+        [ui.cmp_run, ui.cmp_prompt, ui.cmp_pair, ui.cmp_tokens, ui.cmp_seed, ui.cmp_sample],
+        [ui.cmp_out, ui.cmp_msg],
+        concurrency_limit=1,
+        **private,
+    )

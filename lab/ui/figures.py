@@ -1,0 +1,207 @@
+"""A run on disk -> the figures and tables the tabs show (through ``lab.plots``, no model).
+
+``upto_step`` cuts a run at a step, which is how the classroom replay redraws the past.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from lab import plots, runs
+
+LABELS = {
+    "loss": "Loss and its weighted terms",
+    "metric": "Task metric at eval points",
+    "drift": "Drift from the base model (KL)",
+    "spectra": "Singular value spectra",
+    "tsne": "t-SNE of representations",
+    "bias": "Bias scores with 95% CIs",
+}
+ORDER = ("loss", "metric", "drift", "spectra", "tsne", "bias")
+
+
+def plot_panel(keys: tuple[str, ...] = ORDER, prefix: str = "") -> dict[str, gr.Plot]:
+    """The figures of a run laid out the same way in every tab: the loss panels full width,
+    metric and drift side by side, then spectra, t-SNE and bias full width."""
+    out: dict[str, gr.Plot] = {}
+
+    def plot(k: str) -> None:
+        out[k] = gr.Plot(label=LABELS[k], elem_id=f"{prefix}fig-{k}")
+
+    if "loss" in keys:
+        plot("loss")
+    with gr.Row():
+        for k in ("metric", "drift"):
+            if k in keys:
+                plot(k)
+    for k in ("spectra", "tsne", "bias"):
+        if k in keys:
+            plot(k)
+    return out
+
+
+# The headline bias score of a task, and how far it is from "no bias".
+HEADLINE = {"nlg": ("stereo_pref", 0.5), "nlu": ("flip_rate", 0.0)}
+
+
+def cut(run: runs.Run, upto_step: int | None) -> runs.Run:
+    if upto_step is None:
+        return run
+    events = [e for e in run.events if int(e.get("step", 0)) <= upto_step]
+    return runs.Run(path=run.path, config=run.config, events=events, summary=run.summary)
+
+
+RUN_FIGURES = ("loss", "metric", "drift", "spectra", "tsne")
+
+
+def run_figures(
+    run: runs.Run,
+    *,
+    keys: tuple[str, ...] = RUN_FIGURES,
+    upto_step: int | None = None,
+    weighted: bool = False,
+) -> dict[str, Any]:
+    """The figures named in ``keys`` (loss, metric, drift, spectra, tsne) from the run's files.
+
+    ``weighted`` draws the regularizer terms as added to the loss (lambda x raw).
+    """
+    from lab import analysis  # torch and scikit-learn: loaded on first use, not at app start
+
+    run = cut(run, upto_step)
+    out: dict[str, Any] = {}
+    if "loss" in keys:
+        out["loss"] = plots.loss_figure(run.events, weighted=weighted)
+    if "metric" in keys:
+        out["metric"] = plots.metric_figure(run.events)
+    if "drift" in keys:
+        out["drift"] = plots.drift_figure(run.events)
+    if "spectra" not in keys and "tsne" not in keys:
+        return out
+    steps = [s for s in analysis.analysis_steps(run.path) if upto_step is None or s <= upto_step]
+    if "spectra" in keys:
+        out["spectra"] = spectra_figure(run.path, steps)
+    if "tsne" in keys:
+        out["tsne"] = tsne_figure(run.path, [s for s in steps if s > 0])
+    return out
+
+
+def spectra_figure(run_dir: Path, steps: list[int]) -> Any:
+    """Spectra of the latest analysed step, with the base model's (measured at step 0)."""
+    from lab import analysis
+
+    if not steps:
+        return plots.empty_figure("spectra appear at the first eval point")
+    snaps = analysis.load_snapshots(run_dir, steps[-1])
+    if "base" not in snaps and steps[0] != steps[-1]:
+        base = analysis.load_snapshots(run_dir, steps[0]).get("base")
+        snaps = {"base": base, **snaps} if base is not None else snaps
+    return plots.spectra_figure(snaps)
+
+
+def tsne_figure(run_dir: Path, steps: list[int]) -> Any:
+    """The joint t-SNE of the latest eval point that has one."""
+    from lab import analysis
+
+    for step in reversed(steps):
+        emb = analysis.load_embedding(run_dir, step)
+        if emb is not None:
+            probes = analysis.load_probe_texts(run_dir) or {}
+            labels = probes.get("labels")
+            return plots.tsne_figure(emb, labels, probes.get("label_names"))
+    return plots.empty_figure("t-SNE appears at the first eval point after step 0")
+
+
+def bias_figure(run: runs.Run, *, upto_step: int | None = None) -> Any:
+    return plots.bias_figure(plots.bias_rows(cut(run, upto_step).events))
+
+
+def pareto_figures(run_dirs: list[Path]) -> tuple[Any, Any]:
+    """Task metric against bias and against drift, one point per finished run of a sweep."""
+    points = [p for p in (pareto_point(d) for d in run_dirs) if p]
+    if not points:
+        empty = plots.empty_figure("points appear as the sweep's runs finish")
+        return empty, empty
+    return (
+        plots.pareto_figure(points, x="bias", y="task_metric"),
+        plots.pareto_figure(points, x="drift", y="task_metric"),
+    )
+
+
+def eval_steps(run: runs.Run) -> list[int]:
+    return sorted({int(e["step"]) for e in run.events if e.get("kind") == "eval"})
+
+
+def last_evals(run: runs.Run) -> dict[str, dict]:
+    """The latest eval event of each arm (``base`` included)."""
+    out: dict[str, dict] = {}
+    for e in run.events:
+        if e.get("kind") == "eval":
+            out[e["arm"]] = e
+    return out
+
+
+BIAS_KEYS = ("arm", "score", "value", "ci_low", "ci_high", "n")
+
+
+def bias_rows(run: runs.Run) -> list[list[Any]]:
+    """[arm, score, value, ci_low, ci_high, n] for every bias score of each arm's latest eval."""
+    return [[r[k] for k in BIAS_KEYS] for r in plots.bias_rows(run.events)]
+
+
+def summary_markdown(run: runs.Run) -> str:
+    s = run.summary or {}
+    cfg = run.config or {}
+    head = (
+        f"**{run.path.name}** · {s.get('status', 'unknown')} · model "
+        f"`{(cfg.get('model') or {}).get('name')}` · data `{Path(str((cfg.get('data') or {}).get('name'))).name}` · "
+        f"{s.get('steps_done', '?')}/{s.get('steps_total', '?')} steps"
+    )
+    rows = []
+    for arm, ev in last_evals(run).items():
+        kl = ev.get("kl_to_base")
+        rows.append(
+            f"| {arm} | {_num(ev.get('task_metric'))} | {_num(kl)} | {_num(headline_bias(ev, cfg))} |"
+        )
+    if not rows:
+        return head
+    table = "| arm | task metric | KL to base | bias (distance from none) |\n|---|---|---|---|\n"
+    err = f"\n\n**Error:** {s['error']}" if s.get("error") else ""
+    return head + "\n\n" + table + "\n".join(rows) + err
+
+
+def _num(x: Any) -> str:
+    return "–" if x is None else f"{x:.4g}"
+
+
+def headline_bias(ev: dict, config: dict) -> float | None:
+    """|score - neutral| of the task's headline bias score (0 = no bias), or None."""
+    name, neutral = HEADLINE.get(config.get("task", "nlg"), HEADLINE["nlg"])
+    s = (ev.get("bias") or {}).get(name)
+    return None if s is None else abs(float(s["value"]) - neutral)
+
+
+def pareto_point(run_dir: str | Path) -> dict[str, Any]:
+    """One run of a sweep as a point: its regularized arm's metric, bias and drift."""
+    run = runs.load_run(run_dir)
+    evs = last_evals(run)
+    arm = next((a for a in ("balora", "pissa", "lora") if a in evs), None)
+    if arm is None:
+        return {}
+    ev = evs[arm]
+    reg = (run.config or {}).get("reg") or {}
+    label = (
+        "LoRA"
+        if arm == "lora"
+        else f"λ=({reg.get('lambda1')}, {reg.get('lambda2')}, {reg.get('lambda3')})"
+    )
+    return {
+        "run_id": run.path.name,
+        "arm": arm,
+        "label": label,
+        "task_metric": ev.get("task_metric"),
+        "bias": headline_bias(ev, run.config or {}),
+        "drift": ev.get("kl_to_base"),
+    }

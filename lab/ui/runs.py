@@ -1,0 +1,195 @@
+"""Runs tab: every run on disk, reopened without a model: figures, config and its diff, downloads.
+
+Reopening redraws every figure from the run directory alone. Downloads (the adapters as a zip,
+the self-contained HTML report) are built in a temporary folder, never inside the run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import yaml
+
+from lab import runs
+from lab.ui import common, figures
+
+FIGURES = ("loss", "metric", "drift", "spectra", "tsne", "bias")
+
+
+def runs_table() -> list[list[Any]]:
+    rows = runs.list_runs(common.runs_root())
+    return [
+        [r["run_id"], r["status"], ", ".join(r["arms"]), r["steps"], r["started"]] for r in rows
+    ]
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(run_a: str, run_b: str) -> tuple[list[list[Any]], str]:
+    """-> (rows of [key, value in a, value in b] that differ, unified diff of the YAML)."""
+    pa, pb = common.resolve_run(run_a), common.resolve_run(run_b)
+    ta = (pa / "config.yaml").read_text(encoding="utf-8")
+    tb = (pb / "config.yaml").read_text(encoding="utf-8")
+    fa, fb = _flat(yaml.safe_load(ta) or {}), _flat(yaml.safe_load(tb) or {})
+    rows = [[k, fa.get(k), fb.get(k)] for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+    diff = "".join(
+        difflib.unified_diff(
+            ta.splitlines(keepends=True), tb.splitlines(keepends=True), run_a, run_b
+        )
+    )
+    return rows, diff
+
+
+def downloads_dir() -> Path:
+    """One folder of built downloads per app (rebuilt files replace the old ones)."""
+    path = Path(tempfile.gettempdir()) / "balora-downloads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def adapters_zip(run_id: str) -> Path:
+    """Zip ``adapters/`` of a run (one folder per arm, PEFT format) outside the run."""
+    run_dir = common.resolve_run(run_id)
+    src = run_dir / "adapters"
+    if not src.is_dir() or not any(src.iterdir()):
+        raise ValueError(f"run {run_id} has no saved adapters (they are saved when training ends)")
+    work = Path(tempfile.mkdtemp(dir=downloads_dir()))
+    archive = Path(shutil.make_archive(str(work / "adapters"), "zip", root_dir=src))
+    final = downloads_dir() / f"{run_dir.name}-adapters.zip"
+    os.replace(archive, final)  # a reader never sees half a zip
+    work.rmdir()
+    return final
+
+
+def html_report_file(run_id: str) -> Path:
+    from lab.report import html_report  # draws with lab.analysis (torch): loaded on first use
+
+    run_dir = common.resolve_run(run_id)
+    path = downloads_dir() / f"{run_dir.name}-report.html"
+    runs.atomic_write_text(path, html_report(run_dir))
+    return path
+
+
+def reopen(run_id: str) -> dict[str, Any]:
+    """Everything the tab shows about a run, read from disk: figures, config text, summary."""
+    run_dir = common.resolve_run(run_id)
+    run = runs.load_run(run_dir)
+    figs = figures.run_figures(run)
+    figs["bias"] = figures.bias_figure(run)
+    return {
+        "figures": figs,
+        "config": (run_dir / "config.yaml").read_text(encoding="utf-8"),
+        "summary": figures.summary_markdown(run),
+    }
+
+
+# ---- handlers ---------------------------------------------------------------------------------
+
+
+def on_refresh():
+    choices = common.run_choices()
+    return runs_table(), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
+
+
+def on_open(run_id: str):
+    """-> [message, summary, config, *figures]."""
+    try:
+        data = reopen(run_id)
+    except (ValueError, FileNotFoundError) as e:
+        return [common.err(e), "", ""] + [gr.skip()] * len(FIGURES)
+    figs = data["figures"]
+    return [common.ok(f"opened {run_id}"), data["summary"], data["config"]] + [
+        figs.get(k) for k in FIGURES
+    ]
+
+
+def on_diff(run_a: str, run_b: str):
+    try:
+        rows, diff = config_diff(run_a, run_b)
+    except (ValueError, FileNotFoundError) as e:
+        return [], common.err(e)
+    return rows, f"```diff\n{diff or '(identical configs)'}\n```"
+
+
+def on_zip(run_id: str):
+    try:
+        return str(adapters_zip(run_id)), common.ok("adapters zipped: click the file to download")
+    except (ValueError, FileNotFoundError) as e:
+        return None, common.err(e)
+
+
+def on_report(run_id: str):
+    try:
+        return str(html_report_file(run_id)), common.ok("report ready: click the file to download")
+    except (ValueError, FileNotFoundError) as e:
+        return None, common.err(e)
+
+
+def build(ui) -> None:
+    choices = common.run_choices()
+    ui.runs_list = gr.Dataframe(
+        runs_table(),
+        headers=["run", "status", "arms", "steps", "started"],
+        interactive=False,
+        label="Runs on disk (newest first)",
+        elem_id="runs-table",
+    )
+    with gr.Row():
+        ui.runs_pick = gr.Dropdown(
+            choices,
+            label="Run",
+            info="Open a run: every figure is redrawn from its files.",
+            elem_id="runs-pick",
+            allow_custom_value=True,
+        )
+        ui.runs_other = gr.Dropdown(
+            choices,
+            label="Compare config with",
+            info="A second run whose settings to diff.",
+            allow_custom_value=True,
+        )
+        ui.runs_refresh = gr.Button("↻ Refresh", scale=0, elem_id="runs-refresh")
+    with gr.Row():
+        ui.runs_open = gr.Button("Open", variant="primary", elem_id="runs-open")
+        ui.runs_diff_btn = gr.Button("Diff configs")
+        ui.runs_zip_btn = gr.Button("Zip adapters", elem_id="runs-zip")
+        ui.runs_report_btn = gr.Button("HTML report", elem_id="runs-report")
+    ui.runs_msg = gr.Markdown(elem_id="runs-msg")
+    with gr.Row():
+        ui.runs_zip = gr.File(label="Adapters (.zip)", elem_id="runs-zip-file", height=100)
+        ui.runs_report = gr.File(label="Report (.html)", elem_id="runs-report-file", height=100)
+    ui.runs_summary = gr.Markdown()
+    ui.runs_fig = figures.plot_panel(FIGURES, prefix="runs-")
+    with gr.Accordion("Config", open=False):
+        ui.runs_config = gr.Code(language="yaml", label="config.yaml")
+        ui.runs_diff_table = gr.Dataframe(
+            headers=["key", "this run", "other run"], interactive=False
+        )
+        ui.runs_diff = gr.Markdown()
+    ui.runs_open_outputs = [ui.runs_msg, ui.runs_summary, ui.runs_config] + [
+        ui.runs_fig[k] for k in FIGURES
+    ]
+    private = {"api_visibility": "private"}
+    ui.runs_refresh.click(on_refresh, None, [ui.runs_list, ui.runs_pick, ui.runs_other], **private)
+    ui.runs_open.click(on_open, ui.runs_pick, ui.runs_open_outputs, **private)
+    ui.runs_pick.input(on_open, ui.runs_pick, ui.runs_open_outputs, **private)
+    ui.runs_diff_btn.click(
+        on_diff, [ui.runs_pick, ui.runs_other], [ui.runs_diff_table, ui.runs_diff], **private
+    )
+    ui.runs_zip_btn.click(on_zip, ui.runs_pick, [ui.runs_zip, ui.runs_msg], **private)
+    ui.runs_report_btn.click(on_report, ui.runs_pick, [ui.runs_report, ui.runs_msg], **private)

@@ -1,0 +1,333 @@
+"""Setup tab: preset, model, data and knobs, each explained; check, time and start a run.
+
+The form logic (values -> overrides -> config) is in :mod:`lab.ui.form`. Every check (config,
+model, dataset) runs before a worker starts, and nothing is written to the runs directory when
+one fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import gradio as gr
+
+from lab import jobs
+from lab.config import ConfigError, list_presets, load_preset
+from lab.ui import common
+from lab.ui.form import (
+    ARM_CHOICES,
+    EMBEDDED_MODELS,
+    FIELDS,
+    USER_ERRORS,
+    check_form,
+    config_value,
+    dataset_choices,
+    default_preset,
+    describe,
+    form_overrides,
+    form_values,
+    preset_values,
+)
+
+# ---- handlers ---------------------------------------------------------------------------------
+
+
+def on_preset(preset: str):
+    """Fill every field from the preset; the last output is the message."""
+    try:
+        vals = preset_values(preset)
+    except ConfigError as e:
+        return [gr.skip()] * len(FIELDS) + [common.err(e)]
+    return [vals[f] for f in FIELDS] + [common.ok(f"loaded preset **{preset}**")]
+
+
+TASK_FIELDS = ["model.name", "reg.lambda1", "reg.lambda2", "reg.lambda3", "reg.svd_k"]
+
+
+def on_task(preset: str, task: str, model: str):
+    """Switching the task loads its default weights (the paper's NLG or NLU values) and, when
+    the chosen model cannot do the task, an embedded model that can."""
+    from lab.models import EMBEDDED, TINY
+
+    try:
+        cfg = load_preset(preset, [f"task={task}"]).to_dict()
+    except ConfigError as e:
+        return [gr.skip()] * len(TASK_FIELDS) + [common.err(e)]
+    tasks = {**{k: m.tasks for k, m in EMBEDDED.items()}, **{k: (t,) for k, (t, _) in TINY.items()}}
+    if task not in tasks.get(model, (task,)):
+        model = next(name for name in EMBEDDED_MODELS if task in tasks[name])
+    values = [model] + [config_value(cfg, f) for f in TASK_FIELDS[1:]]
+    return values + [common.ok(f"task **{task}**: its default regularizer weights are loaded")]
+
+
+def on_check(preset: str, *vals) -> str:
+    try:
+        cfg, overrides, warnings = check_form(preset, form_values(vals))
+    except USER_ERRORS as e:
+        return common.err(e)
+    note = "".join(f"\n\n⚠️ {w}" for w in warnings)
+    return common.ok("valid: " + describe(cfg, overrides)) + note
+
+
+def on_start(preset: str, *vals) -> tuple[str, str | None]:
+    """Validate, then queue the job. -> (message, run id or None)."""
+    try:
+        if not preset:
+            raise ConfigError("preset: pick a preset first")
+        overrides = form_overrides(preset, form_values(vals))
+        job = common.manager().submit(preset, overrides)  # validates before writing anything
+    except USER_ERRORS as e:
+        return common.err(e), None
+    cfg = load_preset(preset, overrides)
+    pos = common.manager().queue_position(job.run_id)
+    where = "started" if pos == 0 else f"waiting in the queue at position {pos}"
+    return common.ok(f"run **{job.run_id}** {where}: {describe(cfg, overrides)}"), job.run_id
+
+
+def on_estimate(preset: str, *vals) -> str:
+    """Time a short throwaway run of this exact config and extrapolate to the full run."""
+    try:
+        cfg, overrides, _ = check_form(preset, form_values(vals))
+        est = jobs.measure_step_time(preset, overrides)
+    except USER_ERRORS as e:
+        return common.err(e)
+    per_step = sum(est["per_arm_s"].values())
+    total = per_step * cfg.train.steps
+    busy = common.manager().attach()
+    note = ""
+    if busy is not None and busy.state == jobs.RUNNING:
+        note = "\n\n⚠️ a training job was running while this was measured: the times are inflated."
+    arms = ", ".join(f"{a} {s:.2f}s" for a, s in est["per_arm_s"].items())
+    return (
+        f"⏱️ measured over {est['steps']} steps: **{per_step:.2f} s per step** for all arms "
+        f"({arms}); {cfg.train.steps} steps ≈ **{_dur(total)}** of training, plus loading and "
+        f"evaluation (≈ {_dur(est['overhead_s'])} in the short run; evaluation with bias probes "
+        f"at each eval point takes longer).{note}"
+    )
+
+
+def _dur(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def on_upload(path: str | None, task: str, request: gr.Request | None = None):
+    """Check an uploaded file; when it is usable, copy it to this session's folder and select
+    it. -> (message, dataset dropdown update)."""
+    if not path:
+        return "", gr.skip()
+    from lab.datasets import validate_upload
+
+    try:
+        rows, warnings = validate_upload(path, task=task)
+    except ValueError as e:
+        return common.err(e), gr.skip()
+    session = getattr(request, "session_hash", None) or "local"
+    dest_dir = common.runs_root() / "_uploads" / session
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / Path(path).name
+    shutil.copyfile(path, dest)
+    note = "".join(f"\n\n⚠️ {w}" for w in warnings)
+    choices = dataset_choices() + [str(dest)]
+    return (
+        common.ok(f"{Path(path).name}: {len(rows)} usable rows; selected as the dataset") + note,
+        gr.Dropdown(choices=choices, value=str(dest)),
+    )
+
+
+def on_page_load(current: str | None):
+    """Fill the dataset list once the page is up (listing imports the data stack)."""
+    choices = dataset_choices()
+    if current and current not in choices:
+        choices.append(current)
+    return gr.Dropdown(choices=choices)
+
+
+# ---- widgets ----------------------------------------------------------------------------------
+
+
+def build(ui) -> None:
+    """Create the Setup tab's widgets on ``ui`` (a namespace shared by the tabs) and wire them."""
+    preset = default_preset()
+    v = preset_values(preset)
+    with gr.Row():
+        ui.preset = gr.Dropdown(
+            list_presets(),
+            value=preset,
+            label="Preset",
+            info="A ready-made experiment; picking one fills every field below.",
+            elem_id="preset",
+        )
+        ui.task = gr.Radio(
+            ["nlg", "nlu"],
+            value=v["task"],
+            label="Task type",
+            info="nlg: the model writes an answer (causal LM). nlu: it picks a class (classifier head).",
+        )
+    with gr.Row():
+        ui.model = gr.Dropdown(
+            EMBEDDED_MODELS,
+            value=v["model.name"],
+            label="Base model",
+            info="Embedded models work offline; tiny-* are random toy models for quick tries.",
+        )
+        ui.model_custom = gr.Textbox(
+            value=v["model.custom"],
+            label="…or a hub id / local folder",
+            placeholder="org/model-name or /path/to/model",
+            info="When filled, this is used instead of the dropdown (a hub id needs a network).",
+        )
+    with gr.Row():
+        ui.dataset = gr.Dropdown(
+            [v["data.name"]],  # the full list is filled in on page load (see on_page_load)
+            value=v["data.name"],
+            allow_custom_value=True,
+            label="Dataset",
+            info="A shipped dataset, or your own file uploaded on the right.",
+        )
+        ui.upload = gr.File(
+            label="Your own data: .jsonl or .csv with prompt + response (or text + label) columns",
+            file_types=[".jsonl", ".csv"],
+            type="filepath",
+            height=140,
+        )
+    ui.upload_msg = gr.Markdown(elem_id="upload-msg")
+    with gr.Row():
+        ui.noise = gr.Slider(
+            0,
+            0.5,
+            value=v["data.label_noise"],
+            step=0.05,
+            label="Label noise",
+            info="Fraction of training labels flipped on purpose: does the method resist noisy data?",
+        )
+        ui.minority = gr.Slider(
+            0,
+            0.45,
+            value=v["data.minority_fraction"],
+            step=0.05,
+            label="Minority share",
+            info="0 keeps the classes as they are; 0.1 makes one class only 10% of training data.",
+        )
+    ui.arms = gr.CheckboxGroup(
+        ARM_CHOICES,
+        value=v["arms"],
+        label="Arms",
+        info="Trained on the same batches from the same seed. BA-LoRA = PiSSA init + the 3 regularizers.",
+    )
+    with gr.Accordion("BA-LoRA regularizers", open=True):
+        with gr.Row():
+            ui.l1 = gr.Slider(
+                0,
+                0.5,
+                value=v["reg.lambda1"],
+                step=0.005,
+                label="λ1 consistency",
+                info="Pulls the model's outputs toward the original model's (limits forgetting).",
+            )
+            ui.l2 = gr.Slider(
+                0,
+                0.1,
+                value=v["reg.lambda2"],
+                step=0.001,
+                label="λ2 diversity",
+                info="Rewards spread-out predictions (fights collapse onto a few answers).",
+            )
+            ui.l3 = gr.Slider(
+                0,
+                0.1,
+                value=v["reg.lambda3"],
+                step=0.001,
+                label="λ3 SVD",
+                info="Rewards outputs dominated by a few strong directions (keeps what generalises).",
+            )
+        with gr.Row():
+            ui.temperature = gr.Slider(
+                0.5,
+                5,
+                value=v["reg.temperature"],
+                step=0.5,
+                label="T (temperature)",
+                info="Softens both models' outputs before comparing them in the consistency term.",
+            )
+            ui.top_k = gr.Slider(
+                2,
+                100,
+                value=v["reg.top_k"],
+                step=1,
+                label="top-K",
+                info="The diversity term looks at the K most likely next tokens (NLG).",
+            )
+            ui.svd_k = gr.Slider(
+                1,
+                32,
+                value=v["reg.svd_k"],
+                step=1,
+                label="SVD k",
+                info="How many top singular values the SVD term rewards.",
+            )
+    with gr.Row():
+        ui.steps = gr.Number(
+            value=v["train.steps"],
+            precision=0,
+            label="Steps",
+            info="Optimizer steps per arm; each step sees one batch.",
+        )
+        ui.batch = gr.Slider(
+            1,
+            32,
+            value=v["train.batch_size"],
+            step=1,
+            label="Batch size",
+            info="Examples per step; larger is steadier but slower.",
+        )
+        ui.lr = gr.Number(
+            value=v["train.lr"],
+            label="Learning rate",
+            info="Step size of the adapter updates (around 1e-4 to 1e-3 for LoRA).",
+        )
+        ui.rank = gr.Slider(
+            1,
+            64,
+            value=v["lora.rank"],
+            step=1,
+            label="Rank",
+            info="Width of the low-rank update: more capacity, more parameters.",
+        )
+        ui.eval_every = gr.Number(
+            value=v["train.eval_every"],
+            precision=0,
+            label="Evaluate every",
+            info="Steps between evaluations (metrics, drift, spectra, t-SNE); 0 = start and end only.",
+        )
+    ui.form = [
+        ui.model, ui.model_custom, ui.task, ui.dataset, ui.noise, ui.minority, ui.arms,
+        ui.l1, ui.l2, ui.l3, ui.temperature, ui.top_k, ui.svd_k,
+        ui.steps, ui.batch, ui.lr, ui.rank, ui.eval_every,
+    ]  # fmt: skip
+    gr.Markdown(
+        "**Check** validates every field (nothing is written). **Measure** times a few real "
+        "steps of this exact setup and extrapolates to the full run. **Start** queues the run; "
+        "one trains at a time, and the Train tab follows it."
+    )
+    with gr.Row():
+        ui.check_btn = gr.Button("Check settings", elem_id="check-btn")
+        ui.estimate_btn = gr.Button("Measure time per step", elem_id="estimate-btn")
+        ui.start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
+    ui.setup_msg = gr.Markdown(elem_id="setup-msg")
+
+    private = {"api_visibility": "private"}
+    ui.preset.change(on_preset, ui.preset, ui.form + [ui.setup_msg], **private)
+    ui.task.input(
+        on_task,
+        [ui.preset, ui.task, ui.model],
+        [ui.model, ui.l1, ui.l2, ui.l3, ui.svd_k, ui.setup_msg],
+        **private,
+    )
+    ui.upload.upload(on_upload, [ui.upload, ui.task], [ui.upload_msg, ui.dataset], **private)
+    ui.check_btn.click(on_check, [ui.preset] + ui.form, ui.setup_msg, **private)
+    ui.estimate_btn.click(
+        on_estimate, [ui.preset] + ui.form, ui.setup_msg, concurrency_limit=1, **private
+    )

@@ -1,0 +1,161 @@
+"""Train tab: start and stop, per-arm progress, the queue, and live figures polled from disk.
+
+A page follows one run id (a per-session ``gr.State``). On load it attaches to the app's
+running (or next queued) job, so a reload finds the same job. A ``gr.Timer`` polls the run
+directory; figures are redrawn only when new events arrive, the t-SNE only at new eval points.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+
+from lab import jobs, runs
+from lab.ui import common, figures, setup
+
+FIGURES = ("loss", "metric", "drift", "spectra", "tsne")
+STATE_ICON = {
+    "queued": "⏳",
+    "starting": "🚀",
+    "running": "🏃",
+    "done": "✅",
+    "stopped": "⏹️",
+    "failed": "❌",
+    "cancelled": "🚫",
+}
+
+
+def status_markdown(st: dict[str, Any]) -> str:
+    icon = STATE_ICON.get(st["state"], "•")
+    lines = [f"{icon} **{st['state']}** · run `{st['run_id']}`"]
+    pos = st.get("queue_position")
+    if st["state"] == jobs.QUEUED and pos:
+        lines.append(f"waiting in the queue: position **{pos}** (one training job runs at a time)")
+    if st.get("stop_requested") and st["state"] in ("running", "starting"):
+        lines.append("stop requested: the arms stop at their next step and save their adapters")
+    if st.get("error"):
+        first, _, rest = str(st["error"]).partition("\n")
+        lines.append(f"**Error:** {first}" + (f"\n```text\n{rest}\n```" if rest else ""))
+    return "\n\n".join(lines)
+
+
+def progress_html(st: dict[str, Any]) -> str:
+    total = max(1, int(st.get("steps") or 0))
+    rows = []
+    for arm, info in (st.get("arms") or {}).items():
+        loss = "–" if info.get("loss") is None else f"{info['loss']:.4f}"
+        rows.append(
+            f"<tr><td><b>{html.escape(arm)}</b></td>"
+            f"<td><progress value='{info['step']}' max='{total}'></progress></td>"
+            f"<td class='arm-step'>{info['step']} / {total}</td><td>loss {loss}</td>"
+            f"<td>{info['evals']} eval points</td></tr>"
+        )
+    if not rows:
+        return "<i>no steps yet</i>"
+    return f"<table class='lab-table' id='arm-progress'>{''.join(rows)}</table>"
+
+
+def queue_html(mgr: jobs.JobManager) -> str:
+    order = sorted(
+        (j for j in mgr.jobs() if j.state in (jobs.RUNNING, jobs.QUEUED)),
+        key=lambda j: mgr.queue_position(j.run_id) or 0,
+    )
+    if not order:
+        return "<i>no job running or waiting</i>"
+    rows = [[mgr.queue_position(j.run_id), j.run_id, j.state] for j in order]
+    return common.table_html(["position", "run", "state"], rows)
+
+
+def on_load(followed: str | None) -> str | None:
+    """A fresh page follows the app's running job (or the next queued one)."""
+    job = common.manager().attach()
+    if job is not None and job.state in (jobs.RUNNING, jobs.QUEUED):
+        return job.run_id
+    return followed or (job.run_id if job is not None else None)
+
+
+def on_tick(followed: str | None, seen: dict | None, weighted: bool = False):
+    """Poll the followed run. -> [status, progress, queue, *figures, seen]."""
+    mgr = common.manager()
+    seen = dict(seen or {})
+    skip_figs = [gr.skip()] * len(FIGURES)
+    if not followed:
+        return ["*No run yet: start one in **Setup**.*", "", queue_html(mgr), *skip_figs, seen]
+    try:
+        st = mgr.status(followed)
+    except jobs.JobError as e:
+        return [common.err(e), "", queue_html(mgr), *skip_figs, seen]
+    # the loss redraws at every new event; the eval-point figures only when an eval lands
+    sig = f"{followed}:{st['events']}:{st['state']}:{bool(weighted)}"
+    figs: list[Any] = skip_figs
+    if sig != seen.get("sig") and (common.runs_root() / followed / "config.yaml").exists():
+        run = runs.load_run(common.runs_root() / followed)
+        n_eval = sum(1 for e in run.events if e.get("kind") == "eval")
+        eval_sig = f"{followed}:{n_eval}:{st['state']}"
+        keys = FIGURES if eval_sig != seen.get("eval") else ("loss",)
+        made = figures.run_figures(run, keys=keys, weighted=bool(weighted))
+        figs = [made.get(k, gr.skip()) for k in FIGURES]
+        seen = {"sig": sig, "eval": eval_sig}
+    return [status_markdown(st), progress_html(st), queue_html(mgr), *figs, seen]
+
+
+def on_start(preset: str, *vals):
+    """Setup's start button: queue the job and follow it. -> (setup message, followed, tab)."""
+    msg, run_id = setup.on_start(preset, *vals)
+    if run_id is None:
+        return msg, gr.skip(), gr.skip()
+    return msg, run_id, gr.Tabs(selected="train")
+
+
+def on_stop(followed: str | None) -> str:
+    if not followed:
+        return common.err("no run to stop")
+    try:
+        job = common.manager().stop(followed)
+    except jobs.JobError as e:
+        return common.err(e)
+    if job.state == jobs.CANCELLED:
+        return common.ok(f"run {followed} was waiting and has been taken out of the queue")
+    return common.ok(
+        f"stop requested for {followed}: it ends at the next step and saves its adapters"
+    )
+
+
+def build(ui) -> None:
+    ui.followed = gr.State(None)
+    ui.seen = gr.State({})
+    with gr.Row():
+        ui.train_status = gr.Markdown(
+            "*No run yet: start one in **Setup**.*", elem_id="train-status"
+        )
+        ui.stop_btn = gr.Button("Stop", variant="stop", scale=0, elem_id="stop-btn")
+    ui.stop_msg = gr.Markdown(
+        "*Stop ends the run at the next step; each arm is then evaluated and its adapter saved, "
+        "so a stopped run can still be compared and downloaded.*",
+        elem_id="stop-msg",
+    )
+    ui.progress = gr.HTML(elem_id="train-progress")
+    with gr.Accordion("Queue (one training job at a time in this app)", open=False):
+        ui.queue = gr.HTML(elem_id="train-queue")
+    ui.weighted = gr.Checkbox(
+        False,
+        label="Weighted terms",
+        info="Off: each regularizer term as computed. On: as added to the loss (λ × term).",
+    )
+    ui.train_fig = figures.plot_panel(FIGURES)
+    ui.timer = gr.Timer(1.5)
+    outs = [
+        ui.train_status, ui.progress, ui.queue,
+        *(ui.train_fig[k] for k in FIGURES), ui.seen,
+    ]  # fmt: skip
+    ui.timer.tick(
+        on_tick,
+        [ui.followed, ui.seen, ui.weighted],
+        outs,
+        show_progress="hidden",
+        concurrency_limit=None,
+        api_visibility="private",
+    )
+    ui.stop_btn.click(on_stop, ui.followed, ui.stop_msg, api_visibility="private")

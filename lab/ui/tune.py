@@ -1,0 +1,217 @@
+"""Tune tab: a small grid of lambda values as short BA-LoRA runs, ending in a Pareto plot.
+
+A sweep is a name (``tune-XXXX``) shared by its runs: each grid point is one job queued in the
+app's job manager (they run one after the other), with the Setup tab's settings plus its
+lambdas. Two Pareto plots put every finished point at (bias score, task metric) and (drift,
+task metric); any point opens in the Runs tab.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+from typing import Any
+
+import gradio as gr
+
+from lab import jobs, runs
+from lab.config import ConfigError, load_preset
+from lab.ui import common, figures, form
+from lab.ui import runs as runs_tab
+
+MAX_POINTS = 12
+
+
+def parse_grid(text: str, name: str) -> list[float]:
+    """``"0, 0.025, 0.1"`` -> [0.0, 0.025, 0.1]; raises ConfigError naming the box."""
+    items = [t for t in str(text).replace(";", ",").replace(" ", ",").split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"{name}: give at least one value, e.g. 0, 0.025, 0.1")
+    out = []
+    for t in items:
+        try:
+            out.append(float(t))
+        except ValueError:
+            raise ConfigError(f"{name}: '{t}' is not a number") from None
+    return sorted(set(out))
+
+
+def plan_sweep(
+    preset: str,
+    base_overrides: list[str],
+    l1: str,
+    l2: str,
+    l3: str,
+    steps: int,
+    baseline: bool,
+    sweep: str,
+) -> list[list[str]]:
+    """The overrides of every run of the sweep, each validated (nothing is queued on error)."""
+    grid = list(
+        itertools.product(
+            parse_grid(l1, "λ1 values"), parse_grid(l2, "λ2 values"), parse_grid(l3, "λ3 values")
+        )
+    )
+    if len(grid) + int(baseline) > MAX_POINTS:
+        raise ConfigError(
+            f"the grid has {len(grid)} points; keep it to {MAX_POINTS} or fewer short runs"
+        )
+    common_items = [*base_overrides, f"train.steps={int(steps)}", f"name={json.dumps(sweep)}"]
+    plans = []
+    if baseline:
+        plans.append([*common_items, 'arms=["lora"]'])
+    for a, b, c in grid:
+        plans.append(
+            [
+                *common_items,
+                'arms=["balora"]',
+                f"reg.lambda1={a}",
+                f"reg.lambda2={b}",
+                f"reg.lambda3={c}",
+            ]
+        )
+    for items in plans:
+        load_preset(preset, items)  # raises ConfigError naming the field
+    return plans
+
+
+def sweep_run_ids(sweep: str) -> list[str]:
+    """Runs of a sweep: those on disk and those the job manager still holds, oldest first."""
+    tag = f"-{sweep}-"
+    ids = {r["run_id"] for r in runs.list_runs(common.runs_root()) if tag in r["run_id"]}
+    ids |= {
+        j.run_id for j in common.manager().jobs() if tag in j.run_id and j.state != jobs.CANCELLED
+    }
+    return sorted(ids)
+
+
+def list_sweeps() -> list[str]:
+    names = set()
+    for r in runs.list_runs(common.runs_root()):
+        parts = r["run_id"].split("-tune-")
+        if len(parts) == 2:
+            names.add("tune-" + parts[1].split("-")[0])
+    return sorted(names, reverse=True)
+
+
+def sweep_table(run_ids: list[str]) -> list[list[Any]]:
+    mgr = common.manager()
+    rows = []
+    for rid in run_ids:
+        st = mgr.status(rid)
+        p = (
+            figures.pareto_point(common.runs_root() / rid)
+            if st["state"] in ("done", "stopped")
+            else {}
+        )
+        row = [rid, st["state"], p.get("label", "")]
+        rows.append(common.rounded(row + [p.get(k) for k in ("task_metric", "bias", "drift")]))
+    return rows
+
+
+# ---- handlers ---------------------------------------------------------------------------------
+
+
+def on_sweep(preset, l1, l2, l3, steps, baseline, *values):
+    """Queue every point of the grid. -> (message, sweep dropdown)."""
+    sweep = f"tune-{secrets.token_hex(2)}"
+    try:
+        _, base, _ = form.check_form(preset, form.form_values(values))
+        plans = plan_sweep(preset, base, l1, l2, l3, steps, baseline, sweep)
+        for items in plans:
+            common.manager().submit(preset, items)
+    except form.USER_ERRORS as e:
+        return common.err(e), gr.skip()
+    msg = common.ok(
+        f"sweep **{sweep}**: {len(plans)} short runs queued; they run one after another"
+    )
+    return msg, gr.Dropdown(choices=list_sweeps() + [sweep], value=sweep)
+
+
+def on_tick(sweep: str | None, seen: str | None):
+    """-> [table, metric-vs-bias figure, metric-vs-drift figure, open-run dropdown, seen]."""
+    if not sweep:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
+    ids = sweep_run_ids(sweep)
+    table = sweep_table(ids)
+    sig = json.dumps([r[:2] for r in table])
+    if sig == seen:
+        return table, gr.skip(), gr.skip(), gr.skip(), seen
+    done = [common.runs_root() / r[0] for r in table if r[1] in ("done", "stopped")]
+    by_bias, by_drift = figures.pareto_figures(done)
+    return table, by_bias, by_drift, gr.Dropdown(choices=[r[0] for r in table]), sig
+
+
+def on_refresh():
+    return gr.Dropdown(choices=list_sweeps())
+
+
+def on_open_run(run_id: str):
+    """Show a sweep point in the Runs tab. -> (runs dropdown, tabs)."""
+    if not run_id:
+        return gr.skip(), gr.skip()
+    return gr.Dropdown(value=run_id, choices=common.run_choices()), gr.Tabs(selected="runs")
+
+
+def build(ui) -> None:
+    gr.Markdown(
+        "A quick sweep: short BA-LoRA runs over a small grid of λ values (the Setup tab's other "
+        "settings apply), then Pareto plots of the task metric against the bias score and against "
+        "the drift from the base model. Points on the dotted front are the best trade-offs."
+    )
+    with gr.Row():
+        ui.tune_l1 = gr.Textbox(
+            "0, 0.025, 0.1", label="λ1 values", info="Consistency weights to try, comma-separated."
+        )
+        ui.tune_l2 = gr.Textbox("0.005", label="λ2 values", info="Diversity weights to try.")
+        ui.tune_l3 = gr.Textbox("0.005", label="λ3 values", info="SVD weights to try.")
+    with gr.Row():
+        ui.tune_steps = gr.Number(
+            10, precision=0, label="Steps per run", info="Keep it short: every point is one run."
+        )
+        ui.tune_baseline = gr.Checkbox(
+            True, label="Add a plain LoRA run", info="A reference point without the regularizers."
+        )
+        ui.tune_btn = gr.Button("Run sweep", variant="primary", elem_id="tune-btn")
+    ui.tune_msg = gr.Markdown(elem_id="tune-msg")
+    with gr.Row():
+        ui.tune_pick = gr.Dropdown(
+            list_sweeps(),
+            label="Sweep",
+            info="Sweeps found on disk; the one you start is picked.",
+            allow_custom_value=True,
+        )
+        ui.tune_run = gr.Dropdown(
+            [], label="Open a point as a run", info="Pick a run of the sweep."
+        )
+        ui.tune_open = gr.Button("Open in Runs", scale=0)
+    ui.tune_table = gr.Dataframe(
+        headers=["run", "state", "λ", "task metric", "bias", "drift"], interactive=False
+    )
+    with gr.Row():
+        ui.tune_fig = gr.Plot(label="Task metric vs bias score", elem_id="fig-pareto")
+        ui.tune_fig_drift = gr.Plot(label="Task metric vs drift (KL to base)")
+    ui.tune_seen = gr.State(None)
+    ui.tune_timer = gr.Timer(3.0)
+
+
+def wire(ui) -> None:
+    """Events that reach into other tabs (Setup's form, the Runs tab)."""
+    private = {"api_visibility": "private"}
+    ui.tune_btn.click(
+        on_sweep,
+        [ui.preset, ui.tune_l1, ui.tune_l2, ui.tune_l3, ui.tune_steps, ui.tune_baseline] + ui.form,
+        [ui.tune_msg, ui.tune_pick],
+        **private,
+    )
+    ui.tune_timer.tick(
+        on_tick,
+        [ui.tune_pick, ui.tune_seen],
+        [ui.tune_table, ui.tune_fig, ui.tune_fig_drift, ui.tune_run, ui.tune_seen],
+        show_progress="hidden",
+        **private,
+    )
+    ui.tune_open.click(on_open_run, ui.tune_run, [ui.runs_pick, ui.tabs], **private).then(
+        runs_tab.on_open, ui.runs_pick, ui.runs_open_outputs, **private
+    )

@@ -1,0 +1,126 @@
+"""Smoke tests of the benchmarks in bench/: the JSON they print and the meters they rely on.
+
+No timing is asserted anywhere: only the shape of the output and its internal consistency.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    for name in ("_common", "step", "e2e"):
+        sys.modules.pop(name, None)
+    return {name: importlib.import_module(name) for name in ("_common", "step", "e2e")}
+
+
+def test_step_json_on_tiny_llama(bench, tmp_path, capsys):
+    out = tmp_path / "step.json"
+    argv = ["--model", "tiny-llama", "--steps", "2", "--warmup", "0", "--batch", "2"]
+    result = bench["step"].main([*argv, "--seq", "16", "--out", str(out)])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text()) == json.loads(json.dumps(result))
+    for key in ("model", "device", "batch", "seq", "rank", "threads", "arms", "ratios"):
+        assert key in result
+    assert result["model"] == "tiny-llama" and result["batch"] == 2 and result["seq"] == 16
+    assert set(result["arms"]) == {"lora", "pissa", "balora", "reference"}
+    for arm in result["arms"].values():
+        assert set(arm) >= {"median_step_s", "median_cpu_s", "peak_mem_mb", "tokens_per_s"}
+        assert arm["median_step_s"] > 0 and arm["peak_mem_mb"] >= 0
+        assert arm["tokens_per_s"] == pytest.approx(2 * 16 / arm["median_step_s"])
+        assert math.isfinite(arm["final_loss"])
+    arms, ratios = result["arms"], result["ratios"]
+    assert ratios["balora_vs_lora_time"] == pytest.approx(
+        arms["balora"]["median_step_s"] / arms["lora"]["median_step_s"]
+    )
+    assert ratios["reference_vs_lora_time"] == pytest.approx(
+        arms["reference"]["median_step_s"] / arms["lora"]["median_step_s"]
+    )
+    assert set(ratios) >= {
+        "balora_vs_lora_time",
+        "balora_vs_lora_mem",
+        "reference_vs_lora_time",
+        "reference_vs_lora_mem",
+        "pissa_vs_lora_time",
+    }
+    assert result["targets"] == {"time": 1.4, "mem": 1.1}
+    expected = ratios["balora_vs_lora_time"] <= 1.4 and ratios["balora_vs_lora_mem"] <= 1.1
+    assert result["meets_targets"] is expected
+    # the reference keeps a second full model as its teacher: more persistent tensors
+    assert arms["reference"]["state_mb"] > 1.5 * arms["lora"]["state_mb"]
+
+
+def test_step_synthetic_model_and_arm_subset(bench, capsys):
+    result = bench["step"].main(
+        ["--model", "synthetic-tiny", "--arms", "lora,balora", "--steps", "1", "--warmup", "0"]
+        + ["--batch", "2", "--seq", "8", "--peak-tflops", "1"]
+    )
+    capsys.readouterr()
+    assert set(result["arms"]) == {"lora", "balora"}
+    assert result["ratios"]["reference_vs_lora_time"] is None
+    lora = result["arms"]["lora"]
+    assert lora["mfu"] == pytest.approx(6 * result["params"] * lora["tokens_per_s"] / 1e12)
+    assert result["params"] == sum(
+        p.numel()
+        for p in bench["_common"]
+        .synthetic_model("synthetic-tiny", torch.float32, torch.device("cpu"))
+        .parameters()
+    )
+
+
+def test_step_rejects_unknown_arm(bench):
+    with pytest.raises(SystemExit):
+        bench["step"].parse_args(["--arms", "lora,dora"])
+
+
+def test_synthetic_batch_masks(bench):
+    gen = torch.Generator().manual_seed(0)
+    b = bench["_common"].synthetic_batch(gen, 3, 10, 50, torch.device("cpu"))
+    assert b["input_ids"].shape == (3, 10)
+    assert (b["labels"][:, :5] == -100).all() and (b["labels"][:, 5:] >= 3).all()
+    # logits at t are scored against label t+1: rows 4..8 of each sequence
+    assert b["reg_mask"].sum(1).tolist() == [5, 5, 5]
+    assert b["reg_mask"][:, 4:9].all() and not b["reg_mask"][:, 9].any()
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="RSS from /proc (Linux)")
+def test_rss_meter_sees_a_large_allocation(bench):
+    common = bench["_common"]
+    common.pin_allocator()
+    with common.RSSPeak() as meter:
+        meter.begin()
+        x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+        grown = meter.end()
+        del x
+        meter.begin()
+        small = meter.end()
+    assert grown >= 48 * common.MB
+    assert small < 16 * common.MB
+
+
+def test_e2e_breakdown_adds_up(bench):
+    events = [
+        {"arm": "base", "step": 0, "kind": "eval", "seconds": 2.0},
+        {"arm": "lora", "step": 1, "kind": "train", "seconds": 1.0},
+        {"arm": "balora", "step": 1, "kind": "train", "seconds": 3.0},
+        {"arm": "lora", "step": 2, "kind": "train", "seconds": 2.0},
+        {"arm": "balora", "step": 2, "kind": "train", "seconds": 5.0},
+        {"arm": "lora", "step": 2, "kind": "eval", "seconds": 4.0},
+    ]
+    phases = {"imports_s": 1.5, "model_load_s": 2.5, "eval_task_s": 3.0}
+    out = bench["e2e"].breakdown(30.0, phases, events)
+    assert out["train_by_arm"]["balora"] == {"total_s": 8.0, "median_step_s": 4.0, "steps": 2}
+    assert out["train_s"] == 11.0 and out["eval_s"] == 6.0 and out["eval_points"] == 2
+    assert out["eval_parts"]["task_s"] == 3.0
+    assert out["other_s"] == pytest.approx(30.0 - 1.5 - 2.5 - 11.0 - 6.0)

@@ -1,0 +1,230 @@
+"""The job manager: one worker at a time, a FIFO queue, stop, kill after a grace period, crashes.
+
+Most tests drive a stand-in worker (a small script given as the manager's ``python``) whose
+behaviour the test picks: finish, hang ignoring STOP, or crash. The last ones run the real CLI
+on the ``tiny-test`` preset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import jobs, runs
+from lab.config import ConfigError
+
+FAKE = textwrap.dedent(
+    """\
+    #!{python}
+    import json, os, sys, time
+    args = sys.argv[1:]
+    out = args[args.index("--out") + 1]
+    mode = os.environ["FAKE_MODE"]
+    os.makedirs(out, exist_ok=True)
+    def summary(status, error=None):
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump({{"status": status, "error": error, "arms": {{"lora": {{"status": status}}}}}}, f)
+    if mode == "crash":
+        print("Traceback: boom in the worker", flush=True)
+        sys.exit(3)
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        f.write("arms: [lora]\\ntrain:\\n  steps: 50\\n")
+    summary("running")
+    ev = open(os.path.join(out, "events.jsonl"), "a")
+    for step in range(1, 51):
+        if os.path.exists(os.path.join(out, "STOP")):
+            if mode == "hang":  # alive but stuck: writes nothing more
+                time.sleep(3600)
+            summary("stopped"); sys.exit(0)
+        ev.write(json.dumps({{"arm": "lora", "step": step, "kind": "train", "loss": 1.0 / step}}) + "\\n")
+        ev.flush()
+        time.sleep(float(os.environ.get("FAKE_STEP_S", "0.01")))
+    summary("done")
+    """
+)
+
+
+@pytest.fixture
+def fake_python(tmp_path, monkeypatch):
+    path = tmp_path / "fake_worker.py"
+    path.write_text(FAKE.format(python=sys.executable))
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    return str(path)
+
+
+def manager(tmp_path, python=sys.executable, **kw) -> jobs.JobManager:
+    return jobs.JobManager(tmp_path / "runs", python=python, poll_s=0.05, **kw)
+
+
+def test_bad_config_raises_before_anything_is_written(tmp_path, fake_python):
+    mgr = manager(tmp_path, fake_python)
+    with pytest.raises(ConfigError, match="train.steps: must be at least 1"):
+        mgr.submit("tiny-test", ["train.steps=0"])
+    with pytest.raises(ConfigError, match="reg.lambda1: must be 0 or more"):
+        mgr.submit("tiny-test", ["reg.lambda1=-0.1"])
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert mgr.jobs() == []
+
+
+def test_finished_job_reads_its_status_from_disk(tmp_path, fake_python):
+    mgr = manager(tmp_path, fake_python)
+    job = mgr.submit("tiny-test")
+    assert mgr.queue_position(job.run_id) == 0
+    mgr.wait(job.run_id, timeout=60)
+    st = mgr.status(job.run_id)
+    assert st["state"] == "done"
+    assert st["arms"]["lora"]["step"] == 50
+    assert st["arms"]["lora"]["loss"] == pytest.approx(1 / 50)
+    assert json.loads(json.dumps(st)) == st  # JSON-ready
+    assert (job.run_dir / jobs.LOG_NAME).exists()
+    # the same view without the manager's memory (a fresh app after a restart)
+    assert jobs.run_status(job.run_dir)["state"] == "done"
+
+
+def test_queue_is_fifo_with_positions_and_one_job_at_a_time(tmp_path, fake_python, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.02")
+    mgr = manager(tmp_path, fake_python)
+    a, b, c = (mgr.submit("tiny-test") for _ in range(3))
+    assert [mgr.queue_position(j.run_id) for j in (a, b, c)] == [0, 1, 2]
+    assert mgr.status(c.run_id)["state"] == "queued"
+    assert mgr.attach() is a
+    mgr.stop(b.run_id)  # a waiting job leaves the queue at once
+    assert b.state == "cancelled" and mgr.queue_position(c.run_id) == 1
+    running_seen = set()
+    while c.state != "done":
+        running_seen.add(sum(j.state == "running" for j in (a, b, c)))
+        time.sleep(0.02)
+        assert time.time() - a.submitted < 60
+    assert running_seen <= {0, 1}
+    assert a.ended <= c.started
+    assert a.state == "done" and mgr.attach() is c
+
+
+def test_stop_is_honoured_by_the_worker(tmp_path, fake_python, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.2")
+    mgr = manager(tmp_path, fake_python)
+    job = mgr.submit("tiny-test")
+    while mgr.status(job.run_id)["arms"].get("lora", {}).get("step", 0) < 1:
+        time.sleep(0.05)
+    mgr.stop(job.run_id)
+    assert (job.run_dir / runs.STOP_FILE).exists()
+    mgr.wait(job.run_id, timeout=30)
+    assert job.state == "stopped" and job.error is None
+    assert mgr.status(job.run_id)["arms"]["lora"]["step"] < 50
+    with pytest.raises(jobs.JobError, match="already finished"):
+        mgr.stop(job.run_id)
+
+
+def test_worker_that_goes_silent_after_stop_is_killed_after_the_grace_period(
+    tmp_path, fake_python, monkeypatch
+):
+    monkeypatch.setenv("FAKE_MODE", "hang")
+    monkeypatch.setenv("FAKE_STEP_S", "0.1")
+    mgr = manager(tmp_path, fake_python, grace_s=0.5)
+    job = mgr.submit("tiny-test")
+    while mgr.status(job.run_id)["arms"].get("lora", {}).get("step", 0) < 1:
+        time.sleep(0.05)
+    mgr.stop(job.run_id)
+    mgr.wait(job.run_id, timeout=30)
+    assert job.state == "stopped"
+    assert "wrote nothing for" in job.error
+    summary = json.loads((job.run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and "killed" in summary["error"]
+    with pytest.raises(ProcessLookupError):
+        os.killpg(job.proc.pid, 0)  # the whole process group is gone
+
+
+def test_crash_leaves_the_error_and_the_next_job_runs(tmp_path, fake_python, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    mgr = manager(tmp_path, fake_python)
+    bad = mgr.submit("tiny-test")
+    mgr.wait(bad.run_id, timeout=30)
+    assert bad.state == "failed"
+    assert "exited with code 3" in bad.error and "boom in the worker" in bad.error
+    st = mgr.status(bad.run_id)
+    assert st["state"] == "failed" and "boom" in st["error"]
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    good = mgr.submit("tiny-test")
+    assert mgr.wait(good.run_id, timeout=60).state == "done"
+
+
+def test_unknown_run_id_is_a_clear_error(tmp_path):
+    mgr = manager(tmp_path)
+    with pytest.raises(jobs.JobError, match="unknown run id 'nope'"):
+        mgr.status("nope")
+    with pytest.raises(jobs.JobError, match="unknown run id"):
+        mgr.stop("nope")
+    (tmp_path / "outside").mkdir()
+    with pytest.raises(jobs.JobError, match="unknown run id"):
+        mgr.status("../outside")
+
+
+def test_get_manager_is_one_object_per_runs_root(tmp_path):
+    a = jobs.get_manager(tmp_path / "r1")
+    assert jobs.get_manager(tmp_path / "r1") is a
+    assert jobs.get_manager(tmp_path / "r2") is not a
+
+
+def test_preflight_names_the_problem(tmp_path):
+    from lab.config import load_preset
+    from lab.data import DataError
+    from lab.models import ModelError
+
+    with pytest.raises(ModelError, match="supports task nlu, not nlg"):
+        jobs.preflight(load_preset("tiny-test", ["model.name=tiny-bert"]))
+    with pytest.raises(ModelError, match="unknown model 'no such model'"):
+        jobs.preflight(load_preset("tiny-test", ["model.name=no such model"]))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\nnot json\n')
+    with pytest.raises(DataError, match="line 2: not valid JSON"):
+        jobs.preflight(load_preset("tiny-test", [f"data.name={bad}"]))
+    with pytest.raises(DataError, match="unknown dataset 'nothing-here'"):
+        jobs.preflight(load_preset("tiny-test", ["data.name=nothing-here"]))
+
+
+def test_unknown_hub_model_without_network_is_a_specific_error(monkeypatch):
+    from lab.models import ModelError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache"):
+        jobs.hub_model_check("nobody-xyz/definitely-not-a-model")
+
+
+# ---- the real CLI on the tiny-test preset -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_worker_trains_and_saves_adapters(tmp_path):
+    mgr = manager(tmp_path)
+    job = mgr.submit("tiny-test", ["train.steps=3", "train.bias_eval=false"])
+    mgr.wait(job.run_id, timeout=240)
+    st = mgr.status(job.run_id)
+    assert st["state"] == "done", st
+    assert set(st["arms"]) == {"lora", "pissa", "balora"}
+    assert all(a["step"] == 3 for a in st["arms"].values())
+    for arm in ("lora", "pissa", "balora"):
+        assert (job.run_dir / "adapters" / arm / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_real_worker_stops_within_a_step(tmp_path):
+    mgr = manager(tmp_path)
+    job = mgr.submit("tiny-test", ["train.steps=2000", "train.bias_eval=false"])
+    deadline = time.time() + 240
+    while mgr.status(job.run_id)["arms"].get("balora", {}).get("step", 0) < 2:
+        assert time.time() < deadline and job.state == "running", mgr.status(job.run_id)
+        time.sleep(0.2)
+    mgr.stop(job.run_id)
+    mgr.wait(job.run_id, timeout=120)
+    st = mgr.status(job.run_id)
+    assert st["state"] == "stopped", st
+    assert st["arms"]["lora"]["step"] < 2000
+    assert (Path(st["run_dir"]) / "adapters" / "balora" / "adapter_config.json").exists()

@@ -1,0 +1,390 @@
+"""The UI handlers called directly: widgets -> overrides -> validated config, and bad input.
+
+Bad input (a malformed upload, steps 0, a negative lambda, an unknown hub id without network)
+must come back as a specific message, with nothing written under the runs directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lab import jobs
+from lab.config import ConfigError
+from lab.ui import common, compare, setup, train, tune
+from lab.ui import form as form_logic
+from lab.ui import runs as runs_tab
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "runs"
+    monkeypatch.setenv("BALORA_RUNS_DIR", str(path))
+    return path
+
+
+def form(preset: str = "tiny-test", **changes) -> tuple:
+    values = form_logic.preset_values(preset)
+    for key, value in changes.items():
+        values[key.replace("__", ".")] = value
+    return tuple(values[f] for f in form_logic.FIELDS)
+
+
+def nothing_written(path: Path) -> bool:
+    return not path.exists() or not any(p for p in path.iterdir() if p.name != "_uploads")
+
+
+def test_preset_fills_every_field_and_round_trips_without_overrides():
+    vals = setup.on_preset("tiny-test")
+    assert len(vals) == len(form_logic.FIELDS) + 1 and "tiny-test" in vals[-1]
+    values = dict(zip(form_logic.FIELDS, vals[:-1]))
+    assert values["model.name"] == "tiny-llama" and values["train.steps"] == 8
+    assert form_logic.form_overrides("tiny-test", values) == []
+
+
+def test_changed_widgets_become_overrides_that_the_config_accepts():
+    values = dict(
+        zip(form_logic.FIELDS, form(train__steps=12, reg__lambda1=0.1, arms=["lora", "balora"]))
+    )
+    overrides = form_logic.form_overrides("tiny-test", values)
+    assert sorted(overrides) == sorted(
+        ["train.steps=12", "reg.lambda1=0.1", 'arms=["lora", "balora"]']
+    )
+    cfg, _, _ = form_logic.check_form("tiny-test", values)
+    assert cfg.train.steps == 12 and cfg.reg.lambda1 == 0.1 and cfg.arms == ["lora", "balora"]
+
+
+def test_custom_model_text_wins_over_the_dropdown():
+    values = dict(zip(form_logic.FIELDS, form(model__custom="  some-org/some-model ")))
+    assert 'model.name="some-org/some-model"' in form_logic.form_overrides("tiny-test", values)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"train__steps": 0}, "train.steps: must be at least 1"),
+        ({"reg__lambda2": -0.01}, "reg.lambda2: must be 0 or more"),
+        ({"arms": []}, "arms: at least one arm is needed"),
+        ({"model__name": "tiny-bert"}, "supports task nlu, not nlg"),
+        ({"train__lr": 0}, "train.lr: must be positive"),
+    ],
+)
+def test_bad_settings_show_the_field_and_write_nothing(runs_dir, changes, message):
+    msg = setup.on_check("tiny-test", *form(**changes))
+    assert msg.startswith("❌") and message in msg
+    msg, run_id = setup.on_start("tiny-test", *form(**changes))
+    assert run_id is None and message in msg
+    assert nothing_written(runs_dir)
+
+
+def test_unknown_hub_model_without_network(runs_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    msg, run_id = setup.on_start("tiny-test", *form(model__custom="nobody-xyz/no-such-model-123"))
+    assert run_id is None
+    assert "nobody-xyz/no-such-model-123" in msg and "not in the local Hugging Face cache" in msg
+    assert nothing_written(runs_dir)
+
+
+def test_malformed_upload_is_refused_and_not_copied(runs_dir, tmp_path):
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text('{"prompt": "hi", "response": "there"}\n{"prompt": "oops"\n', encoding="utf-8")
+    msg, update = setup.on_upload(str(bad), "nlg")
+    assert msg.startswith("❌") and "mine.jsonl line 2: not valid JSON" in msg
+    assert not (runs_dir / "_uploads").exists()
+    binary = tmp_path / "data.csv"
+    binary.write_bytes(b"text,label\n\x00\x01\x02")
+    msg, _ = setup.on_upload(str(binary), "nlu")
+    assert "binary" in msg
+
+
+def test_good_upload_is_copied_per_session_and_selected(runs_dir, tmp_path):
+    good = tmp_path / "pairs.jsonl"
+    good.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(6)),
+        encoding="utf-8",
+    )
+
+    class Request:
+        session_hash = "abc123"
+
+    msg, update = setup.on_upload(str(good), "nlg", Request())
+    dest = runs_dir / "_uploads" / "abc123" / "pairs.jsonl"
+    assert msg.startswith("✅") and "6 usable rows" in msg
+    assert dest.read_text() == good.read_text()
+    assert update.value == str(dest)
+    values = dict(zip(form_logic.FIELDS, form(data__name=str(dest))))
+    cfg, _, _ = form_logic.check_form("tiny-test", values)
+    assert cfg.data.name == str(dest)
+
+
+def test_start_queues_a_job_and_train_tab_follows_it(runs_dir, monkeypatch):
+    submitted = []
+
+    class FakeManager:
+        def submit(self, preset, overrides):
+            submitted.append((preset, overrides))
+            return jobs.Job(
+                run_id="r1", run_dir=runs_dir / "r1", preset=preset, overrides=overrides
+            )
+
+        def queue_position(self, run_id):
+            return 2
+
+    monkeypatch.setattr(common, "manager", lambda: FakeManager())
+    msg, followed, tabs = train.on_start("tiny-test", *form(train__steps=5))
+    assert submitted == [("tiny-test", ["train.steps=5"])]
+    assert followed == "r1" and "waiting in the queue at position 2" in msg
+
+
+def test_tune_plan_validates_every_point_before_queueing():
+    plans = tune.plan_sweep("tiny-test", [], "0, 0.1", "0.005", "0", 4, True, "tune-ab12")
+    assert len(plans) == 3 and plans[0][-1] == 'arms=["lora"]'
+    assert "reg.lambda1=0.1" in plans[2] and "train.steps=4" in plans[2]
+    with pytest.raises(ConfigError, match="reg.lambda1: must be 0 or more"):
+        tune.plan_sweep("tiny-test", [], "-0.1, 0.1", "0", "0", 4, False, "tune-x")
+    with pytest.raises(ConfigError, match="λ2 values: .abc. is not a number"):
+        tune.plan_sweep("tiny-test", [], "0", "abc", "0", 4, False, "tune-x")
+    with pytest.raises(ConfigError, match="keep it to 12"):
+        tune.plan_sweep("tiny-test", [], "0 1 2 3", "0 1 2 3", "0", 4, False, "tune-x")
+
+
+def test_status_and_progress_render_from_a_status_dict():
+    st = {
+        "run_id": "r9",
+        "state": "queued",
+        "queue_position": 3,
+        "error": None,
+        "steps": 10,
+        "arms": {"lora": {"step": 4, "loss": 1.25, "evals": 1}},
+    }
+    assert "position **3**" in train.status_markdown(st)
+    html = train.progress_html(st)
+    assert "4 / 10" in html and "1.2500" in html
+
+
+def test_resolve_run_refuses_paths_outside_the_runs_root(runs_dir):
+    with pytest.raises(ValueError, match="unknown run"):
+        common.resolve_run("../../etc")
+    with pytest.raises(ValueError, match="no run selected"):
+        common.resolve_run("")
+    _, msg = compare.on_compare("", "hi", "", 8, 0, False)
+    assert "no run selected" in msg
+
+
+def test_config_diff_lists_changed_keys(runs_dir):
+    from lab.config import dump_yaml, load_preset
+
+    for rid, steps in (("a", 3), ("b", 7)):
+        (runs_dir / rid).mkdir(parents=True)
+        cfg = load_preset("tiny-test", [f"train.steps={steps}"])
+        (runs_dir / rid / "config.yaml").write_text(dump_yaml(cfg))
+    rows, diff = runs_tab.config_diff("a", "b")
+    assert rows == [["train.steps", 3, 7]]
+    assert "-  steps: 3" in diff and "+  steps: 7" in diff
+
+
+# ---- tabs that read a finished run from disk (a run directory written by hand, no model) -------
+
+
+def fake_run(root: Path, run_id: str, steps: int = 3, lambda1: float = 0.025) -> Path:
+    from lab.config import dump_yaml, load_preset
+
+    path = root / run_id
+    (path / "adapters").mkdir(parents=True)
+    cfg = load_preset("tiny-test", [f"train.steps={steps}", f"reg.lambda1={lambda1}"])
+    (path / "config.yaml").write_text(dump_yaml(cfg))
+    bias = {"stereo_pref": {"value": 0.6, "ci_low": 0.4, "ci_high": 0.8, "n": 12}}
+    events = [
+        {
+            "arm": "base",
+            "step": 0,
+            "kind": "eval",
+            "task_metric": 0.5,
+            "kl_to_base": 0.0,
+            "bias": bias,
+        }
+    ]
+    for step in range(1, steps + 1):
+        for arm in cfg.arms:
+            events.append(
+                {
+                    "arm": arm,
+                    "step": step,
+                    "kind": "train",
+                    "loss": 3.0 / step,
+                    "task_loss": 3.0 / step,
+                }
+            )
+    for i, arm in enumerate(cfg.arms):
+        b = {"stereo_pref": {"value": 0.55 - 0.02 * i, "ci_low": 0.3, "ci_high": 0.7, "n": 12}}
+        events.append(
+            {
+                "arm": arm,
+                "step": steps,
+                "kind": "eval",
+                "task_metric": 0.6 + 0.1 * i,
+                "kl_to_base": 0.01 * (i + 1),
+                "bias": b,
+            }
+        )
+        (path / "adapters" / arm).mkdir()
+        (path / "adapters" / arm / "adapter_config.json").write_text("{}")
+    (path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    summary = {
+        "name": cfg.name,
+        "status": "done",
+        "error": None,
+        "steps_done": steps,
+        "steps_total": steps,
+        "arms": {a: {"status": "done"} for a in cfg.arms},
+    }
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def test_reopen_redraws_every_figure_from_disk(runs_dir):
+    fake_run(runs_dir, "20260101-000000-tiny-test-aaaa")
+    out = runs_tab.on_open("20260101-000000-tiny-test-aaaa")
+    msg, summary, config = out[:3]
+    figs = dict(zip(runs_tab.FIGURES, out[3:]))
+    assert msg.startswith("✅") and "| balora | 0.8 |" in summary and "tiny-llama" in config
+    assert {t.name for t in figs["loss"].data} == {"lora", "pissa", "balora"}
+    assert max(len(t.x) for t in figs["metric"].data) >= 1
+    assert len(figs["bias"].data) == 4  # base + 3 arms
+    assert runs_tab.runs_table()[0][:2] == ["20260101-000000-tiny-test-aaaa", "done"]
+
+
+def test_bias_tab_table_has_a_ci_per_arm(runs_dir):
+    from lab.ui import bias
+
+    fake_run(runs_dir, "r-bias")
+    rows, fig, msg = bias.on_show("r-bias")
+    assert [r[0] for r in rows] == ["base", "lora", "pissa", "balora"]
+    assert all(r[3] <= r[2] <= r[4] for r in rows)  # ci_low <= value <= ci_high
+    _, _, msg = bias.on_show("r-missing")
+    assert "unknown run 'r-missing'" in msg
+
+
+def test_adapters_zip_holds_every_arm(runs_dir, tmp_path):
+    import zipfile
+
+    fake_run(runs_dir, "r-zip")
+    path, msg = runs_tab.on_zip("r-zip")
+    names = zipfile.ZipFile(path).namelist()
+    assert {f"{a}/adapter_config.json" for a in ("lora", "pissa", "balora")} <= set(names)
+    assert not any(p.suffix == ".zip" for p in (runs_dir / "r-zip").rglob("*"))  # built elsewhere
+    (runs_dir / "r-empty").mkdir()
+    (runs_dir / "r-empty" / "config.yaml").write_text("task: nlg\n")
+    path, msg = runs_tab.on_zip("r-empty")
+    assert path is None and "no saved adapters" in msg
+
+
+def test_classroom_replay_cuts_the_run_at_a_step(runs_dir, monkeypatch):
+    from lab.ui import classroom
+
+    monkeypatch.setattr(common, "EXAMPLE_RUN", fake_run(runs_dir, "example-copy", steps=6))
+    out = classroom.on_open()
+    assert out[0] == "" and out[2].maximum == 6
+    figs = dict(zip(classroom.FIGURES, classroom.on_step(2)))
+    assert max(max(t.x) for t in figs["loss"].data) == 2
+    timer, nxt, *_ = classroom.on_tick(5)
+    assert nxt == 6 and timer.active is False
+    monkeypatch.setattr(common, "EXAMPLE_RUN", runs_dir / "nothing")
+    assert "example run is missing" in classroom.on_open()[0]
+
+
+def test_tune_collects_a_sweep_and_draws_both_pareto_plots(runs_dir):
+    fake_run(runs_dir, "20260101-000001-tune-ab12-0001", lambda1=0.0)
+    fake_run(runs_dir, "20260101-000002-tune-ab12-0002", lambda1=0.1)
+    fake_run(runs_dir, "20260101-000003-other-0003")
+    assert tune.list_sweeps() == ["tune-ab12"]
+    ids = tune.sweep_run_ids("tune-ab12")
+    assert ids == ["20260101-000001-tune-ab12-0001", "20260101-000002-tune-ab12-0002"]
+    table, by_bias, by_drift, pick, seen = tune.on_tick("tune-ab12", None)
+    assert [r[1] for r in table] == ["done", "done"]
+    assert {r[2] for r in table} == {"λ=(0.0, 0.005, 0.005)", "λ=(0.1, 0.005, 0.005)"}
+    assert sum(len(t.x) for t in by_bias.data if t.mode == "markers") == 2
+    assert "drift" in by_drift.layout.xaxis.title.text
+    again = tune.on_tick("tune-ab12", seen)
+    assert again[0] == table  # table refreshed, figures skipped when nothing changed
+
+
+def test_html_report_is_built_outside_the_run(runs_dir):
+    fake_run(runs_dir, "r-report")
+    path, msg = runs_tab.on_report("r-report")
+    text = Path(path).read_text(encoding="utf-8")
+    assert msg.startswith("✅") and "r-report" in text and "stereo_pref" in text
+    assert not Path(path).is_relative_to(runs_dir)
+
+
+@pytest.fixture
+def adapter_run(runs_dir) -> str:
+    """A run whose three arms are real tiny-llama adapters (saved the trainer's way)."""
+    import torch
+
+    from lab.adapters import make_arm, save_adapter
+    from lab.models import load_model
+
+    path = fake_run(runs_dir, "r-gen")
+    for i, arm in enumerate(("lora", "pissa", "balora")):
+        bundle = load_model("tiny-llama", task="nlg", device="cpu", seed=0)
+        model = make_arm(
+            bundle.model, arm, task="nlg", rank=4, alpha=8.0, dropout=0.0,
+            target_modules=["auto"], pissa_niter=0, seed=0,
+        )  # fmt: skip
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B.default" in name:
+                    p.add_(0.2 * (i + 1) * torch.randn_like(p))
+        (path / "adapters" / arm / "adapter_config.json").unlink()
+        save_adapter(model, path / "adapters" / arm)
+    return "r-gen"
+
+
+def test_compare_shows_base_and_every_arm_with_base_loglik(adapter_run):
+    html, msg = compare.on_compare(adapter_run, "Tell me about nurses.", "", 6, 0, False)
+    assert msg.startswith("✅") and "4 models" in msg
+    assert html.count('class="gen-card"') == 4
+    _, rows = compare.compare(adapter_run, "Tell me about nurses.", "", 6, 0, False)
+    assert [r["arm"] for r in rows] == ["base", "lora", "pissa", "balora"]
+    assert all(r["tokens"] == 6 and r["loglik"] < 0 for r in rows)
+    again = compare.compare(adapter_run, "Tell me about nurses.", "", 6, 0, False)[1]
+    assert [r["text"] for r in again] == [r["text"] for r in rows]  # same seed, same outputs
+
+
+def test_compare_pair_reports_the_group_difference(adapter_run):
+    pair = compare.pairs()[0]
+    html, rows = compare.compare(adapter_run, "", "0", 5, 0, False)
+    assert pair[2] in html and pair[3] in html
+    for r in rows:
+        expected = r["a"]["loglik_mean"] - r["b"]["loglik_mean"]
+        assert r["delta"] == pytest.approx(expected)
+    _, msg = compare.on_compare(adapter_run, "   ", "", 5, 0, False)
+    assert "the prompt is empty" in msg
+
+
+def test_train_tick_redraws_only_what_changed(runs_dir):
+    import plotly.graph_objects as go
+
+    path = fake_run(runs_dir, "r-tick")
+    status, progress, queue, *figs, seen = train.on_tick("r-tick", {})
+    assert "**done**" in status and "3 / 3" in progress
+    assert all(isinstance(f, go.Figure) for f in figs)
+    _, _, _, *figs, seen2 = train.on_tick("r-tick", seen)
+    assert not any(isinstance(f, go.Figure) for f in figs) and seen2 == seen
+    with open(path / "events.jsonl", "a") as f:  # one more train step: only the loss redraws
+        f.write(json.dumps({"arm": "lora", "step": 4, "kind": "train", "loss": 0.5}) + "\n")
+    _, _, _, *figs, _ = train.on_tick("r-tick", seen)
+    drawn = [k for k, f in zip(train.FIGURES, figs) if isinstance(f, go.Figure)]
+    assert drawn == ["loss"]
+    assert "No run yet" in train.on_tick(None, {})[0]
+    assert "unknown run id 'gone'" in train.on_tick("gone", {})[0]
+
+
+def test_switching_task_loads_its_weights_and_a_model_that_can_do_it():
+    model, l1, l2, l3, svd_k, msg = setup.on_task("tiny-test", "nlu", "tiny-llama")
+    assert model == "minilm-l6" and (l1, l2, l3, svd_k) == (0.15, 0.03, 0.03, 5)
+    model, l1, *_ = setup.on_task("tiny-test", "nlg", "smollm2-135m")
+    assert model == "smollm2-135m" and l1 == 0.025
