@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 TERMS = ("consistency", "diversity", "svd")
-EXACT_SVD_MAX_DIM = 512  # "auto": exact SVD up to this min(shape), randomized above
+EXACT_SVD_MAX_DIM = 64  # "auto": exact SVD up to this min(shape) ...
+EXACT_SVD_MAX_ELEMS = 1 << 21  # ... or this many entries; randomized above (e.g. 512 x 49152)
 
 
 class DegenerateTermError(ValueError):
@@ -75,13 +76,40 @@ def consistency_loss(
         raise ValueError(f"temperature must be positive, got {temperature}")
     s = _rows(student_logits, mask, "student logits")  # (M, V)
     t = _rows(teacher_logits.detach(), mask, "teacher logits")  # (M, V)
-    log_s = F.log_softmax(s / temperature, dim=-1)
-    log_t = F.log_softmax(t / temperature, dim=-1)
-    p_t = log_t.exp()
-    # KL = sum p_t (log p_t - log p_s); entries with p_t == 0 contribute exactly 0.
-    diff = torch.where(p_t > 0, log_t - log_s, torch.zeros_like(log_s))
-    kl = (p_t * diff).sum(dim=-1)  # (M,)
-    return temperature**2 * kl.mean()
+    return _ChunkedKL.apply(s, t, float(temperature))
+
+
+class _ChunkedKL(torch.autograd.Function):
+    """T^2 * mean_rows KL(softmax(t/T) || softmax(s/T)), computed over row chunks.
+
+    Only the gradient T (softmax(s/T) - softmax(t/T)) / M is kept for the backward pass: one
+    (M, V) buffer instead of the several full-vocabulary intermediates autograd would save.
+    """
+
+    CHUNK_ELEMS = 1 << 22  # about 16 MB of float32 per intermediate
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+        m, v = s.shape
+        chunk = max(1, _ChunkedKL.CHUNK_ELEMS // max(1, v))
+        total = s.new_zeros(())
+        grad = torch.empty_like(s) if ctx.needs_input_grad[0] else None
+        for i in range(0, m, chunk):
+            log_s = F.log_softmax(s[i : i + chunk] / temperature, dim=-1)
+            log_t = F.log_softmax(t[i : i + chunk] / temperature, dim=-1)
+            p_t = log_t.exp()
+            # KL = sum p_t (log p_t - log p_s); entries with p_t == 0 contribute exactly 0.
+            diff = torch.where(p_t > 0, log_t - log_s, torch.zeros_like(log_s))
+            total = total + (p_t * diff).sum()
+            if grad is not None:
+                grad[i : i + chunk] = (log_s.exp() - p_t) * (temperature / m)
+        ctx.save_for_backward(grad)
+        return total * (temperature**2 / m)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None
 
 
 def diversity_loss(
@@ -169,7 +197,8 @@ def svd_loss(
     concentrates the matrix on its top-k directions. k >= min(shape) and the zero matrix raise
     DegenerateTermError. method "exact" uses all singular values; "randomized" keeps
     q = k + oversample of them (more than k, so the ratio is not a constant) with the
-    Frobenius norm computed exactly from the matrix; "auto" is exact up to min(shape) = 512.
+    Frobenius norm computed exactly from the matrix; "auto" is exact up to min(shape) = 64 or
+    2M entries (and always for the nuclear norm), randomized above.
     Flat spectra make the randomized value slightly smaller in magnitude than the exact one.
     """
     if matrix.dim() != 2:
@@ -196,7 +225,8 @@ def svd_loss(
         raise DegenerateTermError("the svd term's matrix is all zeros (norm 0)")
     a = a / scale
     if method == "auto":
-        method = "exact" if small <= EXACT_SVD_MAX_DIM else "randomized"
+        exact = norm == "nuclear" or small <= EXACT_SVD_MAX_DIM or a.numel() <= EXACT_SVD_MAX_ELEMS
+        method = "exact" if exact else "randomized"
     if method == "randomized":
         if norm == "nuclear":
             raise ValueError("the nuclear norm needs all singular values: use method='exact'")
