@@ -31,6 +31,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_preset(args.preset, args.set or [])
     main = os.environ.get("RANK", "0") == "0"
+    if (
+        os.environ.get("ACCELERATE_USE_CPU") == "True"
+        and "MASTER_ADDR" in os.environ
+        and "WORLD_SIZE" not in os.environ
+    ):
+        print(
+            "note: `accelerate launch --cpu` starts a single process; for N CPU processes run "
+            "`accelerate launch --multi_gpu --num_processes N -m lab train ... --set model.device=cpu`",
+            file=sys.stderr,
+        )
     total = cfg.train.steps * len(cfg.arms)
     bar = tqdm(
         total=total, desc=cfg.name, unit="step", disable=not main or args.quiet, file=sys.stderr

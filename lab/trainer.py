@@ -234,6 +234,7 @@ def run(
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "steps_total": cfg.train.steps,
         "steps_done": 0,
+        "processes": dist.n,
         "run_dir": str(run_dir),
         "warnings": list(task_data.warnings),
         "data_info": task_data.info,

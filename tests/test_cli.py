@@ -114,7 +114,7 @@ def test_accelerate_launch_two_processes(tmp_path):
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--cpu",
+        "--multi_gpu",  # torchrun + gloo on the CPU; `--cpu` alone starts a single process
         "--num_processes",
         "2",
         "--num_machines",
@@ -130,6 +130,8 @@ def test_accelerate_launch_two_processes(tmp_path):
         "tiny-test",
         "--set",
         "train.steps=4",
+        "--set",
+        "model.device=cpu",
         "--out",
         str(out),
         "--quiet",
@@ -138,6 +140,7 @@ def test_accelerate_launch_two_processes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "done" and summary["steps_done"] == 4
+    assert summary["processes"] == 2
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     train = [e for e in events if e["kind"] == "train"]
     assert len(train) == 4 * 3  # one process writes; every arm every step
