@@ -215,15 +215,16 @@ def svd_loss(
             f"svd_k={k} >= min{tuple(matrix.shape)}={small}: the top-k share is constant"
         )
     a = matrix.float()
-    # The ratio is scale-free: dividing by the (detached) largest entry avoids overflow in the
-    # norm and leaves both the value and the gradient unchanged.
+    # The ratio is scale-free: dividing huge matrices by the (detached) largest entry avoids
+    # overflow in the norm and leaves both the value and the gradient unchanged.
     scale = a.detach().abs().max()
     largest = scale.item()  # one host sync for both checks
     if not math.isfinite(largest):
         raise FloatingPointError("the svd term's matrix has non-finite entries")
     if largest == 0:
         raise DegenerateTermError("the svd term's matrix is all zeros (norm 0)")
-    a = a / scale
+    if largest > 1e15:  # only then: a rescaled copy of a large matrix costs time and memory
+        a = a / scale
     if method == "auto":
         exact = norm == "nuclear" or small <= EXACT_SVD_MAX_DIM or a.numel() <= EXACT_SVD_MAX_ELEMS
         method = "exact" if exact else "randomized"
