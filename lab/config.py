@@ -149,11 +149,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if typ is float:
         if isinstance(value, bool):
