@@ -1,8 +1,8 @@
 """Shared pieces of the benchmarks: peak-memory meters, synthetic models and batches, JSON out.
 
 Peak memory is the growth during one measured region over the memory in use just before it:
-- CPU: the resident set size (RSS) sampled by a background thread every ~2 ms. glibc is told
-  to serve every allocation over 256 KiB with mmap, so a freed tensor leaves the RSS at once
+- CPU: the resident set size (RSS) sampled by a background thread every ~2 ms.
+  ``pin_allocator()`` tells glibc to serve every allocation over 256 KiB with mmap, so a freed tensor leaves the RSS at once
   and the RSS follows the live tensors; freed heap is also trimmed before each region. Left
   at its defaults, glibc keeps freed blocks of up to 32 MiB in its heap, and a step's RSS
   peak then shows the heap's high-water mark, nearly the same for every arm, rather than the

@@ -13,9 +13,14 @@ for the KL and the entropy, and an exact SVD of the full (B*T, V) logits matrix,
 weights. Only its cost matters here.
 
 Prints JSON: per arm the median step time (wall clock, and the process CPU time, which a busy
-shared machine disturbs less), the peak memory growth during a step (see ``bench/_common.py``),
-tokens/s (and an MFU estimate on a GPU), the persistent tensors the arm holds, and the ratios
-to ``lora`` against the targets (wall time <= 1.4, memory <= 1.1).
+shared machine disturbs less), tokens/s (and an MFU estimate on a GPU), the peak memory growth
+during a step (see ``bench/_common.py``), the persistent tensors the arm holds, and the ratios
+to ``lora`` against the targets (wall time <= 1.4, memory <= 1.1). Times come from the timed
+steps, run with the allocator as an ordinary run has it. Memory comes from ``--mem-steps``
+further steps: on CUDA in the same process; on the CPU in a second process whose glibc is set
+from its start to map large blocks (so the RSS follows the live tensors), because that
+setting slows allocation-heavy steps (smollm2-135m: BA-LoRA 5.59 -> 6.42 s, LoRA 3.42 ->
+3.51 s) and, switched on late, leaves freed blocks in the heap counted.
 
     python bench/step.py                                  # smollm2-135m, 8 x 128, rank 8
     python bench/step.py --model synthetic-1b --device cuda --seq 512
@@ -25,9 +30,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import _common as common  # first: puts the repository root on sys.path
 import torch
@@ -50,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--steps", type=int, default=12, help="measured steps per arm")
     p.add_argument("--warmup", type=int, default=2, help="unmeasured steps first")
+    p.add_argument("--mem-steps", type=int, default=1, help="memory steps after the timed ones")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", help="auto: bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--targets", default="auto", help="LoRA target modules, comma separated")
@@ -59,15 +70,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--quiet", action="store_true", help="no per-step progress on stderr")
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)  # internal: the CPU memory pass
     args = p.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ORDER]
     if unknown or not arms:
         p.error(f"--arms: unknown {unknown} (known: {', '.join(ORDER)})")
     args.arms = [a for a in ORDER if a in arms]
-    for name in ("batch", "rank", "steps"):
+    for name in ("batch", "rank", "steps", "mem_steps"):
         if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         p.error("--warmup must be 0 or more")
     return args
@@ -163,10 +175,10 @@ def _ratio(arms: dict, a: str, b: str, key: str) -> float | None:
     return arms[a][key] / arms[b][key]
 
 
-def summarize(args, bundle, times, cpus, mems, states, losses, params: int) -> dict:
+def summarize(args, device, dtype, times, cpus, mems, states, losses, params: int) -> dict:
     tokens = args.batch * args.seq
     peak = args.peak_tflops
-    if peak is None and bundle.device.type == "cuda":
+    if peak is None and device.type == "cuda":
         peak = 989.0
     arms = {}
     for name in args.arms:
@@ -196,8 +208,9 @@ def summarize(args, bundle, times, cpus, mems, states, losses, params: int) -> d
     meets = None if t is None or m is None else bool(t <= TARGETS["time"] and m <= TARGETS["mem"])
     return {
         "model": args.model,
-        "device": str(bundle.device),
-        "dtype": str(bundle.dtype).replace("torch.", ""),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "dtype": str(dtype).replace("torch.", ""),
         "batch": args.batch,
         "seq": args.seq,
         "rank": args.rank,
@@ -205,6 +218,7 @@ def summarize(args, bundle, times, cpus, mems, states, losses, params: int) -> d
         "params": params,
         "steps": args.steps,
         "warmup": args.warmup,
+        "mem_steps": args.mem_steps,
         "peak_tflops": peak,
         "arms": arms,
         "ratios": ratios,
@@ -213,67 +227,131 @@ def summarize(args, bundle, times, cpus, mems, states, losses, params: int) -> d
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+class Bench:
+    """Everything one process needs to step the arms: config, arms, batches, one step."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.cfg = make_config(args)
+        self.bundle = load_bundle(args)
+        self.dev = self.bundle.device
+        self.params = sum(p.numel() for p in self.bundle.model.parameters())
+        self.vocab = self.bundle.model.get_output_embeddings().weight.shape[0]
+        self.reference = None
+        if "reference" in args.arms:
+            teacher = copy.deepcopy(self.bundle.model)  # the second full copy the paper keeps
+            self.reference = ReferenceArm(copy.deepcopy(self.bundle.model), teacher, self.cfg)
+        self.arms = {}
+        if any(a != "reference" for a in args.arms):
+            self.arms = trainer.build_arms(self.cfg, self.bundle)
+        self.dist = Dist(Accelerator(cpu=self.dev.type == "cpu"))
+        self.gen = torch.Generator().manual_seed(args.seed)
+        self.losses: dict[str, float] = {}
+
+    def batch(self) -> dict:
+        a = self.args
+        return common.synthetic_batch(self.gen, a.batch, a.seq, self.vocab, self.dev)
+
+    def step(self, name: str, batch: dict, i: int) -> tuple[float, float]:
+        """Train arm ``name`` one step; returns (wall seconds, process CPU seconds)."""
+        lambdas = trainer.lambdas_at(self.cfg, "balora" if name == "reference" else name, i)
+        common.sync(self.dev)
+        t0, c0 = time.perf_counter(), time.process_time()
+        if name == "reference":
+            self.reference.step(batch, lambdas)
+            self.losses[name] = self.reference.last_loss
+        else:
+            ev = trainer.train_arm_step(self.arms[name], [batch], self.cfg, i, self.dist)
+            self.losses[name] = ev["loss"]
+        common.sync(self.dev)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    def states(self) -> dict[str, int]:
+        """Bytes of the tensors each arm keeps between steps (models, optimizer, teacher)."""
+        out = {n: common.tensor_bytes(a.model, a.optimizer) for n, a in self.arms.items()}
+        if self.reference is not None:
+            r = self.reference
+            out["reference"] = common.tensor_bytes(r.model, r.teacher, r.optimizer)
+        return out
+
+    def memory_steps(self, first: int) -> dict[str, list[int]]:
+        """Peak memory growth of each arm over ``--mem-steps`` interleaved steps."""
+        mems = {a: [] for a in self.args.arms}
+        with common.peak_meter(self.dev) as meter:
+            for i in range(first, first + self.args.mem_steps):
+                batch = self.batch()
+                for name in self.args.arms:
+                    meter.begin()
+                    dt, _ = self.step(name, batch, i)
+                    mems[name].append(meter.end())
+                    report(self.args, "memory", i, name, dt, mems[name][-1])
+        return mems
+
+
+def report(args, kind: str, i: int, name: str, dt: float, grown: int | None = None) -> None:
+    if not args.quiet:
+        mem = "" if grown is None else f" {grown / common.MB:9.1f} MB"
+        print(f"{kind:<6} {i:>3} {name:<9} {dt:8.3f} s{mem}", file=sys.stderr, flush=True)
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """The memory pass on the CPU, in a fresh process whose allocator is pinned from the start.
+
+    Pinned only now, glibc would serve large blocks from the heap the timed steps left behind
+    and keep them after free, so the RSS would count freed memory too.
+    """
+    common.pin_allocator()
+    bench = Bench(args)
+    warm = min(args.warmup, 1)  # one step first: the optimizer state exists after it
+    for i in range(1, warm + 1):
+        batch = bench.batch()
+        for name in args.arms:
+            report(args, "warmup", i, name, bench.step(name, batch, i)[0])
+    mems = bench.memory_steps(warm + 1)
+    from lab.runs import atomic_write_text
+
+    atomic_write_text(args.memory_child, json.dumps(mems))
+
+
+def cpu_memory(args: argparse.Namespace, argv: list[str]) -> dict[str, list[int]]:
+    with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp:
+        out = Path(tmp) / "mem.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-child", str(out)]
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+        if proc.returncode != 0 or not out.exists():
+            raise SystemExit(f"the memory pass failed (exit {proc.returncode}): {' '.join(cmd)}")
+        return json.loads(out.read_text(encoding="utf-8"))
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    common.pin_allocator()  # so the RSS follows the live tensors (bench/_common.py)
-    cfg = make_config(args)
-    bundle = load_bundle(args)
-    dev = bundle.device
-    params = sum(p.numel() for p in bundle.model.parameters())
-    vocab = bundle.model.get_output_embeddings().weight.shape[0]
-
-    reference = None
-    if "reference" in args.arms:
-        teacher = copy.deepcopy(bundle.model)  # the second full copy the paper's code keeps
-        reference = ReferenceArm(copy.deepcopy(bundle.model), teacher, cfg)
-    engine_arms = {}
-    if any(a != "reference" for a in args.arms):
-        engine_arms = trainer.build_arms(cfg, bundle)
-    dist = Dist(Accelerator(cpu=dev.type == "cpu"))
-
-    states = {}
+    if args.memory_child:
+        memory_child(args)
+        return None
+    bench = Bench(args)
     times = {a: [] for a in args.arms}
-    mems = {a: [] for a in args.arms}
     cpus = {a: [] for a in args.arms}
-    losses = {}
-    gen = torch.Generator().manual_seed(args.seed)
-    with common.peak_meter(dev) as meter:
-        for i in range(1, args.warmup + args.steps + 1):
-            batch = common.synthetic_batch(gen, args.batch, args.seq, vocab, dev)
-            for name in args.arms:
-                lambdas = trainer.lambdas_at(cfg, "balora" if name == "reference" else name, i)
-                meter.begin()
-                common.sync(dev)
-                t0, c0 = time.perf_counter(), time.process_time()
-                if name == "reference":
-                    reference.step(batch, lambdas)
-                    losses[name] = reference.last_loss
-                else:
-                    ev = trainer.train_arm_step(engine_arms[name], [batch], cfg, i, dist)
-                    losses[name] = ev["loss"]
-                common.sync(dev)
-                dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-                grown = meter.end()
-                if i > args.warmup:
-                    times[name].append(dt)
-                    cpus[name].append(cpu)
-                    mems[name].append(grown)
-                if not args.quiet:
-                    kind = "warmup" if i <= args.warmup else "step"
-                    print(
-                        f"{kind} {i:>3} {name:<9} {dt:8.3f} s {grown / common.MB:9.1f} MB",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-    if reference is not None:
-        states["reference"] = common.tensor_bytes(
-            reference.model, reference.teacher, reference.optimizer
-        )
-    for name, arm in engine_arms.items():  # optimizer state exists after the first step
-        states[name] = common.tensor_bytes(arm.model, arm.optimizer)
-    result = summarize(args, bundle, times, cpus, mems, states, losses, params)
+    for i in range(1, args.warmup + args.steps + 1):
+        batch = bench.batch()
+        for name in args.arms:
+            dt, cpu = bench.step(name, batch, i)
+            if i > args.warmup:
+                times[name].append(dt)
+                cpus[name].append(cpu)
+            report(args, "warmup" if i <= args.warmup else "step", i, name, dt)
+    states = bench.states()
+    losses = dict(bench.losses)
+    device, dtype, params = bench.dev, bench.bundle.dtype, bench.params
+    if device.type == "cuda":
+        mems = bench.memory_steps(args.warmup + args.steps + 1)
+    else:
+        del bench  # free this process's model copies before the memory pass loads its own
+        gc.collect()
+        mems = cpu_memory(args, argv)
+    result = summarize(args, device, dtype, times, cpus, mems, states, losses, params)
     common.emit(result, args.out)
     return result
 

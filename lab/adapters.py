@@ -96,15 +96,20 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def teacher_mode(model: PeftModel):
     """Forward passes inside give the untouched pre-trained model's outputs."""
     teacher = getattr(model, "balora_teacher", None)
-    if teacher is None:
-        with model.disable_adapter():
-            yield model
-        return
-    model.set_adapter(teacher)
+    was_training = model.training
+    model.eval()  # no dropout: the teacher is the deterministic pre-trained model
     try:
-        yield model
+        if teacher is None:
+            with model.disable_adapter():
+                yield model
+        else:
+            model.set_adapter(teacher)
+            try:
+                yield model
+            finally:
+                model.set_adapter("default")
     finally:
-        model.set_adapter("default")
+        model.train(was_training)
 
 
 def initial_adapter(model: PeftModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:

@@ -159,3 +159,27 @@ def test_teacher_equals_untouched_smollm2():
     with torch.no_grad(), teacher_mode(model):
         teacher = model(x).logits.float()
     assert (teacher - ref).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("arm", ["lora", "balora"])
+def test_teacher_ignores_dropout_in_train_mode(tiny_llama, arm):
+    base = tiny_llama.model
+    x = _ids()
+    with torch.no_grad():
+        ref = base(x).logits
+    model = make_arm(
+        copy.deepcopy(base),
+        arm,
+        task="nlg",
+        rank=4,
+        alpha=8,
+        dropout=0.5,
+        target_modules=["auto"],
+        pissa_niter=4,
+        seed=0,
+    )
+    model.train()
+    with torch.no_grad(), teacher_mode(model):
+        teacher = model(x).logits
+    assert model.training
+    assert (teacher - ref).abs().max() < 1e-4
