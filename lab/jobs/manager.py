@@ -13,6 +13,7 @@ queued job when the running one ends, so the queue moves even when no page is op
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -346,10 +347,8 @@ class JobManager:
 def _kill_group(proc: subprocess.Popen | None) -> None:
     if proc is None or proc.poll() is not None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):  # exited between the poll and the kill
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # exited between the poll and the kill
 
 
 def _remove_if_empty(path: Path) -> None:

@@ -6,6 +6,7 @@ worker's output. Nothing here needs the worker's memory, so a reload or a fresh 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -95,11 +96,9 @@ def mtimes(run_dir: Path) -> list[float]:
     analysis arrays, adapters)."""
     out = []
     for path in run_dir.rglob("*"):
-        try:
+        with contextlib.suppress(FileNotFoundError):  # a temp file renamed away while listing
             if path.is_file() and path.name != LOG_NAME:
                 out.append(path.stat().st_mtime)
-        except FileNotFoundError:
-            pass  # a temp file renamed away while listing
     return out
 
 
