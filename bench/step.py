@@ -4,7 +4,9 @@ All arms live in one process and train on the same synthetic batches (exactly ba
 tokens: a prompt half with labels -100, a response half), interleaved step by step (lora,
 pissa, balora, reference, lora, ...), so machine noise hits every arm alike. ``lora`` and
 ``pissa`` run with ``train.log_terms=false``: plain LoRA work, no teacher and no terms.
-``balora`` is the engine's step (``lab.trainer.train_arm_step``).
+``balora`` is the engine's step (``lab.trainer.train_arm_step``), with the teacher in
+``--teacher-dtype`` (default ``auto``, as in a run: bf16 autocast for an fp32 model on hardware
+with native bf16 matmuls; ``model`` keeps the teacher in the model's own dtype).
 
 ``reference`` is BA-LoRA written the way the paper's published code does it: a second full
 deep copy of the base model as the teacher (run under no_grad), the full (B, T, V) logits at
@@ -46,7 +48,7 @@ from accelerate import Accelerator
 from lab import adapters, trainer
 from lab.config import from_dict
 from lab.dist import Dist
-from lab.models import ModelBundle, load_model, pick_device, pick_dtype
+from lab.models import ModelBundle, load_model, pick_device, pick_dtype, teacher_dtype
 
 ORDER = ("lora", "pissa", "balora", "reference")
 TARGETS = {"time": 1.4, "mem": 1.1}
@@ -63,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mem-steps", type=int, default=1, help="memory steps after the timed ones")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", help="auto: bf16 on CUDA, fp32 on the CPU")
+    p.add_argument(
+        "--teacher-dtype",
+        default="auto",
+        choices=("auto", "model", "bfloat16"),
+        help="reg.teacher_dtype of the balora arm",
+    )
     p.add_argument("--targets", default="auto", help="LoRA target modules, comma separated")
     p.add_argument("--arms", default=",".join(ORDER), help="a subset of " + ",".join(ORDER))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
@@ -97,6 +105,7 @@ def make_config(args: argparse.Namespace):
                 "dropout": 0.0,
                 "target_modules": args.targets.split(","),
             },
+            "reg": {"teacher_dtype": args.teacher_dtype},
             "train": {
                 "steps": args.warmup + args.steps,
                 "batch_size": args.batch,
@@ -211,6 +220,9 @@ def summarize(args, device, dtype, times, cpus, mems, states, losses, params: in
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "dtype": str(dtype).replace("torch.", ""),
+        "teacher_dtype": str(teacher_dtype(args.teacher_dtype, dtype, device)).replace(
+            "torch.", ""
+        ),
         "batch": args.batch,
         "seq": args.seq,
         "rank": args.rank,

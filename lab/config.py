@@ -67,6 +67,7 @@ class RegConfig:
     svd_target: str = "logits"  # logits | features
     lambda1_schedule: str = "constant"  # constant | cosine (decays to 0.1 * lambda1)
     lambda23_warmup: float = 0.0  # fraction of steps with lambda2 = lambda3 = 0 (two-phase)
+    teacher_dtype: str = "auto"  # auto (bf16 for fp32 on native-bf16 hardware) | model | bfloat16
 
 
 @dataclass
@@ -118,6 +119,7 @@ _CHOICES = {
     "reg.svd_norm": ("frobenius", "nuclear"),
     "reg.svd_target": ("logits", "features"),
     "reg.lambda1_schedule": ("constant", "cosine"),
+    "reg.teacher_dtype": ("auto", "model", "bfloat16"),
     "train.scheduler": ("constant", "linear", "cosine"),
 }
 

@@ -96,6 +96,13 @@ def evaluate(
     yield ev
 
 
+def warm_intruder_cache(models: list, probes: Probes) -> None:
+    """Take the SVDs of the base weights behind every arm's intruder count now (step 0, where
+    only the base is analysed), so the arms' eval points reuse them from ``probes.svd_cache``."""
+    for model in models:
+        analysis.model_intruders(model, adapters.initial_adapter(model), cache=probes.svd_cache)
+
+
 def embed(run_dir: Path, step: int, cfg: RunConfig) -> None:
     """Joint PCA + t-SNE of the base model's and every arm's probe features at ``step``."""
     if not cfg.train.analysis:

@@ -128,6 +128,36 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls are native here: CUDA with bf16 support, or a CPU whose oneDNN
+    has bf16 kernels (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(probe is not None and torch.backends.mkldnn.is_available() and probe())
+    return False
+
+
+def teacher_dtype(choice: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the frozen teacher computes in: ``reg.teacher_dtype`` resolved for a model.
+
+    "model": the model's own dtype (the exact pre-trained outputs). "bfloat16": bf16 autocast.
+    "auto": bf16 when the model computes in float32 on a device with native bf16 matmuls (the
+    teacher is a no-grad inference pass; bf16 makes it about 3x cheaper on such CPUs), else
+    the model's dtype.
+    """
+    if choice == "model":
+        return model_dtype
+    if choice == "bfloat16":
+        return torch.bfloat16
+    if choice != "auto":
+        raise ValueError(f"reg.teacher_dtype must be auto, model or bfloat16, got {choice!r}")
+    if model_dtype == torch.float32 and fast_bf16(device):
+        return torch.bfloat16
+    return model_dtype
+
+
 def byte_tokenizer(model_max_length: int = 512):
     """A byte-level tokenizer with ChatML special tokens, built in code (259 + 4 ids)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

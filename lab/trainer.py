@@ -27,7 +27,7 @@ from lab.config import RunConfig, dump_yaml
 from lab.datasets import TaskData, load_task_data
 from lab.dist import Dist
 from lab.forward import step_loss
-from lab.models import ModelBundle, load_model
+from lab.models import ModelBundle, load_model, teacher_dtype
 
 REGULARIZED = ("balora",)
 
@@ -235,6 +235,9 @@ def run(
         "steps_total": cfg.train.steps,
         "steps_done": 0,
         "processes": dist.n,
+        "teacher_dtype": str(
+            teacher_dtype(cfg.reg.teacher_dtype, bundle.dtype, bundle.device)
+        ).replace("torch.", ""),
         "run_dir": str(run_dir),
         "warnings": list(task_data.warnings),
         "data_info": task_data.info,
@@ -263,6 +266,8 @@ def run(
             ):
                 yield emit(ev)
                 summary["base"] = ev
+            if cfg.train.analysis:
+                evaluation.warm_intruder_cache([a.model for a in arms.values()], probes)
         dist.barrier()
         order = data.batch_order(
             len(task_data.train), cfg.train.batch_size * dist.n, cfg.train.steps, cfg.train.seed

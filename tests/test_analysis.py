@@ -202,8 +202,11 @@ def test_drift_is_zero_for_identical_models_and_positive_after_a_change(tiny):
     assert not np.allclose(moved.features, same.features)
 
 
-@pytest.mark.parametrize("budget", [0, 1 << 29])  # 0: hidden states + head; else the logits
-def test_base_reference_gives_the_same_drift_as_a_second_forward(tiny, budget):
+@pytest.mark.parametrize(
+    "budget,moments",
+    [(0, False), (1 << 29, False), (0, True)],  # hidden states + head; log-probs; moments
+)
+def test_base_reference_gives_the_same_drift_as_a_second_forward(tiny, budget, moments):
     model = lora_model(tiny)
     kw = dict(task="nlg", texts=TEXTS, labels=LABELS, batch_size=4)
     with model.disable_adapter():
@@ -214,10 +217,12 @@ def test_base_reference_gives_the_same_drift_as_a_second_forward(tiny, budget):
             step=0,
             keep_reference=True,
             reference_bytes=budget,
+            reference_moments=moments,
             **kw,
         )
     assert base.drift_per_text is None and base.adapter_spectra == {} and base.reference is not None
-    assert (base.reference.head is None) == (budget > 0)
+    assert base.reference.moments == moments
+    assert (base.reference.head is None) == (budget > 0 or moments)
     perturb_b(model)
     via_ctx = analysis.snapshot(
         model, tiny.tokenizer, arm="lora", step=2, base_context=model.disable_adapter, **kw
@@ -235,6 +240,56 @@ def test_base_reference_gives_the_same_drift_as_a_second_forward(tiny, budget):
             reference=base.reference,
             **{**kw, "max_len": 5},
         )
+
+
+def test_moments_give_the_token_kl():
+    from lab.analysis.drift import base_moments, moments_kl
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 40)
+    h_base, h_arm = torch.randn(7, 6), torch.randn(7, 6)
+    with torch.no_grad():
+        z_base, z_arm = head(h_base), head(h_arm)
+        rows = base_moments(head, z_base)
+    assert rows.shape == (7, 7)
+    want = analysis.token_kl(z_arm, z_base)
+    torch.testing.assert_close(moments_kl(h_arm, z_arm, rows), want, rtol=1e-4, atol=1e-6)
+    assert moments_kl(h_base, z_base, rows).abs().max().item() < 1e-5  # the same model: 0
+
+
+def test_moments_reference_falls_back_when_the_arm_head_differs(tiny):
+    kw = dict(task="nlg", texts=TEXTS, labels=LABELS)
+    model = lora_model(tiny)
+    with model.disable_adapter():
+        base = analysis.snapshot(
+            model, tiny.tokenizer, arm="base", step=0, keep_reference=True, **kw
+        )
+    assert base.reference.moments
+    perturb_b(model)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(1.01)  # the arm's head is no longer the base's
+    with pytest.raises(AnalysisError, match="head differs"):
+        analysis.snapshot(model, tiny.tokenizer, arm="lora", step=1, reference=base.reference, **kw)
+    fallback = analysis.snapshot(
+        model,
+        tiny.tokenizer,
+        arm="lora",
+        step=1,
+        reference=base.reference,
+        base_context=model.disable_adapter,
+        **kw,
+    )
+    second = analysis.snapshot(
+        model, tiny.tokenizer, arm="lora", step=1, base_context=model.disable_adapter, **kw
+    )
+    assert fallback.summary()["kl_to_base"] > 0
+    np.testing.assert_array_equal(fallback.drift_per_text, second.drift_per_text)
+    adapted = lora_model(tiny, targets=("q_proj", "lm_head"))
+    with adapted.disable_adapter():
+        ref = analysis.snapshot(
+            adapted, tiny.tokenizer, arm="base", step=0, keep_reference=True, **kw
+        )
+    assert not ref.reference.moments  # a PEFT-wrapped head: log-probabilities are kept
 
 
 def test_snapshot_summary_is_finite_json(tiny):

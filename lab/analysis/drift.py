@@ -1,5 +1,15 @@
 """Drift from the base model: per-position KL(base || arm) in float32, and the base model's
-outputs kept in memory so that each arm needs one forward pass instead of two."""
+outputs kept in memory so that each arm needs one forward pass instead of two.
+
+For a causal LM whose frozen output head is a plain linear map z = h W^T + b, the base keeps,
+per position, only u = p_base W (H,) and c = sum_v p_base log p_base - p_base . b, because
+
+    KL(base || arm) = sum_v p_base (log p_base - z_arm + logsumexp z_arm)
+                    = c - h_arm . u + logsumexp(z_arm)
+
+(sum_v p_base = 1). That is H numbers per position instead of V, and an arm's drift costs one
+logsumexp over its logits. Otherwise the base keeps its log-probabilities, or its last hidden
+states when those would not fit the memory budget."""
 
 from __future__ import annotations
 
@@ -50,6 +60,8 @@ class BaseReference:
     head: torch.nn.Module | None = None  # set when per_text holds hidden states
     softcap: float | None = None
     log_probs: bool = False  # per_text holds log-softmax outputs rather than raw logits
+    moments: bool = False  # per_text holds (L_i, H + 1) rows [u, c] (see the module doc)
+    head_key: tuple | None = None  # fingerprint of the head the moments were taken with
 
     def logits(self, idx: Sequence[int], width: int) -> Tensor:
         """Base logits of the texts ``idx``: (B, D) or right-padded (B, width, V)."""
@@ -82,3 +94,52 @@ def drift_per_text(
     else:
         kl = token_kl(logits, base, mask)  # (B, T)
     return (kl.sum(1) / mask.sum(1).clamp_min(1)).double().cpu().numpy()  # (B,)
+
+
+def head_fingerprint(head: torch.nn.Module) -> tuple:
+    """Shape and two float64 sums of a linear head's weight (and bias): equal for equal heads.
+
+    Cached on the module, keyed by the weight's storage and version counter (an in-place change
+    recomputes it)."""
+    b = getattr(head, "bias", None)
+    key = (head.weight.data_ptr(), head.weight._version, None if b is None else b._version)
+    cached = getattr(head, "_balora_fingerprint", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.no_grad():
+        w = head.weight.detach().double()
+        parts = [tuple(w.shape), float(w.sum()), float(w.square().sum())]
+        if b is not None:
+            parts += [float(b.detach().double().sum())]
+    head._balora_fingerprint = (key, tuple(parts))
+    return tuple(parts)
+
+
+def plain_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The output head when it is an unadapted nn.Linear with no logit soft-capping, else None."""
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:  # a PEFT-wrapped head is another type
+        return None
+    if getattr(model.config, "final_logit_softcapping", None):
+        return None
+    return head
+
+
+def base_moments(head: torch.nn.Linear, logits: Tensor) -> Tensor:
+    """Rows [u, c] (N, H + 1) of the base's logits (N, V): u = p W, c = sum p log p - p . b."""
+    log_p = F.log_softmax(logits.float(), dim=-1)  # (N, V)
+    p = log_p.exp()
+    neg_entropy = (p * log_p).sum(-1).double()  # (N,)
+    del log_p
+    u = p @ head.weight.float()  # (N, H)
+    c = neg_entropy
+    if head.bias is not None:
+        c = c - (p.double() @ head.bias.double())
+    return torch.cat([u.double(), c[:, None]], dim=1)  # (N, H + 1), float64
+
+
+def moments_kl(hidden: Tensor, logits: Tensor, rows: Tensor) -> Tensor:
+    """KL(base || arm) per position from the arm's hidden (N, H), logits (N, V) and [u, c] rows."""
+    lse = torch.logsumexp(logits.float(), dim=-1).double()  # (N,)
+    dot = (hidden.double() * rows[:, :-1]).sum(-1)  # (N,)
+    return (rows[:, -1] - dot + lse).clamp_min(0.0).float()

@@ -26,7 +26,7 @@ def joint_embedding(
     perplexity: float = 30.0,
     *,
     pca_dim: int = 50,
-    max_iter: int = 1000,
+    max_iter: int = 750,
     threads: int | None = 1,
 ) -> dict:
     """Joint PCA(``pca_dim``) then t-SNE(2) of all arms' features, stacked in dict order.

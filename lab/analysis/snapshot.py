@@ -25,8 +25,11 @@ from torch import Tensor
 from lab.analysis.drift import (
     AnalysisError,
     BaseReference,
+    base_moments,
     drift_per_text,
+    head_fingerprint,
     head_logits,
+    plain_head,
 )
 from lab.analysis.spectra import (
     adapter_update_spectra,
@@ -187,6 +190,30 @@ def _check_head(head, hidden: Tensor | None, softcap: float | None, logits: Tens
         )
 
 
+def _moments_rows(head: torch.nn.Linear, logits: Tensor, mask: Tensor, chunk: int = 256):
+    """[u, c] rows (sum of the mask, H + 1) of the base logits (B, T, V) at the masked positions."""
+    valid = logits[mask]  # (N, V), text by text in order
+    return torch.cat(
+        [base_moments(head, valid[i : i + chunk]) for i in range(0, len(valid), chunk)]
+    )
+
+
+def _moments_drift(
+    reference: BaseReference, idx: list[int], hidden: Tensor, logits: Tensor, mask: Tensor
+) -> np.ndarray:
+    """Mean KL(base || arm) per text from the kept moments: c - h . u + logsumexp(z)."""
+    b, t = mask.shape
+    width = reference.per_text[idx[0]].shape[-1]
+    rows = hidden.new_zeros((b, t, width), dtype=torch.float64)  # (B, T, H + 1)
+    for r, i in enumerate(idx):
+        part = reference.per_text[i]
+        rows[r, : part.shape[0]] = part.to(rows.device)
+    lse = torch.logsumexp(logits.float(), dim=-1).double()  # (B, T)
+    dot = (hidden.double() * rows[..., :-1]).sum(-1)  # (B, T)
+    kl = (rows[..., -1] - dot + lse).clamp_min(0.0) * mask.double()
+    return (kl.sum(1) / mask.sum(1).clamp_min(1)).cpu().numpy()
+
+
 def snapshot(
     model: torch.nn.Module,
     tokenizer,
@@ -205,6 +232,7 @@ def snapshot(
     reference: BaseReference | None = None,
     keep_reference: bool = False,
     reference_bytes: int = 1 << 29,
+    reference_moments: bool = True,
     intruders: bool = True,
     svd_cache: dict | None = None,
     spectrum_rows: int = 256,
@@ -216,8 +244,11 @@ def snapshot(
     gives the untouched base model's outputs; None means ``model`` is the base (arm "base": no
     drift, no adapter spectra). ``reference``: the base outputs kept by an earlier
     ``snapshot(..., keep_reference=True)`` of the base on the same texts, used instead of
-    ``base_context`` (one forward per arm instead of two); the base keeps its log-probabilities
-    when they fit in ``reference_bytes``, else its last hidden states (the head is re-applied).
+    ``base_context`` (one forward per arm instead of two). A causal LM with a plain linear head
+    keeps per position the moments [p W, sum p log p - p . b] of its output distribution (see
+    :mod:`lab.analysis.drift`); an arm whose head differs then falls back to ``base_context``.
+    Other models (or ``reference_moments=False``) keep their log-probabilities when they fit in
+    ``reference_bytes``, else their last hidden states (the head is re-applied).
     ``initial``: {module: (A0, B0)} of a PiSSA-initialized arm. ``intruders``: count intruder
     dimensions (one SVD per module; ``svd_cache``, a dict kept across calls, holds the base
     weights' SVDs). ``spectrum_rows`` caps the logits rows (positions) behind the output
@@ -258,20 +289,36 @@ def snapshot(
     positions = np.asarray(lengths if task == "nlg" else [1] * n, dtype=np.float64)
     spec_rows: list[Tensor] = []
     kept: list[Tensor | None] = [None] * n
-    head = None
+    head = None  # the base head, when the reference keeps hidden states
     softcap = None
-    if keep_reference and task == "nlg" and sum(lengths) * width * 4 > reference_bytes:
-        head = model.get_output_embeddings()
-        if head is None or hasattr(head, "lora_A"):
-            raise AnalysisError(
-                "keep_reference needs a plain output head; pass base_context to each arm instead"
-            )
-        softcap = getattr(model.config, "final_logit_softcapping", None)
+    moments_head = None  # the base head, when the reference keeps [u, c] moments
+    if keep_reference and task == "nlg":
+        moments_head = plain_head(model) if reference_moments else None
+        if moments_head is None and sum(lengths) * width * 4 > reference_bytes:
+            head = model.get_output_embeddings()
+            if head is None or hasattr(head, "lora_A"):
+                raise AnalysisError(
+                    "keep_reference needs a plain output head; pass base_context to each arm"
+                )
+            softcap = getattr(model.config, "final_logit_softcapping", None)
+    use_moments = reference is not None and reference.moments
+    if use_moments:
+        arm_head = plain_head(model)
+        if arm_head is None or head_fingerprint(arm_head) != reference.head_key:
+            if base_context is None:
+                raise AnalysisError(
+                    "the base reference holds moments of the base model's output head, but this "
+                    "model's head differs (adapted or soft-capped); pass base_context instead"
+                )
+            reference, use_moments = None, False  # a second base forward per batch instead
 
     captured: dict[str, Tensor] = {}
     hook = None
-    if head is not None:  # the head's input: what it turns into the logits, (B, T, H)
-        hook = head.register_forward_pre_hook(lambda _m, args: captured.__setitem__("h", args[0]))
+    hooked = head if head is not None else moments_head
+    if use_moments:
+        hooked = model.get_output_embeddings()
+    if hooked is not None:  # the head's input: what it turns into the logits, (B, T, H)
+        hook = hooked.register_forward_pre_hook(lambda _m, args: captured.__setitem__("h", args[0]))
     was_training = model.training
     model.eval()
     try:
@@ -293,7 +340,14 @@ def snapshot(
                         spec_rows.append(logits[r, rows_of[i].to(device)].cpu())  # (k_i, V)
                 if task == "nlu":
                     spec_rows.append(logits.cpu())  # (B, D)
-                if keep_reference:
+                if keep_reference and moments_head is not None:
+                    h = captured.get("h")
+                    if not any(k is not None for k in kept):
+                        _check_head(moments_head, h, None, logits)
+                    rows = _moments_rows(moments_head, logits, mask)  # (sum L_i, H + 1)
+                    for i, part in zip(idx, rows.split(mask.sum(1).tolist())):
+                        kept[i] = part
+                elif keep_reference:
                     h = captured.get("h")
                     if head is not None and not any(k is not None for k in kept):
                         _check_head(head, h, softcap, logits)
@@ -305,6 +359,9 @@ def snapshot(
                         else:
                             kept[i] = h[r, : lengths[i]].clone()  # (L_i, H)
                 if is_base:
+                    continue
+                if use_moments:
+                    drift[idx] = _moments_drift(reference, idx, captured["h"], logits, mask)
                     continue
                 if reference is not None:
                     base_logits = reference.logits(idx, mask.shape[1]).to(device)
@@ -326,7 +383,14 @@ def snapshot(
         if intruders:
             intr = model_intruders(model, initial, adapter_name, cache=svd_cache)
     ref = None
-    if keep_reference:
+    if keep_reference and moments_head is not None:
+        ref = BaseReference(
+            key=key,
+            per_text=kept,
+            moments=True,
+            head_key=head_fingerprint(moments_head),
+        )
+    elif keep_reference:
         log_probs = task == "nlg" and head is None
         ref = BaseReference(key=key, per_text=kept, head=head, softcap=softcap, log_probs=log_probs)
     return Snapshot(

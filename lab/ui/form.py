@@ -31,6 +31,7 @@ FIELDS = [
     "reg.temperature",
     "reg.top_k",
     "reg.svd_k",
+    "reg.teacher_dtype",
     "train.steps",
     "train.batch_size",
     "train.lr",

@@ -268,6 +268,13 @@ def build(ui) -> None:
                 label="SVD k",
                 info="How many top singular values the SVD term rewards.",
             )
+            ui.teacher_dtype = gr.Dropdown(
+                ["auto", "model", "bfloat16"],
+                value=v["reg.teacher_dtype"],
+                label="Teacher precision",
+                info="auto: bf16 for an fp32 model where bf16 matmuls are native (faster); "
+                "model: the exact pre-trained outputs.",
+            )
     with gr.Row():
         ui.steps = gr.Number(
             value=v["train.steps"],
@@ -304,7 +311,7 @@ def build(ui) -> None:
         )
     ui.form = [
         ui.model, ui.model_custom, ui.task, ui.dataset, ui.noise, ui.minority, ui.arms,
-        ui.l1, ui.l2, ui.l3, ui.temperature, ui.top_k, ui.svd_k,
+        ui.l1, ui.l2, ui.l3, ui.temperature, ui.top_k, ui.svd_k, ui.teacher_dtype,
         ui.steps, ui.batch, ui.lr, ui.rank, ui.eval_every,
     ]  # fmt: skip
     gr.Markdown(

@@ -1,0 +1,202 @@
+"""The NLG loss of one micro-batch computed from the hidden rows through the frozen LM head.
+
+The task cross-entropy, the consistency term and the diversity term all need full-vocabulary
+distributions at the used rows. ``head_loss`` makes them in row chunks: the (c, V) logits of a
+chunk, student and teacher, exist only inside the loop, and the gradient with respect to the
+hidden rows, (M, H), is formed there and kept for the backward pass. Nothing of shape (M, V) is
+stored, and the head matmul of the backward pass is done chunk by chunk with the same buffers.
+
+The svd term of the logits Z = h W^T (+ b) is exact from the (M, M) Gram matrix
+h (W^T W) h^T, whose eigenvalues are the squared singular values of Z; W^T W (H, H) is cached
+per head weight. The values and gradients equal those of :mod:`lab.regularizers` on the
+materialized logits (tests compare them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lab.regularizers import DegenerateTermError
+
+CHUNK_ROWS = 64  # rows per chunk: (64, 49152) float32 is 12.6 MB per buffer
+
+
+class _HeadLoss(torch.autograd.Function):
+    """(total, ce, kl, neg_entropy): total = ce + l1 * kl + l2 * neg_entropy, all over M rows."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        h: torch.Tensor,  # (M, H) student rows
+        weight: torch.Tensor,  # (V, H) frozen head
+        bias: torch.Tensor | None,
+        teacher_h: torch.Tensor | None,  # (M, H) teacher rows, any float dtype
+        targets: torch.Tensor,  # (M,) token ids
+        lam1: float,
+        lam2: float,
+        temperature: float,
+        top_k: int,
+        terms: bool,
+        chunk: int,
+    ):
+        m = h.shape[0]
+        need_grad = ctx.needs_input_grad[0]
+        ctx.h_dtype = h.dtype
+        dh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need_grad else None
+        sums = torch.zeros(3, dtype=torch.float32, device=h.device)  # ce, kl, -entropy
+        t_weight = t_bias = None
+        if terms and teacher_h is not None:
+            t_weight = weight if teacher_h.dtype == weight.dtype else weight.to(teacher_h.dtype)
+            if bias is not None:
+                t_bias = bias.to(teacher_h.dtype)
+        k = min(top_k, weight.shape[0])
+        temp = float(temperature)
+        for i in range(0, m, chunk):
+            rows = slice(i, i + chunk)
+            z = F.linear(h[rows], weight, bias).float()  # (c, V)
+            tgt = targets[rows]
+            log_p = F.log_softmax(z, dim=-1)
+            sums[0] -= log_p.gather(1, tgt[:, None]).sum()
+            g = log_p.exp_() if need_grad else None  # d CE / dz = p - onehot (times M)
+            del log_p
+            if g is not None:
+                g[torch.arange(g.shape[0], device=g.device), tgt] -= 1.0
+            if terms and teacher_h is not None:
+                zt = F.linear(teacher_h[rows], t_weight, t_bias).float().div_(temp)
+                log_t = F.log_softmax(zt, dim=-1)
+                del zt
+                log_s = F.log_softmax(z / temp, dim=-1)
+                p_t = log_t.exp()
+                # KL = sum p_t (log p_t - log p_s); entries with p_t == 0 contribute exactly 0.
+                diff = torch.where(p_t > 0, log_t - log_s, 0.0)
+                sums[1] += (p_t * diff).sum()
+                del diff, log_t
+                if g is not None and lam1 > 0:  # d (T^2 KL) / dz = T (p_s - p_t)
+                    g.add_(log_s.exp_().sub_(p_t), alpha=lam1 * temp)
+                del log_s, p_t
+            if terms:
+                top, idx = z.topk(k, dim=-1)  # (c, K)
+                lp = F.log_softmax(top, dim=-1)
+                p = lp.exp()
+                lp = torch.where(torch.isfinite(lp), lp, 0.0)
+                row = (p * lp).sum(-1, keepdim=True)  # (c, 1): minus the entropy
+                sums[2] += row.sum()
+                if g is not None and lam2 > 0:  # d (sum p log p) / d top = p (log p - row)
+                    g.scatter_add_(1, idx, (lam2 * p) * (lp - row))
+            del z
+            if g is not None:
+                dh[rows] = (g.to(weight.dtype) @ weight).float()  # (c, V) @ (V, H)
+                del g
+        if dh is not None:
+            dh.div_(m)
+        ctx.save_for_backward(dh)
+        ce = sums[0] / m
+        kl = sums[1] * (temp * temp / m)
+        neg_entropy = sums[2] / m
+        total = ce + lam1 * kl + lam2 * neg_entropy
+        ctx.mark_non_differentiable(ce, kl, neg_entropy)
+        return total, ce, kl, neg_entropy
+
+    @staticmethod
+    def backward(ctx, g_total, *_):
+        (dh,) = ctx.saved_tensors
+        grad = None if dh is None else (dh * g_total).to(ctx.h_dtype)
+        return (grad, *([None] * 10))
+
+
+def head_loss(
+    h: torch.Tensor,
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    teacher_h: torch.Tensor | None = None,
+    *,
+    lambdas: tuple[float, float] = (0.0, 0.0),
+    temperature: float = 2.0,
+    top_k: int = 20,
+    terms: bool = False,
+    chunk: int = CHUNK_ROWS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Task CE, consistency and diversity of the rows ``h`` under ``head``, fused.
+
+    Returns ``(total, ce, kl, neg_entropy)``: ``total`` = ce + l1 * kl + l2 * neg_entropy
+    carries the gradient to ``h`` (a term whose weight is 0 adds neither value nor gradient);
+    the other three are detached. kl is T^2 * mean KL(teacher || student) at temperature T
+    (None without ``teacher_h``), neg_entropy minus the mean entropy of the renormalized top-K
+    distribution; both are None when ``terms`` is false.
+    """
+    if h.dim() != 2 or h.shape[0] == 0:
+        raise ValueError(f"the hidden rows must be a non-empty (M, H) matrix, got {tuple(h.shape)}")
+    if teacher_h is not None and teacher_h.shape != h.shape:
+        raise ValueError(
+            f"teacher rows {tuple(teacher_h.shape)} and student rows {tuple(h.shape)} differ"
+        )
+    lam1, lam2 = (float(x) for x in lambdas)
+    if lam1 > 0 and teacher_h is None:
+        raise ValueError("consistency has a non-zero weight but no teacher rows were given")
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    total, ce, kl, neg_entropy = _HeadLoss.apply(
+        h,
+        head.weight,
+        head.bias,
+        teacher_h.detach() if teacher_h is not None else None,
+        targets,
+        lam1 if terms else 0.0,
+        lam2 if terms else 0.0,
+        temperature,
+        top_k,
+        terms,
+        chunk,
+    )
+    if not terms:
+        return total, ce, None, None
+    return total, ce, (kl if teacher_h is not None else None), neg_entropy
+
+
+def head_gram(head: torch.nn.Linear) -> torch.Tensor:
+    """W'^T W' (H', H') in float32 for the frozen head (W' = [W, b] with a bias), cached on it.
+
+    The cache key holds the weight's storage and version counters, so an in-place change of the
+    head (or a new head) recomputes it.
+    """
+    weight, bias = head.weight, head.bias
+    key = (weight.data_ptr(), weight._version, None if bias is None else bias._version)
+    cached = getattr(head, "_balora_gram", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.no_grad():
+        w = weight.detach().double()
+        if bias is not None:
+            w = torch.cat([w, bias.detach().double()[:, None]], dim=1)
+        gram = (w.T @ w).float()
+    head._balora_gram = (key, gram)
+    return gram
+
+
+def logits_svd_loss(h: torch.Tensor, head: torch.nn.Linear, k: int) -> torch.Tensor:
+    """-sum_{i<=k} s_i(Z) / ||Z||_F of Z = h W^T (+ b), exactly, without forming Z.
+
+    The eigenvalues of Z Z^T = h' (W'^T W') h'^T are s_i^2 and its trace is ||Z||_F^2. Raises
+    DegenerateTermError when k >= min(M, V) (the share is then constant) or Z is 0.
+    """
+    m, v = h.shape[0], head.weight.shape[0]
+    if k >= min(m, v):
+        raise DegenerateTermError(f"svd_k={k} >= min({m}, {v}): the top-k share is constant")
+    hf = h.float()
+    if head.bias is not None:
+        hf = torch.cat([hf, hf.new_ones(m, 1)], dim=1)
+    gram = hf @ head_gram(head) @ hf.T  # (M, M) = Z Z^T
+    scale = gram.detach().diagonal().max()
+    largest = scale.item()  # one host sync for both checks
+    if not math.isfinite(largest):
+        raise FloatingPointError("the svd term's matrix has non-finite entries")
+    if largest <= 0:
+        raise DegenerateTermError("the svd term's matrix is all zeros (norm 0)")
+    gram = gram / scale  # scale-free ratio; keeps the eigen solver in range
+    gram = 0.5 * (gram + gram.T)
+    eig = torch.linalg.eigvalsh(gram)  # ascending
+    top = eig[-k:].clamp_min(1e-12).sqrt().sum()
+    return -top / gram.diagonal().sum().sqrt()

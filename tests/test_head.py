@@ -1,0 +1,183 @@
+"""The fused head loss and the Gram-matrix svd term against the plain, materialized versions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lab.forward as forward
+from lab import adapters, models
+from lab.config import load_preset
+from lab.head import head_gram, head_loss, logits_svd_loss
+from lab.regularizers import DegenerateTermError, ba_lora_loss, svd_loss
+
+
+def _head(v: int, hdim: int, bias: bool, seed: int = 0) -> torch.nn.Linear:
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(hdim, v, bias=bias)
+    head.requires_grad_(False)
+    return head
+
+
+def _rows(m: int, hdim: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(m, hdim, generator=g)
+    t = h + 0.3 * torch.randn(m, hdim, generator=g)
+    return h, t
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk", [1, 5, 1000])
+def test_head_loss_matches_materialized_terms(bias, chunk):
+    head = _head(37, 12, bias)
+    h, t = _rows(11, 12)
+    targets = torch.randint(0, 37, (11,), generator=torch.Generator().manual_seed(2))
+    lam = (0.3, 0.2)
+
+    h1 = h.clone().requires_grad_()
+    total, ce, kl, neg_h = head_loss(
+        h1, head, targets, t, lambdas=lam, temperature=2.0, top_k=7, terms=True, chunk=chunk
+    )
+    total.backward()
+
+    h2 = h.clone().requires_grad_()
+    z = head(h2)
+    ref = ba_lora_loss(
+        F.cross_entropy(z, targets), z, head(t), lambdas=(*lam, 0.0), temperature=2.0, top_k=7
+    )
+    ref.total.backward()
+    assert ce.item() == pytest.approx(ref.task.item(), rel=1e-5)
+    assert kl.item() == pytest.approx(ref.raw["consistency"].item(), rel=1e-4)
+    assert neg_h.item() == pytest.approx(ref.raw["diversity"].item(), rel=1e-5)
+    assert total.item() == pytest.approx(ref.total.item(), rel=1e-5)
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_head_loss_zero_weights_add_no_gradient_and_no_terms_is_plain_ce():
+    head = _head(29, 8, False)
+    h, t = _rows(9, 8)
+    targets = torch.randint(0, 29, (9,), generator=torch.Generator().manual_seed(3))
+    h1 = h.clone().requires_grad_()
+    total, ce, kl, neg_h = head_loss(h1, head, targets, t, lambdas=(0.0, 0.0), terms=True)
+    assert kl.item() > 0 and neg_h.item() < 0  # logged even with weight 0
+    total.backward()
+    h2 = h.clone().requires_grad_()
+    plain = F.cross_entropy(head(h2), targets)
+    plain.backward()
+    assert total.item() == pytest.approx(plain.item(), rel=1e-6)
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-5, atol=1e-7)
+    h3 = h.clone().requires_grad_()
+    total3, _, kl3, neg3 = head_loss(h3, head, targets, None, terms=False)
+    assert kl3 is None and neg3 is None
+    total3.backward()
+    torch.testing.assert_close(h3.grad, h2.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_head_loss_consistency_is_zero_for_the_same_rows():
+    head = _head(31, 8, True)
+    h, _ = _rows(6, 8)
+    targets = torch.zeros(6, dtype=torch.long)
+    _, _, kl, _ = head_loss(h, head, targets, h.clone(), lambdas=(1.0, 0.0), terms=True)
+    assert abs(kl.item()) < 1e-6
+
+
+def test_head_loss_rejects_bad_inputs():
+    head = _head(10, 4, False)
+    h = torch.randn(3, 4)
+    t = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="no teacher"):
+        head_loss(h, head, t, None, lambdas=(0.1, 0.0), terms=True)
+    with pytest.raises(ValueError, match="differ"):
+        head_loss(h, head, t, torch.randn(2, 4), terms=True)
+    with pytest.raises(ValueError, match="non-empty"):
+        head_loss(torch.randn(0, 4), head, t[:0], None)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gram_svd_term_equals_exact_svd_of_the_logits(bias):
+    head = _head(300, 16, bias)
+    h, _ = _rows(40, 16)
+    h1 = h.clone().requires_grad_()
+    got = logits_svd_loss(h1, head, 5)
+    got.backward()
+    h2 = h.clone().requires_grad_()
+    want = svd_loss(head(h2), 5, method="exact")
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-4)
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_gram_svd_term_degenerate_cases_and_cache():
+    head = _head(50, 6, False)
+    with pytest.raises(DegenerateTermError, match="svd_k"):
+        logits_svd_loss(torch.randn(4, 6), head, 4)
+    with pytest.raises(DegenerateTermError, match="zeros"):
+        logits_svd_loss(torch.zeros(8, 6), head, 2)
+    first = head_gram(head)
+    assert head_gram(head) is first
+    with torch.no_grad():
+        head.weight.mul_(2.0)  # an in-place change bumps the version: the cache is rebuilt
+    torch.testing.assert_close(head_gram(head), 4.0 * first, rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_dtype_resolution(monkeypatch):
+    cpu = torch.device("cpu")
+    assert models.teacher_dtype("model", torch.float32, cpu) == torch.float32
+    assert models.teacher_dtype("bfloat16", torch.float32, cpu) == torch.bfloat16
+    monkeypatch.setattr(models, "fast_bf16", lambda device: True)
+    assert models.teacher_dtype("auto", torch.float32, cpu) == torch.bfloat16
+    assert models.teacher_dtype("auto", torch.float16, cpu) == torch.float16
+    monkeypatch.setattr(models, "fast_bf16", lambda device: False)
+    assert models.teacher_dtype("auto", torch.float32, cpu) == torch.float32
+
+
+def _arm(cfg):
+    bundle = models.load_model("tiny-llama", task="nlg", seed=0)
+    return adapters.make_arm(
+        bundle.model,
+        "balora",
+        task="nlg",
+        rank=4,
+        alpha=8.0,
+        dropout=0.0,
+        target_modules=["auto"],
+        pissa_niter=0,
+        seed=0,
+    ), bundle
+
+
+def _batch(bundle, cfg):
+    from lab import data
+    from lab.datasets import load_task_data
+
+    td = load_task_data("sentiment", task="nlg", seed=0, max_train=8, max_eval=2)
+    return data.make_batch(bundle.tokenizer, td.train[:4], "nlg", cfg.train.seq_len)
+
+
+@pytest.mark.parametrize("teacher", ["model", "bfloat16"])
+def test_fused_step_equals_unfused_step(monkeypatch, teacher):
+    cfg = load_preset("tiny-test", [f"reg.teacher_dtype={teacher}", "reg.svd_k=3"])
+    model, bundle = _arm(cfg)
+    batch = _batch(bundle, cfg)
+    lambdas = (0.5, 0.3, 0.2)
+    params = adapters.trainable_parameters(model)
+    assert forward.fused_nlg(model, cfg)
+
+    def run():
+        for p in params:
+            p.grad = None
+        result, total = forward.step_loss(model, batch, cfg, lambdas, need_terms=True)
+        total.backward()
+        return result.as_floats(), [p.grad.clone() for p in params]
+
+    fused, g_fused = run()
+    monkeypatch.setattr(forward, "fused_nlg", lambda model, cfg: False)
+    plain, g_plain = run()
+    for key in ("loss", "task_loss", "consistency", "diversity", "svd"):
+        assert fused[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+    assert fused["inactive"] == plain["inactive"] == {}
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+    if teacher == "bfloat16":
+        assert fused["consistency"] > 0  # a bf16 teacher differs slightly from the fp32 model
