@@ -14,8 +14,6 @@ materialized logits (tests compare them).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -180,7 +178,7 @@ def logits_svd_loss(h: torch.Tensor, head: torch.nn.Linear, k: int) -> torch.Ten
     """-sum_{i<=k} s_i(Z) / ||Z||_F of Z = h W^T (+ b), exactly, without forming Z.
 
     The eigenvalues of Z Z^T = h' (W'^T W') h'^T are s_i^2 and its trace is ||Z||_F^2. Raises
-    DegenerateTermError when k >= min(M, V) (the share is then constant) or Z is 0.
+    DegenerateTermError when k >= min(M, V) (the share is then constant); Z = 0 gives NaN.
     """
     m, v = h.shape[0], head.weight.shape[0]
     if k >= min(m, v):
@@ -189,14 +187,14 @@ def logits_svd_loss(h: torch.Tensor, head: torch.nn.Linear, k: int) -> torch.Ten
     if head.bias is not None:
         hf = torch.cat([hf, hf.new_ones(m, 1)], dim=1)
     gram = hf @ head_gram(head) @ hf.T  # (M, M) = Z Z^T
-    scale = gram.detach().diagonal().max()
-    largest = scale.item()  # one host sync for both checks
-    if not math.isfinite(largest):
-        raise FloatingPointError("the svd term's matrix has non-finite entries")
-    if largest <= 0:
-        raise DegenerateTermError("the svd term's matrix is all zeros (norm 0)")
-    gram = gram / scale  # scale-free ratio; keeps the eigen solver in range
+    # Scale-free ratio: dividing by the largest diagonal entry keeps the eigen solver in range.
+    # Non-finite rows, or Z = 0 (0 / 0), make the value NaN (the caller reports a non-finite
+    # svd term): the solver gets the identity instead, decided on the device, not the host.
+    gram = gram / gram.detach().diagonal().max()
     gram = 0.5 * (gram + gram.T)
-    eig = torch.linalg.eigvalsh(gram)  # ascending
+    ok = torch.isfinite(gram).all()
+    eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
+    eig = torch.linalg.eigvalsh(torch.where(ok, gram, eye))  # ascending
     top = eig[-k:].clamp_min(1e-12).sqrt().sum()
-    return -top / gram.diagonal().sum().sqrt()
+    value = -top / gram.diagonal().sum().sqrt()
+    return torch.where(ok, value, torch.full_like(value, float("nan")))

@@ -248,9 +248,12 @@ class BALoRALoss:
     weighted: dict[str, torch.Tensor | None] = field(default_factory=dict)
     inactive: dict[str, str] = field(default_factory=dict)
 
-    def as_floats(self) -> dict:
-        """Plain floats (None for inactive terms) in one host sync, keyed like a train event."""
-        named = [("loss", self.total), ("task_loss", self.task)]
+    def as_floats(self, total: torch.Tensor | None = None) -> dict:
+        """Plain floats (None for inactive terms) in one host sync, keyed like a train event.
+
+        ``total``: the loss actually backpropagated, reported as "loss" (default ``self.total``).
+        """
+        named = [("loss", self.total if total is None else total), ("task_loss", self.task)]
         named += [(t, self.raw.get(t)) for t in TERMS]
         named += [(f"weighted.{t}", self.weighted.get(t)) for t in TERMS]
         present = [(name, v) for name, v in named if v is not None]

@@ -69,6 +69,9 @@ def lambdas_at(cfg: RunConfig, arm: str, step: int) -> tuple[float, float, float
     return (l1, 0.0 if warm else r.lambda2, 0.0 if warm else r.lambda3)
 
 
+_LOGGED = ("consistency", "diversity", "svd", "task_loss", "loss")  # causes before the sum
+
+
 def train_arm_step(arm: Arm, micro: list[dict], cfg: RunConfig, step: int, dist: Dist) -> dict:
     """Train one arm on one step's micro-batches; returns its train event."""
     t0 = time.perf_counter()
@@ -78,21 +81,25 @@ def train_arm_step(arm: Arm, micro: list[dict], cfg: RunConfig, step: int, dist:
     arm.model.train()
     params = adapters.trainable_parameters(arm.model)
     logs = []
-    finite = True
+    bad = None
     for batch in micro:
         result, total = step_loss(arm.model, batch, cfg, lambdas, need_terms=need_terms)
-        if not torch.isfinite(total.detach()):
-            finite = False
-            break
-        (total / len(micro)).backward()
-        logs.append(
-            result.as_floats()
-            if result is not None
-            else {"loss": total.item(), "task_loss": total.item()}
+        (total / len(micro)).backward()  # queued before the one host sync of the micro-batch
+        if result is not None:
+            log = result.as_floats(total)
+        else:
+            value = total.item()
+            log = {"loss": value, "task_loss": value}
+        logs.append(log)
+        bad = next(
+            (k for k in _LOGGED if log.get(k) is not None and not math.isfinite(log[k])), None
         )
-    if not dist.all_true(finite):
+        if bad is not None:
+            break
+    if not dist.all_true(bad is None):
         arm.optimizer.zero_grad(set_to_none=True)
-        raise FloatingPointError(f"arm {arm.name}: the loss is not finite at step {step}")
+        what = {None: "loss", "loss": "loss", "task_loss": "task loss"}.get(bad, f"{bad} term")
+        raise FloatingPointError(f"arm {arm.name}: the {what} is not finite at step {step}")
     dist.mean_grads(params)
     arm.optimizer.step()
     arm.scheduler.step()

@@ -112,8 +112,7 @@ def test_gram_svd_term_degenerate_cases_and_cache():
     head = _head(50, 6, False)
     with pytest.raises(DegenerateTermError, match="svd_k"):
         logits_svd_loss(torch.randn(4, 6), head, 4)
-    with pytest.raises(DegenerateTermError, match="zeros"):
-        logits_svd_loss(torch.zeros(8, 6), head, 2)
+    assert torch.isnan(logits_svd_loss(torch.zeros(8, 6), head, 2))  # 0 / 0, no host sync
     first = head_gram(head)
     assert head_gram(head) is first
     with torch.no_grad():

@@ -153,6 +153,18 @@ def test_nan_fails_one_arm_and_the_others_go_on(tmp_path, monkeypatch):
     assert summary["arms"]["lora"]["status"] == "done" and summary["status"] == "done"
 
 
+def test_a_non_finite_term_fails_the_arm_naming_the_term(tmp_path, monkeypatch):
+    import lab.forward as forward
+
+    real = forward.logits_svd_loss
+    monkeypatch.setattr(forward, "logits_svd_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    _, events, _ = _run(tmp_path, [*FAST, "train.log_terms=false"])
+    failed = [e for e in events if e["kind"] == "failed"]
+    assert [e["arm"] for e in failed] == ["balora"]
+    assert "the svd term is not finite at step 1" in failed[0]["error"]
+    assert len(_train(events, "pissa")) == 8  # no terms computed there: unaffected
+
+
 def test_stop_request_ends_at_the_next_step(tmp_path):
     cfg = load_preset("tiny-test", FAST)
     out = tmp_path / "stopped"
