@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -180,3 +182,42 @@ def test_fused_step_equals_unfused_step(monkeypatch, teacher):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
     if teacher == "bfloat16":
         assert fused["consistency"] > 0  # a bf16 teacher differs slightly from the fp32 model
+
+
+def test_head_loss_on_a_bf16_head_follows_the_float32_one():
+    head = _head(53, 16, False)
+    h, t = _rows(12, 16)
+    targets = torch.randint(0, 53, (12,), generator=torch.Generator().manual_seed(4))
+    kw = dict(lambdas=(0.3, 0.2), terms=True, top_k=5)
+    h32 = h.clone().requires_grad_()
+    ref = head_loss(h32, head, targets, t, **kw)
+    ref[0].backward()
+    h16 = h.bfloat16().requires_grad_()
+    got = head_loss(h16, head.to(torch.bfloat16), targets, t.bfloat16(), **kw)
+    got[0].backward()
+    assert h16.grad.dtype == torch.bfloat16
+    for a, b in zip(got, ref):
+        assert a.dtype == torch.float32 and a.item() == pytest.approx(b.item(), rel=0.05, abs=0.02)
+    cos = F.cosine_similarity(h16.grad.float().flatten(), h32.grad.flatten(), dim=0)
+    assert cos.item() > 0.98
+
+
+def test_a_bf16_model_trains_through_the_fused_head(tmp_path):
+    from lab import trainer
+
+    cfg = load_preset(
+        "tiny-test",
+        [
+            "model.dtype=bfloat16",
+            "train.steps=2",
+            "train.bias_eval=false",
+            "train.analysis=false",
+            "data.max_eval=4",
+        ],
+    )
+    events = list(trainer.run(cfg, tmp_path / "bf16"))
+    train = [e for e in events if e["kind"] == "train"]
+    assert len(train) == 6 and not [e for e in events if e["kind"] == "failed"]
+    for e in train:
+        for key in ("loss", "task_loss", "consistency", "diversity", "svd"):
+            assert e[key] is not None and math.isfinite(e[key]), (e["arm"], key)
