@@ -3,8 +3,8 @@
 The task cross-entropy, the consistency term and the diversity term all need full-vocabulary
 distributions at the used rows. ``head_loss`` makes them in row chunks: the (c, V) logits of a
 chunk, student and teacher, exist only inside the loop, and the gradient with respect to the
-hidden rows, (M, H), is formed there and kept for the backward pass. Nothing of shape (M, V) is
-stored, and the head matmul of the backward pass is done chunk by chunk with the same buffers.
+hidden rows, (M, H), is formed there (dL/dz of the chunk times W) and kept for the backward
+pass, which only scales it. Nothing of shape (M, V) is stored.
 
 The svd term of the logits Z = h W^T (+ b) is exact from the (M, M) Gram matrix
 h (W^T W) h^T, whose eigenvalues are the squared singular values of Z; W^T W (H, H) is cached
