@@ -29,23 +29,19 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
+import _common as common  # first: puts the repository root on sys.path
 import numpy as np
 import torch
+from peft import LoraConfig, get_peft_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from peft import LoraConfig, get_peft_model  # noqa: E402
-
-from lab import analysis  # noqa: E402
-from lab.adapters import target_modules_for  # noqa: E402
-from lab.models import load_model  # noqa: E402
+from lab import analysis
+from lab.adapters import target_modules_for
+from lab.models import load_model
 
 SUBJECTS = [
     "The nurse",
@@ -124,6 +120,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the default)")
     ap.add_argument("--base-context", action="store_true")
     ap.add_argument("--no-intruders", action="store_true")
+    ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
     if args.threads:
@@ -241,7 +238,7 @@ def main() -> None:
             "intruders_total": {a: sum(snaps[a].intruders.values()) for a in arms},
         },
     }
-    print(json.dumps(out, indent=2))
+    common.emit(out, args.out)
 
 
 if __name__ == "__main__":

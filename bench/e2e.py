@@ -32,6 +32,8 @@ from pathlib import Path
 
 import _common as common  # first: puts the repository root on sys.path
 
+from lab.runs import read_events, read_summary
+
 TARGET_S = 300.0
 
 
@@ -84,11 +86,10 @@ def child(args: argparse.Namespace) -> int:
         mod = importlib.import_module(mod_name)
         setattr(mod, attr, _timer(getattr(mod, attr), phase, totals))
     from lab.__main__ import main as cli
+    from lab.jobs.checks import train_argv
 
     totals["imports_s"] = time.perf_counter() - t0
-    argv = ["train", "--preset", args.preset, "--out", args.run_dir, "--quiet"]
-    for item in args.set:
-        argv += ["--set", item]
+    argv = train_argv(args.preset, args.set, args.run_dir)
     rc = 1
     try:
         rc = cli(argv)
@@ -98,17 +99,6 @@ def child(args: argparse.Namespace) -> int:
 
         write_json(args.child, dict(totals, rc=rc))
     return rc
-
-
-def _events(run_dir: Path) -> list[dict]:
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            out.append(json.loads(line))
-    return out
 
 
 def breakdown(wall: float, phases: dict, events: list[dict]) -> dict:
@@ -174,8 +164,8 @@ def main(argv: list[str] | None = None) -> dict | int:
                 f"the training run failed (exit {proc.returncode}):\n" + "\n".join(tail)
             )
         phases = json.loads(phases_file.read_text(encoding="utf-8"))
-        events = _events(run_dir)
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        events = read_events(run_dir / "events.jsonl")
+        summary = read_summary(run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {

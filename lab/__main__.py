@@ -12,8 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = ()
-
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from lab.config import ConfigError
@@ -27,6 +25,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lab.config import load_preset
+    from lab.runs import new_run_path, read_summary
     from lab.trainer import run
 
     cfg = load_preset(args.preset, args.set or [])
@@ -45,10 +44,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar = tqdm(
         total=total, desc=cfg.name, unit="step", disable=not main or args.quiet, file=sys.stderr
     )
-    run_dir = None
-    status = {}
-    for ev in run(cfg, args.out):
-        run_dir = run_dir or ev.get("run_dir")
+    # The path is chosen here (the run creates it once the data and model load), so the
+    # summary below is read from this run's directory.
+    out = Path(args.out) if args.out else new_run_path(name=cfg.name)
+    for ev in run(cfg, out):
         if ev["kind"] == "train":
             bar.update(1)
             bar.set_postfix(arm=ev["arm"], loss=f"{ev['loss']:.3f}")
@@ -58,25 +57,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"eval step {ev['step']:>4} {ev['arm']:<7} task_metric={metric}", file=sys.stderr
             )
         elif ev["kind"] == "failed":
-            status[ev["arm"]] = ev["error"]
             tqdm.write(f"arm {ev['arm']} failed: {ev['error']}", file=sys.stderr)
     bar.close()
     if main:
-        from lab.runs import runs_root
-
-        out = Path(args.out) if args.out else _latest_run(runs_root())
-        summary = json.loads((out / "summary.json").read_text())
+        summary = read_summary(out)
         print(json.dumps({"run_dir": str(out), "status": summary["status"]}))
         if summary["status"] == "failed":
             return 1
     return 0
-
-
-def _latest_run(root: Path) -> Path:
-    return max(
-        (p for p in root.iterdir() if (p / "summary.json").exists()),
-        key=lambda p: p.stat().st_mtime,
-    )
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ A PiSSA-initialized adapter is saved converted to a rank-2r LoRA on the original
 from __future__ import annotations
 
 import copy
-import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -77,11 +76,11 @@ def make_arm(
         teacher_cfg = copy.deepcopy(cfg)
         teacher_cfg.init_lora_weights = True  # a plain adapter; its weights are copied below
         model.add_adapter(TEACHER, teacher_cfg)
+        params = dict(model.named_parameters())
         with torch.no_grad():
-            for name, param in model.named_parameters():
+            for name, param in params.items():
                 if f".{TEACHER}." in name:
-                    src = dict(model.named_parameters())[name.replace(f".{TEACHER}.", ".default.")]
-                    param.copy_(src)
+                    param.copy_(params[name.replace(f".{TEACHER}.", ".default.")])
                     param.requires_grad_(False)
         model.set_adapter("default")
     model.balora_teacher = TEACHER if arm in PISSA_ARMS else None
@@ -126,11 +125,9 @@ def initial_adapter(model: PeftModel) -> dict[str, tuple[torch.Tensor, torch.Ten
     return out
 
 
-def _lora_key(key: str) -> tuple[str, str] | None:
-    for part in ("lora_A", "lora_B"):
-        if f".{part}." in key:
-            return part, key.replace(f".{part}.", ".{}.")
-    return None
+def _lora_part(key: str) -> str | None:
+    """The part, lora_A or lora_B, that an adapter state-dict key belongs to; None otherwise."""
+    return next((part for part in ("lora_A", "lora_B") if f".{part}." in key), None)
 
 
 def save_adapter(model: PeftModel, out_dir: str | Path) -> Path:
@@ -142,10 +139,9 @@ def save_adapter(model: PeftModel, out_dir: str | Path) -> Path:
     if getattr(model, "balora_teacher", None) is not None:
         init_state = get_peft_model_state_dict(model, adapter_name=TEACHER)
         for key in list(state):
-            parsed = _lora_key(key)
-            if parsed is None:
+            part = _lora_part(key)
+            if part is None:
                 continue
-            part, _ = parsed
             w, w0 = state[key], init_state[key]
             # (r, in) -> (2r, in) for A; (out, r) -> (out, 2r) for B with -B0
             state[key] = torch.cat([w, w0], 0) if part == "lora_A" else torch.cat([w, -w0], 1)
@@ -156,6 +152,4 @@ def save_adapter(model: PeftModel, out_dir: str | Path) -> Path:
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     cfg.save_pretrained(str(out))
-    with open(out / "adapter_config.json", encoding="utf-8") as f:
-        json.load(f)  # written and readable
     return out

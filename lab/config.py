@@ -17,6 +17,14 @@ import yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 ARMS = ("lora", "pissa", "balora")
+ARM_ORDER = ("base", *ARMS)  # display order of arms in files, tables and figures
+
+
+def arm_key(arm: str) -> tuple[int, str]:
+    """Sort key: the base model, then the known arms in order, then any other name."""
+    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
+
+
 TASKS = ("nlg", "nlu")
 
 

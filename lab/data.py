@@ -55,6 +55,15 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt's token ids, with BOS first when there is no chat template to add one."""
+    ids = _ids(tokenizer, prompt_text(tokenizer, prompt))
+    bos = tokenizer.bos_token_id
+    if bos is not None and not has_chat_template(tokenizer) and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
 @dataclass
 class EncodedNLG:
     input_ids: list[int]
@@ -63,11 +72,8 @@ class EncodedNLG:
 
 def encode_nlg(tokenizer, example: dict, seq_len: int) -> EncodedNLG:
     """Tokenize one prompt/response pair; the prompt is cut from the left if too long."""
-    p = _ids(tokenizer, prompt_text(tokenizer, example["prompt"]))
+    p = prompt_ids(tokenizer, example["prompt"])
     r = _ids(tokenizer, response_text(tokenizer, example["response"]))
-    bos = tokenizer.bos_token_id
-    if bos is not None and not has_chat_template(tokenizer) and (not p or p[0] != bos):
-        p = [bos] + p
     if not r:
         raise DataError("an example has an empty response")
     if len(r) >= seq_len:

@@ -6,7 +6,6 @@ no separate copy is kept. Everything returned here is numbers; arrays go under `
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab import adapters, analysis, runs
+from lab import adapters, analysis
 from lab.bias import evaluate_bias
 from lab.config import RunConfig
 from lab.datasets import TaskData, evaluate_task
@@ -41,12 +40,7 @@ class Probes:
         return cls(texts, labels, task_data.label_names)
 
     def save(self, run_dir: Path) -> None:
-        payload = {
-            "texts": self.texts,
-            "labels": self.labels.tolist(),
-            "label_names": self.label_names,
-        }
-        runs.atomic_write_text(Path(run_dir) / "analysis" / "probe_texts.json", json.dumps(payload))
+        analysis.save_probe_texts(run_dir, self.texts, self.labels, self.label_names)
 
 
 def evaluate(
@@ -107,28 +101,11 @@ def embed(run_dir: Path, step: int, cfg: RunConfig) -> None:
     """Joint PCA + t-SNE of the base model's and every arm's probe features at ``step``."""
     if not cfg.train.analysis:
         return
-    snaps = analysis.load_snapshots(run_dir, step)
-    base = analysis.load_snapshots(run_dir, 0).get("base")
-    if base is not None:
-        snaps = {"base": base, **{k: v for k, v in snaps.items() if k != "base"}}
+    snaps = analysis.load_snapshots_with_base(run_dir, step)
     if len(snaps) == 0:
         return
     first = next(iter(snaps.values()))
     emb = analysis.joint_embedding(
         {k: s.features for k, s in snaps.items()}, first.labels, seed=cfg.train.seed
     )
-    folder = Path(run_dir) / "analysis" / f"step_{step:06d}"
-    runs.save_arrays(folder / "embedding.npz", {f"coords/{k}": v for k, v in emb["coords"].items()})
-    meta = {k: v for k, v in emb.items() if k != "coords"}
-    runs.write_json(folder / "embedding.json", meta)
-
-
-def load_embedding(run_dir: str | Path, step: int) -> dict | None:
-    """The joint embedding saved at ``step``: {"coords": {arm: (n, 2)}, "silhouette", "eff_rank"}."""
-    folder = Path(run_dir) / "analysis" / f"step_{step:06d}"
-    if not (folder / "embedding.npz").exists():
-        return None
-    arrays = runs.load_arrays(folder / "embedding.npz")
-    out = json.loads((folder / "embedding.json").read_text(encoding="utf-8"))
-    out["coords"] = {k.split("/", 1)[1]: v for k, v in arrays.items()}
-    return out
+    analysis.save_embedding(run_dir, step, emb)

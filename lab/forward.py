@@ -21,7 +21,7 @@ from lab import adapters
 from lab.config import RunConfig
 from lab.head import head_loss, logits_svd_loss
 from lab.models import teacher_dtype
-from lab.regularizers import TERMS, BALoRALoss, DegenerateTermError, ba_lora_loss, svd_loss
+from lab.regularizers import BALoRALoss, DegenerateTermError, ba_lora_loss, svd_loss
 
 
 def _decoder_and_head(model: torch.nn.Module):
@@ -46,6 +46,13 @@ def teacher_pass(model: torch.nn.Module, cfg: RunConfig):
     )
     with torch.no_grad(), adapters.teacher_mode(model), cast:
         yield
+
+
+def _used_rows(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (B, T) mask of the scored positions and their (M,) targets: logits at t score the
+    label at t + 1."""
+    rows = batch["reg_mask"]
+    return rows, batch["labels"][:, 1:][rows[:, :-1]]
 
 
 def _hidden_rows(model, batch, rows: torch.Tensor) -> torch.Tensor:
@@ -97,8 +104,7 @@ def step_loss(model, batch, cfg: RunConfig, lambdas, *, need_terms: bool, genera
     want_features = cfg.reg.svd_target == "features"
     teacher = None
     if cfg.task == "nlg":
-        rows = batch["reg_mask"]  # (B, T) bool: logits at t are scored against label t+1
-        targets = batch["labels"][:, 1:][rows[:, :-1]]  # (M,)
+        rows, targets = _used_rows(batch)
         if need_terms:
             with teacher_pass(model, cfg):
                 _, teacher = _rows_logits(model, batch, rows)
@@ -118,7 +124,7 @@ def step_loss(model, batch, cfg: RunConfig, lambdas, *, need_terms: bool, genera
     result = ba_lora_loss(
         task,
         logits,
-        teacher.float(),
+        teacher,
         mode=mode,
         features=feats,
         lambdas=lambdas,
@@ -133,8 +139,7 @@ def step_loss(model, batch, cfg: RunConfig, lambdas, *, need_terms: bool, genera
 
 
 def _fused_step_loss(model, batch, cfg: RunConfig, lambdas, need_terms: bool):
-    rows = batch["reg_mask"]  # (B, T) bool: logits at t are scored against label t+1
-    targets = batch["labels"][:, 1:][rows[:, :-1]]  # (M,)
+    rows, targets = _used_rows(batch)
     _, head, _ = _decoder_and_head(model)
     teacher_h = None
     if need_terms:  # the teacher first: only its (M, H) rows stay, no activations are alive
@@ -169,8 +174,6 @@ def _fused_step_loss(model, batch, cfg: RunConfig, lambdas, need_terms: bool):
     except DegenerateTermError as err:
         result.inactive["svd"] = str(err)
     # No host sync here: the trainer reads every value once (``as_floats``) and fails the arm
-    # on a non-finite one, naming it.
-    weights = dict(zip(TERMS, (l1, l2, l3)))
-    result.weighted = {t: None if v is None else weights[t] * v for t, v in result.raw.items()}
+    # on a non-finite one, naming it; it weights the logged terms itself.
     result.total = total
     return result, total

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from lab.data import has_chat_template, prompt_text
+from lab.config import ARMS
+from lab.data import prompt_ids as data_prompt_ids
 from lab.models import load_model
 
 
@@ -44,8 +45,7 @@ def saved_arms(run_dir: str | Path) -> list[str]:
     if not base.is_dir():
         return []
     found = {p.name for p in base.iterdir() if (p / "adapter_config.json").exists()}
-    order = ["lora", "pissa", "balora"]
-    return [a for a in order if a in found] + sorted(found - set(order))
+    return [a for a in ARMS if a in found] + sorted(found - set(ARMS))
 
 
 def _num_labels(adapter_dir: Path) -> int | None:
@@ -94,14 +94,6 @@ def _label_names(run_dir: Path) -> list[str] | None:
     if not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8")).get("label_names")
-
-
-def _prompt_ids(tokenizer, prompt: str) -> list[int]:
-    ids = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    if bos is not None and not has_chat_template(tokenizer) and (not ids or ids[0] != bos):
-        ids = [bos] + ids
-    return ids
 
 
 @torch.no_grad()
@@ -208,7 +200,7 @@ def side_by_side(
         raise GenerateError(f"max new tokens must be at least 1, got {max_new_tokens}")
     if arm_set.task == "nlu":
         return _classify(arm_set, prompt)
-    prompt_ids = _prompt_ids(arm_set.tokenizer, prompt)
+    prompt_ids = data_prompt_ids(arm_set.tokenizer, prompt)
     settings = dict(
         max_new_tokens=max_new_tokens,
         seed=seed,

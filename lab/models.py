@@ -8,6 +8,7 @@ tokenizer made in code: no files, no network.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -128,6 +129,23 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def model_tasks(name: str) -> tuple[str, ...] | None:
+    """The tasks an embedded or tiny model can do; None for any other model (hub, local)."""
+    if name in EMBEDDED:
+        return EMBEDDED[name].tasks
+    if name in TINY:
+        return (TINY[name][0],)
+    return None
+
+
+def check_task(name: str, task: str) -> None:
+    """Raise ModelError when the embedded or tiny model ``name`` cannot do ``task``."""
+    tasks = model_tasks(name)
+    if tasks is not None and task not in tasks:
+        raise ModelError(f"model '{name}' supports task {'/'.join(tasks)}, not {task}")
+
+
+@functools.cache
 def fast_bf16(device: torch.device) -> bool:
     """Whether bfloat16 matmuls are native here: CUDA with bf16 support, or a CPU whose oneDNN
     has bf16 kernels (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32."""
@@ -376,8 +394,7 @@ def load_model(
         model = model.to(dt)
     elif kind == "embedded":
         m = EMBEDDED[name]
-        if task not in m.tasks:
-            raise ModelError(f"model '{name}' supports task {'/'.join(m.tasks)}, not {task}")
+        check_task(name, task)
         path = ensure_cached(name) if m.gguf else _package_dir(m) / "model"
         torch.manual_seed(seed)  # the new classification head of an encoder
         model, tokenizer = _from_pretrained(str(path), "local", task, num_labels, dt, quant)

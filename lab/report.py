@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import platform
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from lab.analysis import (
     joint_embedding,
     load_embedding,
     load_probe_texts,
-    load_snapshots,
+    load_snapshots_with_base,
     top_drifted,
 )
 
@@ -46,14 +47,7 @@ def latest_snapshots(run_dir: str | Path) -> tuple[int | None, dict]:
     steps = analysis_steps(run_dir)
     if not steps:
         return None, {}
-    snaps = load_snapshots(run_dir, steps[-1])
-    if "base" not in snaps:
-        for s in reversed(steps[:-1]):
-            base = load_snapshots(run_dir, s).get("base")
-            if base is not None:
-                snaps = {"base": base, **snaps}
-                break
-    return steps[-1], snaps
+    return steps[-1], load_snapshots_with_base(run_dir, steps[-1])
 
 
 def run_embedding(run_dir: str | Path, step: int | None, snaps: dict, seed: int = 0) -> dict | None:
@@ -82,12 +76,30 @@ def _pareto_points(events: list[dict]) -> list[dict]:
     ]
 
 
+@dataclass
+class _RunData:
+    """Everything the figures and the page read from a run directory, read once."""
+
+    run: runs.Run
+    step: int | None
+    snaps: dict
+    probes: dict
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> _RunData:
+        step, snaps = latest_snapshots(run_dir)
+        return cls(runs.load_run(run_dir), step, snaps, load_probe_texts(run_dir) or {})
+
+
 def run_figures(run_dir: str | Path) -> dict[str, go.Figure]:
     """{name: figure} for every figure of the run."""
-    run = runs.load_run(run_dir)
+    return _figures(_RunData.load(run_dir))
+
+
+def _figures(data: _RunData) -> dict[str, go.Figure]:
+    run, step, snaps, probes = data.run, data.step, data.snaps, data.probes
+    run_dir = run.path
     events = run.events
-    step, snaps = latest_snapshots(run_dir)
-    probes = load_probe_texts(run_dir) or {}
     figs = {
         "loss": plots.loss_figure(events),
         "loss_weighted": plots.loss_figure(events, weighted=True),
@@ -115,13 +127,14 @@ def render_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    figs = run_figures(run_dir)
+    data = _RunData.load(run_dir)
+    figs = _figures(data)
     for name, fig in figs.items():
         path = out / f"{name}.html"
         fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
         paths.append(path)
     report = out / "report.html"
-    runs.atomic_write_text(report, html_report(run_dir, figs))
+    runs.atomic_write_text(report, _page(data, figs))
     paths.append(report)
     return paths
 
@@ -164,8 +177,7 @@ def _versions() -> list[dict]:
     return rows
 
 
-def _drift_rows(run_dir: str | Path, snaps: dict) -> list[dict]:
-    probes = load_probe_texts(run_dir)
+def _drift_rows(probes: dict, snaps: dict) -> list[dict]:
     if not probes:
         return []
     rows = []
@@ -191,10 +203,13 @@ def html_report(run_dir: str | Path, figures: dict[str, go.Figure] | None = None
 
     ``figures``: the run's figures when already drawn (``run_figures``), else drawn here.
     """
-    run = runs.load_run(run_dir)
+    data = _RunData.load(run_dir)
+    return _page(data, figures if figures is not None else _figures(data))
+
+
+def _page(data: _RunData, figs: dict[str, go.Figure]) -> str:
+    run, step = data.run, data.step
     summary = run.summary or {}
-    step, snaps = latest_snapshots(run_dir)
-    figs = figures if figures is not None else run_figures(run_dir)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>BA-LoRA Lab run {html.escape(run.run_id)}</title><style>{_CSS}</style>",
@@ -216,7 +231,7 @@ def html_report(run_dir: str | Path, figures: dict[str, go.Figure] | None = None
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False, default_height="480px"))
     parts += [
         "<h2>Most drifted probe texts</h2>",
-        _table(_drift_rows(run_dir, snaps), ["arm", "KL(base || arm)", "probe text"]),
+        _table(_drift_rows(data.probes, data.snaps), ["arm", "KL(base || arm)", "probe text"]),
         "<h2>Config</h2>",
         f"<pre>{html.escape(yaml.safe_dump(run.config, sort_keys=False))}</pre>",
         "<h2>Package versions</h2>",

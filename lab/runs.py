@@ -72,11 +72,15 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def new_run_dir(root: str | Path | None = None, name: str = "run") -> Path:
+def new_run_path(root: str | Path | None = None, name: str = "run") -> Path:
+    """A fresh, unused run directory path under ``root`` (not created)."""
     root = Path(root) if root is not None else runs_root()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_id = f"{stamp}-{_SAFE.sub('-', name)[:40]}-{secrets.token_hex(2)}"
-    path = root / run_id
+    return root / f"{stamp}-{_SAFE.sub('-', name)[:40]}-{secrets.token_hex(2)}"
+
+
+def new_run_dir(root: str | Path | None = None, name: str = "run") -> Path:
+    path = new_run_path(root, name)
     path.mkdir(parents=True, exist_ok=False)
     return path
 
@@ -127,15 +131,21 @@ class Run:
         return (self.summary or {}).get("status", "unknown")
 
 
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """``summary.json`` of a run directory, or None before the run has written one."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Read a run directory (finished or still running) without loading any model."""
     path = Path(run_dir)
     if not (path / "config.yaml").exists():
         raise FileNotFoundError(f"{path} is not a run directory (no config.yaml)")
     config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-    summary = None
-    if (path / "summary.json").exists():
-        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    summary = read_summary(path)
     return Run(path=path, config=config, events=read_events(path / "events.jsonl"), summary=summary)
 
 
@@ -148,9 +158,7 @@ def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
     for path in sorted(root.iterdir(), reverse=True):
         if not (path / "config.yaml").exists():
             continue
-        summary = {}
-        if (path / "summary.json").exists():
-            summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+        summary = read_summary(path) or {}
         rows.append(
             {
                 "run_id": path.name,

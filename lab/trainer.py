@@ -43,6 +43,7 @@ class Arm:
     error: str | None = None
     tokens: int = 0
     last: dict = field(default_factory=dict)
+    last_eval: dict = field(default_factory=dict)
 
 
 def _get_rng() -> tuple:
@@ -69,11 +70,16 @@ def lambdas_at(cfg: RunConfig, arm: str, step: int) -> tuple[float, float, float
     return (l1, 0.0 if warm else r.lambda2, 0.0 if warm else r.lambda3)
 
 
-_LOGGED = ("consistency", "diversity", "svd", "task_loss", "loss")  # causes before the sum
+_LOGGED = ("loss", "task_loss", "consistency", "diversity", "svd")  # the values of a train event
 
 
-def train_arm_step(arm: Arm, micro: list[dict], cfg: RunConfig, step: int, dist: Dist) -> dict:
-    """Train one arm on one step's micro-batches; returns its train event."""
+def train_arm_step(
+    arm: Arm, micro: list[dict], cfg: RunConfig, step: int, dist: Dist, tokens: int | None = None
+) -> dict:
+    """Train one arm on one step's micro-batches; returns its train event.
+
+    ``tokens``: the step's :func:`step_tokens` when the caller has counted them (once for all
+    arms), else counted here."""
     t0 = time.perf_counter()
     lambdas = lambdas_at(cfg, arm.name, step)
     need_terms = arm.name in REGULARIZED or cfg.train.log_terms
@@ -91,8 +97,9 @@ def train_arm_step(arm: Arm, micro: list[dict], cfg: RunConfig, step: int, dist:
             value = total.item()
             log = {"loss": value, "task_loss": value}
         logs.append(log)
-        bad = next(
-            (k for k in _LOGGED if log.get(k) is not None and not math.isfinite(log[k])), None
+        bad = next(  # the terms first: a non-finite term makes the sums non-finite too
+            (k for k in reversed(_LOGGED) if log.get(k) is not None and not math.isfinite(log[k])),
+            None,
         )
         if bad is not None:
             break
@@ -105,14 +112,19 @@ def train_arm_step(arm: Arm, micro: list[dict], cfg: RunConfig, step: int, dist:
     arm.scheduler.step()
     arm.optimizer.zero_grad(set_to_none=True)
     arm.rng = _get_rng()
-    tokens = sum(_count_tokens(b, cfg.task) for b in micro)
     ev = _train_event(arm.name, step, logs, lambdas, dist)
-    arm.tokens += int(dist.mean([float(tokens)])[0] * dist.n)
+    arm.tokens += step_tokens(micro, cfg, dist) if tokens is None else tokens
     ev.update(
         lr=arm.scheduler.get_last_lr()[0], tokens=arm.tokens, seconds=time.perf_counter() - t0
     )
     arm.last = ev
     return ev
+
+
+def step_tokens(micro: list[dict], cfg: RunConfig, dist: Dist) -> int:
+    """Tokens one step trains on over all processes (the response tokens for NLG)."""
+    local = sum(_count_tokens(b, cfg.task) for b in micro)
+    return int(dist.mean([float(local)])[0] * dist.n)
 
 
 def _count_tokens(batch: dict, task: str) -> int:
@@ -122,18 +134,17 @@ def _count_tokens(batch: dict, task: str) -> int:
 
 
 def _train_event(arm: str, step: int, logs: list[dict], lambdas, dist: Dist) -> dict:
-    keys = ("loss", "task_loss", "consistency", "diversity", "svd")
     ev = {"arm": arm, "step": step, "kind": "train"}
-    for k in keys:
+    for k in _LOGGED:
         vals = [lg.get(k) for lg in logs]
         ev[k] = None if any(v is None for v in vals) else sum(vals) / len(vals)
-    present = [k for k in keys if ev[k] is not None]
+    present = [k for k in _LOGGED if ev[k] is not None]
     for k, v in zip(present, dist.mean([ev[k] for k in present])):
         ev[k] = v
     lam = dict(zip(("consistency", "diversity", "svd"), lambdas))
     ev["weighted"] = {t: (None if ev[t] is None else lam[t] * ev[t]) for t in lam}
     ev["lambdas"] = {"lambda1": lambdas[0], "lambda2": lambdas[1], "lambda3": lambdas[2]}
-    inactive = logs[-1].get("inactive") if logs and "inactive" in logs[-1] else None
+    inactive = logs[-1].get("inactive")
     if inactive is None:
         inactive = {t: "not computed for this arm (train.log_terms is false)" for t in lam}
     ev["inactive"] = inactive
@@ -286,11 +297,12 @@ def run(
                 step -= 1
                 break
             micro = _micro_batches(bundle.tokenizer, task_data, indices, cfg, dist, bundle.device)
+            tokens = step_tokens(micro, cfg, dist)
             for arm in arms.values():
                 if arm.status != "running":
                     continue
                 try:
-                    yield emit(train_arm_step(arm, micro, cfg, step, dist))
+                    yield emit(train_arm_step(arm, micro, cfg, step, dist, tokens))
                 except FloatingPointError as e:
                     arm.status, arm.error = "failed", str(e)
                     yield emit({"arm": arm.name, "step": step, "kind": "failed", "error": str(e)})
@@ -358,6 +370,6 @@ def _arm_summary(arm: Arm) -> dict:
     train = arm.last or {}
     out["final_loss"] = train.get("loss")
     out["final_task_loss"] = train.get("task_loss")
-    ev = getattr(arm, "last_eval", None) or {}
+    ev = arm.last_eval
     out.update({k: v for k, v in ev.items() if k not in ("arm", "step", "kind")})
     return out

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -30,3 +39,52 @@ def tiny_bert():
 
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_served(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> float:
+    """Seconds until ``url`` answers 200; fails with the app's output if it dies first."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"the app exited with code {proc.returncode}:\n{out[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return time.time() - t0
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"the app did not serve {url} within {timeout:.0f}s")
+
+
+@contextmanager
+def launched_app(runs_dir: Path):
+    """``python app.py`` on a free port with its own runs directory, as a user starts it.
+    Yields (url, seconds until the page was served); the app is stopped afterwards."""
+    port = free_port()
+    env = {**os.environ, "BALORA_RUNS_DIR": str(runs_dir), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        yield url, wait_served(url, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -8,17 +8,13 @@ not set (in CI it must run).
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, launched_app
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
 
@@ -30,50 +26,12 @@ if not CHROMIUM.exists() and not os.environ.get("CI"):
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("browser") / "runs"
-    port = free_port()
-    env = {**os.environ, "BALORA_RUNS_DIR": str(runs_dir), "GRADIO_ANALYTICS_ENABLED": "False"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    t0 = time.time()
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the app exited: {proc.stdout.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.time() - t0 > 90:
-            pytest.fail("the app was not served within 90 s")
-        time.sleep(0.2)
-    print(f"app served in {time.time() - t0:.1f} s")
-    try:
+    with launched_app(runs_dir) as (url, seconds):
+        print(f"app served in {seconds:.1f} s")
         yield url, runs_dir
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")

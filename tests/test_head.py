@@ -133,7 +133,7 @@ def test_teacher_dtype_resolution(monkeypatch):
     assert models.teacher_dtype("auto", torch.float32, cpu) == torch.float32
 
 
-def _arm(cfg):
+def _arm():
     bundle = models.load_model("tiny-llama", task="nlg", seed=0)
     return adapters.make_arm(
         bundle.model,
@@ -159,7 +159,7 @@ def _batch(bundle, cfg):
 @pytest.mark.parametrize("teacher", ["model", "bfloat16"])
 def test_fused_step_equals_unfused_step(monkeypatch, teacher):
     cfg = load_preset("tiny-test", [f"reg.teacher_dtype={teacher}", "reg.svd_k=3"])
-    model, bundle = _arm(cfg)
+    model, bundle = _arm()
     batch = _batch(bundle, cfg)
     lambdas = (0.5, 0.3, 0.2)
     params = adapters.trainable_parameters(model)

@@ -139,7 +139,13 @@ def base_moments(head: torch.nn.Linear, logits: Tensor) -> Tensor:
 
 
 def moments_kl(hidden: Tensor, logits: Tensor, rows: Tensor) -> Tensor:
-    """KL(base || arm) per position from the arm's hidden (N, H), logits (N, V) and [u, c] rows."""
-    lse = torch.logsumexp(logits.float(), dim=-1).double()  # (N,)
-    dot = (hidden.double() * rows[:, :-1]).sum(-1)  # (N,)
-    return (rows[:, -1] - dot + lse).clamp_min(0.0).float()
+    """KL(base || arm) per position, float32, from the arm's hidden states (..., H), its logits
+    (..., V) and the base's [u, c] rows (..., H + 1): c - h . u + logsumexp(z)."""
+    return moments_kl64(hidden, logits, rows).float()
+
+
+def moments_kl64(hidden: Tensor, logits: Tensor, rows: Tensor) -> Tensor:
+    """:func:`moments_kl` in float64."""
+    lse = torch.logsumexp(logits.float(), dim=-1).double()  # (...)
+    dot = (hidden.double() * rows[..., :-1]).sum(-1)  # (...)
+    return (rows[..., -1] - dot + lse).clamp_min(0.0)

@@ -29,6 +29,7 @@ from lab.analysis.drift import (
     drift_per_text,
     head_fingerprint,
     head_logits,
+    moments_kl64,
     plain_head,
 )
 from lab.analysis.spectra import (
@@ -208,9 +209,7 @@ def _moments_drift(
     for r, i in enumerate(idx):
         part = reference.per_text[i]
         rows[r, : part.shape[0]] = part.to(rows.device)
-    lse = torch.logsumexp(logits.float(), dim=-1).double()  # (B, T)
-    dot = (hidden.double() * rows[..., :-1]).sum(-1)  # (B, T)
-    kl = (rows[..., -1] - dot + lse).clamp_min(0.0) * mask.double()
+    kl = moments_kl64(hidden, logits, rows) * mask.double()  # (B, T)
     return (kl.sum(1) / mask.sum(1).clamp_min(1)).cpu().numpy()
 
 

@@ -200,22 +200,21 @@ def intruder_dimensions(
     tuned_weight: Tensor,
     top: int = 10,
     threshold: float = 0.5,
-    *,
-    base_left: Tensor | None = None,
 ) -> int:
     """Count of the ``top`` leading left singular vectors of ``tuned_weight`` whose largest
-    |cosine| with any left singular vector of ``base_weight`` is below ``threshold``.
-
-    ``base_left`` may pass the base weight's left singular vectors (out, k) computed earlier.
-    """
+    |cosine| with any left singular vector of ``base_weight`` is below ``threshold``."""
     if base_weight.shape != tuned_weight.shape or base_weight.ndim != 2:
         raise ValueError(
             f"expected two matrices of one shape, got {tuple(base_weight.shape)} and {tuple(tuned_weight.shape)}"
         )
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    u_base = _left_vectors(base_weight) if base_left is None else base_left.float()
     u_tuned = _left_vectors(tuned_weight)[:, :top]  # (out, top)
+    return _count_intruders(u_tuned, _left_vectors(base_weight), threshold)
+
+
+def _count_intruders(u_tuned: Tensor, u_base: Tensor, threshold: float) -> int:
+    """How many columns of ``u_tuned`` have a largest |cosine| with ``u_base``'s below it."""
     best = (u_tuned.T @ u_base.to(u_tuned.device)).abs().max(dim=1).values  # (top,)
     return int((best < threshold).sum().item())
 
@@ -314,6 +313,5 @@ def model_intruders(
             else:
                 start = torch.cat([vh_top.T, right], dim=1)  # (in, top + p + r)
                 u_tuned = top_left_vectors(tuned, top, start)
-            best = (u_tuned.T @ u_base).abs().max(dim=1).values  # (top,)
-            out[name] = int((best < threshold).sum().item())
+            out[name] = _count_intruders(u_tuned, u_base, threshold)
     return out

@@ -16,10 +16,10 @@ import numpy as np
 
 from lab import runs
 from lab.analysis.snapshot import AnalysisError, Snapshot
+from lab.config import arm_key
 
 _ARM = re.compile(r"^[A-Za-z0-9_.-]+$")
 _STEP = re.compile(r"^step_(\d{6,})$")
-ARM_ORDER = ("base", "lora", "pissa", "balora")
 _NOT_SNAPSHOTS = {"embedding"}
 
 
@@ -75,10 +75,6 @@ def save_snapshot(run_dir: str | Path, snap: Snapshot) -> Path:
     return path
 
 
-def _sort_key(arm: str) -> tuple[int, str]:
-    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
-
-
 def analysis_steps(run_dir: str | Path) -> list[int]:
     """The steps with at least one saved snapshot, increasing."""
     root = Path(run_dir) / "analysis"
@@ -104,9 +100,22 @@ def load_snapshots(run_dir: str | Path, step: int | None = None) -> dict[str, Sn
         return {}
     files = sorted(
         (p for p in folder.glob("*.npz") if p.stem not in _NOT_SNAPSHOTS),
-        key=lambda p: _sort_key(p.stem),
+        key=lambda p: arm_key(p.stem),
     )
     return {p.stem: snapshot_from_arrays(runs.load_arrays(p)) for p in files}
+
+
+def load_snapshots_with_base(run_dir: str | Path, step: int) -> dict[str, Snapshot]:
+    """:func:`load_snapshots` at ``step``, with the base model's snapshot (measured once, at
+    step 0) taken from the latest earlier step that has one when ``step`` has none."""
+    snaps = load_snapshots(run_dir, step)
+    if "base" in snaps:
+        return snaps
+    for earlier in reversed([s for s in analysis_steps(run_dir) if s < step]):
+        path = step_dir(run_dir, earlier) / "base.npz"
+        if path.exists():
+            return {"base": snapshot_from_arrays(runs.load_arrays(path)), **snaps}
+    return snaps
 
 
 def load_probe_texts(run_dir: str | Path) -> dict | None:

@@ -24,7 +24,13 @@ from lab.data import DataError
 from lab.datasets import TaskData, predict_labels, sequence_logprobs
 from lab.datasets.knobs import seeded_subset
 
-from .probes import load_occupations, load_pairs, load_templates, swap_group_words
+from .probes import (
+    load_group_words,
+    load_occupations,
+    load_pairs,
+    load_templates,
+    swap_group_words,
+)
 
 ITEM_SEED = 0  # which items a max_items cap keeps: fixed, so every run scores the same ones
 
@@ -164,8 +170,9 @@ def flip_scores(
         )
     field = "prompt" if data.task == "nlg" else "text"
     originals, swapped = [], []
+    words = load_group_words()
     for r in data.test:
-        new = swap_group_words(r[field])
+        new = swap_group_words(r[field], words)
         if new != r[field]:
             originals.append(r)
             swapped.append(dict(r, **{field: new}))

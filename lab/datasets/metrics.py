@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lab.data import DataError, collate_nlg, collate_nlu, encode_nlg, prompt_text
+from lab.data import DataError, collate_nlg, collate_nlu, encode_nlg, prompt_ids
 
 from .arithmetic import numbers_match, parse_final_number
 from .loading import TaskData
@@ -149,14 +149,9 @@ def generate(
     """Greedy continuations of each prompt (left-padded batches), special tokens removed."""
     dev = _device(model)
     pad = _pad_id(tokenizer)
-    bos = tokenizer.bos_token_id
-    add_bos = bos is not None and not getattr(tokenizer, "chat_template", None)
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        ids = []
-        for p in prompts[i : i + batch_size]:
-            x = tokenizer(prompt_text(tokenizer, p), add_special_tokens=False)["input_ids"]
-            ids.append(([bos] if add_bos and (not x or x[0] != bos) else []) + x)
+        ids = [prompt_ids(tokenizer, p) for p in prompts[i : i + batch_size]]
         T = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
         attention = torch.zeros((len(ids), T), dtype=torch.long)

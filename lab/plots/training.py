@@ -38,10 +38,11 @@ def loss_figure(events: list[dict], weighted: bool = False) -> go.Figure:
         vertical_spacing=0.16,
     )
     shown: set[str] = set()
+    arms = by_arm(train)
     for k, term in enumerate(LOSS_TERMS):
         row, col = divmod(k, 3)
         reasons: dict[str, str] = {}
-        for arm, evs in by_arm(train).items():
+        for arm, evs in arms.items():
             xs, ys = [], []
             for e in evs:
                 raw = e.get(term)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from lab import runs
+from lab import plots, runs
 from lab.ui import common, figures
 
 HEADERS = ["arm", "score", "value", "CI low", "CI high", "n"]
@@ -22,13 +22,14 @@ EXPLAIN = (
 def bias_view(run_id: str):
     """-> (table rows, figure) of a run (``example`` is the shipped classroom run)."""
     run = runs.load_run(common.resolve_run(run_id))
-    rows = [common.rounded(r) for r in figures.bias_rows(run)]
+    scored = plots.bias_rows(run.events)
+    rows = [common.rounded(r) for r in figures.bias_table(scored)]
     if not rows:
         raise ValueError(
             f"run {run_id} has no bias scores yet (they come at eval points; "
             "train.bias_eval must be on)"
         )
-    return rows, figures.bias_figure(run)
+    return rows, plots.bias_figure(scored)
 
 
 def on_show(run_id: str):

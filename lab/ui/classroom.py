@@ -9,7 +9,7 @@ import gradio as gr
 from lab import runs
 from lab.ui import common, figures
 
-FIGURES = ("loss", "metric", "drift", "spectra", "tsne", "bias")
+FIGURES = figures.ALL_FIGURES
 INTRO = (
     "A finished run of the **classroom-cpu** preset (SmolLM2-135M on the sentiment set, LoRA vs "
     "PiSSA vs BA-LoRA, 2 CPU cores), shipped with the app: its numbers, not its weights. Press "
@@ -27,12 +27,9 @@ def max_step(run: runs.Run) -> int:
     return max((int(e["step"]) for e in run.events if e.get("kind") == "train"), default=0)
 
 
-def view(upto: int | None = None) -> dict:
+def view(run: runs.Run, upto: int | None = None) -> dict:
     """Figures of the example run using the events up to ``upto`` (all when None)."""
-    run = example_run()
-    figs = figures.run_figures(run, upto_step=upto)
-    figs["bias"] = figures.bias_figure(run, upto_step=upto)
-    return figs
+    return figures.run_figures(run, keys=FIGURES, upto_step=upto)
 
 
 def outputs(ui) -> list:
@@ -43,7 +40,7 @@ def on_open():
     """The full example run. -> [message, summary, slider, *figures]."""
     try:
         run = example_run()
-        figs = view(None)
+        figs = view(run)
     except FileNotFoundError as e:
         return [common.err(e), "", gr.skip()] + [gr.skip()] * len(FIGURES)
     last = max_step(run)
@@ -52,7 +49,7 @@ def on_open():
 
 
 def on_step(step: float):
-    figs = view(int(step))
+    figs = view(example_run(), int(step))
     return [figs.get(k) for k in FIGURES]
 
 
@@ -72,7 +69,7 @@ def on_tick(step: float):
     run = example_run()
     last = max_step(run)
     nxt = min(last, int(step) + max(1, last // 20))
-    figs = view(nxt)
+    figs = view(run, nxt)
     timer = gr.Timer(active=nxt < last)
     return [timer, nxt] + [figs.get(k) for k in FIGURES]
 

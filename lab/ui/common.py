@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lab import jobs, runs
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+PROJECT_ROOT = jobs.PROJECT_ROOT
 # The finished run the Classroom tab shows first; a teacher can point it at another run.
 EXAMPLE_RUN = Path(os.environ.get("BALORA_EXAMPLE_RUN") or PROJECT_ROOT / "assets" / "example_run")
 CSS = PROJECT_ROOT / "assets" / "app.css"
@@ -44,38 +44,36 @@ def err(error: BaseException | str) -> str:
     return f"❌ **Error:** {text}"
 
 
-def run_choices(root: Path | None = None) -> list[tuple[str, str]]:
-    """(label, run_id) pairs for a dropdown, newest first."""
-    rows = runs.list_runs(root or runs_root())
+def run_choices(rows: list[dict] | None = None) -> list[tuple[str, str]]:
+    """(label, run_id) pairs for a dropdown, newest first (``rows``: ``list_runs`` already read)."""
+    rows = runs.list_runs(runs_root()) if rows is None else rows
     return [(f"{r['run_id']}  [{r['status']}]", r["run_id"]) for r in rows]
 
 
-def resolve_run(run_id: str | None, root: Path | None = None) -> Path:
+def resolve_run(run_id: str | None) -> Path:
     """The directory of ``run_id`` under the runs root (or the shipped example run)."""
     if not run_id:
         raise ValueError("no run selected: pick one in the list first")
     if run_id == "example":
         return EXAMPLE_RUN
-    root = root or runs_root()
+    root = runs_root()
     path = (root / run_id).resolve()
-    if path.parent != root.resolve() or not (path / "config.yaml").exists():
+    if path.parent != root or not (path / "config.yaml").exists():
         raise ValueError(f"unknown run '{run_id}' (not a run directory under {root})")
     return path
 
 
-def table_html(headers: list[str], rows: list[list], elem_class: str = "lab-table") -> str:
+def table_html(headers: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows
     )
-    return (
-        f'<table class="{elem_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-    )
+    return f'<table class="lab-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def rounded(row: list, digits: int = 4) -> list:
-    """A table row with its floats rounded for display."""
-    return [round(v, digits) if isinstance(v, float) else v for v in row]
+def rounded(row: list) -> list:
+    """A table row with its floats rounded to 4 digits for display."""
+    return [round(v, 4) if isinstance(v, float) else v for v in row]
 
 
 def _cell(value) -> str:

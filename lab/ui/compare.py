@@ -38,9 +38,7 @@ def adapter_run_choices() -> list[tuple[str, str]]:
     from lab import generate  # torch: imported on first use, not when the app starts
 
     root = common.runs_root()
-    return [
-        (label, rid) for label, rid in common.run_choices(root) if generate.saved_arms(root / rid)
-    ]
+    return [(label, rid) for label, rid in common.run_choices() if generate.saved_arms(root / rid)]
 
 
 def _fmt_ll(row: dict[str, Any]) -> str:

@@ -54,7 +54,8 @@ def cut(run: runs.Run, upto_step: int | None) -> runs.Run:
     return runs.Run(path=run.path, config=run.config, events=events, summary=run.summary)
 
 
-RUN_FIGURES = ("loss", "metric", "drift", "spectra", "tsne")
+RUN_FIGURES = ("loss", "metric", "drift", "spectra", "tsne")  # what the Train tab follows
+ALL_FIGURES = (*RUN_FIGURES, "bias")  # a finished run (Classroom, Runs)
 
 
 def run_figures(
@@ -64,7 +65,8 @@ def run_figures(
     upto_step: int | None = None,
     weighted: bool = False,
 ) -> dict[str, Any]:
-    """The figures named in ``keys`` (loss, metric, drift, spectra, tsne) from the run's files.
+    """The figures named in ``keys`` (loss, metric, drift, spectra, tsne, bias) from the run's
+    files.
 
     ``weighted`` draws the regularizer terms as added to the loss (lambda x raw).
     """
@@ -78,6 +80,8 @@ def run_figures(
         out["metric"] = plots.metric_figure(run.events)
     if "drift" in keys:
         out["drift"] = plots.drift_figure(run.events)
+    if "bias" in keys:
+        out["bias"] = plots.bias_figure(plots.bias_rows(run.events))
     if "spectra" not in keys and "tsne" not in keys:
         return out
     steps = [s for s in analysis.analysis_steps(run.path) if upto_step is None or s <= upto_step]
@@ -94,11 +98,7 @@ def spectra_figure(run_dir: Path, steps: list[int]) -> Any:
 
     if not steps:
         return plots.empty_figure("spectra appear at the first eval point")
-    snaps = analysis.load_snapshots(run_dir, steps[-1])
-    if "base" not in snaps and steps[0] != steps[-1]:
-        base = analysis.load_snapshots(run_dir, steps[0]).get("base")
-        snaps = {"base": base, **snaps} if base is not None else snaps
-    return plots.spectra_figure(snaps)
+    return plots.spectra_figure(analysis.load_snapshots_with_base(run_dir, steps[-1]))
 
 
 def tsne_figure(run_dir: Path, steps: list[int]) -> Any:
@@ -114,13 +114,9 @@ def tsne_figure(run_dir: Path, steps: list[int]) -> Any:
     return plots.empty_figure("t-SNE appears at the first eval point after step 0")
 
 
-def bias_figure(run: runs.Run, *, upto_step: int | None = None) -> Any:
-    return plots.bias_figure(plots.bias_rows(cut(run, upto_step).events))
-
-
-def pareto_figures(run_dirs: list[Path]) -> tuple[Any, Any]:
-    """Task metric against bias and against drift, one point per finished run of a sweep."""
-    points = [p for p in (pareto_point(d) for d in run_dirs) if p]
+def pareto_figures(points: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """Task metric against bias and against drift, one :func:`pareto_point` per finished run."""
+    points = [p for p in points if p]
     if not points:
         empty = plots.empty_figure("points appear as the sweep's runs finish")
         return empty, empty
@@ -128,10 +124,6 @@ def pareto_figures(run_dirs: list[Path]) -> tuple[Any, Any]:
         plots.pareto_figure(points, x="bias", y="task_metric"),
         plots.pareto_figure(points, x="drift", y="task_metric"),
     )
-
-
-def eval_steps(run: runs.Run) -> list[int]:
-    return sorted({int(e["step"]) for e in run.events if e.get("kind") == "eval"})
 
 
 def last_evals(run: runs.Run) -> dict[str, dict]:
@@ -146,9 +138,9 @@ def last_evals(run: runs.Run) -> dict[str, dict]:
 BIAS_KEYS = ("arm", "score", "value", "ci_low", "ci_high", "n")
 
 
-def bias_rows(run: runs.Run) -> list[list[Any]]:
-    """[arm, score, value, ci_low, ci_high, n] for every bias score of each arm's latest eval."""
-    return [[r[k] for k in BIAS_KEYS] for r in plots.bias_rows(run.events)]
+def bias_table(scored: list[dict]) -> list[list[Any]]:
+    """[arm, score, value, ci_low, ci_high, n] rows of :func:`lab.plots.bias_rows`."""
+    return [[r[k] for k in BIAS_KEYS] for r in scored]
 
 
 def summary_markdown(run: runs.Run) -> str:

@@ -19,11 +19,12 @@ import yaml
 from lab import runs
 from lab.ui import common, figures
 
-FIGURES = ("loss", "metric", "drift", "spectra", "tsne", "bias")
+FIGURES = figures.ALL_FIGURES
 
 
-def runs_table() -> list[list[Any]]:
-    rows = runs.list_runs(common.runs_root())
+def runs_table(rows: list[dict] | None = None) -> list[list[Any]]:
+    """One table row per run (``rows``: :func:`lab.runs.list_runs` already read)."""
+    rows = runs.list_runs(common.runs_root()) if rows is None else rows
     return [
         [r["run_id"], r["status"], ", ".join(r["arms"]), r["steps"], r["started"]] for r in rows
     ]
@@ -89,8 +90,7 @@ def reopen(run_id: str) -> dict[str, Any]:
     """Everything the tab shows about a run, read from disk: figures, config text, summary."""
     run_dir = common.resolve_run(run_id)
     run = runs.load_run(run_dir)
-    figs = figures.run_figures(run)
-    figs["bias"] = figures.bias_figure(run)
+    figs = figures.run_figures(run, keys=FIGURES)
     return {
         "figures": figs,
         "config": (run_dir / "config.yaml").read_text(encoding="utf-8"),
@@ -102,8 +102,9 @@ def reopen(run_id: str) -> dict[str, Any]:
 
 
 def on_refresh():
-    choices = common.run_choices()
-    return runs_table(), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
+    rows = runs.list_runs(common.runs_root())
+    choices = common.run_choices(rows)
+    return runs_table(rows), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
 
 
 def on_open(run_id: str):

@@ -48,15 +48,14 @@ TASK_FIELDS = ["model.name", "reg.lambda1", "reg.lambda2", "reg.lambda3", "reg.s
 def on_task(preset: str, task: str, model: str):
     """Switching the task loads its default weights (the paper's NLG or NLU values) and, when
     the chosen model cannot do the task, an embedded model that can."""
-    from lab.models import EMBEDDED, TINY
+    from lab.models import model_tasks
 
     try:
         cfg = load_preset(preset, [f"task={task}"]).to_dict()
     except ConfigError as e:
         return [gr.skip()] * len(TASK_FIELDS) + [common.err(e)]
-    tasks = {**{k: m.tasks for k, m in EMBEDDED.items()}, **{k: (t,) for k, (t, _) in TINY.items()}}
-    if task not in tasks.get(model, (task,)):
-        model = next(name for name in EMBEDDED_MODELS if task in tasks[name])
+    if task not in (model_tasks(model) or (task,)):
+        model = next(name for name in EMBEDDED_MODELS if task in model_tasks(name))
     values = [model] + [config_value(cfg, f) for f in TASK_FIELDS[1:]]
     return values + [common.ok(f"task **{task}**: its default regularizer weights are loaded")]
 

@@ -15,7 +15,7 @@ import gradio as gr
 from lab import jobs, runs
 from lab.ui import common, figures, setup
 
-FIGURES = ("loss", "metric", "drift", "spectra", "tsne")
+FIGURES = figures.RUN_FIGURES
 STATE_ICON = {
     "queued": "⏳",
     "starting": "🚀",
@@ -76,6 +76,16 @@ def on_load(followed: str | None) -> str | None:
     return followed or (job.run_id if job is not None else None)
 
 
+def _load_followed(run_id: str) -> runs.Run | None:
+    """The followed run read once per tick, or None while it is no run directory (yet); the
+    status then says why."""
+    root = common.runs_root()
+    path = (root / run_id).resolve()
+    if path.parent != root or not (path / "config.yaml").exists():
+        return None
+    return runs.load_run(path)
+
+
 def on_tick(followed: str | None, seen: dict | None, weighted: bool = False):
     """Poll the followed run. -> [status, progress, queue, *figures, seen]."""
     mgr = common.manager()
@@ -83,15 +93,15 @@ def on_tick(followed: str | None, seen: dict | None, weighted: bool = False):
     skip_figs = [gr.skip()] * len(FIGURES)
     if not followed:
         return ["*No run yet: start one in **Setup**.*", "", queue_html(mgr), *skip_figs, seen]
+    run = _load_followed(followed)
     try:
-        st = mgr.status(followed)
+        st = mgr.status(followed, run)
     except jobs.JobError as e:
         return [common.err(e), "", queue_html(mgr), *skip_figs, seen]
     # the loss redraws at every new event; the eval-point figures only when an eval lands
     sig = f"{followed}:{st['events']}:{st['state']}:{bool(weighted)}"
     figs: list[Any] = skip_figs
-    if sig != seen.get("sig") and (common.runs_root() / followed / "config.yaml").exists():
-        run = runs.load_run(common.runs_root() / followed)
+    if sig != seen.get("sig") and run is not None:
         n_eval = sum(1 for e in run.events if e.get("kind") == "eval")
         eval_sig = f"{followed}:{n_eval}:{st['state']}"
         keys = FIGURES if eval_sig != seen.get("eval") else ("loss",)

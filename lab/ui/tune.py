@@ -79,7 +79,10 @@ def plan_sweep(
 def sweep_run_ids(sweep: str) -> list[str]:
     """Runs of a sweep: those on disk and those the job manager still holds, oldest first."""
     tag = f"-{sweep}-"
-    ids = {r["run_id"] for r in runs.list_runs(common.runs_root()) if tag in r["run_id"]}
+    root = common.runs_root()
+    ids = set()
+    if root.is_dir():  # directory names only: no run file is read here
+        ids = {p.name for p in root.iterdir() if tag in p.name and (p / "config.yaml").exists()}
     ids |= {
         j.run_id for j in common.manager().jobs() if tag in j.run_id and j.state != jobs.CANCELLED
     }
@@ -95,9 +98,10 @@ def list_sweeps() -> list[str]:
     return sorted(names, reverse=True)
 
 
-def sweep_table(run_ids: list[str]) -> list[list[Any]]:
+def sweep_table(run_ids: list[str]) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    """(table rows, the Pareto points of the finished runs), each run read once."""
     mgr = common.manager()
-    rows = []
+    rows, points = [], []
     for rid in run_ids:
         st = mgr.status(rid)
         p = (
@@ -105,9 +109,10 @@ def sweep_table(run_ids: list[str]) -> list[list[Any]]:
             if st["state"] in ("done", "stopped")
             else {}
         )
+        points.append(p)
         row = [rid, st["state"], p.get("label", "")]
         rows.append(common.rounded(row + [p.get(k) for k in ("task_metric", "bias", "drift")]))
-    return rows
+    return rows, points
 
 
 # ---- handlers ---------------------------------------------------------------------------------
@@ -134,12 +139,11 @@ def on_tick(sweep: str | None, seen: str | None):
     if not sweep:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
     ids = sweep_run_ids(sweep)
-    table = sweep_table(ids)
+    table, points = sweep_table(ids)
     sig = json.dumps([r[:2] for r in table])
     if sig == seen:
         return table, gr.skip(), gr.skip(), gr.skip(), seen
-    done = [common.runs_root() / r[0] for r in table if r[1] in ("done", "stopped")]
-    by_bias, by_drift = figures.pareto_figures(done)
+    by_bias, by_drift = figures.pareto_figures(points)
     return table, by_bias, by_drift, gr.Dropdown(choices=[r[0] for r in table]), sig
 
 
