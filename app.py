@@ -1,19 +1,21 @@
-"""Launch the BA-LoRA Lab app: ``python app.py [--host H] [--port P] [--share]``.
+"""Launch the BA-LoRA Lab app: ``python app.py [--host H] [--port P] [--share] [--public|--local]``.
 
 Host and port also come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; runs are written under
-BALORA_RUNS_DIR (default ``runs/``). No model is loaded at start.
+BALORA_RUNS_DIR (default ``runs/``). No model is loaded at start. The hosting mode (see
+SECURITY.md) is ``local`` on a loopback address and ``public`` on a Space, a share link or any
+other address; ``--public`` / ``--local`` override it.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import logging
 import os
 import signal
 import sys
 
-from lab.ui import common
-from lab.ui.layout import build_app
+from lab import hosting
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,13 +25,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--share", action="store_true", help="also serve through a public gradio.live link"
     )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--public", dest="mode", action="store_const", const="public")
+    mode.add_argument("--local", dest="mode", action="store_const", const="local")
     args = p.parse_args(argv)
+    # the whole process (handlers, job manager) reads the mode from here
+    os.environ["BALORA_MODE"] = hosting.detect_mode(args.host, args.mode, args.share)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from lab.ui import common
+    from lab.ui.layout import build_app
+
+    manager = common.manager()  # marks runs a dead app left "running" as failed, now
+    for run_id in manager.reconciled:
+        logging.getLogger("lab").warning("run %s: %s", run_id, "marked failed (app restarted)")
     demo = build_app()
-    # a training worker does not outlive the app: Ctrl-C and SIGTERM both end in shutdown()
-    atexit.register(common.manager().shutdown)
+    # a training worker does not outlive the app: Ctrl-C and SIGTERM both end in shutdown(),
+    # and a worker whose app is killed outright ends itself (lab.jobs.worker)
+    atexit.register(manager.shutdown)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    limits = common.hosting().limits
     demo.queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, share=args.share, css_paths=[common.CSS]
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        css_paths=[common.CSS],
+        max_file_size=limits.upload_bytes,
+        show_error=False,  # handlers raise their own clear gr.Error; nothing else leaks
     )
 
 

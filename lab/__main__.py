@@ -16,19 +16,27 @@ from pathlib import Path
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from lab.config import ConfigError
     from lab.data import DataError
+    from lab.jobs.worker import WorkerLockHeld
     from lab.models import ModelError
+    from lab.runs import RunReadError
 
-    return (ConfigError, DataError, ModelError, FileExistsError)
+    return (ConfigError, DataError, ModelError, FileExistsError, RunReadError, WorkerLockHeld)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lab.config import load_preset
+    from lab.hosting import LOCAL_LIMITS, check_limits
+    from lab.jobs import worker
     from lab.runs import new_run_path, read_summary
     from lab.trainer import run
 
     cfg = load_preset(args.preset, args.set or [])
+    check_limits(cfg, LOCAL_LIMITS)
+    # started by the app: die with it, and be the only worker on its runs folder
+    worker.watch_parent_from_env()
+    worker.hold_lock_from_env()
     main = os.environ.get("RANK", "0") == "0"
     if (
         os.environ.get("ACCELERATE_USE_CPU") == "True"
@@ -151,8 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except _expected_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # anything else still ends in one line naming the cause
+        print(f"error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+        if os.environ.get("BALORA_DEBUG"):
+            raise
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 400 else text[:400] + "…"
 
 
 if __name__ == "__main__":

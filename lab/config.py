@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -26,10 +27,36 @@ def arm_key(arm: str) -> tuple[int, str]:
 
 
 TASKS = ("nlg", "nlu")
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
 
 
 class ConfigError(ValueError):
     """A bad preset, key or value; the message names the field."""
+
+
+MAX_INT = 2**53  # integers beyond exact float range are never a meaningful setting
+SNIPPET = 60  # an error echoes at most this many characters of the value it rejects
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` of a value cut to a short piece, so an error never echoes a large input."""
+    text = repr(value)
+    return text if len(text) <= SNIPPET else text[:SNIPPET] + f"… ({len(text)} characters)"
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without anchors and aliases: an alias bomb (a few hundred bytes that
+    expand to gigabytes) is refused before it is expanded."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+            raise ConfigError("YAML anchors and aliases (&name, *name) are not accepted")
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML text as plain data, refusing anchors and aliases."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -140,41 +167,47 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {short_repr(value)}")
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {short_repr(value)}")
         return {str(k): str(v) for k, v in value.items()}
     if typ is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {short_repr(value)}")
     if typ is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {short_repr(value)}")
+        out = None
         if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            out = value
+        elif isinstance(value, float) and value.is_integer():
+            out = int(value)
+        elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            digits = value.strip().lstrip("+-")
+            out = int(value) if len(digits) <= len(str(MAX_INT)) else MAX_INT + 1
+        if out is None:
+            raise ConfigError(f"{where}: expected an integer, got {short_repr(value)}")
+        if abs(out) > MAX_INT:
+            raise ConfigError(f"{where}: {short_repr(value)} is too large (at most {MAX_INT})")
+        return out
     if typ is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {short_repr(value)}")
         try:
             out = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{where}: expected a number, got {short_repr(value)}") from None
         if not math.isfinite(out):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{where}: expected a finite number, got {short_repr(value)}")
         return out
     if typ is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{where}: expected text, got {value!r}")
+            raise ConfigError(f"{where}: expected text, got {short_repr(value)}")
         return str(value)
     raise ConfigError(f"{where}: unsupported type {typ}")
 
@@ -186,7 +219,7 @@ def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
         where = f"{prefix}{key}"
         if key not in names:
             known = ", ".join(sorted(names))
-            raise ConfigError(f"unknown key '{where}' (known here: {known})")
+            raise ConfigError(f"unknown key {short_repr(where)} (known here: {known})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -207,12 +240,17 @@ def validate(cfg: RunConfig) -> RunConfig:
         obj = cfg
         for part in where.split("."):
             obj = getattr(obj, part)
-        need(obj in choices, where, f"must be one of {', '.join(choices)}, got {obj!r}")
+        need(obj in choices, where, f"must be one of {', '.join(choices)}, got {short_repr(obj)}")
     need(len(cfg.arms) > 0, "arms", "at least one arm is needed")
     for arm in cfg.arms:
-        need(arm in ARMS, "arms", f"unknown arm {arm!r} (known: {', '.join(ARMS)})")
+        need(arm in ARMS, "arms", f"unknown arm {short_repr(arm)} (known: {', '.join(ARMS)})")
     need(len(set(cfg.arms)) == len(cfg.arms), "arms", "an arm is listed twice")
     need(bool(cfg.model.name.strip()), "model.name", "must not be empty")
+    need(
+        bool(DEVICE.match(cfg.model.device)),
+        "model.device",
+        f"must be auto, cpu, cuda, cuda:N or mps, got {short_repr(cfg.model.device)}",
+    )
     need(bool(cfg.data.name.strip()), "data.name", "must not be empty")
     need(0.0 <= cfg.data.label_noise < 1.0, "data.label_noise", "must be in [0, 1)")
     need(0.0 <= cfg.data.minority_fraction < 0.5, "data.minority_fraction", "must be in [0, 0.5)")
@@ -245,9 +283,13 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ConfigError(f"preset {path}: not valid YAML ({e})") from None
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"preset {path.name}: not valid YAML{line}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"preset {path.name}: not UTF-8 text") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -258,8 +300,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def preset_path(name_or_path: str | Path) -> Path:
     """Resolve a preset name (``presets/NAME.yaml``) or a path to a YAML file."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.exists():
+    if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
+    if str(name_or_path) not in list_presets():
+        raise ConfigError(
+            f"unknown preset {short_repr(str(name_or_path))} (known: {', '.join(list_presets())}, "
+            "or a path to a .yaml file)"
+        )
     candidate = PRESETS_DIR / f"{name_or_path}.yaml"
     if candidate.exists():
         return candidate
@@ -272,26 +319,41 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
+MAX_OVERRIDE_CHARS = 20_000  # one key=value item; the app's own limits are stricter (lab.hosting)
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["reg.lambda1=0", "arms=lora,balora"]`` -> nested dict, values parsed as YAML scalars."""
     out: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}': expected key=value")
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"override {short_repr(item)}: expected key=value")
+        if len(item) > MAX_OVERRIDE_CHARS:
+            raise ConfigError(
+                f"override {short_repr(item)}: longer than {MAX_OVERRIDE_CHARS} characters"
+            )
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key:
-            raise ConfigError(f"override '{item}': empty key")
+            raise ConfigError(f"override {short_repr(item)}: empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        except ConfigError as e:
+            raise ConfigError(f"override {short_repr(item)}: {e}") from None
+        except ValueError:  # e.g. an integer literal with more digits than Python converts
+            raise ConfigError(
+                f"override {short_repr(item)}: the value is not a usable number"
+            ) from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{part}' is not a section")
+                raise ConfigError(
+                    f"override {short_repr(item)}: {short_repr(part)} is not a section"
+                )
         node[parts[-1]] = value
     return out
 
@@ -336,5 +398,10 @@ def load_config_file(path: str | Path) -> RunConfig:
     return from_dict(_read_yaml(Path(path)))
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml.dump(cfg.to_dict(), Dumper=_NoAliasDumper, sort_keys=False)

@@ -23,6 +23,12 @@ import numpy as np
 import yaml
 
 STOP_FILE = "STOP"
+UNREADABLE = "unreadable"  # the status listed for a run whose files cannot be read
+
+
+class RunReadError(ValueError):
+    """A run directory whose files are corrupt or half-written; the message says which file and
+    what is wrong with it (never its content)."""
 
 
 def runs_root() -> Path:
@@ -100,18 +106,28 @@ class EventLog:
         self._f.close()
 
 
-def read_events(path: str | Path) -> list[dict[str, Any]]:
+def read_events(path: str | Path, skipped: list[int] | None = None) -> list[dict[str, Any]]:
+    """Every whole event line of ``events.jsonl``; a torn last line is left for later, and a
+    line that is not a JSON object with ``arm``, ``step`` and ``kind`` is skipped (its line
+    number appended to ``skipped`` when given), so one bad line never hides the rest."""
     path = Path(path)
     if not path.exists():
         return []
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
                 break  # a line still being written
-            line = line.strip()
-            if line:
-                out.append(json.loads(line))
+            if not raw.strip():
+                continue
+            try:
+                event = json.loads(raw)
+            except (UnicodeDecodeError, ValueError):  # JSONDecodeError is a ValueError
+                event = None
+            if isinstance(event, dict) and {"arm", "step", "kind"} <= event.keys():
+                out.append(event)
+            elif skipped is not None:
+                skipped.append(lineno)
     return out
 
 
@@ -131,43 +147,77 @@ class Run:
         return (self.summary or {}).get("status", "unknown")
 
 
+def _read_mapping(path: Path, parse, what: str) -> dict[str, Any]:
+    """A file that must hold one mapping; any problem raises :class:`RunReadError`."""
+    try:
+        data = parse(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RunReadError(f"{what} of run {path.parent.name} is not UTF-8 text") from None
+    except (ValueError, yaml.YAMLError) as e:
+        mark = getattr(e, "lineno", None) or getattr(getattr(e, "problem_mark", None), "line", None)
+        at = f" near line {mark}" if mark else ""
+        raise RunReadError(
+            f"{what} of run {path.parent.name} is corrupt or half-written{at}"
+        ) from None
+    if data is None and what == "config.yaml":
+        data = {}
+    if not isinstance(data, dict):
+        raise RunReadError(f"{what} of run {path.parent.name} does not hold a mapping")
+    return data
+
+
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    """``summary.json`` of a run directory, or None before the run has written one."""
+    """``summary.json`` of a run directory, or None before the run has written one; a corrupt
+    file raises :class:`RunReadError`."""
     path = Path(run_dir) / "summary.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return _read_mapping(path, json.loads, "summary.json")
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory (finished or still running) without loading any model."""
+    """Read a run directory (finished or still running) without loading any model.
+
+    Raises ``FileNotFoundError`` for a folder that is no run and :class:`RunReadError` for a
+    corrupt config or summary; bad event lines are skipped (see :func:`read_events`)."""
     path = Path(run_dir)
     if not (path / "config.yaml").exists():
-        raise FileNotFoundError(f"{path} is not a run directory (no config.yaml)")
-    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+        raise FileNotFoundError(f"{path.name} is not a run directory (no config.yaml)")
+    from lab.config import safe_yaml
+
+    config = _read_mapping(path / "config.yaml", safe_yaml, "config.yaml")
     summary = read_summary(path)
     return Run(path=path, config=config, events=read_events(path / "events.jsonl"), summary=summary)
 
 
 def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
-    """One row per run directory, newest first: id, name, status, steps, arms."""
+    """One row per run directory, newest first: id, name, status, steps, arms.
+
+    A run whose summary cannot be read is listed with status ``unreadable`` and the reason in
+    ``error``; the others are listed as usual."""
     root = Path(root) if root is not None else runs_root()
     rows = []
-    if not root.exists():
+    if not root.is_dir():
         return rows
     for path in sorted(root.iterdir(), reverse=True):
-        if not (path / "config.yaml").exists():
+        if not (path / "config.yaml").is_file():
             continue
-        summary = read_summary(path) or {}
+        try:
+            summary = read_summary(path) or {}
+            error = None
+        except (RunReadError, OSError) as e:
+            summary, error = {"status": UNREADABLE}, str(e)
+        arms = summary.get("arms")
         rows.append(
             {
                 "run_id": path.name,
                 "path": str(path),
-                "name": summary.get("name", ""),
-                "status": summary.get("status", "unknown"),
-                "arms": list((summary.get("arms") or {}).keys()),
+                "name": str(summary.get("name", "")),
+                "status": str(summary.get("status", "unknown")),
+                "arms": list(arms.keys()) if isinstance(arms, dict) else [],
                 "steps": summary.get("steps_done", 0),
-                "started": summary.get("started", ""),
+                "started": str(summary.get("started", "")),
+                "error": error,
             }
         )
     return rows

@@ -38,21 +38,22 @@ def test_start_status_generate(app_url):
     client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
     with pytest.raises(AppError, match="train.steps: must be at least 1"):
         client.predict("tiny-test", ["train.steps=0"], api_name="/start")
-    run_id = client.predict(
+    started = client.predict(
         "tiny-test", ["train.steps=3", "train.bias_eval=false"], api_name="/start"
     )
-    assert (runs_dir / run_id).is_dir()
+    run_id, token = started["run_id"], started["owner_token"]
+    assert (runs_dir / run_id).is_dir() and len(token) >= 16
     deadline = time.time() + 240
-    status = client.predict(run_id, api_name="/status")
+    status = client.predict(run_id, token, api_name="/status")
     while status["state"] not in ("done", "stopped", "failed"):
         assert time.time() < deadline, status
         time.sleep(1.0)
-        status = client.predict(run_id, api_name="/status")
+        status = client.predict(run_id, token, api_name="/status")
     assert status["state"] == "done", status
     assert all(a["step"] == 3 for a in status["arms"].values())
-    rows = client.predict(run_id, "Say something kind.", 8, 0, api_name="/generate")
+    rows = client.predict(run_id, "Say something kind.", 8, 0, token, api_name="/generate")
     assert [r["arm"] for r in rows] == ["base", "lora", "pissa", "balora"]
     assert all(isinstance(r["text"], str) and r["tokens"] >= 1 for r in rows)
     assert all(r["loglik"] <= 0 for r in rows)
     with pytest.raises(AppError, match="already finished"):
-        client.predict(run_id, api_name="/stop")
+        client.predict(run_id, token, api_name="/stop")

@@ -72,16 +72,16 @@ def test_custom_model_text_wins_over_the_dropdown():
     ],
 )
 def test_bad_settings_show_the_field_and_write_nothing(runs_dir, changes, message):
-    msg = setup.on_check("tiny-test", *form(**changes))
+    msg = setup.on_check(None, "tiny-test", *form(**changes))
     assert msg.startswith("❌") and message in msg
-    msg, run_id = setup.on_start("tiny-test", *form(**changes))
+    msg, run_id = setup.on_start(None, "tiny-test", *form(**changes))
     assert run_id is None and message in msg
     assert nothing_written(runs_dir)
 
 
 def test_unknown_hub_model_without_network(runs_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    msg, run_id = setup.on_start("tiny-test", *form(model__custom="nobody-xyz/no-such-model-123"))
+    msg, run_id = setup.on_start(None, "tiny-test", *form(model__custom="nobody-xyz/no-such-model-123"))
     assert run_id is None
     assert "nobody-xyz/no-such-model-123" in msg and "not in the local Hugging Face cache" in msg
     assert nothing_written(runs_dir)
@@ -99,18 +99,18 @@ def test_malformed_upload_is_refused_and_not_copied(runs_dir, tmp_path):
     assert "binary" in msg
 
 
-def test_good_upload_is_copied_per_session_and_selected(runs_dir, tmp_path):
+def test_good_upload_is_copied_per_owner_and_selected(runs_dir, tmp_path):
+    from lab import hosting
+
     good = tmp_path / "pairs.jsonl"
     good.write_text(
         "".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(6)),
         encoding="utf-8",
     )
-
-    class Request:
-        session_hash = "abc123"
-
-    msg, update = setup.on_upload(str(good), "nlg", Request())
-    dest = runs_dir / "_uploads" / "abc123" / "pairs.jsonl"
+    token = hosting.new_token()
+    msg, update = setup.on_upload(str(good), "nlg", token)
+    dest = hosting.upload_dir(runs_dir, token) / "pairs.jsonl"
+    assert dest.parent.name == hosting.digest(token)[:32]  # named by the server
     assert msg.startswith("✅") and "6 usable rows" in msg
     assert dest.read_text() == good.read_text()
     assert update.value == str(dest)
@@ -123,7 +123,7 @@ def test_start_queues_a_job_and_train_tab_follows_it(runs_dir, monkeypatch):
     submitted = []
 
     class FakeManager:
-        def submit(self, preset, overrides):
+        def submit(self, preset, overrides, owner=None):
             submitted.append((preset, overrides))
             return jobs.Job(
                 run_id="r1", run_dir=runs_dir / "r1", preset=preset, overrides=overrides
@@ -133,7 +133,7 @@ def test_start_queues_a_job_and_train_tab_follows_it(runs_dir, monkeypatch):
             return 2
 
     monkeypatch.setattr(common, "manager", lambda: FakeManager())
-    msg, followed, tabs = train.on_start("tiny-test", *form(train__steps=5))
+    msg, followed, tabs = train.on_start(None, "tiny-test", *form(train__steps=5))
     assert submitted == [("tiny-test", ["train.steps=5"])]
     assert followed == "r1" and "waiting in the queue at position 2" in msg
 
@@ -165,7 +165,7 @@ def test_status_and_progress_render_from_a_status_dict():
 
 
 def test_resolve_run_refuses_paths_outside_the_runs_root(runs_dir):
-    with pytest.raises(ValueError, match="unknown run"):
+    with pytest.raises(ValueError, match="not a run id"):
         common.resolve_run("../../etc")
     with pytest.raises(ValueError, match="no run selected"):
         common.resolve_run("")

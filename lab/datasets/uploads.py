@@ -13,11 +13,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
+from lab.config import short_repr as snippet
 from lab.data import DataError
 
 SUFFIXES = (".jsonl", ".csv")
+_WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
 CANONICAL = ("prompt", "response", "text", "label")
 FORMS = {"nlg": (("prompt", "response"), ("text", "label")), "nlu": (("text", "label"),)}
 
@@ -53,6 +61,9 @@ def _decode(path: Path, max_bytes: int) -> str:
     if size == 0:
         raise DataError(f"{path.name} is empty")
     data = path.read_bytes()
+    for bom, enc in _WIDE_BOMS:
+        if data.startswith(bom):
+            raise DataError(f"{path.name} is {enc} text; save it as UTF-8")
     if b"\x00" in data[:8192]:
         raise DataError(f"{path.name} looks like a binary file (it has NUL bytes), not text")
     try:
@@ -83,6 +94,10 @@ def _jsonl_records(text: str, name: str, max_rows: int) -> tuple[list[tuple[int,
             raise DataError(
                 f"{name} line {lineno}: not valid JSON ({e.msg} at column {e.colno})"
             ) from None
+        except RecursionError:
+            raise DataError(f"{name} line {lineno}: JSON nested too deeply") from None
+        except ValueError:  # int() refuses literals of more than sys.get_int_max_str_digits()
+            raise DataError(f"{name} line {lineno}: a number with too many digits") from None
         if not isinstance(obj, dict):
             raise DataError(
                 f"{name} line {lineno}: expected a JSON object, got {type(obj).__name__}"
@@ -130,8 +145,8 @@ def _csv_records(text: str, name: str, max_rows: int) -> tuple[list[tuple[int, d
 def _label(value, where: str, from_csv: bool):
     """A class id (int >= 0) or a class name (str); anything else is an error."""
     if isinstance(value, bool):
-        raise DataError(f"{where}: label must be a class name or id, got {value!r}")
-    if isinstance(value, float) and value.is_integer():
+        raise DataError(f"{where}: label must be a class name or id, got {snippet(value)}")
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     if isinstance(value, str) and from_csv and value.strip().lstrip("-").isdigit():
         value = int(value.strip())
@@ -141,11 +156,17 @@ def _label(value, where: str, from_csv: bool):
         return value
     if isinstance(value, str):
         return value.strip()
-    raise DataError(f"{where}: label must be a class name or id, got {value!r}")
+    raise DataError(f"{where}: label must be a class name or id, got {snippet(value)}")
 
 
-def check_labels(rows: list[dict], label_names: list[str] | None, where: str) -> None:
-    """Labels must be all ids or all names, and inside ``label_names`` when given."""
+MAX_CLASSES = 1000  # a label id or a count of classes above this is a mistake, not a dataset
+
+
+def check_labels(
+    rows: list[dict], label_names: list[str] | None, where: str, max_classes: int = MAX_CLASSES
+) -> None:
+    """Labels must be all ids or all names, inside ``label_names`` when given, and at most
+    ``max_classes`` distinct classes (a huge id would make a huge classifier head)."""
     kinds = {type(r["label"]) for r in rows}
     if len(kinds) > 1:
         first_int = next(r for r in rows if isinstance(r["label"], int))
@@ -154,6 +175,15 @@ def check_labels(rows: list[dict], label_names: list[str] | None, where: str) ->
             f"{where}: labels mix class ids and names (line {first_int['_line']} has "
             f"{first_int['label']!r}, line {first_str['_line']} has {first_str['label']!r})"
         )
+    for r in rows:
+        if isinstance(r["label"], int) and r["label"] >= max_classes:
+            raise DataError(
+                f"{where} line {r['_line']}: label id {r['label']} is too large (class ids are "
+                f"0 to {max_classes - 1} here)"
+            )
+    distinct = len({r["label"] for r in rows})
+    if distinct > max_classes:
+        raise DataError(f"{where}: {distinct} distinct labels, over the limit of {max_classes}")
     if label_names is None:
         return
     for r in rows:
@@ -241,6 +271,7 @@ def validate_upload(
     max_bytes: int = 50_000_000,
     max_rows: int = 20_000,
     label_names: list[str] | None = None,
+    max_classes: int = MAX_CLASSES,
 ) -> tuple[list[dict], list[str]]:
     """Read and check a .jsonl or .csv file; return (rows, warnings) or raise DataError.
 
@@ -260,5 +291,5 @@ def validate_upload(
     if total > max_rows:
         warnings.insert(0, f"{path.name} has {total} rows; truncated to the first {max_rows}")
     if "label" in rows[0]:
-        check_labels(rows, label_names, path.name)
+        check_labels(rows, label_names, path.name, max_classes)
     return rows, warnings

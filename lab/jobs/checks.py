@@ -55,7 +55,7 @@ def hub_model_check(repo_id: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def preflight(cfg: RunConfig) -> list[str]:
+def preflight(cfg: RunConfig, *, max_classes: int = 1000) -> list[str]:
     """Checks that catch the usual mistakes before a worker starts; returns warnings.
 
     Raises ``lab.models.ModelError`` (unknown model, a model of the other task, a hub id that
@@ -82,7 +82,9 @@ def preflight(cfg: RunConfig) -> list[str]:
         if cfg.task not in tasks:
             raise DataError(f"dataset '{name}' is for task {'/'.join(tasks)}, not {cfg.task}")
     elif Path(name).suffix.lower() in (".jsonl", ".csv"):
-        _, found = validate_upload(name, task=cfg.task, columns=cfg.data.columns or None)
+        _, found = validate_upload(
+            name, task=cfg.task, columns=cfg.data.columns or None, max_classes=max_classes
+        )
         warnings += found
     elif "/" not in name:
         raise DataError(

@@ -9,6 +9,11 @@ is not cut short, but a hung worker is).
 
 The manager is one object per app (see :func:`get_manager`); a supervisor thread starts the next
 queued job when the running one ends, so the queue moves even when no page is open.
+
+Crashes: the worker dies with the app (it watches its parent, see :mod:`lab.jobs.worker`) and
+holds the runs folder's worker lock while it lives. A new manager marks every run that was
+left "running" failed when no worker holds the lock, and starts a worker only while the lock is
+free, so one runs folder never has two workers.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab import hosting as hosting_mod
 from lab import runs
-from lab.config import load_preset
+from lab.config import RunConfig, load_preset
+from lab.jobs import worker
 from lab.jobs.checks import PROJECT_ROOT, preflight, train_argv
 from lab.jobs.status import (
     CANCELLED,
@@ -40,10 +47,11 @@ from lab.jobs.status import (
     JobError,
     log_tail,
     mtimes,
-    read_summary,
     run_status,
     write_final_summary,
 )
+
+APP_STOPPED = "the app stopped while this run was training"
 
 
 @dataclass
@@ -59,6 +67,7 @@ class Job:
     stop_requested: float | None = None
     returncode: int | None = None
     error: str | None = None
+    owner: str | None = field(default=None, repr=False)  # digest of the owner token
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -93,8 +102,10 @@ class JobManager:
         poll_s: float = 0.5,
         python: str = sys.executable,
         env: dict[str, str] | None = None,
+        hosting: hosting_mod.Hosting | None = None,
     ):
         self.runs_root = Path(runs_root).resolve()
+        self.hosting = hosting or hosting_mod.current()
         self.grace_s = grace_s
         self.poll_s = poll_s
         self.python = python
@@ -105,25 +116,77 @@ class JobManager:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.lock_path = worker.lock_path(self.runs_root)
+        self.reconciled = self.reconcile()
+
+    def reconcile(self) -> list[str]:
+        """Mark the runs a dead app left "running" (or never summarised) as failed; returns
+        their ids. Nothing is touched while a worker still holds the lock (its runs are live)."""
+        if not self.runs_root.is_dir() or not worker.lock_free(self.lock_path):
+            return []
+        fixed = []
+        for row in runs.list_runs(self.runs_root):
+            if row["status"] in (RUNNING, "unknown", "starting"):
+                write_final_summary(Path(row["path"]), FAILED, APP_STOPPED)
+                fixed.append(row["run_id"])
+        return fixed
 
     # ---- requests -------------------------------------------------------------------------
 
+    def check(
+        self, preset: str, overrides: list[str] | tuple[str, ...] = (), owner: str | None = None
+    ) -> tuple[RunConfig, list[str], list[str]]:
+        """Everything :meth:`submit` checks, writing nothing: -> (config, overrides, warnings).
+
+        The hosting mode's rules (preset by name, allowed sources, limits) come first."""
+        h = self.hosting
+        preset = hosting_mod.check_preset(h, preset)
+        overrides = hosting_mod.check_overrides(h, list(overrides))
+        cfg = load_preset(preset, overrides)
+        hosting_mod.check_limits(cfg, h.limits)
+        hosting_mod.check_sources(h, cfg, self.runs_root, owner)
+        return cfg, overrides, preflight(cfg, max_classes=h.limits.classes)
+
     def submit(
-        self, preset: str, overrides: list[str] | tuple[str, ...] = (), name: str | None = None
+        self,
+        preset: str,
+        overrides: list[str] | tuple[str, ...] = (),
+        name: str | None = None,
+        owner: str | None = None,
     ) -> Job:
         """Validate the config, reserve a run directory and queue the job; returns it.
 
         A bad preset, key or value raises ``lab.config.ConfigError``, and what :func:`preflight`
-        finds raises its error, before anything is written.
+        finds raises its error, before anything is written. ``owner`` is the visitor's owner
+        token: the job counts against their queue limit and, in public mode, only they (or the
+        admin) may read or stop it.
         """
-        overrides = [str(o) for o in overrides]
-        cfg = load_preset(preset, overrides)
-        preflight(cfg)
+        cfg, overrides, _ = self.check(preset, overrides, owner)
         if self._closed:
             raise JobError("the job manager is shut down")
+        lim = self.hosting.limits
+        mine = hosting_mod.digest(owner) if owner else None
         with self._cond:
+            live = [j for j in self._jobs.values() if j.state in (QUEUED, RUNNING)]
+            if len(live) >= lim.jobs_total:
+                raise JobError(
+                    f"the app's queue is full ({len(live)} jobs, limit {lim.jobs_total}); "
+                    "try again when a job has finished"
+                )
+            if sum(1 for j in live if j.owner == mine) >= lim.jobs_per_owner:
+                raise JobError(
+                    f"you already have {lim.jobs_per_owner} jobs queued or running (the limit "
+                    "on this app); wait for one to finish or stop it"
+                )
             run_dir = Path(runs.new_run_dir(self.runs_root, name or cfg.name))
-            job = Job(run_id=run_dir.name, run_dir=run_dir, preset=str(preset), overrides=overrides)
+            hosting_mod.record_owner(self.runs_root, run_dir.name, owner)
+            job = Job(
+                run_id=run_dir.name,
+                run_dir=run_dir,
+                preset=str(preset),
+                overrides=overrides,
+                owner=mine,
+            )
             self._jobs[job.run_id] = job
             self._queue.append(job.run_id)
             self._tick()  # starts it now when nothing else is running
@@ -156,17 +219,25 @@ class JobManager:
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())
 
-    def attach(self) -> Job | None:
+    def attach(self, owner: str | None = None) -> Job | None:
         """The job a freshly loaded page should follow: running, else the next queued, else the
-        most recently submitted."""
+        most recently submitted. In public mode only the jobs of ``owner`` (an owner token)."""
         with self._cond:
-            if self._running is not None:
-                return self._jobs[self._running]
-            if self._queue:
-                return self._jobs[self._queue[0]]
-            if self._jobs:
-                return max(self._jobs.values(), key=lambda j: j.submitted)
+            mine = self._visible_jobs(owner)
+            if self._running is not None and self._running in mine:
+                return mine[self._running]
+            for run_id in self._queue:
+                if run_id in mine:
+                    return mine[run_id]
+            if mine:
+                return max(mine.values(), key=lambda j: j.submitted)
             return None
+
+    def _visible_jobs(self, owner: str | None) -> dict[str, Job]:
+        if not self.hosting.public or self.hosting.is_admin(owner):
+            return dict(self._jobs)
+        mine = hosting_mod.digest(owner) if owner else None
+        return {k: j for k, j in self._jobs.items() if mine is not None and j.owner == mine}
 
     def queue_position(self, run_id: str) -> int | None:
         """0 for the running job, 1 for the first waiting one, ...; None when not in line."""
@@ -183,9 +254,10 @@ class JobManager:
         ``run``: the run directory already loaded by the caller, passed to :func:`run_status`."""
         job = self._jobs.get(run_id)
         if job is None:
-            path = (self.runs_root / str(run_id)).resolve()
-            if path.parent != self.runs_root or not path.is_dir():
-                raise JobError(f"unknown run id {run_id!r}")
+            ok = isinstance(run_id, str) and hosting_mod.RUN_ID.match(run_id)
+            path = self.runs_root / str(run_id)
+            if not ok or not path.is_dir():
+                raise JobError(f"unknown run id {hosting_mod.snippet(run_id)}")
             out = run_status(path, run)
             out.update(queue_position=None, log_tail="")
             return out
@@ -209,7 +281,8 @@ class JobManager:
         out["queue_position"] = self.queue_position(run_id)
         out["stop_requested"] = job.stop_requested is not None
         out["returncode"] = job.returncode
-        out["log_tail"] = log_tail(job.log_path(), 12) if job.state != QUEUED else ""
+        show_log = job.state != QUEUED and not self.hosting.public  # logs stay on the server
+        out["log_tail"] = log_tail(job.log_path(), 12) if show_log else ""
         return out
 
     def wait(self, run_id: str, timeout: float = 300.0) -> Job:
@@ -241,7 +314,7 @@ class JobManager:
     def _get(self, run_id: str) -> Job:
         job = self._jobs.get(run_id)
         if job is None:
-            raise JobError(f"unknown run id {run_id!r}")
+            raise JobError(f"unknown run id {hosting_mod.snippet(run_id)}")
         return job
 
     def _ensure_thread(self) -> None:
@@ -273,7 +346,7 @@ class JobManager:
                     killed=f"the worker wrote nothing for {self.grace_s:.0f}s after the stop "
                     "request and was killed",
                 )
-        if self._running is None and self._queue:
+        if self._running is None and self._queue and worker.lock_free(self.lock_path):
             self._start(self._jobs[self._queue.popleft()])
 
     def _stalled(self, job: Job) -> bool:
@@ -285,6 +358,8 @@ class JobManager:
         job.run_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env[worker.PARENT_ENV] = str(os.getpid())
+        env[worker.LOCK_ENV] = str(self.lock_path)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
         )
@@ -316,7 +391,10 @@ class JobManager:
         ``killed`` is the reason when the manager killed the worker, else None.
         """
         job.settle_log(final=True)
-        summary = read_summary(job.run_dir)
+        try:
+            summary = runs.read_summary(job.run_dir)
+        except runs.RunReadError:  # a worker killed mid-write leaves no half file (atomic
+            summary = None  # renames), but a summary damaged on disk is rewritten below
         status = (summary or {}).get("status")
         if status in (DONE, STOPPED, FAILED) and not killed:
             job.state = status
@@ -330,9 +408,12 @@ class JobManager:
         else:
             tail = log_tail(job.log_path(), 15).strip()
             job.state = FAILED
-            job.error = f"the worker exited with code {job.returncode}" + (
-                f"; last log lines:\n{tail}" if tail else " and wrote no log"
-            )
+            job.error = f"the worker exited with code {job.returncode}"
+            if self.hosting.public:  # the log may name server files: only the CLI's own line
+                last = tail.splitlines()[-1] if tail else ""
+                job.error += f": {last[7:200]}" if last.startswith("error: ") else ""
+            else:
+                job.error += f"; last log lines:\n{tail}" if tail else " and wrote no log"
             write_final_summary(job.run_dir, FAILED, job.error)
         job.ended = time.time()
         if self._running == job.run_id:

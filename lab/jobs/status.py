@@ -104,19 +104,17 @@ def mtimes(run_dir: Path) -> list[float]:
     return out
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    path = run_dir / "summary.json"
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def write_final_summary(run_dir: Path, status: str, error: str) -> None:
-    """Keep whatever the worker wrote per arm; set the run's final status and error."""
-    summary = read_summary(run_dir) or {"arms": {}}
+    """Keep whatever the worker wrote per arm; set the run's final status and error (a summary
+    that cannot be read is replaced)."""
+    try:
+        summary = runs.read_summary(run_dir) or {"arms": {}}
+    except runs.RunReadError:
+        summary = {"arms": {}}
     summary["status"] = status
     summary["error"] = error
-    for info in (summary.get("arms") or {}).values():
+    arms = summary.get("arms") if isinstance(summary.get("arms"), dict) else {}
+    for info in arms.values():
         if isinstance(info, dict) and info.get("status") in (None, RUNNING):
             info["status"] = status
     runs.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))

@@ -19,9 +19,9 @@ EXPLAIN = (
 )
 
 
-def bias_view(run_id: str):
+def bias_view(run_id: str, owner: str | None = None):
     """-> (table rows, figure) of a run (``example`` is the shipped classroom run)."""
-    run = runs.load_run(common.resolve_run(run_id))
+    run = runs.load_run(common.resolve_run(run_id, owner))
     scored = plots.bias_rows(run.events)
     rows = [common.rounded(r) for r in figures.bias_table(scored)]
     if not rows:
@@ -32,23 +32,26 @@ def bias_view(run_id: str):
     return rows, plots.bias_figure(scored)
 
 
-def on_show(run_id: str):
+@common.guarded
+def on_show(run_id: str, owner: str | None = None):
     try:
-        rows, fig = bias_view(run_id)
-    except (ValueError, FileNotFoundError) as e:
+        rows, fig = bias_view(run_id, owner)
+    except common.USER_ERRORS as e:
         return [], None, common.err(e)
     return rows, fig, common.ok(f"{len(rows)} scores")
 
 
-def on_refresh():
-    return gr.Dropdown(choices=[("example (classroom run)", "example")] + common.run_choices())
+@common.guarded
+def on_refresh(owner: str | None = None):
+    choices = [("example (classroom run)", "example")] + common.run_choices(owner=owner)
+    return gr.Dropdown(choices=choices)
 
 
 def build(ui) -> None:
     gr.Markdown(EXPLAIN)
     with gr.Row():
         ui.bias_run = gr.Dropdown(
-            [("example (classroom run)", "example")] + common.run_choices(),
+            [("example (classroom run)", "example")],  # the visitor's runs come on page load
             value="example",
             label="Run",
             info="Scores from the latest evaluation of each arm (and the untouched base model).",
@@ -60,5 +63,7 @@ def build(ui) -> None:
     ui.bias_fig = gr.Plot(label=figures.LABELS["bias"])
     ui.bias_table = gr.Dataframe(headers=HEADERS, interactive=False, label="Bias scores")
     private = {"api_visibility": "private"}
-    ui.bias_refresh.click(on_refresh, None, ui.bias_run, **private)
-    ui.bias_btn.click(on_show, ui.bias_run, [ui.bias_table, ui.bias_fig, ui.bias_msg], **private)
+    ui.bias_refresh.click(on_refresh, ui.owner, ui.bias_run, **private)
+    ui.bias_btn.click(
+        on_show, [ui.bias_run, ui.owner], [ui.bias_table, ui.bias_fig, ui.bias_msg], **private
+    )

@@ -36,6 +36,7 @@ def outputs(ui) -> list:
     return [ui.cls_msg, ui.cls_summary, ui.cls_step] + [ui.cls_fig[k] for k in FIGURES]
 
 
+@common.guarded
 def on_open():
     """The full example run. -> [message, summary, slider, *figures]."""
     try:
@@ -48,11 +49,13 @@ def on_open():
     return ["", figures.summary_markdown(run), slider] + [figs.get(k) for k in FIGURES]
 
 
+@common.guarded
 def on_step(step: float):
     figs = view(example_run(), int(step))
     return [figs.get(k) for k in FIGURES]
 
 
+@common.guarded
 def on_play(step: float):
     """Start the replay from the beginning (or from the slider when it is mid-way)."""
     run = example_run()
@@ -60,10 +63,12 @@ def on_play(step: float):
     return gr.Timer(active=True), start
 
 
+@common.guarded
 def on_pause():
     return gr.Timer(active=False)
 
 
+@common.guarded
 def on_tick(step: float):
     """Advance one step; stop the timer at the end. -> [timer, slider, *figures]."""
     run = example_run()

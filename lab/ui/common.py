@@ -2,16 +2,30 @@
 
 The only process-wide mutable object is the job manager (``lab.jobs.get_manager``); everything
 else a tab shows is read from the run directories on each request.
+
+Every handler is wrapped in :func:`guarded`: whatever it raises reaches the page as one clear
+message without server paths, and every run it touches goes through :func:`resolve_run`, which
+applies the hosting mode's ownership rule (``lab.hosting``).
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import importlib.util
+import logging
 import os
+import secrets
+import tempfile
 from pathlib import Path
 
+import gradio as gr
+
+from lab import hosting as hosting_mod
 from lab import jobs, runs
+
+log = logging.getLogger("lab.ui")
+MESSAGE_CHARS = 300  # an error shown on the page is cut to this length
 
 PROJECT_ROOT = jobs.PROJECT_ROOT
 # The finished run the Classroom tab shows first; a teacher can point it at another run.
@@ -24,9 +38,63 @@ def runs_root() -> Path:
     return runs.runs_root().resolve()
 
 
+def hosting() -> hosting_mod.Hosting:
+    return hosting_mod.current()
+
+
 def manager() -> jobs.JobManager:
     grace = float(os.environ.get("BALORA_STOP_GRACE_S", "120"))
-    return jobs.get_manager(runs_root(), grace_s=grace)
+    return jobs.get_manager(runs_root(), grace_s=grace, hosting=hosting())
+
+
+def state_secret() -> str:
+    """The key that encrypts the owner token in the browser, kept in the runs folder so that a
+    restarted app still reads the tokens of earlier visitors (``BALORA_STATE_SECRET`` wins)."""
+    if os.environ.get("BALORA_STATE_SECRET"):
+        return os.environ["BALORA_STATE_SECRET"]
+    path = runs_root() / ".state_secret"
+    if not path.is_file():
+        runs.atomic_write_text(path, secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def ensure_owner(token: str | None) -> str:
+    """The visitor's owner token (kept in the browser), created on the first visit."""
+    return token if isinstance(token, str) and len(token) >= 16 else hosting_mod.new_token()
+
+
+def public_message(error: BaseException | str) -> str:
+    """One line for the page: no server paths, at most ``MESSAGE_CHARS`` characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    for path in sorted(
+        {str(runs_root()), str(PROJECT_ROOT), tempfile.gettempdir(), str(Path.home())},
+        key=len,
+        reverse=True,
+    ):
+        text = text.replace(path, "…")
+    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "…"
+
+
+USER_ERRORS = (ValueError, PermissionError, FileNotFoundError)  # the library's own messages
+
+
+def guarded(fn):
+    """Turn anything a handler raises into a ``gr.Error`` naming the cause (logged in full on
+    the server), so no request, however crafted, gets a traceback or a dead app."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as e:
+            log.exception("handler %s failed", fn.__name__)
+            kind = "" if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: "
+            raise gr.Error(kind + public_message(e)) from None
+
+    return wrapper
 
 
 def zerogpu() -> bool:
@@ -39,27 +107,33 @@ def ok(text: str) -> str:
 
 
 def err(error: BaseException | str) -> str:
-    """A one-paragraph error message for the page (the library's own wording)."""
-    text = str(error).strip() or type(error).__name__
-    return f"❌ **Error:** {text}"
+    """A one-paragraph error message for the page (the library's own wording, no paths)."""
+    return f"❌ **Error:** {public_message(error)}"
 
 
-def run_choices(rows: list[dict] | None = None) -> list[tuple[str, str]]:
-    """(label, run_id) pairs for a dropdown, newest first (``rows``: ``list_runs`` already read)."""
+def visible_runs(owner: str | None, rows: list[dict] | None = None) -> list[dict]:
+    """``list_runs`` rows this visitor may see (all of them in local mode), newest first."""
     rows = runs.list_runs(runs_root()) if rows is None else rows
-    return [(f"{r['run_id']}  [{r['status']}]", r["run_id"]) for r in rows]
+    ids = set(hosting_mod.visible(hosting(), runs_root(), [r["run_id"] for r in rows], owner))
+    return [r for r in rows if r["run_id"] in ids]
 
 
-def resolve_run(run_id: str | None) -> Path:
-    """The directory of ``run_id`` under the runs root (or the shipped example run)."""
+def run_choices(rows: list[dict] | None = None, owner: str | None = None) -> list[tuple[str, str]]:
+    """(label, run_id) pairs for a dropdown, newest first (``rows``: ``list_runs`` already read)."""
+    return [(f"{r['run_id']}  [{r['status']}]", r["run_id"]) for r in visible_runs(owner, rows)]
+
+
+def resolve_run(run_id: str | None, owner: str | None = None, action: str = "read") -> Path:
+    """The directory of ``run_id`` under the runs root (or the shipped example run), once the
+    hosting mode allows this visitor to ``action`` it."""
     if not run_id:
         raise ValueError("no run selected: pick one in the list first")
-    if run_id == "example":
+    hosting_mod.check_access(hosting(), runs_root(), run_id, owner, action)
+    if run_id == hosting_mod.EXAMPLE_ID:
         return EXAMPLE_RUN
-    root = runs_root()
-    path = (root / run_id).resolve()
-    if path.parent != root or not (path / "config.yaml").exists():
-        raise ValueError(f"unknown run '{run_id}' (not a run directory under {root})")
+    path = runs_root() / run_id
+    if not (path / "config.yaml").is_file():
+        raise ValueError(f"unknown run {hosting_mod.snippet(run_id)}")
     return path
 
 

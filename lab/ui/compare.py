@@ -33,12 +33,38 @@ def pairs() -> list[tuple[str, str, str, str]]:
     ]
 
 
-def adapter_run_choices() -> list[tuple[str, str]]:
-    """Runs that have saved adapters (only those can generate), newest first."""
+def adapter_run_choices(owner: str | None = None) -> list[tuple[str, str]]:
+    """Runs this visitor may see that have saved adapters (only those can generate)."""
     from lab import generate  # torch: imported on first use, not when the app starts
 
     root = common.runs_root()
-    return [(label, rid) for label, rid in common.run_choices() if generate.saved_arms(root / rid)]
+    return [
+        (label, rid)
+        for label, rid in common.run_choices(owner=owner)
+        if generate.saved_arms(root / rid)
+    ]
+
+
+def failed_arms(run: runs.Run) -> dict[str, str]:
+    """Arms the run marked failed (e.g. a non-finite loss) -> their error; they are shown as
+    failed instead of generating from a broken adapter."""
+    arms = (run.summary or {}).get("arms")
+    if not isinstance(arms, dict):
+        return {}
+    return {
+        arm: str(info.get("error") or "failed")
+        for arm, info in arms.items()
+        if isinstance(info, dict) and info.get("status") == "failed"
+    }
+
+
+def render_failed(failed: dict[str, str]) -> str:
+    cards = "".join(
+        _card(arm, "This arm failed during training; it has no trustworthy adapter.", error,
+              "gen-card gen-failed")
+        for arm, error in failed.items()
+    )  # fmt: skip
+    return f"<div class='gen-grid' id='gen-failed'>{cards}</div>" if cards else ""
 
 
 def _fmt_ll(row: dict[str, Any]) -> str:
@@ -89,42 +115,68 @@ def compare(
     max_new_tokens: int = 40,
     seed: int = 0,
     sample: bool = False,
+    owner: str | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """-> (HTML, rows). A pair index, when given, wins over the prompt box."""
+    """-> (HTML, rows). A pair index, when given, wins over the prompt box. Sizes are checked
+    against the hosting mode's limits before any model is loaded."""
     from lab import generate
 
-    run_dir = common.resolve_run(run_id)
+    lim = common.hosting().limits
+    max_new_tokens, seed = _whole(max_new_tokens, "max new tokens"), _whole(seed, "seed")
+    if not 1 <= max_new_tokens <= lim.max_new_tokens:
+        raise ValueError(f"max new tokens must be 1 to {lim.max_new_tokens} on this app")
+    if not isinstance(prompt, str) or len(prompt) > lim.prompt_chars:
+        raise ValueError(f"the prompt must be text of at most {lim.prompt_chars} characters")
+    run_dir = common.resolve_run(run_id, owner)
     run = runs.load_run(run_dir)
+    failed = failed_arms(run)
     arm_set = generate.load_arm_set(run_dir, run.config)
-    kwargs = {"max_new_tokens": int(max_new_tokens), "seed": int(seed), "do_sample": bool(sample)}
+    arm_set.arms = [a for a in arm_set.arms if a not in failed]
+    kwargs = {"max_new_tokens": max_new_tokens, "seed": seed, "do_sample": bool(sample)}
     if pair_index not in (None, ""):
         all_pairs = pairs()
-        i = int(pair_index)
+        i = _whole(pair_index, "pair number")
         if not 0 <= i < len(all_pairs):
             raise ValueError(f"no counterfactual pair number {i}")
         pair = all_pairs[i]
         rows = generate.pair_side_by_side(arm_set, pair[0], pair[1], **kwargs)
-        return render_pair(pair, rows), rows
+        return render_pair(pair, rows) + render_failed(failed), rows
     rows = generate.side_by_side(arm_set, prompt, **kwargs)
-    return render_single(prompt, rows), rows
+    return render_single(prompt, rows) + render_failed(failed), rows
 
 
-def on_compare(run_id, prompt, pair_index, max_new_tokens, seed, sample) -> tuple[str, str]:
+def _whole(value: Any, what: str) -> int:
+    """An integer from a widget value, or a ValueError naming the field."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a whole number") from None
+    if not out.is_integer() or abs(out) > 2**31:
+        raise ValueError(f"{what} must be a whole number below 2^31")
+    return int(out)
+
+
+@common.guarded
+def on_compare(
+    run_id, prompt, pair_index, max_new_tokens, seed, sample, owner=None
+) -> tuple[str, str]:
     """-> (HTML of the side-by-side cards, message)."""
     try:
-        out, rows = compare(run_id, prompt, pair_index, max_new_tokens, seed, sample)
-    except (ValueError, FileNotFoundError) as e:
+        out, rows = compare(run_id, prompt, pair_index, max_new_tokens, seed, sample, owner)
+    except common.USER_ERRORS as e:
         return "", common.err(e)
     return out, common.ok(f"{len(rows)} models, same seed ({int(seed)}) and decoding")
 
 
-def on_refresh():
-    return gr.Dropdown(choices=adapter_run_choices())
+@common.guarded
+def on_refresh(owner: str | None = None):
+    return gr.Dropdown(choices=adapter_run_choices(owner))
 
 
-def on_page_load():
+@common.guarded
+def on_page_load(owner: str | None = None):
     """Fill the run and pair lists once the page is up. -> (runs dropdown, pairs dropdown)."""
-    return gr.Dropdown(choices=adapter_run_choices()), gr.Dropdown(
+    return gr.Dropdown(choices=adapter_run_choices(owner)), gr.Dropdown(
         choices=[(NO_PAIR, "")] + pair_choices()
     )
 
@@ -177,10 +229,18 @@ def build(ui) -> None:
     ui.cmp_msg = gr.Markdown(elem_id="cmp-msg")
     ui.cmp_out = gr.HTML(elem_id="cmp-out")
     private = {"api_visibility": "private"}
-    ui.cmp_refresh.click(on_refresh, None, ui.cmp_run, **private)
+    ui.cmp_refresh.click(on_refresh, ui.owner, ui.cmp_run, **private)
     ui.cmp_btn.click(
         on_compare,
-        [ui.cmp_run, ui.cmp_prompt, ui.cmp_pair, ui.cmp_tokens, ui.cmp_seed, ui.cmp_sample],
+        [
+            ui.cmp_run,
+            ui.cmp_prompt,
+            ui.cmp_pair,
+            ui.cmp_tokens,
+            ui.cmp_seed,
+            ui.cmp_sample,
+            ui.owner,
+        ],  # fmt: skip
         [ui.cmp_out, ui.cmp_msg],
         concurrency_limit=1,
         **private,

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lab import jobs
+from lab import hosting, jobs
 from lab.config import ConfigError, RunConfig, list_presets, load_preset
 
 EMBEDDED_MODELS = ["smollm2-135m", "gemma3-270m", "minilm-l6", "tiny-llama", "tiny-bert"]
@@ -38,8 +38,9 @@ FIELDS = [
     "lora.rank",
     "train.eval_every",
 ]
-# ConfigError, DataError, ModelError and JobError are all ValueErrors with a message for the page.
-USER_ERRORS = (ValueError,)
+# ConfigError, DataError, ModelError and JobError are all ValueErrors with a message for the page;
+# AccessError (a run or path of another visitor) is a PermissionError.
+USER_ERRORS = (ValueError, PermissionError)
 
 
 def default_preset() -> str:
@@ -62,7 +63,7 @@ def config_value(cfg_dict: dict, path: str) -> Any:
 
 def preset_values(preset: str) -> dict[str, Any]:
     """Every form field's value as the preset sets it (the dataclass default elsewhere)."""
-    cfg = load_preset(preset).to_dict()
+    cfg = load_preset(hosting.check_preset(hosting.current(), preset)).to_dict()
     out = {f: config_value(cfg, f) for f in FIELDS if f != "model.custom"}
     out["model.custom"] = ""
     if out["model.name"] not in EMBEDDED_MODELS:
@@ -81,7 +82,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def form_overrides(preset: str, values: dict[str, Any]) -> list[str]:
     """``key=value`` overrides for the fields that differ from ``preset`` (values as JSON)."""
-    base = load_preset(preset).to_dict()
+    base = load_preset(hosting.check_preset(hosting.current(), preset)).to_dict()
     values = dict(values)
     custom = str(values.pop("model.custom", "") or "").strip()
     if custom:
@@ -104,14 +105,21 @@ def form_overrides(preset: str, values: dict[str, Any]) -> list[str]:
     return out
 
 
-def check_form(preset: str, values: dict[str, Any]) -> tuple[RunConfig, list[str], list[str]]:
-    """Validate the form: -> (config, overrides, warnings); raises the library's error."""
+def check_form(
+    preset: str, values: dict[str, Any], owner: str | None = None
+) -> tuple[RunConfig, list[str], list[str]]:
+    """Validate the form as the job manager will (hosting rules, limits, preflight), writing
+    nothing: -> (config, overrides, warnings); raises the library's error."""
     if not preset:
         raise ConfigError("preset: pick a preset first")
     overrides = form_overrides(preset, values)
-    cfg = load_preset(preset, overrides)
-    warnings = jobs.preflight(cfg)
-    return cfg, overrides, warnings
+    return common_manager().check(preset, overrides, owner)
+
+
+def common_manager() -> jobs.JobManager:
+    from lab.ui import common  # the app's one manager (and its hosting mode)
+
+    return common.manager()
 
 
 def describe(cfg: RunConfig, overrides: list[str]) -> str:

@@ -12,8 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from lab import jobs
-from lab.config import ConfigError
+from lab import hosting
 from lab.ui import bias, classroom, common, compare, runs, setup, train, tune
 
 TITLE = "BA-LoRA Lab"
@@ -31,49 +30,69 @@ ZEROGPU_NOTE = (
 
 
 # ---- API endpoints (documented, used by gradio_client) -----------------------------------------
+# Every endpoint takes the caller's owner token: in public mode a run answers only to the token
+# that started it (or the admin token); in local mode the token is accepted and not needed.
 
 
-def api_start(preset: str, overrides: list[str] | str | None = None) -> str:
+@common.guarded
+def api_start(
+    preset: str, overrides: list[str] | str | None = None, owner_token: str = ""
+) -> dict[str, str]:
     """Validate a preset plus ``key=value`` overrides and queue a training job.
 
-    Returns the run id. Bad input raises with the library's message naming the field.
+    Returns ``{"run_id", "owner_token"}``: keep the token, it is what lets this caller read,
+    stop and download the run later (a new one is made when none is given). Bad input raises
+    with the library's message naming the field or the limit.
     """
     if isinstance(overrides, str):
         overrides = [o for o in overrides.replace(",\n", "\n").splitlines() if o.strip()]
-    try:
-        job = common.manager().submit(preset, list(overrides or []))
-    except (ConfigError, ValueError) as e:
-        raise gr.Error(str(e)) from None
-    return job.run_id
+    token = common.ensure_owner(owner_token)
+    job = common.manager().submit(preset, overrides or [], owner=token)
+    return {"run_id": job.run_id, "owner_token": token}
 
 
-def api_status(run_id: str) -> dict[str, Any]:
+@common.guarded
+def api_status(run_id: str, owner_token: str = "") -> dict[str, Any]:
     """The status of a run as JSON: state, queue position, per-arm steps and losses, error."""
-    try:
-        return common.manager().status(run_id)
-    except jobs.JobError as e:
-        raise gr.Error(str(e)) from None
+    mgr = common.manager()
+    hosting.check_access(mgr.hosting, mgr.runs_root, run_id, owner_token, "read")
+    return mgr.status(run_id)
 
 
-def api_stop(run_id: str) -> dict[str, Any]:
+@common.guarded
+def api_stop(run_id: str, owner_token: str = "") -> dict[str, Any]:
     """Stop a running job at its next step (or take a waiting one out of the queue)."""
-    try:
-        common.manager().stop(run_id)
-    except jobs.JobError as e:
-        raise gr.Error(str(e)) from None
-    return common.manager().status(run_id)
+    mgr = common.manager()
+    hosting.check_access(mgr.hosting, mgr.runs_root, run_id, owner_token, "stop")
+    mgr.stop(run_id)
+    return mgr.status(run_id)
 
 
-def api_generate(run_id: str, prompt: str, max_new_tokens: int = 40, seed: int = 0) -> list[dict]:
+@common.guarded
+def api_generate(
+    run_id: str, prompt: str, max_new_tokens: int = 40, seed: int = 0, owner_token: str = ""
+) -> list[dict]:
     """Generations of the base model and every arm of a run for one prompt (greedy, same seed).
 
     Each item: arm, text, tokens, loglik (under the base model) and loglik_mean.
     """
-    try:
-        _, rows = compare.compare(run_id, prompt, None, max_new_tokens, seed, False)
-    except (ValueError, FileNotFoundError) as e:
-        raise gr.Error(str(e)) from None
+    _, rows = compare.compare(run_id, prompt, None, max_new_tokens, seed, False, owner_token)
     return rows
+
+
+def mode_banner() -> str:
+    h = common.hosting()
+    if not h.public:
+        return (
+            "🏠 **Local mode**: one trusted user on this machine; every run in the runs folder "
+            "is yours."
+        )
+    lim = h.limits
+    return (
+        "🌐 **Public mode**: your runs are private to this browser (other visitors cannot see, "
+        f"stop or download them). Limits: {lim.steps} steps, batch {lim.batch_size}, "
+        f"{lim.jobs_per_owner} jobs at a time, uploads up to {lim.upload_bytes // 1_000_000} MB."
+    )
 
 
 # ---- layout -------------------------------------------------------------------------------------
@@ -83,6 +102,9 @@ def build_app() -> gr.Blocks:
     ui = SimpleNamespace()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(INTRO)
+        gr.Markdown(mode_banner(), elem_id="mode-banner")
+        # the visitor's owner token, kept (encrypted) in the browser across reloads
+        ui.owner = gr.BrowserState("", storage_key="balora_owner", secret=common.state_secret())
         if common.zerogpu():
             gr.Markdown(ZEROGPU_NOTE, elem_id="zerogpu-note")
         with gr.Tabs() as ui.tabs:
@@ -102,35 +124,31 @@ def build_app() -> gr.Blocks:
                 runs.build(ui)
         ui.start_btn.click(
             train.on_start,
-            [ui.preset] + ui.form,
+            [ui.owner, ui.preset] + ui.form,
             [ui.setup_msg, ui.followed, ui.tabs],
             api_visibility="private",
         )
         tune.wire(ui)
         # lists of runs refresh when their tab is opened (a run may have finished meanwhile)
         private = {"api_visibility": "private"}
-        ui.tab_compare.select(compare.on_refresh, None, ui.cmp_run, **private)
-        ui.tab_bias.select(bias.on_refresh, None, ui.bias_run, **private)
-        ui.tab_runs.select(
-            runs.on_refresh, None, [ui.runs_list, ui.runs_pick, ui.runs_other], **private
-        )
-        demo.load(train.on_load, ui.followed, ui.followed, api_visibility="private")
-        demo.load(setup.on_page_load, ui.dataset, ui.dataset, api_visibility="private")
-        demo.load(compare.on_page_load, None, [ui.cmp_run, ui.cmp_pair], api_visibility="private")
-        demo.load(
-            runs.on_refresh,
-            None,
-            [ui.runs_list, ui.runs_pick, ui.runs_other],
-            api_visibility="private",
-        )
-        demo.load(bias.on_refresh, None, ui.bias_run, api_visibility="private").then(
+        listing = [ui.runs_list, ui.runs_pick, ui.runs_other]
+        ui.tab_compare.select(compare.on_refresh, ui.owner, ui.cmp_run, **private)
+        ui.tab_bias.select(bias.on_refresh, ui.owner, ui.bias_run, **private)
+        ui.tab_runs.select(runs.on_refresh, ui.owner, listing, **private)
+        # the owner token first (a new visitor gets one), then everything that depends on it
+        owned = demo.load(common.guarded(common.ensure_owner), ui.owner, ui.owner, **private)
+        owned.then(train.on_load, [ui.followed, ui.owner], ui.followed, **private)
+        owned.then(compare.on_page_load, ui.owner, [ui.cmp_run, ui.cmp_pair], **private)
+        owned.then(runs.on_refresh, ui.owner, listing, **private)
+        owned.then(bias.on_refresh, ui.owner, ui.bias_run, **private).then(
             bias.on_show,
-            ui.bias_run,
+            [ui.bias_run, ui.owner],
             [ui.bias_table, ui.bias_fig, ui.bias_msg],
-            api_visibility="private",
+            **private,
         )
-        demo.load(tune.on_refresh, None, ui.tune_pick, api_visibility="private")
-        demo.load(classroom.on_open, None, classroom.outputs(ui), api_visibility="private")
+        owned.then(tune.on_refresh, ui.owner, ui.tune_pick, **private)
+        demo.load(setup.on_page_load, ui.dataset, ui.dataset, **private)
+        demo.load(classroom.on_open, None, classroom.outputs(ui), **private)
         gr.api(api_start, api_name="start")
         gr.api(api_status, api_name="status")
         gr.api(api_stop, api_name="stop")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import yaml
 
 from lab import runs
 from lab.ui import common, figures
@@ -22,11 +21,18 @@ from lab.ui import common, figures
 FIGURES = figures.ALL_FIGURES
 
 
-def runs_table(rows: list[dict] | None = None) -> list[list[Any]]:
-    """One table row per run (``rows``: :func:`lab.runs.list_runs` already read)."""
-    rows = runs.list_runs(common.runs_root()) if rows is None else rows
+def runs_table(rows: list[dict] | None = None, owner: str | None = None) -> list[list[Any]]:
+    """One table row per run this visitor may see (``rows``: ``list_runs`` already read); an
+    unreadable run shows why in its status."""
     return [
-        [r["run_id"], r["status"], ", ".join(r["arms"]), r["steps"], r["started"]] for r in rows
+        [
+            r["run_id"],
+            r["status"] + (f": {r['error']}" if r.get("error") else ""),
+            ", ".join(r["arms"]),
+            r["steps"],
+            r["started"],
+        ]
+        for r in common.visible_runs(owner, rows)
     ]
 
 
@@ -41,12 +47,12 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_diff(run_a: str, run_b: str) -> tuple[list[list[Any]], str]:
+def config_diff(run_a: str, run_b: str, owner: str | None = None) -> tuple[list[list[Any]], str]:
     """-> (rows of [key, value in a, value in b] that differ, unified diff of the YAML)."""
-    pa, pb = common.resolve_run(run_a), common.resolve_run(run_b)
+    pa, pb = common.resolve_run(run_a, owner), common.resolve_run(run_b, owner)
     ta = (pa / "config.yaml").read_text(encoding="utf-8")
     tb = (pb / "config.yaml").read_text(encoding="utf-8")
-    fa, fb = _flat(yaml.safe_load(ta) or {}), _flat(yaml.safe_load(tb) or {})
+    fa, fb = _flat(runs.load_run(pa).config), _flat(runs.load_run(pb).config)
     rows = [[k, fa.get(k), fb.get(k)] for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
     diff = "".join(
         difflib.unified_diff(
@@ -63,9 +69,9 @@ def downloads_dir() -> Path:
     return path
 
 
-def adapters_zip(run_id: str) -> Path:
+def adapters_zip(run_id: str, owner: str | None = None) -> Path:
     """Zip ``adapters/`` of a run (one folder per arm, PEFT format) outside the run."""
-    run_dir = common.resolve_run(run_id)
+    run_dir = common.resolve_run(run_id, owner)
     src = run_dir / "adapters"
     if not src.is_dir() or not any(src.iterdir()):
         raise ValueError(f"run {run_id} has no saved adapters (they are saved when training ends)")
@@ -77,18 +83,18 @@ def adapters_zip(run_id: str) -> Path:
     return final
 
 
-def html_report_file(run_id: str) -> Path:
+def html_report_file(run_id: str, owner: str | None = None) -> Path:
     from lab.report import html_report  # draws with lab.analysis (torch): loaded on first use
 
-    run_dir = common.resolve_run(run_id)
+    run_dir = common.resolve_run(run_id, owner)
     path = downloads_dir() / f"{run_dir.name}-report.html"
     runs.atomic_write_text(path, html_report(run_dir))
     return path
 
 
-def reopen(run_id: str) -> dict[str, Any]:
+def reopen(run_id: str, owner: str | None = None) -> dict[str, Any]:
     """Everything the tab shows about a run, read from disk: figures, config text, summary."""
-    run_dir = common.resolve_run(run_id)
+    run_dir = common.resolve_run(run_id, owner)
     run = runs.load_run(run_dir)
     figs = figures.run_figures(run, keys=FIGURES)
     return {
@@ -101,17 +107,19 @@ def reopen(run_id: str) -> dict[str, Any]:
 # ---- handlers ---------------------------------------------------------------------------------
 
 
-def on_refresh():
+@common.guarded
+def on_refresh(owner: str | None = None):
     rows = runs.list_runs(common.runs_root())
-    choices = common.run_choices(rows)
-    return runs_table(rows), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
+    choices = common.run_choices(rows, owner)
+    return runs_table(rows, owner), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
 
 
-def on_open(run_id: str):
+@common.guarded
+def on_open(run_id: str, owner: str | None = None):
     """-> [message, summary, config, *figures]."""
     try:
-        data = reopen(run_id)
-    except (ValueError, FileNotFoundError) as e:
+        data = reopen(run_id, owner)
+    except common.USER_ERRORS as e:
         return [common.err(e), "", ""] + [gr.skip()] * len(FIGURES)
     figs = data["figures"]
     return [common.ok(f"opened {run_id}"), data["summary"], data["config"]] + [
@@ -119,32 +127,36 @@ def on_open(run_id: str):
     ]
 
 
-def on_diff(run_a: str, run_b: str):
+@common.guarded
+def on_diff(run_a: str, run_b: str, owner: str | None = None):
     try:
-        rows, diff = config_diff(run_a, run_b)
-    except (ValueError, FileNotFoundError) as e:
+        rows, diff = config_diff(run_a, run_b, owner)
+    except common.USER_ERRORS as e:
         return [], common.err(e)
     return rows, f"```diff\n{diff or '(identical configs)'}\n```"
 
 
-def on_zip(run_id: str):
+@common.guarded
+def on_zip(run_id: str, owner: str | None = None):
     try:
-        return str(adapters_zip(run_id)), common.ok("adapters zipped: click the file to download")
-    except (ValueError, FileNotFoundError) as e:
+        path = adapters_zip(run_id, owner)
+        return str(path), common.ok("adapters zipped: click the file to download")
+    except common.USER_ERRORS as e:
         return None, common.err(e)
 
 
-def on_report(run_id: str):
+@common.guarded
+def on_report(run_id: str, owner: str | None = None):
     try:
-        return str(html_report_file(run_id)), common.ok("report ready: click the file to download")
-    except (ValueError, FileNotFoundError) as e:
+        path = html_report_file(run_id, owner)
+        return str(path), common.ok("report ready: click the file to download")
+    except common.USER_ERRORS as e:
         return None, common.err(e)
 
 
 def build(ui) -> None:
-    choices = common.run_choices()
     ui.runs_list = gr.Dataframe(
-        runs_table(),
+        [],  # filled on page load, with the runs this visitor may see
         headers=["run", "status", "arms", "steps", "started"],
         interactive=False,
         label="Runs on disk (newest first)",
@@ -152,14 +164,14 @@ def build(ui) -> None:
     )
     with gr.Row():
         ui.runs_pick = gr.Dropdown(
-            choices,
+            [],
             label="Run",
             info="Open a run: every figure is redrawn from its files.",
             elem_id="runs-pick",
             allow_custom_value=True,
         )
         ui.runs_other = gr.Dropdown(
-            choices,
+            [],
             label="Compare config with",
             info="A second run whose settings to diff.",
             allow_custom_value=True,
@@ -186,11 +198,16 @@ def build(ui) -> None:
         ui.runs_fig[k] for k in FIGURES
     ]
     private = {"api_visibility": "private"}
-    ui.runs_refresh.click(on_refresh, None, [ui.runs_list, ui.runs_pick, ui.runs_other], **private)
-    ui.runs_open.click(on_open, ui.runs_pick, ui.runs_open_outputs, **private)
-    ui.runs_pick.input(on_open, ui.runs_pick, ui.runs_open_outputs, **private)
+    listing = [ui.runs_list, ui.runs_pick, ui.runs_other]
+    pick = [ui.runs_pick, ui.owner]
+    ui.runs_refresh.click(on_refresh, ui.owner, listing, **private)
+    ui.runs_open.click(on_open, pick, ui.runs_open_outputs, **private)
+    ui.runs_pick.input(on_open, pick, ui.runs_open_outputs, **private)
     ui.runs_diff_btn.click(
-        on_diff, [ui.runs_pick, ui.runs_other], [ui.runs_diff_table, ui.runs_diff], **private
+        on_diff,
+        [ui.runs_pick, ui.runs_other, ui.owner],
+        [ui.runs_diff_table, ui.runs_diff],
+        **private,
     )
-    ui.runs_zip_btn.click(on_zip, ui.runs_pick, [ui.runs_zip, ui.runs_msg], **private)
-    ui.runs_report_btn.click(on_report, ui.runs_pick, [ui.runs_report, ui.runs_msg], **private)
+    ui.runs_zip_btn.click(on_zip, pick, [ui.runs_zip, ui.runs_msg], **private)
+    ui.runs_report_btn.click(on_report, pick, [ui.runs_report, ui.runs_msg], **private)

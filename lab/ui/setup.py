@@ -7,12 +7,14 @@ one fails.
 
 from __future__ import annotations
 
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import gradio as gr
 
-from lab import jobs
+from lab import hosting, jobs
 from lab.config import ConfigError, list_presets, load_preset
 from lab.ui import common
 from lab.ui.form import (
@@ -30,14 +32,17 @@ from lab.ui.form import (
     preset_values,
 )
 
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+
 # ---- handlers ---------------------------------------------------------------------------------
 
 
+@common.guarded
 def on_preset(preset: str):
     """Fill every field from the preset; the last output is the message."""
     try:
         vals = preset_values(preset)
-    except ConfigError as e:
+    except USER_ERRORS as e:
         return [gr.skip()] * len(FIELDS) + [common.err(e)]
     return [vals[f] for f in FIELDS] + [common.ok(f"loaded preset **{preset}**")]
 
@@ -45,14 +50,16 @@ def on_preset(preset: str):
 TASK_FIELDS = ["model.name", "reg.lambda1", "reg.lambda2", "reg.lambda3", "reg.svd_k"]
 
 
+@common.guarded
 def on_task(preset: str, task: str, model: str):
     """Switching the task loads its default weights (the paper's NLG or NLU values) and, when
     the chosen model cannot do the task, an embedded model that can."""
     from lab.models import model_tasks
 
     try:
+        preset = hosting.check_preset(common.hosting(), preset)
         cfg = load_preset(preset, [f"task={task}"]).to_dict()
-    except ConfigError as e:
+    except USER_ERRORS as e:
         return [gr.skip()] * len(TASK_FIELDS) + [common.err(e)]
     if task not in (model_tasks(model) or (task,)):
         model = next(name for name in EMBEDDED_MODELS if task in model_tasks(name))
@@ -60,34 +67,37 @@ def on_task(preset: str, task: str, model: str):
     return values + [common.ok(f"task **{task}**: its default regularizer weights are loaded")]
 
 
-def on_check(preset: str, *vals) -> str:
+@common.guarded
+def on_check(owner: str | None, preset: str, *vals) -> str:
     try:
-        cfg, overrides, warnings = check_form(preset, form_values(vals))
+        cfg, overrides, warnings = check_form(preset, form_values(vals), owner)
     except USER_ERRORS as e:
         return common.err(e)
     note = "".join(f"\n\n⚠️ {w}" for w in warnings)
     return common.ok("valid: " + describe(cfg, overrides)) + note
 
 
-def on_start(preset: str, *vals) -> tuple[str, str | None]:
+def on_start(owner: str | None, preset: str, *vals) -> tuple[str, str | None]:
     """Validate, then queue the job. -> (message, run id or None)."""
     try:
         if not preset:
             raise ConfigError("preset: pick a preset first")
         overrides = form_overrides(preset, form_values(vals))
-        job = common.manager().submit(preset, overrides)  # validates before writing anything
+        # validates (hosting rules and limits too) before writing anything
+        job = common.manager().submit(preset, overrides, owner=owner)
     except USER_ERRORS as e:
         return common.err(e), None
-    cfg = load_preset(preset, overrides)
+    cfg = load_preset(preset, job.overrides)
     pos = common.manager().queue_position(job.run_id)
     where = "started" if pos == 0 else f"waiting in the queue at position {pos}"
     return common.ok(f"run **{job.run_id}** {where}: {describe(cfg, overrides)}"), job.run_id
 
 
-def on_estimate(preset: str, *vals) -> str:
+@common.guarded
+def on_estimate(owner: str | None, preset: str, *vals) -> str:
     """Time a short throwaway run of this exact config and extrapolate to the full run."""
     try:
-        cfg, overrides, _ = check_form(preset, form_values(vals))
+        cfg, overrides, _ = check_form(preset, form_values(vals), owner)
         est = jobs.measure_step_time(preset, overrides)
     except USER_ERRORS as e:
         return common.err(e)
@@ -112,22 +122,47 @@ def _dur(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def on_upload(path: str | None, task: str, request: gr.Request | None = None):
-    """Check an uploaded file; when it is usable, copy it to this session's folder and select
+def store_upload(path: str, owner: str | None) -> Path:
+    """Copy a checked upload into the visitor's own folder (named by the server from the owner
+    token, never from request data) under a sanitised name; returns where it now lies."""
+    h = common.hosting()
+    dest_dir = hosting.upload_dir(common.runs_root(), owner)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    if len(list(dest_dir.iterdir())) >= h.limits.uploads_per_owner:
+        raise ValueError(
+            f"you have uploaded {h.limits.uploads_per_owner} files, the limit on this app"
+        )
+    src = Path(path)
+    stem = _SAFE_NAME.sub("-", src.stem)[:60].strip(".-") or "data"
+    dest = dest_dir / f"{stem}{src.suffix.lower()}"
+    if not hosting.inside(dest, dest_dir):
+        raise ValueError("the upload's name is not usable")
+    shutil.copyfile(src, dest)
+    return dest
+
+
+@common.guarded
+def on_upload(path: str | None, task: str, owner: str | None = None):
+    """Check an uploaded file; when it is usable, copy it to this visitor's folder and select
     it. -> (message, dataset dropdown update)."""
     if not path:
         return "", gr.skip()
     from lab.datasets import validate_upload
 
+    lim = common.hosting().limits
+    if not isinstance(path, str) or not hosting.inside(Path(path), tempfile.gettempdir()):
+        return common.err("the upload was not received as a file"), gr.skip()
     try:
-        rows, warnings = validate_upload(path, task=task)
-    except ValueError as e:
+        rows, warnings = validate_upload(
+            path,
+            task=task,
+            max_bytes=lim.upload_bytes,
+            max_rows=lim.upload_rows,
+            max_classes=lim.classes,
+        )
+        dest = store_upload(path, owner)
+    except USER_ERRORS as e:
         return common.err(e), gr.skip()
-    session = getattr(request, "session_hash", None) or "local"
-    dest_dir = common.runs_root() / "_uploads" / session
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / Path(path).name
-    shutil.copyfile(path, dest)
     note = "".join(f"\n\n⚠️ {w}" for w in warnings)
     choices = dataset_choices() + [str(dest)]
     return (
@@ -136,6 +171,7 @@ def on_upload(path: str | None, task: str, request: gr.Request | None = None):
     )
 
 
+@common.guarded
 def on_page_load(current: str | None):
     """Fill the dataset list once the page is up (listing imports the data stack)."""
     choices = dataset_choices()
@@ -332,8 +368,10 @@ def build(ui) -> None:
         [ui.model, ui.l1, ui.l2, ui.l3, ui.svd_k, ui.setup_msg],
         **private,
     )
-    ui.upload.upload(on_upload, [ui.upload, ui.task], [ui.upload_msg, ui.dataset], **private)
-    ui.check_btn.click(on_check, [ui.preset] + ui.form, ui.setup_msg, **private)
+    ui.upload.upload(
+        on_upload, [ui.upload, ui.task, ui.owner], [ui.upload_msg, ui.dataset], **private
+    )
+    ui.check_btn.click(on_check, [ui.owner, ui.preset] + ui.form, ui.setup_msg, **private)
     ui.estimate_btn.click(
-        on_estimate, [ui.preset] + ui.form, ui.setup_msg, concurrency_limit=1, **private
+        on_estimate, [ui.owner, ui.preset] + ui.form, ui.setup_msg, concurrency_limit=1, **private
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from lab import jobs, runs
+from lab import hosting, jobs, runs
 from lab.ui import common, figures, setup
 
 FIGURES = figures.RUN_FIGURES
@@ -57,47 +57,59 @@ def progress_html(st: dict[str, Any]) -> str:
     return f"<table class='lab-table' id='arm-progress'>{''.join(rows)}</table>"
 
 
-def queue_html(mgr: jobs.JobManager) -> str:
+def queue_html(mgr: jobs.JobManager, owner: str | None = None) -> str:
+    """The queue; in public mode other visitors' jobs show without their run ids."""
     order = sorted(
         (j for j in mgr.jobs() if j.state in (jobs.RUNNING, jobs.QUEUED)),
         key=lambda j: mgr.queue_position(j.run_id) or 0,
     )
     if not order:
         return "<i>no job running or waiting</i>"
-    rows = [[mgr.queue_position(j.run_id), j.run_id, j.state] for j in order]
+    mine = {j.run_id for j in order} & set(
+        hosting.visible(mgr.hosting, mgr.runs_root, [j.run_id for j in order], owner)
+    )
+    rows = [
+        [mgr.queue_position(j.run_id), j.run_id if j.run_id in mine else "another visitor's job",
+         j.state]
+        for j in order
+    ]  # fmt: skip
     return common.table_html(["position", "run", "state"], rows)
 
 
-def on_load(followed: str | None) -> str | None:
-    """A fresh page follows the app's running job (or the next queued one)."""
-    job = common.manager().attach()
+@common.guarded
+def on_load(followed: str | None, owner: str | None = None) -> str | None:
+    """A fresh page follows this visitor's running job (or their next queued one)."""
+    job = common.manager().attach(owner)
     if job is not None and job.state in (jobs.RUNNING, jobs.QUEUED):
         return job.run_id
     return followed or (job.run_id if job is not None else None)
 
 
 def _load_followed(run_id: str) -> runs.Run | None:
-    """The followed run read once per tick, or None while it is no run directory (yet); the
-    status then says why."""
-    root = common.runs_root()
-    path = (root / run_id).resolve()
-    if path.parent != root or not (path / "config.yaml").exists():
-        return None
-    return runs.load_run(path)
+    """The followed run read once per tick (its access already checked), or None while it is
+    no run directory (yet); the status then says why."""
+    path = common.runs_root() / run_id
+    return runs.load_run(path) if (path / "config.yaml").is_file() else None
 
 
-def on_tick(followed: str | None, seen: dict | None, weighted: bool = False):
+@common.guarded
+def on_tick(
+    followed: str | None, seen: dict | None, weighted: bool = False, owner: str | None = None
+):
     """Poll the followed run. -> [status, progress, queue, *figures, seen]."""
     mgr = common.manager()
-    seen = dict(seen or {})
+    seen = dict(seen or {}) if isinstance(seen, dict) else {}
     skip_figs = [gr.skip()] * len(FIGURES)
     if not followed:
-        return ["*No run yet: start one in **Setup**.*", "", queue_html(mgr), *skip_figs, seen]
-    run = _load_followed(followed)
+        return [
+            "*No run yet: start one in **Setup**.*", "", queue_html(mgr, owner), *skip_figs, seen
+        ]  # fmt: skip
     try:
+        hosting.check_access(mgr.hosting, mgr.runs_root, followed, owner)
+        run = _load_followed(followed)
         st = mgr.status(followed, run)
-    except jobs.JobError as e:
-        return [common.err(e), "", queue_html(mgr), *skip_figs, seen]
+    except (jobs.JobError, ValueError, PermissionError) as e:
+        return [common.err(e), "", queue_html(mgr, owner), *skip_figs, seen]
     # the loss redraws at every new event; the eval-point figures only when an eval lands
     sig = f"{followed}:{st['events']}:{st['state']}:{bool(weighted)}"
     figs: list[Any] = skip_figs
@@ -108,23 +120,26 @@ def on_tick(followed: str | None, seen: dict | None, weighted: bool = False):
         made = figures.run_figures(run, keys=keys, weighted=bool(weighted))
         figs = [made.get(k, gr.skip()) for k in FIGURES]
         seen = {"sig": sig, "eval": eval_sig}
-    return [status_markdown(st), progress_html(st), queue_html(mgr), *figs, seen]
+    return [status_markdown(st), progress_html(st), queue_html(mgr, owner), *figs, seen]
 
 
-def on_start(preset: str, *vals):
+@common.guarded
+def on_start(owner: str | None, preset: str, *vals):
     """Setup's start button: queue the job and follow it. -> (setup message, followed, tab)."""
-    msg, run_id = setup.on_start(preset, *vals)
+    msg, run_id = setup.on_start(owner, preset, *vals)
     if run_id is None:
         return msg, gr.skip(), gr.skip()
     return msg, run_id, gr.Tabs(selected="train")
 
 
-def on_stop(followed: str | None) -> str:
+@common.guarded
+def on_stop(followed: str | None, owner: str | None = None) -> str:
     if not followed:
         return common.err("no run to stop")
     try:
+        hosting.check_access(common.hosting(), common.runs_root(), followed, owner, "stop")
         job = common.manager().stop(followed)
-    except jobs.JobError as e:
+    except (jobs.JobError, ValueError, PermissionError) as e:
         return common.err(e)
     if job.state == jobs.CANCELLED:
         return common.ok(f"run {followed} was waiting and has been taken out of the queue")
@@ -162,10 +177,10 @@ def build(ui) -> None:
     ]  # fmt: skip
     ui.timer.tick(
         on_tick,
-        [ui.followed, ui.seen, ui.weighted],
+        [ui.followed, ui.seen, ui.weighted, ui.owner],
         outs,
         show_progress="hidden",
         concurrency_limit=None,
         api_visibility="private",
     )
-    ui.stop_btn.click(on_stop, ui.followed, ui.stop_msg, api_visibility="private")
+    ui.stop_btn.click(on_stop, [ui.followed, ui.owner], ui.stop_msg, api_visibility="private")

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import secrets
 from typing import Any
 
 import gradio as gr
 
-from lab import jobs, runs
+from lab import hosting, jobs
 from lab.config import ConfigError, load_preset
 from lab.ui import common, figures, form
 from lab.ui import runs as runs_tab
 
 MAX_POINTS = 12
+SWEEP = re.compile(r"^tune-[0-9a-f]{4}$")
 
 
 def parse_grid(text: str, name: str) -> list[float]:
@@ -76,8 +78,11 @@ def plan_sweep(
     return plans
 
 
-def sweep_run_ids(sweep: str) -> list[str]:
-    """Runs of a sweep: those on disk and those the job manager still holds, oldest first."""
+def sweep_run_ids(sweep: str, owner: str | None = None) -> list[str]:
+    """Runs of a sweep this visitor may see: those on disk and those the job manager still
+    holds, oldest first."""
+    if not isinstance(sweep, str) or not SWEEP.match(sweep):
+        raise ConfigError(f"not a sweep name: {hosting.snippet(sweep)}")
     tag = f"-{sweep}-"
     root = common.runs_root()
     ids = set()
@@ -86,12 +91,12 @@ def sweep_run_ids(sweep: str) -> list[str]:
     ids |= {
         j.run_id for j in common.manager().jobs() if tag in j.run_id and j.state != jobs.CANCELLED
     }
-    return sorted(ids)
+    return sorted(hosting.visible(common.hosting(), root, sorted(ids), owner))
 
 
-def list_sweeps() -> list[str]:
+def list_sweeps(owner: str | None = None) -> list[str]:
     names = set()
-    for r in runs.list_runs(common.runs_root()):
+    for r in common.visible_runs(owner):
         parts = r["run_id"].split("-tune-")
         if len(parts) == 2:
             names.add("tune-" + parts[1].split("-")[0])
@@ -118,27 +123,29 @@ def sweep_table(run_ids: list[str]) -> tuple[list[list[Any]], list[dict[str, Any
 # ---- handlers ---------------------------------------------------------------------------------
 
 
-def on_sweep(preset, l1, l2, l3, steps, baseline, *values):
+@common.guarded
+def on_sweep(owner, preset, l1, l2, l3, steps, baseline, *values):
     """Queue every point of the grid. -> (message, sweep dropdown)."""
     sweep = f"tune-{secrets.token_hex(2)}"
     try:
-        _, base, _ = form.check_form(preset, form.form_values(values))
+        _, base, _ = form.check_form(preset, form.form_values(values), owner)
         plans = plan_sweep(preset, base, l1, l2, l3, steps, baseline, sweep)
         for items in plans:
-            common.manager().submit(preset, items)
+            common.manager().submit(preset, items, owner=owner)
     except form.USER_ERRORS as e:
         return common.err(e), gr.skip()
     msg = common.ok(
         f"sweep **{sweep}**: {len(plans)} short runs queued; they run one after another"
     )
-    return msg, gr.Dropdown(choices=list_sweeps() + [sweep], value=sweep)
+    return msg, gr.Dropdown(choices=list_sweeps(owner) + [sweep], value=sweep)
 
 
-def on_tick(sweep: str | None, seen: str | None):
+@common.guarded
+def on_tick(sweep: str | None, seen: str | None, owner: str | None = None):
     """-> [table, metric-vs-bias figure, metric-vs-drift figure, open-run dropdown, seen]."""
     if not sweep:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
-    ids = sweep_run_ids(sweep)
+    ids = sweep_run_ids(sweep, owner)
     table, points = sweep_table(ids)
     sig = json.dumps([r[:2] for r in table])
     if sig == seen:
@@ -147,15 +154,18 @@ def on_tick(sweep: str | None, seen: str | None):
     return table, by_bias, by_drift, gr.Dropdown(choices=[r[0] for r in table]), sig
 
 
-def on_refresh():
-    return gr.Dropdown(choices=list_sweeps())
+@common.guarded
+def on_refresh(owner: str | None = None):
+    return gr.Dropdown(choices=list_sweeps(owner))
 
 
-def on_open_run(run_id: str):
+@common.guarded
+def on_open_run(run_id: str, owner: str | None = None):
     """Show a sweep point in the Runs tab. -> (runs dropdown, tabs)."""
     if not run_id:
         return gr.skip(), gr.skip()
-    return gr.Dropdown(value=run_id, choices=common.run_choices()), gr.Tabs(selected="runs")
+    choices = common.run_choices(owner=owner)
+    return gr.Dropdown(value=run_id, choices=choices), gr.Tabs(selected="runs")
 
 
 def build(ui) -> None:
@@ -181,7 +191,7 @@ def build(ui) -> None:
     ui.tune_msg = gr.Markdown(elem_id="tune-msg")
     with gr.Row():
         ui.tune_pick = gr.Dropdown(
-            list_sweeps(),
+            [],  # filled on page load with this visitor's sweeps
             label="Sweep",
             info="Sweeps found on disk; the one you start is picked.",
             allow_custom_value=True,
@@ -205,17 +215,18 @@ def wire(ui) -> None:
     private = {"api_visibility": "private"}
     ui.tune_btn.click(
         on_sweep,
-        [ui.preset, ui.tune_l1, ui.tune_l2, ui.tune_l3, ui.tune_steps, ui.tune_baseline] + ui.form,
+        [ui.owner, ui.preset, ui.tune_l1, ui.tune_l2, ui.tune_l3, ui.tune_steps, ui.tune_baseline]
+        + ui.form,
         [ui.tune_msg, ui.tune_pick],
         **private,
     )
     ui.tune_timer.tick(
         on_tick,
-        [ui.tune_pick, ui.tune_seen],
+        [ui.tune_pick, ui.tune_seen, ui.owner],
         [ui.tune_table, ui.tune_fig, ui.tune_fig_drift, ui.tune_run, ui.tune_seen],
         show_progress="hidden",
         **private,
     )
-    ui.tune_open.click(on_open_run, ui.tune_run, [ui.runs_pick, ui.tabs], **private).then(
-        runs_tab.on_open, ui.runs_pick, ui.runs_open_outputs, **private
-    )
+    ui.tune_open.click(
+        on_open_run, [ui.tune_run, ui.owner], [ui.runs_pick, ui.tabs], **private
+    ).then(runs_tab.on_open, [ui.runs_pick, ui.owner], ui.runs_open_outputs, **private)
