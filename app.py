@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         share=args.share,
         css_paths=[common.CSS],
         max_file_size=limits.upload_bytes,
-        show_error=False,  # handlers raise their own clear gr.Error; nothing else leaks
+        # Every handler is guarded (its errors are already clear gr.Errors without paths), so
+        # what else reaches the page is Gradio's own input check naming the bad component.
+        show_error=True,
     )
 
 

@@ -52,7 +52,8 @@ def wait_served(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> floa
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
+            log = Path(getattr(proc, "log_path", ""))
+            out = log.read_text(errors="replace") if log.is_file() else ""
             pytest.fail(f"the app exited with code {proc.returncode}:\n{out[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
@@ -63,22 +64,36 @@ def wait_served(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> floa
     pytest.fail(f"the app did not serve {url} within {timeout:.0f}s")
 
 
+def start_app(runs_dir: Path, port: int, args=(), env=None) -> subprocess.Popen:
+    """``python app.py --port PORT ARGS`` with its own runs directory (not waited for); its
+    output goes to ``app-PORT.log`` beside the runs directory (``proc.log_path``)."""
+    env = {
+        **os.environ,
+        "BALORA_RUNS_DIR": str(runs_dir),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        **(env or {}),
+    }
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    log_path = Path(runs_dir).parent / f"app-{port}.log"  # a file: a full pipe would block the app
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "app.py", "--port", str(port), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    proc.log_path = log_path
+    return proc
+
+
 @contextmanager
-def launched_app(runs_dir: Path):
+def launched_app(runs_dir: Path, args=(), env=None):
     """``python app.py`` on a free port with its own runs directory, as a user starts it.
     Yields (url, seconds until the page was served); the app is stopped afterwards."""
     port = free_port()
-    env = {**os.environ, "BALORA_RUNS_DIR": str(runs_dir), "GRADIO_ANALYTICS_ENABLED": "False"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_app(runs_dir, port, args, env)
     url = f"http://127.0.0.1:{port}/"
     try:
         yield url, wait_served(url, proc)
