@@ -69,6 +69,9 @@ def test_default_out_goes_under_the_runs_root(tmp_path):
         ),
         (["--preset", "tiny-test", "--set", "data.name=no_such_set"], "no_such_set"),
         (["--preset", "tiny-test", "--set", "train.seq_len=4096"], "over the model's limit"),
+        (["--preset", "tiny-test", "--set", "model.device=tpu9"], "model.device: must be auto"),
+        (["--preset", "tiny-test", "--set", "train.lr=[&a [1], *a]"], "aliases"),
+        (["--preset", "tiny-test", "--set", "train.steps=200000"], "over the limit of 100000"),
     ],
 )
 def test_bad_input_one_line_error(tmp_path, args, needle):

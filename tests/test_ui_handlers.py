@@ -354,6 +354,18 @@ def test_compare_shows_base_and_every_arm_with_base_loglik(adapter_run):
     assert [r["text"] for r in again] == [r["text"] for r in rows]  # same seed, same outputs
 
 
+def test_compare_marks_arms_that_failed_instead_of_generating(adapter_run, runs_dir):
+    path = runs_dir / adapter_run
+    summary = json.loads((path / "summary.json").read_text())
+    summary["arms"]["balora"] = {"status": "failed", "error": "non-finite consistency at step 3"}
+    (path / "summary.json").write_text(json.dumps(summary))
+    html, msg = compare.on_compare(adapter_run, "Tell me about nurses.", "", 4, 0, False)
+    assert "3 models" in msg and html.count('class="gen-card"') == 3
+    assert "gen-failed" in html and "non-finite consistency at step 3" in html
+    _, rows = compare.compare(adapter_run, "Tell me about nurses.", "", 4, 0, False)
+    assert [r["arm"] for r in rows] == ["base", "lora", "pissa"]
+
+
 def test_compare_pair_reports_the_group_difference(adapter_run):
     pair = compare.pairs()[0]
     html, rows = compare.compare(adapter_run, "", "0", 5, 0, False)
