@@ -110,7 +110,7 @@ def test_train_watch_reload_stop_compare_download(app, browser, tmp_path):
     run_id = wait_for(
         lambda: (
             next(
-                (p.name for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("_")),
+                (p.name for p in runs_dir.iterdir() if p.is_dir() and p.name[0] not in "._"),
                 None,
             )
             if runs_dir.exists()
