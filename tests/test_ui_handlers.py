@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gradio as gr
 import pytest
 
 from lab import jobs
@@ -289,8 +290,14 @@ def test_classroom_replay_cuts_the_run_at_a_step(runs_dir, monkeypatch):
     assert out[0] == "" and out[2].maximum == 6
     figs = dict(zip(classroom.FIGURES, classroom.on_step(2)))
     assert max(max(t.x) for t in figs["loss"].data) == 2
-    timer, nxt, *_ = classroom.on_tick(5)
+    timer, nxt, *_ = classroom.on_tick(5, True)
     assert nxt == 6 and timer.active is False
+    timer, nxt, *_ = classroom.on_tick(1, True)  # mid-way: never switches the timer back on
+    assert nxt == 2 and not isinstance(timer, gr.Timer)
+    timer, nxt, *figs = classroom.on_tick(2, False)  # a tick after Pause changes nothing
+    assert timer.active is False and nxt == gr.skip() and all(f == gr.skip() for f in figs)
+    figs = dict(zip(classroom.FIGURES, classroom.on_step("4")))  # a typed step
+    assert max(max(t.x) for t in figs["loss"].data) == 4
     monkeypatch.setattr(common, "EXAMPLE_RUN", runs_dir / "nothing")
     assert "example run is missing" in classroom.on_open()[0]
 

@@ -28,9 +28,16 @@ LOSS_TERMS = ("loss", "task_loss", "consistency", "diversity", "svd")
 TERM_TITLES = {
     "loss": "total loss",
     "task_loss": "task loss",
-    "consistency": "consistency (KL to the base)",
-    "diversity": "diversity (-entropy / covariance)",
-    "svd": "svd (-top-k share)",
+    "consistency": "consistency: T²·KL(teacher‖arm)",
+    "diversity": "diversity: −entropy / covariance",
+    "svd": "svd: −top-k share",
+}
+TERM_UNITS = {  # y-axis titles of the loss panels
+    "loss": "nats",
+    "task_loss": "nats",
+    "consistency": "nats (×T²)",
+    "diversity": "−nats (NLU: cov²)",
+    "svd": "−share of spectrum",
 }
 LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 60, "b": 40}}
 

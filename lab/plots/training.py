@@ -9,6 +9,7 @@ from lab.plots.common import (
     LAYOUT,
     LOSS_TERMS,
     TERM_TITLES,
+    TERM_UNITS,
     arm_color,
     by_arm,
     empty_figure,
@@ -82,12 +83,17 @@ def loss_figure(events: list[dict], weighted: bool = False) -> go.Figure:
                 showarrow=False,
                 font={"size": 10, "color": "#555"},
             )
+    for k, term in enumerate(LOSS_TERMS):
+        row, col = divmod(k, 3)
+        fig.update_yaxes(title_text=TERM_UNITS[term], row=row + 1, col=col + 1)
     fig.update_layout(
-        title="Loss decomposition" + (" (weighted terms)" if weighted else " (raw terms)"),
+        title="Loss and each regularizer term"
+        + (" (terms as added: λ × term)" if weighted else " (terms as computed)"),
         height=560,
         **LAYOUT,
     )
     fig.update_xaxes(title_text="step", row=2)
+    fig.update_xaxes(title_text="step", row=1, col=3)
     return fig
 
 
@@ -144,8 +150,22 @@ def metric_figure(events: list[dict], key: str = "task_metric") -> go.Figure:
                     x=xs, y=ys, mode="lines+markers", name=arm, line={"color": arm_color(arm)}
                 )
             )
-    fig.update_layout(title=key, xaxis_title="step", yaxis_title=key, **LAYOUT)
+    if set(series) <= {"base"}:
+        fig.add_annotation(
+            text="the arms appear at the first eval point after step 0",
+            x=0.5,
+            y=0.5,
+            xref="paper",
+            yref="paper",
+            showarrow=False,
+            font={"size": 13, "color": "#555"},
+        )
+    title = METRIC_TITLES.get(key, key.replace("_", " "))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title=title, **LAYOUT)
     return fig
+
+
+METRIC_TITLES = {"task_metric": "Task metric on the test split"}
 
 
 def drift_figure(events: list[dict]) -> go.Figure:
@@ -161,9 +181,9 @@ def drift_figure(events: list[dict]) -> go.Figure:
             go.Scatter(x=xs, y=ys, mode="lines+markers", name=arm, line={"color": arm_color(arm)})
         )
     fig.update_layout(
-        title="Drift from the base model: mean per-token KL(base || arm) on the probe texts",
+        title="Drift from the base (held-out texts)",
         xaxis_title="step",
-        yaxis_title="KL (nats)",
+        yaxis_title="KL(base‖arm) per token, nats",
         **LAYOUT,
     )
     return fig

@@ -51,31 +51,41 @@ def on_open():
 
 @common.guarded
 def on_step(step: float):
-    figs = view(example_run(), int(step))
+    """Redraw every figure for the step chosen by dragging or typing (then Enter)."""
+    run = example_run()
+    step = max(0, min(max_step(run), int(float(step or 0))))
+    figs = view(run, step)
     return [figs.get(k) for k in FIGURES]
 
 
 @common.guarded
 def on_play(step: float):
-    """Start the replay from the beginning (or from the slider when it is mid-way)."""
+    """Start the replay from the beginning (or from the slider when it is mid-way).
+    -> (timer, slider, playing)."""
     run = example_run()
     start = 0 if int(step) >= max_step(run) else int(step)
-    return gr.Timer(active=True), start
+    return gr.Timer(active=True), start, True
 
 
 @common.guarded
 def on_pause():
-    return gr.Timer(active=False)
+    """-> (timer, playing). A tick already under way sees ``playing`` False and changes nothing."""
+    return gr.Timer(active=False), False
 
 
 @common.guarded
-def on_tick(step: float):
-    """Advance one step; stop the timer at the end. -> [timer, slider, *figures]."""
+def on_tick(step: float, playing: bool):
+    """Advance the replay while it is playing. -> [timer, slider, *figures].
+
+    A tick never switches the timer on (only Replay does), so a tick that was already queued
+    when Pause was pressed cannot restart the replay; at the last step it switches it off."""
+    if not playing:
+        return [gr.Timer(active=False), gr.skip()] + [gr.skip()] * len(FIGURES)
     run = example_run()
     last = max_step(run)
     nxt = min(last, int(step) + max(1, last // 20))
     figs = view(run, nxt)
-    timer = gr.Timer(active=nxt < last)
+    timer = gr.Timer(active=False) if nxt >= last else gr.skip()
     return [timer, nxt] + [figs.get(k) for k in FIGURES]
 
 
@@ -94,14 +104,23 @@ def build(ui) -> None:
             elem_id="cls-step",
         )
         ui.cls_play = gr.Button("▶ Replay", scale=0, elem_id="cls-play")
-        ui.cls_pause = gr.Button("⏸ Pause", scale=0)
+        ui.cls_pause = gr.Button("⏸ Pause", scale=0, elem_id="cls-pause")
     ui.cls_fig = figures.plot_panel(FIGURES, prefix="cls-")
     ui.cls_timer = gr.Timer(0.8, active=False)
+    ui.cls_playing = gr.State(False)
     figs = [ui.cls_fig[k] for k in FIGURES]
     private = {"api_visibility": "private"}
     ui.cls_step.release(on_step, ui.cls_step, figs, **private)
-    ui.cls_play.click(on_play, ui.cls_step, [ui.cls_timer, ui.cls_step], **private)
-    ui.cls_pause.click(on_pause, None, ui.cls_timer, **private)
+    # typing a step in the slider's box (then Enter or leaving it) redraws too
+    ui.cls_step.input(on_step, ui.cls_step, figs, trigger_mode="always_last", **private)
+    ui.cls_play.click(
+        on_play, ui.cls_step, [ui.cls_timer, ui.cls_step, ui.cls_playing], **private
+    )
+    ui.cls_pause.click(on_pause, None, [ui.cls_timer, ui.cls_playing], **private)
     ui.cls_timer.tick(
-        on_tick, ui.cls_step, [ui.cls_timer, ui.cls_step] + figs, show_progress="hidden", **private
+        on_tick,
+        [ui.cls_step, ui.cls_playing],
+        [ui.cls_timer, ui.cls_step] + figs,
+        show_progress="hidden",
+        **private,
     )

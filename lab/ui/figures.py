@@ -13,9 +13,9 @@ import gradio as gr
 from lab import plots, runs
 
 LABELS = {
-    "loss": "Loss and its weighted terms",
+    "loss": "Loss and each regularizer term",
     "metric": "Task metric at eval points",
-    "drift": "Drift from the base model (KL)",
+    "drift": "Drift from the base model (KL on held-out texts)",
     "spectra": "Singular value spectra",
     "tsne": "t-SNE of representations",
     "bias": "Bias scores with 95% CIs",
@@ -159,7 +159,10 @@ def summary_markdown(run: runs.Run) -> str:
         )
     if not rows:
         return head
-    table = "| arm | task metric | KL to base | bias (distance from none) |\n|---|---|---|---|\n"
+    table = (
+        "| arm | task metric | drift: KL(base‖arm) on held-out texts | bias (distance from none) |"
+        "\n|---|---|---|---|\n"
+    )
     err = f"\n\n**Error:** {s['error']}" if s.get("error") else ""
     return head + "\n\n" + table + "\n".join(rows) + err
 
