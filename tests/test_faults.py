@@ -196,13 +196,11 @@ def test_another_visitor_can_read_stop_and_download_only_in_local_mode(mode, mon
         yield "status", lambda: layout.api_status("r-owned", token)
         yield "zip", lambda: runs_tab.adapters_zip("r-owned", token)
         yield "report access", lambda: common.resolve_run("r-owned", token)
-        yield "stop", lambda: hosting.check_access(
-            common.hosting(), root, "r-owned", token, "stop"
-        )
+        yield "stop", lambda: hosting.check_access(common.hosting(), root, "r-owned", token, "stop")
 
-    for what, attempt in attempts(owner):
+    for _what, attempt in attempts(owner):
         attempt()  # the owner may always
-    for what, attempt in attempts(stranger):
+    for _what, attempt in attempts(stranger):
         if mode == "public":
             with pytest.raises(Exception, match="another visitor"):
                 attempt()

@@ -82,7 +82,9 @@ def test_bad_settings_show_the_field_and_write_nothing(runs_dir, changes, messag
 
 def test_unknown_hub_model_without_network(runs_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    msg, run_id = setup.on_start(None, "tiny-test", *form(model__custom="nobody-xyz/no-such-model-123"))
+    msg, run_id = setup.on_start(
+        None, "tiny-test", *form(model__custom="nobody-xyz/no-such-model-123")
+    )
     assert run_id is None
     assert "nobody-xyz/no-such-model-123" in msg and "not in the local Hugging Face cache" in msg
     assert nothing_written(runs_dir)

@@ -113,9 +113,7 @@ def build(ui) -> None:
     ui.cls_step.release(on_step, ui.cls_step, figs, **private)
     # typing a step in the slider's box (then Enter or leaving it) redraws too
     ui.cls_step.input(on_step, ui.cls_step, figs, trigger_mode="always_last", **private)
-    ui.cls_play.click(
-        on_play, ui.cls_step, [ui.cls_timer, ui.cls_step, ui.cls_playing], **private
-    )
+    ui.cls_play.click(on_play, ui.cls_step, [ui.cls_timer, ui.cls_step, ui.cls_playing], **private)
     ui.cls_pause.click(on_pause, None, [ui.cls_timer, ui.cls_playing], **private)
     ui.cls_timer.tick(
         on_tick,
