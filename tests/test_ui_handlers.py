@@ -390,18 +390,22 @@ def test_train_tick_redraws_only_what_changed(runs_dir):
     import plotly.graph_objects as go
 
     path = fake_run(runs_dir, "r-tick")
-    status, progress, queue, *figs, seen = train.on_tick("r-tick", {})
+    status, progress, queue, stop, *figs, seen = train.on_tick("r-tick", {})
     assert "**done**" in status and "3 / 3" in progress
+    assert stop.interactive is False  # a finished run cannot be stopped
     assert all(isinstance(f, go.Figure) for f in figs)
-    _, _, _, *figs, seen2 = train.on_tick("r-tick", seen)
+    _, _, _, _, *figs, seen2 = train.on_tick("r-tick", seen)
     assert not any(isinstance(f, go.Figure) for f in figs) and seen2 == seen
     with open(path / "events.jsonl", "a") as f:  # one more train step: only the loss redraws
         f.write(json.dumps({"arm": "lora", "step": 4, "kind": "train", "loss": 0.5}) + "\n")
-    _, _, _, *figs, _ = train.on_tick("r-tick", seen)
+    _, _, _, _, *figs, _ = train.on_tick("r-tick", seen)
     drawn = [k for k, f in zip(train.FIGURES, figs) if isinstance(f, go.Figure)]
     assert drawn == ["loss"]
     assert "No run yet" in train.on_tick(None, {})[0]
     assert "unknown run id 'gone'" in train.on_tick("gone", {})[0]
+    summary = json.loads((path / "summary.json").read_text())
+    (path / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    assert train.on_tick("r-tick", {})[3].interactive is True  # running: Stop is live
 
 
 def test_switching_task_loads_its_weights_and_a_model_that_can_do_it():

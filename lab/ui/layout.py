@@ -103,6 +103,7 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(mode_banner(), elem_id="mode-banner")
+        ui.job_banner = gr.Markdown(visible=False, elem_id="job-banner")
         # the visitor's owner token, kept (encrypted) in the browser across reloads
         ui.owner = gr.BrowserState("", storage_key="balora_owner", secret=common.state_secret())
         if common.zerogpu():
@@ -137,7 +138,12 @@ def build_app() -> gr.Blocks:
         ui.tab_runs.select(runs.on_refresh, ui.owner, listing, **private)
         # the owner token first (a new visitor gets one), then everything that depends on it
         owned = demo.load(common.guarded(common.ensure_owner), ui.owner, ui.owner, **private)
-        owned.then(train.on_load, [ui.followed, ui.owner], ui.followed, **private)
+        owned.then(
+            train.on_load,
+            [ui.followed, ui.owner],
+            [ui.followed, ui.job_banner, ui.tabs],
+            **private,
+        )
         owned.then(compare.on_page_load, ui.owner, [ui.cmp_run, ui.cmp_pair], **private)
         owned.then(runs.on_refresh, ui.owner, listing, **private)
         owned.then(bias.on_refresh, ui.owner, ui.bias_run, **private).then(

@@ -77,12 +77,18 @@ def queue_html(mgr: jobs.JobManager, owner: str | None = None) -> str:
 
 
 @common.guarded
-def on_load(followed: str | None, owner: str | None = None) -> str | None:
-    """A fresh page follows this visitor's running job (or their next queued one)."""
+def on_load(followed: str | None, owner: str | None = None):
+    """A fresh page follows this visitor's running job (or their next queued one); when there
+    is one it says so at the top and opens the Train tab. -> (followed, banner, tabs)."""
     job = common.manager().attach(owner)
     if job is not None and job.state in (jobs.RUNNING, jobs.QUEUED):
-        return job.run_id
-    return followed or (job.run_id if job is not None else None)
+        banner = f"🏃 Your run **{job.run_id}** is {job.state}: the **Train** tab follows it live."
+        return job.run_id, gr.Markdown(banner, visible=True), gr.Tabs(selected="train")
+    return (
+        followed or (job.run_id if job is not None else None),
+        gr.Markdown(visible=False),
+        gr.skip(),
+    )
 
 
 def _load_followed(run_id: str) -> runs.Run | None:
@@ -96,20 +102,26 @@ def _load_followed(run_id: str) -> runs.Run | None:
 def on_tick(
     followed: str | None, seen: dict | None, weighted: bool = False, owner: str | None = None
 ):
-    """Poll the followed run. -> [status, progress, queue, *figures, seen]."""
+    """Poll the followed run. -> [status, progress, queue, stop button, *figures, seen].
+
+    Stop is enabled only while the followed run is queued, starting or running."""
     mgr = common.manager()
     seen = dict(seen or {}) if isinstance(seen, dict) else {}
     skip_figs = [gr.skip()] * len(FIGURES)
+    idle = gr.Button(interactive=False)
     if not followed:
         return [
-            "*No run yet: start one in **Setup**.*", "", queue_html(mgr, owner), *skip_figs, seen
+            "*No run yet: start one in **Setup**.*", "", queue_html(mgr, owner), idle,
+            *skip_figs, seen,
         ]  # fmt: skip
     try:
         hosting.check_access(mgr.hosting, mgr.runs_root, followed, owner)
         run = _load_followed(followed)
         st = mgr.status(followed, run)
     except (jobs.JobError, ValueError, PermissionError) as e:
-        return [common.err(e), "", queue_html(mgr, owner), *skip_figs, seen]
+        return [common.err(e), "", queue_html(mgr, owner), idle, *skip_figs, seen]
+    live = st["state"] in (jobs.QUEUED, jobs.RUNNING, "starting") and not st.get("stop_requested")
+    stop = gr.Button(interactive=live)
     # the loss redraws at every new event; the eval-point figures only when an eval lands
     sig = f"{followed}:{st['events']}:{st['state']}:{bool(weighted)}"
     figs: list[Any] = skip_figs
@@ -120,7 +132,7 @@ def on_tick(
         made = figures.run_figures(run, keys=keys, weighted=bool(weighted))
         figs = [made.get(k, gr.skip()) for k in FIGURES]
         seen = {"sig": sig, "eval": eval_sig}
-    return [status_markdown(st), progress_html(st), queue_html(mgr, owner), *figs, seen]
+    return [status_markdown(st), progress_html(st), queue_html(mgr, owner), stop, *figs, seen]
 
 
 @common.guarded
@@ -172,7 +184,7 @@ def build(ui) -> None:
     ui.train_fig = figures.plot_panel(FIGURES)
     ui.timer = gr.Timer(1.5)
     outs = [
-        ui.train_status, ui.progress, ui.queue,
+        ui.train_status, ui.progress, ui.queue, ui.stop_btn,
         *(ui.train_fig[k] for k in FIGURES), ui.seen,
     ]  # fmt: skip
     ui.timer.tick(
