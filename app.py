@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         server_port=args.port,
         share=args.share,
         css_paths=[common.CSS],
+        theme=common.theme(),
         max_file_size=limits.upload_bytes,
         # Every handler is guarded (its errors are already clear gr.Errors without paths), so
         # what else reaches the page is Gradio's own input check naming the bad component.

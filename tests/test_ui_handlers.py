@@ -274,8 +274,9 @@ def test_adapters_zip_holds_every_arm(runs_dir, tmp_path):
     import zipfile
 
     fake_run(runs_dir, "r-zip")
-    path, msg = runs_tab.on_zip("r-zip")
-    names = zipfile.ZipFile(path).namelist()
+    update, msg = runs_tab.on_zip("r-zip")
+    assert update["visible"] is True
+    names = zipfile.ZipFile(update["value"]).namelist()
     assert {f"{a}/adapter_config.json" for a in ("lora", "pissa", "balora")} <= set(names)
     assert not any(p.suffix == ".zip" for p in (runs_dir / "r-zip").rglob("*"))  # built elsewhere
     (runs_dir / "r-empty").mkdir()
@@ -322,7 +323,8 @@ def test_tune_collects_a_sweep_and_draws_both_pareto_plots(runs_dir):
 
 def test_html_report_is_built_outside_the_run(runs_dir):
     fake_run(runs_dir, "r-report")
-    path, msg = runs_tab.on_report("r-report")
+    update, msg = runs_tab.on_report("r-report")
+    path = update["value"]
     text = Path(path).read_text(encoding="utf-8")
     assert msg.startswith("✅") and "r-report" in text and "stereo_pref" in text
     assert not Path(path).is_relative_to(runs_dir)

@@ -60,7 +60,7 @@ def build(ui) -> None:
         ui.bias_refresh = gr.Button("↻ Refresh", scale=0)
         ui.bias_btn = gr.Button("Show", variant="primary", scale=0)
     ui.bias_msg = gr.Markdown()
-    ui.bias_fig = gr.Plot(label=figures.LABELS["bias"])
+    ui.bias_fig = gr.Plot(plots.empty_figure("pick a run"), label=figures.LABELS["bias"])
     ui.bias_table = gr.Dataframe(headers=HEADERS, interactive=False, label="Bias scores")
     private = {"api_visibility": "private"}
     ui.bias_refresh.click(on_refresh, ui.owner, ui.bias_run, **private)

@@ -33,6 +33,20 @@ EXAMPLE_RUN = Path(os.environ.get("BALORA_EXAMPLE_RUN") or PROJECT_ROOT / "asset
 CSS = PROJECT_ROOT / "assets" / "app.css"
 
 
+def theme() -> gr.themes.Base:
+    """Gradio's default look with text and buttons at WCAG AA contrast (4.5:1 or more)."""
+    return gr.themes.Default().set(
+        body_text_color_subdued="#4b5563",
+        block_info_text_color="#4b5563",
+        button_primary_background_fill="#c2410c",
+        button_primary_background_fill_hover="#9a3412",
+        button_primary_text_color="#ffffff",
+        button_cancel_background_fill="#b91c1c",
+        button_cancel_background_fill_hover="#991b1b",
+        button_cancel_text_color="#ffffff",
+    )
+
+
 def runs_root() -> Path:
     """``BALORA_RUNS_DIR`` or ``runs/`` (relative to the working directory)."""
     return runs.runs_root().resolve()

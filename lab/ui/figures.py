@@ -21,6 +21,7 @@ LABELS = {
     "bias": "Bias scores with 95% CIs",
 }
 ORDER = ("loss", "metric", "drift", "spectra", "tsne", "bias")
+PLACEHOLDER = "appears when a run is open"
 
 
 def plot_panel(keys: tuple[str, ...] = ORDER, prefix: str = "") -> dict[str, gr.Plot]:
@@ -29,7 +30,10 @@ def plot_panel(keys: tuple[str, ...] = ORDER, prefix: str = "") -> dict[str, gr.
     out: dict[str, gr.Plot] = {}
 
     def plot(k: str) -> None:
-        out[k] = gr.Plot(label=LABELS[k], elem_id=f"{prefix}fig-{k}")
+        # a figure with a message from the start, never Gradio's empty placeholder box
+        out[k] = gr.Plot(
+            plots.empty_figure(PLACEHOLDER), label=LABELS[k], elem_id=f"{prefix}fig-{k}"
+        )
 
     if "loss" in keys:
         plot("loss")

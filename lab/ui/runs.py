@@ -140,7 +140,8 @@ def on_diff(run_a: str, run_b: str, owner: str | None = None):
 def on_zip(run_id: str, owner: str | None = None):
     try:
         path = adapters_zip(run_id, owner)
-        return str(path), common.ok("adapters zipped: click the file to download")
+        done = common.ok("adapters zipped: click the file to download")
+        return gr.update(value=str(path), visible=True), done
     except common.USER_ERRORS as e:
         return None, common.err(e)
 
@@ -149,7 +150,8 @@ def on_zip(run_id: str, owner: str | None = None):
 def on_report(run_id: str, owner: str | None = None):
     try:
         path = html_report_file(run_id, owner)
-        return str(path), common.ok("report ready: click the file to download")
+        done = common.ok("report ready: click the file to download")
+        return gr.update(value=str(path), visible=True), done
     except common.USER_ERRORS as e:
         return None, common.err(e)
 
@@ -184,8 +186,13 @@ def build(ui) -> None:
         ui.runs_report_btn = gr.Button("HTML report", elem_id="runs-report")
     ui.runs_msg = gr.Markdown(elem_id="runs-msg")
     with gr.Row():
-        ui.runs_zip = gr.File(label="Adapters (.zip)", elem_id="runs-zip-file", height=100)
-        ui.runs_report = gr.File(label="Report (.html)", elem_id="runs-report-file", height=100)
+        # hidden until there is a file to download (no empty upload box to tab into)
+        ui.runs_zip = gr.File(
+            label="Adapters (.zip)", elem_id="runs-zip-file", height=100, visible=False
+        )
+        ui.runs_report = gr.File(
+            label="Report (.html)", elem_id="runs-report-file", height=100, visible=False
+        )
     ui.runs_summary = gr.Markdown()
     ui.runs_fig = figures.plot_panel(FIGURES, prefix="runs-")
     with gr.Accordion("Config", open=False):

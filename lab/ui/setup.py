@@ -195,13 +195,24 @@ def build(ui) -> None:
             info="A ready-made experiment; picking one fills every field below.",
             elem_id="preset",
         )
+    gr.Markdown(
+        "Change any field below, then **Start** (queues the run; one trains at a time and the "
+        "Train tab follows it), **Check** (validates every field, writes nothing) or "
+        "**Measure** (times a few real steps of this exact setup and extrapolates)."
+    )
+    with gr.Row():
+        # Start first: the shortest keyboard path from the tab to the main action
+        ui.start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
+        ui.check_btn = gr.Button("Check settings", elem_id="check-btn")
+        ui.estimate_btn = gr.Button("Measure time per step", elem_id="estimate-btn")
+    ui.setup_msg = gr.Markdown(elem_id="setup-msg")
+    with gr.Row():
         ui.task = gr.Radio(
             ["nlg", "nlu"],
             value=v["task"],
             label="Task type",
             info="nlg: the model writes an answer (causal LM). nlu: it picks a class (classifier head).",
         )
-    with gr.Row():
         ui.model = gr.Dropdown(
             EMBEDDED_MODELS,
             value=v["model.name"],
@@ -222,11 +233,12 @@ def build(ui) -> None:
             label="Dataset",
             info="A shipped dataset, or your own file uploaded on the right.",
         )
-        ui.upload = gr.File(
-            label="Your own data: .jsonl or .csv with prompt + response (or text + label) columns",
+        ui.upload = gr.UploadButton(
+            "Upload your own data (.jsonl or .csv: prompt + response, or text + label)",
             file_types=[".jsonl", ".csv"],
+            file_count="single",
             type="filepath",
-            height=140,
+            elem_id="upload-btn",
         )
     ui.upload_msg = gr.Markdown(elem_id="upload-msg")
     with gr.Row():
@@ -349,16 +361,6 @@ def build(ui) -> None:
         ui.l1, ui.l2, ui.l3, ui.temperature, ui.top_k, ui.svd_k, ui.teacher_dtype,
         ui.steps, ui.batch, ui.lr, ui.rank, ui.eval_every,
     ]  # fmt: skip
-    gr.Markdown(
-        "**Check** validates every field (nothing is written). **Measure** times a few real "
-        "steps of this exact setup and extrapolates to the full run. **Start** queues the run; "
-        "one trains at a time, and the Train tab follows it."
-    )
-    with gr.Row():
-        ui.check_btn = gr.Button("Check settings", elem_id="check-btn")
-        ui.estimate_btn = gr.Button("Measure time per step", elem_id="estimate-btn")
-        ui.start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
-    ui.setup_msg = gr.Markdown(elem_id="setup-msg")
 
     private = {"api_visibility": "private"}
     ui.preset.change(on_preset, ui.preset, ui.form + [ui.setup_msg], **private)

@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from lab import hosting, jobs
+from lab import hosting, jobs, plots
 from lab.config import ConfigError, load_preset
 from lab.ui import common, figures, form
 from lab.ui import runs as runs_tab
@@ -204,8 +204,11 @@ def build(ui) -> None:
         headers=["run", "state", "λ", "task metric", "bias", "drift"], interactive=False
     )
     with gr.Row():
-        ui.tune_fig = gr.Plot(label="Task metric vs bias score", elem_id="fig-pareto")
-        ui.tune_fig_drift = gr.Plot(label="Task metric vs drift (KL to base)")
+        waiting = plots.empty_figure("points appear as the sweep's runs finish")
+        ui.tune_fig = gr.Plot(waiting, label="Task metric vs bias score", elem_id="fig-pareto")
+        ui.tune_fig_drift = gr.Plot(
+            waiting, label="Task metric vs drift (KL(base‖arm) on held-out texts)"
+        )
     ui.tune_seen = gr.State(None)
     ui.tune_timer = gr.Timer(3.0)
 
