@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    - install into .venv and launch the app on http://127.0.0.1:7860
-#   make test   - install into .venv (plus Chromium for the browser test) and run every test
+#   make test   - install into .venv (plus Chromium and axe-core for the browser tests) and run
+#                 every test
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,6 +23,7 @@ run: setup
 
 browser:
 	bash scripts/ensure_chromium.sh
+	npm ci --no-audit --no-fund --silent
 
 test: setup browser
 	$(BIN)/python -m pytest -q

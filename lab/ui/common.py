@@ -36,6 +36,7 @@ CSS = PROJECT_ROOT / "assets" / "app.css"
 def theme() -> gr.themes.Base:
     """Gradio's default look with text and buttons at WCAG AA contrast (4.5:1 or more)."""
     return gr.themes.Default().set(
+        color_accent="#c2410c",  # the selected tab's text, among others
         body_text_color_subdued="#4b5563",
         block_info_text_color="#4b5563",
         button_primary_background_fill="#c2410c",
