@@ -3,8 +3,8 @@
 ``paired_difference(a, b)`` takes one value per item for each arm (the same items in the same
 order) and returns the mean difference a - b with
 
-- a bootstrap confidence interval (``scipy.stats.bootstrap``, BCa where it is defined; the
-  fallbacks are named in the result's ``ci_method`` and ``ci_note``),
+- a stratified bootstrap confidence interval, BCa (as ``scipy.stats.bootstrap`` defines it)
+  where it is defined; the fallbacks are named in the result's ``ci_method`` and ``ci_note``,
 - a two-sided paired sign-flip permutation p-value (exact when the null distribution is small
   enough to enumerate, which covers every binary metric),
 - the minimum detectable difference at 80% power for this n and the observed spread (paired
@@ -23,11 +23,10 @@ the same code.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 from scipy.optimize import brentq
 
 POWER = 0.8
@@ -159,35 +158,76 @@ def _interval(groups: list[np.ndarray], n: int, confidence: float, n_resamples: 
         else:
             note = "every stratum is constant: resampling within strata cannot vary the mean"
         return only, only, "degenerate", note
-
-    def pooled_mean(*samples, axis=-1):  # each sample (..., n_k): the stratum-weighted mean
-        return sum(s.sum(axis=axis) for s in samples) / n
-
-    note = ""
-    method = "BCa"
+    boot = bootstrap_means(groups, n_resamples, np.random.default_rng(seed))  # (R,)
+    alpha = (1.0 - confidence) / 2
     if n < 3:
-        method, note = "percentile", "fewer than 3 items: BCa is not defined"
-    elif min(len(g) for g in groups) < 2:
-        method, note = "percentile", "a stratum has one item: its jackknife (BCa) is not defined"
-    rng = np.random.default_rng(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap(
-            tuple(groups), pooled_mean, n_resamples=n_resamples, confidence_level=confidence,
-            method=method, vectorized=True, rng=rng,
-        )  # fmt: skip
-        low, high = res.confidence_interval
-        if method == "BCa" and not (np.isfinite(low) and np.isfinite(high)):
-            # the bootstrap distribution lies on one side of the estimate (a rare event in a
-            # skewed binary metric): the BCa bias correction is infinite
-            method = "percentile"
-            note = "BCa is not defined here (bias correction infinite); percentile interval"
-            res = stats.bootstrap(
-                tuple(groups), pooled_mean, n_resamples=n_resamples,
-                confidence_level=confidence, method=method, vectorized=True, rng=rng,
-            )  # fmt: skip
-            low, high = res.confidence_interval
-    return float(low), float(high), method, note
+        low, high = np.percentile(boot, [100 * alpha, 100 * (1 - alpha)])
+        return float(low), float(high), "percentile", "fewer than 3 items: BCa is not defined"
+    theta = sum(float(g.sum()) for g in groups) / n
+    interval = bca_interval(boot, theta, groups, confidence)
+    if interval is None:
+        low, high = np.percentile(boot, [100 * alpha, 100 * (1 - alpha)])
+        note = "BCa is not defined here (every resample on one side of the estimate); percentile"
+        return float(low), float(high), "percentile", note
+    return interval[0], interval[1], "BCa", ""
+
+
+def bootstrap_means(groups: list[np.ndarray], n_resamples: int, rng) -> np.ndarray:
+    """(R,) means of stratified bootstrap resamples: each stratum resampled with replacement
+    to its own size, the pooled mean over all items.
+
+    Resampling by hand rather than through ``scipy.stats.bootstrap``: the statistic is always
+    a mean, so a stratum with few distinct values (a binary or 0/0.5/1 metric) resamples as
+    multinomial counts of those values, O(R x values) instead of O(R x n), and the jackknife
+    BCa needs has a closed form (see :func:`bca_interval`), where scipy's generic one builds
+    n x (n - 1) resamples. Together about 5x faster at 3 seeds x 1,000 items, which the
+    2-second budget of a seeded run's verdicts needs; tests check it against scipy's BCa."""
+    n = sum(len(g) for g in groups)
+    total = np.zeros(n_resamples)
+    for g in groups:
+        values, counts = np.unique(g, return_counts=True)
+        if len(values) <= 64:
+            k = rng.multinomial(len(g), counts / len(g), size=n_resamples)  # (R, values)
+            total += k @ values
+            continue
+        rows = max(1, (1 << 20) // len(g))  # bounds the (rows, n_k) index block
+        for s in range(0, n_resamples, rows):
+            r = min(rows, n_resamples - s)
+            idx = rng.integers(0, len(g), size=(r, len(g)), dtype=np.int32)
+            total[s : s + r] += np.take(g, idx).sum(axis=1)
+    return total / n
+
+
+def bca_interval(
+    boot: np.ndarray, theta: float, groups: list[np.ndarray], confidence: float
+) -> tuple[float, float] | None:
+    """Bias-corrected and accelerated percentile interval (Efron 1987; the formula of
+    ``scipy.stats.bootstrap(method="BCa")``) of a pooled mean from its bootstrap means ``boot``.
+
+    z0 = Phi^-1(share of resamples below theta, ties half); the acceleration comes from the
+    leave-one-out jackknife within each stratum (Efron & Tibshirani eq. 15.36, as scipy does for
+    several samples), which for a mean is closed-form: theta_(i) - mean_i theta_(i) =
+    -(d_i - mean of its stratum) / (N - 1), so with w_j = (n_j - 1) / n_j and dev the
+    within-stratum deviations, a = sum_j w_j^3 sum dev^3 / (6 (sum_j w_j^2 sum dev^2)^1.5).
+    None when z0 is infinite (every resample on one side of theta)."""
+    tol = 1e-12 * max(1.0, abs(theta))  # a resample mean equal to theta, summed in another order
+    share = (np.count_nonzero(boot < theta - tol) + np.count_nonzero(boot <= theta + tol)) / (
+        2 * len(boot)
+    )
+    z0 = special.ndtri(share)
+    if not np.isfinite(z0):
+        return None
+    cubes = squares = 0.0
+    for g in groups:
+        dev = g - g.mean()
+        w = (len(g) - 1) / len(g)
+        cubes += w**3 * float((dev**3).sum())
+        squares += w**2 * float((dev**2).sum())
+    accel = cubes / (6.0 * squares**1.5) if squares > 0 else 0.0
+    z = special.ndtri(np.array([(1 - confidence) / 2, (1 + confidence) / 2]))
+    q = special.ndtr(z0 + (z0 + z) / (1 - accel * (z0 + z)))
+    low, high = np.percentile(boot, 100 * q)
+    return float(low), float(high)
 
 
 def sign_flip_pvalue(d, *, n_flips: int = N_FLIPS, seed=0) -> tuple[float, str, int]:
@@ -201,7 +241,9 @@ def sign_flip_pvalue(d, *, n_flips: int = N_FLIPS, seed=0) -> tuple[float, str, 
     equal |d| are grouped, so the sum is sum_m m (2 K_m - c_m) with K_m ~ Binomial(c_m, 1/2),
     whose distribution is enumerated exactly when prod_m (c_m + 1) <= ``EXACT_LIMIT`` (any
     binary metric up to 65,535 items: one group, c + 1 points; continuous data up to 16 items).
-    Otherwise p = (1 + #{|T*| >= |T|}) / (1 + R) from R random sign patterns.
+    Otherwise p = (1 + #{|T*| >= |T|}) / (1 + R) from R random sign patterns, drawn a byte
+    (8 signs) at a time: the kept sum of each block of 8 items is looked up in a table of its
+    256 sign patterns, so a pattern costs n / 8 additions.
     """
     d = np.asarray(d, dtype=np.float64).reshape(-1)
     nz = d[d != 0]
@@ -218,13 +260,19 @@ def sign_flip_pvalue(d, *, n_flips: int = N_FLIPS, seed=0) -> tuple[float, str, 
         return min(1.0, p), "exact", 0
     rng = np.random.default_rng(seed)
     m = len(nz)
+    blocks = np.zeros(8 * ((m + 7) // 8))
+    blocks[:m] = nz
+    blocks = blocks.reshape(-1, 8)  # (m / 8, 8)
+    patterns = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)  # (256, 8)
+    table = (blocks @ patterns.T.astype(np.float64)).ravel()  # block b, byte v -> kept sum
+    offsets = np.arange(len(blocks), dtype=np.intp) * 256  # (m / 8,)
     hits = 0
-    chunk = max(1, min(n_flips, (1 << 22) // m))  # bounds the (chunk, m) bit matrix
-    for start in range(0, n_flips, chunk):
-        r = min(chunk, n_flips - start)
-        bits = rng.integers(0, 256, size=(r, (m + 7) // 8), dtype=np.uint8)
-        keep = np.unpackbits(bits, axis=1, count=m)  # (r, m) 1 = sign kept, 0 = flipped
-        flipped = 2.0 * (keep @ nz) - nz.sum()  # (r,) sum of s_i d_i
+    rows = max(1, min(n_flips, (1 << 21) // len(blocks)))  # bounds the (rows, m / 8) block
+    for start in range(0, n_flips, rows):
+        r = min(rows, n_flips - start)
+        byte = rng.integers(0, 256, size=(r, len(blocks)), dtype=np.uint8)  # 8 random signs each
+        kept = np.take(table, byte + offsets).sum(axis=1)  # (r,) sum of the kept d_i
+        flipped = 2.0 * kept - nz.sum()  # sum of s_i d_i
         hits += int((np.abs(flipped) >= observed - tol).sum())
     return (1 + hits) / (1 + n_flips), "monte carlo", int(n_flips)
 

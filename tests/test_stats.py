@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lab.stats import holm, min_detectable_difference, paired_difference, sign_flip_pvalue
+from lab.stats import (
+    bca_interval,
+    bootstrap_means,
+    holm,
+    min_detectable_difference,
+    paired_difference,
+    sign_flip_pvalue,
+)
 
 
 def _continuous(rng, n, shift):
@@ -126,6 +134,39 @@ def test_interval_matches_scipy_bca_without_strata():
     ref = sps.bootstrap((a - b,), np.mean, n_resamples=20000, method="BCa", rng=0)
     lo, hi = ref.confidence_interval
     assert r.ci_low == pytest.approx(lo, abs=0.03) and r.ci_high == pytest.approx(hi, abs=0.03)
+
+
+def test_bca_formula_matches_scipy_on_the_same_resamples():
+    """Given the same bootstrap means, the interval is scipy's BCa, strata of unequal sizes
+    included (scipy's jackknife over several samples, eq. 15.36)."""
+    rng = np.random.default_rng(12)
+    groups = [rng.exponential(1.0, 40), rng.exponential(2.0, 25) - 1, rng.normal(0, 1, 60)]
+    n = sum(len(g) for g in groups)
+    boot = bootstrap_means(groups, 3000, np.random.default_rng(0))
+    theta = sum(g.sum() for g in groups) / n
+    ref = sps.bootstrap(
+        groups, lambda *xs, axis=-1: sum(x.sum(axis=axis) for x in xs) / n, n_resamples=0,
+        bootstrap_result=SimpleNamespace(bootstrap_distribution=boot), method="BCa",
+        vectorized=True, confidence_level=0.9,
+    )  # fmt: skip
+    low, high = bca_interval(boot, theta, groups, 0.9)
+    assert (low, high) == pytest.approx(tuple(ref.confidence_interval), rel=1e-9)
+
+
+def test_bootstrap_means_resample_within_strata_with_the_right_spread():
+    groups = [np.zeros(5), np.full(7, 10.0)]
+    assert np.allclose(bootstrap_means(groups, 200, np.random.default_rng(0)), 70 / 12)
+    rng = np.random.default_rng(13)
+    binary = [(rng.random(300) < 0.3).astype(float), (rng.random(100) < 0.8).astype(float)]
+    cont = [rng.normal(0, 1, 300), rng.normal(5, 2, 100)]
+    for groups in (binary, cont):  # the multinomial path and the index path
+        boot = bootstrap_means(groups, 20000, np.random.default_rng(1))
+        n = sum(len(g) for g in groups)
+        var = sum(len(g) * g.var() for g in groups) / n**2  # Var of a stratified mean
+        assert boot.mean() == pytest.approx(
+            sum(g.sum() for g in groups) / n, abs=4 * var**0.5 / 100
+        )
+        assert boot.var() == pytest.approx(var, rel=0.05)
 
 
 def test_stratified_resampling_keeps_the_strata():
