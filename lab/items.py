@@ -128,22 +128,30 @@ def select(table: Mapping[str, np.ndarray], **where) -> dict[str, np.ndarray]:
 
 
 def paired(
-    table: Mapping[str, np.ndarray], metric: str, arm_a: str, arm_b: str
+    table: Mapping[str, np.ndarray],
+    metric: str,
+    arm_a: str,
+    arm_b: str,
+    *,
+    across_seeds: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(a, b, seed) of the items both arms have for ``metric``, matched on (seed, item).
 
-    When ``arm_b`` was measured under one seed only (the base model), each of ``arm_a``'s
-    seeds is matched to it on the item alone. Sorted by (seed, item); empty when none match."""
+    ``across_seeds``: match on the item alone, each of ``arm_a``'s seeds against ``arm_b``'s
+    one seed; by default when ``arm_b`` is ``"base"`` measured under one seed (the base model
+    does not depend on the training seed and is measured once). Sorted by (seed, item); empty when none match."""
     rows_a = select(table, metric=metric, arm=arm_a)
     rows_b = select(table, metric=metric, arm=arm_b)
-    seeds_b = np.unique(rows_b["seed"])
-    if len(seeds_b) == 1:  # match on the item alone
+    if across_seeds is None:
+        across_seeds = arm_b == "base" and len(np.unique(rows_b["seed"])) == 1
+    if across_seeds and len(np.unique(rows_b["seed"])) > 1:
+        raise ValueError(f"{arm_b} has several seeds for {metric}: match on (seed, item)")
+    a_dup = np.char.add(np.char.add(rows_a["seed"].astype(str), "|"), rows_a["item"])
+    if across_seeds:
         a_key, b_key = rows_a["item"], rows_b["item"]
-        a_dup = np.char.add(np.char.add(rows_a["seed"].astype(str), "|"), rows_a["item"])
     else:
-        a_key = np.char.add(np.char.add(rows_a["seed"].astype(str), "|"), rows_a["item"])
+        a_key = a_dup
         b_key = np.char.add(np.char.add(rows_b["seed"].astype(str), "|"), rows_b["item"])
-        a_dup = a_key
     for arm, keys in ((arm_a, a_dup), (arm_b, b_key)):
         if len(np.unique(keys)) != len(keys):
             raise ValueError(f"{arm} has an item twice for {metric} under one seed")

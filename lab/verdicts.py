@@ -5,7 +5,7 @@
 (seed-stratified when the run has several seeds), adjusts the p-values of every row it returns
 together with Holm, and says whether the difference is better or worse given the metric's
 direction. ``verdict_text(row)`` phrases one row for a classroom from its numbers alone, and
-always with n. Rates are in percentage points, log-likelihoods and KL in nats.
+always with n; ``run_verdicts(run_dir)`` does it all for a run directory. Rates are in percentage points, log-likelihoods and KL in nats.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from lab.items import paired
+from lab.items import load_items, paired
 from lab.stats import N_BOOT, holm, paired_difference
 
 
@@ -181,6 +181,12 @@ def compare_arms(
             )
         )  # fmt: skip
     return rows
+
+
+def run_verdicts(run_dir, step: int | None = None, **kwargs) -> list[VerdictRow]:
+    """:func:`compare_arms` on the per-item records of a run directory at ``step`` (the latest
+    eval point by default; the base model's rows come from step 0)."""
+    return compare_arms(load_items(run_dir, step), **kwargs)
 
 
 def _num(x: float, unit: str) -> str:

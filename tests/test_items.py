@@ -62,6 +62,13 @@ def test_paired_matches_on_seed_and_item(tmp_path):
     a, b, seeds = paired(t, "m", "a", "base")  # one base seed: matched on the item alone
     assert a.tolist() == [1.0, 2.0, 3.0, 10.0, 20.0] and b.tolist() == [5.0, 6.0, 7.0, 5.0, 6.0]
     assert paired(t, "other", "a", "b")[0].size == 0
+    write_items(tmp_path, 2, "c", 0, {"m": (["x", "y"], [0.5, 0.6])})  # one seed, not the base
+    a, c, seeds = paired(load_items(tmp_path, 2), "m", "a", "c")
+    assert a.tolist() == [1.0, 2.0] and c.tolist() == [0.5, 0.6] and seeds.tolist() == [0, 0]
+    a, c, _ = paired(load_items(tmp_path, 2), "m", "a", "c", across_seeds=True)
+    assert a.tolist() == [1.0, 2.0, 10.0, 20.0] and c.tolist() == [0.5, 0.6, 0.5, 0.6]
+    with pytest.raises(ValueError, match="several seeds"):
+        paired(t, "m", "a", "b", across_seeds=True)
     write_items(tmp_path, 3, "a", 0, {"m": (["x", "x"], [1.0, 2.0])})
     write_items(tmp_path, 3, "b", 0, {"m": (["x"], [1.0])})
     with pytest.raises(ValueError, match="twice"):
@@ -166,10 +173,10 @@ def test_tiny_run_items_agree_with_the_events(tiny_run):
 
 
 def test_tiny_run_verdicts(tiny_run):
-    from lab.verdicts import compare_arms, verdict_text
+    from lab.verdicts import run_verdicts, verdict_text
 
     _, _, out = tiny_run
-    rows = compare_arms(load_items(out))
+    rows = run_verdicts(out)
     assert {(r.arm_a, r.arm_b) for r in rows} >= {("balora", "lora"), ("balora", "pissa"), ("lora", "base")}  # fmt: skip
     for r in rows:
         assert f"n = {r.n}, 1 seed" in verdict_text(r)
