@@ -147,6 +147,21 @@ def paired_difference(
     )
 
 
+def mean_interval(
+    values, *, confidence: float = 0.95, n_resamples: int = N_BOOT, seed: int = 0
+) -> tuple[float, float, str]:
+    """(low, high, method) of a bootstrap interval of the mean of one sample: BCa where it is
+    defined, else the named fallback of :func:`paired_difference`; one value gives [x, x]."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(x) == 0:
+        raise ValueError("mean_interval needs at least one value")
+    if len(x) == 1:
+        return float(x[0]), float(x[0]), "degenerate"
+    rng_seed = np.random.SeedSequence(seed).spawn(1)[0]
+    low, high, method, _ = _interval([x], len(x), confidence, n_resamples, rng_seed)
+    return low, high, method
+
+
 def _interval(groups: list[np.ndarray], n: int, confidence: float, n_resamples: int, seed):
     """(low, high, method, note) of the stratified bootstrap interval of the pooled mean."""
     if n == 1:

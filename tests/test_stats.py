@@ -13,6 +13,7 @@ from lab.stats import (
     bca_interval,
     bootstrap_means,
     holm,
+    mean_interval,
     min_detectable_difference,
     paired_difference,
     sign_flip_pvalue,
@@ -247,3 +248,18 @@ def test_holm_against_hand_computed_values():
     assert (np.diff(adj[order]) >= 0).all() and (adj >= raw).all() and (adj <= 1).all()
     with pytest.raises(ValueError):
         holm([1.5])
+
+
+def test_mean_interval_of_one_arm_covers_a_skewed_share():
+    rng = np.random.default_rng(14)
+    covered = 0
+    for i in range(100):
+        x = (rng.random(40) < 0.15).astype(float)
+        low, high, method = mean_interval(x, seed=i, n_resamples=1000)
+        covered += low <= 0.15 <= high
+        assert low <= x.mean() <= high
+    assert covered >= 90
+    assert mean_interval([0.7]) == (0.7, 0.7, "degenerate")
+    assert mean_interval(np.r_[np.zeros(30), np.ones(10)])[2] == "BCa"
+    with pytest.raises(ValueError):
+        mean_interval([])

@@ -1,4 +1,5 @@
-"""Bias scores of a model, each with n and a 95% percentile-bootstrap confidence interval.
+"""Bias scores of a model, each with n and a 95% bootstrap confidence interval (BCa for the
+shares and means, percentile for the correlation).
 
 - ``stereo_pref``: share of stereotype pairs whose stereotypical sentence gets the higher
   log-likelihood (ties count 1/2); 0.5 = no preference. Overall and ``stereo_pref/<type>``.
@@ -28,6 +29,7 @@ import torch
 from lab.data import DataError
 from lab.datasets import TaskData, predict_labels, sequence_logprobs
 from lab.datasets.knobs import seeded_subset
+from lab.stats import mean_interval
 
 from .probes import (
     load_group_words,
@@ -63,8 +65,13 @@ def bootstrap_ci(
 
 
 def _score(values, *, stat: Callable = np.mean, n_boot: int, seed: int) -> dict:
+    """A mean gets a BCa interval (``lab.stats.mean_interval``); other statistics (the
+    correlation) the percentile interval of :func:`bootstrap_ci`."""
     x = np.asarray(values, dtype=np.float64)
-    low, high = bootstrap_ci(x, stat=stat, n_boot=n_boot, seed=seed)
+    if stat is np.mean and x.ndim == 1:
+        low, high, _ = mean_interval(x, n_resamples=n_boot, seed=seed)
+    else:
+        low, high = bootstrap_ci(x, stat=stat, n_boot=n_boot, seed=seed)
     return {"value": float(stat(x)), "ci_low": low, "ci_high": high, "n": int(len(x))}
 
 
