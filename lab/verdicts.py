@@ -82,6 +82,7 @@ class VerdictRow:
     significant: bool  # p_holm < alpha
     alpha: float
     scale: float  # display unit per raw unit (100 for points)
+    n_dropped: int = 0  # matched items left out because a value was not finite
     stats: dict = field(default_factory=dict)  # PairedResult.to_dict(), raw units
 
     def to_dict(self) -> dict:
@@ -133,7 +134,10 @@ def compare_arms(
     default every known metric in the records. ``pairs``: (arm a, arm b) compared on every
     metric; by default :func:`default_pairs`. ``base_pairs``: compared on the metrics with
     ``vs_base`` only; by default every arm against "base" when the records have it. Holm's
-    adjustment runs over all the rows returned. Rows go metric by metric, comparisons in order.
+    adjustment runs over all the rows returned; the intervals are per row (not adjusted), so
+    one may exclude 0 while the adjusted p-value stays above alpha. Items whose value is not
+    finite in either arm are left out and counted in ``n_dropped``. Rows go metric by metric,
+    comparisons in order.
     """
     table = _as_table(records)
     arms = list(dict.fromkeys(table["arm"].tolist()))
@@ -152,15 +156,17 @@ def compare_arms(
         todo = list(pairs) + [p for p in base_pairs if spec.vs_base and p not in pairs]
         for arm_a, arm_b in todo:
             a, b, seeds = paired(table, spec.name, arm_a, arm_b)
-            if len(a) == 0:
+            ok = np.isfinite(a) & np.isfinite(b)  # an item an arm could not score is left out
+            if not ok.any():
                 continue
             res = paired_difference(
-                a, b, strata=seeds, confidence=confidence, n_resamples=n_resamples, seed=seed
-            )
-            found.append((spec, arm_a, arm_b, seeds, res))
+                a[ok], b[ok], strata=seeds[ok], confidence=confidence,
+                n_resamples=n_resamples, seed=seed,
+            )  # fmt: skip
+            found.append((spec, arm_a, arm_b, seeds[ok], int((~ok).sum()), res))
     adjusted = holm([r.p_value for *_, r in found])
     rows = []
-    for (spec, arm_a, arm_b, seeds, res), p_holm in zip(found, adjusted):
+    for (spec, arm_a, arm_b, seeds, dropped, res), p_holm in zip(found, adjusted):
         _, counts = np.unique(seeds, return_counts=True)
         significant = bool(p_holm < alpha)
         if not significant or res.diff == 0:
@@ -177,7 +183,8 @@ def compare_arms(
                 p=res.p_value, p_holm=float(p_holm), n=res.n, n_seeds=len(counts),
                 items_per_seed=int(counts[0]) if len(set(counts.tolist())) == 1 else None,
                 mdd=res.mdd * k, higher_is_better=spec.higher_is_better, direction=direction,
-                significant=significant, alpha=alpha, scale=k, stats=res.to_dict(),
+                significant=significant, alpha=alpha, scale=k, n_dropped=dropped,
+                stats=res.to_dict(),
             )
         )  # fmt: skip
     return rows

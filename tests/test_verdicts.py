@@ -146,6 +146,15 @@ def test_direction_free_metric_and_custom_specs():
     assert text.startswith("BA-LoRA had a higher he-over-she log-odds than LoRA: 0.4 nats")
 
 
+def test_items_without_a_finite_value_are_left_out_and_counted():
+    a = np.linspace(0, 1, 30)
+    b = a - 0.1
+    a[4] = -np.inf
+    values = {("lora", 0): {"gold_logprob": b}, ("balora", 0): {"gold_logprob": a}}
+    row = compare_arms(_records(values), ["gold_logprob"])[0]
+    assert row.n == 29 and row.n_dropped == 1 and row.diff == pytest.approx(0.1)
+
+
 def test_pairs_and_names():
     assert default_pairs(["base", "lora", "balora", "balora@0.05,0.005,0.005"]) == [
         ("balora", "lora"),
