@@ -92,7 +92,9 @@ def paired_difference(
     binary metrics). ``strata``: (n,) labels (e.g. the seed of each item) or None.
     ``confidence`` sets the interval and the test level alpha = 1 - confidence used by the MDD.
     ``n_resamples``: bootstrap resamples; ``n_flips``: Monte Carlo sign flips (used only when
-    the exact null distribution has more than ``EXACT_LIMIT`` points). ``seed`` fixes both.
+    the exact null distribution is too large to enumerate, see :func:`sign_flip_pvalue`).
+    ``seed`` fixes both. The MDD uses the spread of all item differences (df = n - 1), strata
+    ignored: with seeds that differ a lot it is conservative.
     """
     a = np.asarray(a, dtype=np.float64).reshape(-1)
     b = np.asarray(b, dtype=np.float64).reshape(-1)
