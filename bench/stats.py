@@ -6,7 +6,9 @@ stereotype preference (1, 0.5 or 0), stereotype log-likelihood ratio, he/she log
 drift (KL). ``lab.verdicts.compare_arms`` then runs both comparisons (BA-LoRA - LoRA and
 BA-LoRA - PiSSA) on every metric: pairing, 12 seed-stratified BCa intervals, sign-flip
 p-values, minimum detectable differences, Holm. Target: <= 2 s on 2 CPU cores. The best of
-``--repeats`` timings is reported with the median (the machines are shared).
+``--repeats`` timings is reported with the median, the process CPU time (``cpu_s``) and
+the 1-minute load average: on a shared machine the wall time grows with the load, the CPU
+time much less.
 
     python bench/stats.py [--items 1000] [--seeds 3] [--repeats 3] [--base] [--out FILE]
 
@@ -77,13 +79,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def timed(fn, repeats: int) -> tuple[list[float], object]:
-    out, result = [], None
+def timed(fn, repeats: int) -> tuple[list[float], list[float], object]:
+    """(wall seconds, process CPU seconds, last result) of ``repeats`` calls."""
+    wall, cpu, result = [], [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
-        out.append(time.perf_counter() - t0)
-    return out, result
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu, result
 
 
 def main(argv=None) -> dict:
@@ -98,7 +102,7 @@ def main(argv=None) -> dict:
     table = records(args.items, args.seeds, with_base=args.base)
     pairs = [("balora", "lora"), ("balora", "pissa")]
     compare_arms(table, ["accuracy"], pairs, [])  # warm-up: imports, first-call set-up
-    times, rows = timed(lambda: compare_arms(table, list(METRICS), pairs, []), args.repeats)
+    times, cpu, rows = timed(lambda: compare_arms(table, list(METRICS), pairs, []), args.repeats)
     best = min(times)
     result = {
         "bench": "stats",
@@ -111,11 +115,13 @@ def main(argv=None) -> dict:
         "seconds_all": [round(t, 4) for t in times],
         "target_s": TARGET_S,
         "ratio_to_target": round(best / TARGET_S, 3),
+        "cpu_s": round(min(cpu), 4),
         "ms_per_row": round(1000 * best / len(rows), 2),
         "ci_methods": sorted({r.stats["ci_method"] for r in rows}),
         "p_methods": sorted({r.stats["p_method"] for r in rows}),
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
         "numpy": np.__version__,
     }
@@ -123,7 +129,7 @@ def main(argv=None) -> dict:
 
     result["scipy"] = scipy.__version__
     if args.base:
-        base_times, base_rows = timed(
+        base_times, _, base_rows = timed(
             lambda: compare_arms(table, list(METRICS), pairs), args.repeats
         )
         result["with_base"] = {"rows": len(base_rows), "seconds": round(min(base_times), 4)}

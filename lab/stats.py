@@ -207,10 +207,10 @@ def bootstrap_means(groups: list[np.ndarray], n_resamples: int, rng) -> np.ndarr
             k = rng.multinomial(len(g), counts / len(g), size=n_resamples)  # (R, values)
             total += k @ values
             continue
-        rows = max(1, (1 << 20) // len(g))  # bounds the (rows, n_k) index block
+        rows = max(1, (1 << 18) // len(g))  # bounds the (rows, n_k) index block (cache-sized)
         for s in range(0, n_resamples, rows):
             r = min(rows, n_resamples - s)
-            idx = rng.integers(0, len(g), size=(r, len(g)), dtype=np.int32)
+            idx = rng.integers(0, len(g), size=(r, len(g)))  # intp: np.take converts no index
             total[s : s + r] += np.take(g, idx).sum(axis=1)
     return total / n
 
