@@ -180,6 +180,8 @@ def test_forest_figure_draws_each_row_with_n_and_a_zero_line():
 
     assert {t.marker.color for t in fig.data} <= set(plotly.colors.qualitative.Plotly)
     assert "n = 150" in fig.data[0].hovertext[0]
+    order = list(fig.layout.yaxis.categoryarray)  # metric by metric, comparisons in order
+    assert [y.split(" · ")[0] for y in order] == [r.label for r in rows]
     dicts = forest_figure([r.to_dict() for r in rows])
     assert len(dicts.data) == len(fig.data)
     assert "No paired differences" in forest_figure([]).layout.annotations[0].text
@@ -188,3 +190,17 @@ def test_forest_figure_draws_each_row_with_n_and_a_zero_line():
 def test_forest_module_imports_no_torch():
     code = "import sys, lab.plots.evidence; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_stats_bench_prints_its_json(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "stats.py"
+    spec = importlib.util.spec_from_file_location("bench_stats", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--items", "40", "--seeds", "2", "--repeats", "1", "--base"])
+    assert json.loads(capsys.readouterr().out) == out
+    assert out["rows"] == 12 and out["n_per_row"] == 80 and out["with_base"]["rows"] > 12
+    assert {"seconds", "cpu_s", "ratio_to_target", "cpu", "cores"} <= set(out)

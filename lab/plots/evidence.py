@@ -35,6 +35,15 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _name(comparison: tuple[str, str]) -> str:
+    return f"{arm_display(comparison[0])} − {arm_display(comparison[1])}"
+
+
+def _label(r: dict) -> str:
+    """The y label of a row: metric, comparison and n."""
+    return f"{r['label']} · {_name((r['arm_a'], r['arm_b']))} ({sample_size(r)})"
+
+
 def forest_figure(rows: Sequence, title: str | None = None) -> go.Figure:
     """The verdict rows of ``lab.verdicts.compare_arms`` (objects or their dicts) as a forest
     plot; an empty figure with a message when there is nothing to draw."""
@@ -60,8 +69,8 @@ def forest_figure(rows: Sequence, title: str | None = None) -> go.Figure:
             part = [r for r in mine if (r["arm_a"], r["arm_b"]) == comp]
             if not part:
                 continue
-            name = f"{arm_display(comp[0])} − {arm_display(comp[1])}"
-            ys = [f"{r['label']} · {name} ({sample_size(r)})" for r in part]
+            name = _name(comp)
+            ys = [_label(r) for r in part]
             xs = [float(r["diff"]) for r in part]
             up = [
                 float(r["ci_high"]) - x if _finite(r.get("ci_high")) else 0.0
@@ -101,7 +110,10 @@ def forest_figure(rows: Sequence, title: str | None = None) -> go.Figure:
             )  # fmt: skip
             shown.add(name)
         fig.add_vline(x=0, line={"color": "#444", "dash": "dash", "width": 1}, row=i, col=1)
-        fig.update_yaxes(autorange="reversed", row=i, col=1)
+        fig.update_yaxes(  # rows in the given order (metric by metric), top to bottom
+            categoryorder="array", categoryarray=[_label(r) for r in mine],
+            autorange="reversed", automargin=True, row=i, col=1,
+        )  # fmt: skip
     conf = rows[0].get("stats", {}).get("confidence") or 0.95
     fig.update_layout(
         title=title or f"Paired differences (arm − other arm) with {conf:.0%} intervals",
