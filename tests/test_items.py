@@ -76,7 +76,7 @@ def test_paired_matches_on_seed_and_item(tmp_path):
 
 
 def test_evaluate_task_items_agree_with_its_metrics(tiny_llama, tiny_bert):
-    from lab.datasets import evaluate_task, load_task_data
+    from lab.datasets import evaluate_task, load_task_data, score_responses
 
     d = load_task_data("sentiment", task="nlg", seed=0, max_train=16, max_eval=8)
     m, items = evaluate_task(tiny_llama.model, tiny_llama.tokenizer, d, max_examples=8, return_items=True)  # fmt: skip
@@ -84,7 +84,18 @@ def test_evaluate_task_items_agree_with_its_metrics(tiny_llama, tiny_bert):
     ids, correct = items["accuracy"]
     assert ids == [str(i) for i in range(8)] and correct.mean() == pytest.approx(m["accuracy"])
     _, lp = items["gold_logprob"]
-    assert lp.shape == (8,) and (lp < 0).all()
+    rows = d.test[:8]
+    want = score_responses(
+        tiny_llama.model, tiny_llama.tokenizer, [r["prompt"] for r in rows],
+        [d.label_names[r["label"]] for r in rows],
+    )  # fmt: skip
+    assert lp == pytest.approx(want.double().numpy(), rel=1e-6) and (lp < 0).all()
+    d = load_task_data("arithmetic", max_eval=3)
+    m, items = evaluate_task(tiny_llama.model, tiny_llama.tokenizer, d, max_examples=3, max_new_tokens=4, return_items=True)  # fmt: skip
+    assert items["accuracy"][1].mean() == pytest.approx(m["exact_match"])
+    rows = d.test[:3]
+    want = score_responses(tiny_llama.model, tiny_llama.tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows])  # fmt: skip
+    assert items["gold_logprob"][1] == pytest.approx(want.double().numpy(), rel=1e-6)
     d = load_task_data("sentiment", task="nlu", seed=0, max_train=16, max_eval=12)
     m, items = evaluate_task(tiny_bert.model, tiny_bert.tokenizer, d, max_examples=12, return_items=True)  # fmt: skip
     assert items["accuracy"][1].mean() == pytest.approx(m["accuracy"])

@@ -63,6 +63,7 @@ def test_planted_difference_gives_a_significant_verdict_with_its_numbers():
     assert acc.diff == pytest.approx(100 * truth)
     assert acc.n == 600 and acc.n_seeds == 3 and acc.items_per_seed == 200
     assert acc.significant and acc.direction == "better" and acc.ci_low > 0
+    assert [s["stratum"] for s in acc.stats["strata"]] == [0, 1, 2]  # seed-stratified
     text = verdict_text(acc)
     assert text.startswith("BA-LoRA did better than LoRA on clean accuracy: ")
     assert f"{acc.diff:.1f} points [{acc.ci_low:.1f}, {acc.ci_high:.1f}] more" in text
