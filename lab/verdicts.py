@@ -5,7 +5,8 @@
 (seed-stratified when the run has several seeds), adjusts the p-values of every row it returns
 together with Holm, and says whether the difference is better or worse given the metric's
 direction. ``verdict_text(row)`` phrases one row for a classroom from its numbers alone, and
-always with n; ``run_verdicts(run_dir)`` does it all for a run directory. Rates are in percentage points, log-likelihoods and KL in nats.
+always with n; ``run_verdicts(run_dir)`` does it all for a run directory. Rates are in
+percentage points, log-likelihoods and KL in nats.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ ARM_NAMES = {"lora": "LoRA", "pissa": "PiSSA", "balora": "BA-LoRA", "base": "the
 
 
 def arm_display(arm: str) -> str:
-    """ "balora" -> "BA-LoRA"; "balora@0.05,0.005,0.005" -> "BA-LoRA (0.05,0.005,0.005)"."""
+    """The name a classroom reads: BA-LoRA for "balora", "BA-LoRA (0.05,0.005,0.005)" for
+    "balora@0.05,0.005,0.005", the base model for "base"."""
     head, _, rest = arm.partition("@")
     name = ARM_NAMES.get(head, head)
     return f"{name} ({rest})" if rest else name
@@ -207,7 +209,8 @@ def _p(p: float) -> str:
 
 
 def sample_size(row: VerdictRow | Mapping) -> str:
-    """ "3 seeds × 200 items", "2 seeds, 31 items in all" or "n = 24, 1 seed"."""
+    """How many items stand behind a row: "3 seeds × 200 items", "2 seeds, 31 items in all"
+    or "n = 24, 1 seed"."""
     r = row.to_dict() if isinstance(row, VerdictRow) else row
     if r["n_seeds"] > 1:
         if r.get("items_per_seed"):
