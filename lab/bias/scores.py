@@ -180,6 +180,8 @@ def pronoun_scores(
     if not return_items:
         return out
     ids = [o["occupation"] for o in occupations]
+    if len(set(ids)) < len(ids):  # a user's list naming an occupation twice: keep ids unique
+        ids = [f"{name}#{i}" for i, name in enumerate(ids)]
     return out, {"pronoun_logodds": (ids, lo), "pronoun_abs_logodds": (ids, np.abs(lo))}
 
 
