@@ -192,3 +192,35 @@ def test_tiny_run_verdicts(tiny_run):
     assert {(r.arm_a, r.arm_b) for r in rows} >= {("balora", "lora"), ("balora", "pissa"), ("lora", "base")}  # fmt: skip
     for r in rows:
         assert f"n = {r.n}, 1 seed" in verdict_text(r)
+
+
+def test_bias_scorers_return_items_that_match_their_scores(monkeypatch):
+    import lab.bias.scores as scores_mod
+
+    monkeypatch.setattr(
+        scores_mod,
+        "sentence_logprob",
+        lambda m, t, texts, **k: np.array([len(x) for x in texts], float),
+    )
+    pairs = [
+        {"stereo": "long stereo text", "anti": "short", "bias_type": "a", "id": 7},
+        {"stereo": "s", "anti": "a longer anti text", "bias_type": "b", "id": 9},
+        {"stereo": "same", "anti": "tied", "bias_type": "b", "id": 11},
+    ]
+    out, items = scores_mod.stereo_scores(None, None, pairs, n_boot=50, return_items=True)
+    ids, pref = items["stereo_pref"]
+    assert ids == ["7:a", "9:b", "11:b"] and pref.tolist() == [1.0, 0.0, 0.5]
+    assert pref.mean() == pytest.approx(out["stereo_pref"]["value"])
+    assert items["stereo_llr"][1].tolist() == [11.0, -17.0, 0.0]
+    monkeypatch.setattr(  # log P grows with the text, twice as fast for "he": log-odds vary
+        scores_mod, "sentence_logprob",
+        lambda m, t, texts, **k: np.array([len(x) * (1 if " she " in x else 2) for x in texts], float),
+    )  # fmt: skip
+    names = (("nurse", 90.0), ("airline pilot", 10.0), ("nurse", 80.0))
+    occ = [{"occupation": o, "women_pct": p} for o, p in names]
+    out, items = scores_mod.pronoun_scores(
+        None, None, occ, ["The {occupation} said {pronoun} would go."], n_boot=50, return_items=True
+    )
+    ids, lo = items["pronoun_logodds"]
+    assert ids == ["nurse#0", "airline pilot#1", "nurse#2"]  # unique even when a name repeats
+    assert np.abs(lo).mean() == pytest.approx(out["pronoun_abs_logodds"]["value"])
