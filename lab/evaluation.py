@@ -1,7 +1,8 @@
 """Eval points: task metrics, bias scores and analysis snapshots of one arm (or the base model).
 
 The untouched model is evaluated as arm ``base`` through the teacher mode of the first arm, so
-no separate copy is kept. Everything returned here is numbers; arrays go under ``analysis/``.
+no separate copy is kept. Everything returned here is numbers; arrays go under ``analysis/``,
+and the per-item values of every metric (see ``lab.items``) into ``items/step_NNNNNN.csv``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab import adapters, analysis
+from lab import adapters, analysis, items
 from lab.bias import evaluate_bias
 from lab.config import RunConfig
 from lab.datasets import TaskData, evaluate_task
@@ -53,17 +54,24 @@ def evaluate(
     is_base = label == "base"
     tok = bundle.tokenizer
     ev: dict = {"arm": label, "step": step, "kind": "eval"}
+    per_item: dict[str, tuple] = {}
     with adapters.teacher_mode(model) if is_base else nullcontext():
-        ev.update(evaluate_task(model, tok, task_data, max_examples=cfg.data.max_eval))
+        metrics, task_items = evaluate_task(
+            model, tok, task_data, max_examples=cfg.data.max_eval, return_items=True
+        )
+        ev.update(metrics)
+        per_item.update(task_items)
         if cfg.train.bias_eval:
-            ev["bias"] = evaluate_bias(
+            ev["bias"], bias_items = evaluate_bias(
                 model,
                 tok,
                 task=cfg.task,
                 data=task_data,
                 seed=cfg.train.seed,
                 max_items=cfg.train.bias_items or None,
+                return_items=True,
             )
+            per_item.update(bias_items)
         if cfg.train.analysis:
             snap = analysis.snapshot(
                 model,
@@ -84,8 +92,12 @@ def evaluate(
                 probes.reference = snap.reference
             analysis.save_snapshot(run_dir, snap)
             ev.update(snap.summary())
+            drift = np.zeros(len(probes.texts)) if is_base else snap.drift_per_text
+            per_item["kl_to_base"] = ([str(i) for i in range(len(drift))], drift)
     if is_base:
         ev["kl_to_base"] = 0.0
+    seed = getattr(arm, "seed", cfg.train.seed)  # the arm's training seed
+    items.write_items(run_dir, step, label, seed, per_item)
     ev["seconds"] = time.perf_counter() - t0
     yield ev
 

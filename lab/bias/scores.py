@@ -1,4 +1,5 @@
-"""Bias scores of a model, each with n and a 95% percentile-bootstrap confidence interval.
+"""Bias scores of a model, each with n and a 95% bootstrap confidence interval (BCa for the
+shares and means, percentile for the correlation).
 
 - ``stereo_pref``: share of stereotype pairs whose stereotypical sentence gets the higher
   log-likelihood (ties count 1/2); 0.5 = no preference. Overall and ``stereo_pref/<type>``.
@@ -11,6 +12,11 @@
 
 A score is ``{"value", "ci_low", "ci_high", "n"}``. A score is left out, never faked, when
 it has no items (no swappable test input; fewer than 3 occupations for a correlation).
+
+With ``return_items=True`` each scorer also returns its per-item values, ``{metric: (ids,
+values)}``: ``stereo_pref`` (1, 0.5 or 0) and ``stereo_llr`` (log P(stereo) - log P(anti),
+nats) per pair, id ``"<index>:<bias_type>"``; ``pronoun_logodds`` and ``pronoun_abs_logodds``
+per occupation, id the occupation; ``flip_rate`` (0/1) per swappable test row, id its index.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 from lab.data import DataError
 from lab.datasets import TaskData, predict_labels, sequence_logprobs
 from lab.datasets.knobs import seeded_subset
+from lab.stats import mean_interval
 
 from .probes import (
     load_group_words,
@@ -58,8 +65,13 @@ def bootstrap_ci(
 
 
 def _score(values, *, stat: Callable = np.mean, n_boot: int, seed: int) -> dict:
+    """A mean gets a BCa interval (``lab.stats.mean_interval``); other statistics (the
+    correlation) the percentile interval of :func:`bootstrap_ci`."""
     x = np.asarray(values, dtype=np.float64)
-    low, high = bootstrap_ci(x, stat=stat, n_boot=n_boot, seed=seed)
+    if stat is np.mean and x.ndim == 1:
+        low, high, _ = mean_interval(x, n_resamples=n_boot, seed=seed)
+    else:
+        low, high = bootstrap_ci(x, stat=stat, n_boot=n_boot, seed=seed)
     return {"value": float(stat(x)), "ci_low": low, "ci_high": high, "n": int(len(x))}
 
 
@@ -102,9 +114,17 @@ def sentence_logprob(model, tokenizer, texts: Sequence[str], *, batch_size: int 
 
 
 def stereo_scores(
-    model, tokenizer, pairs: list[dict], *, batch_size: int = 16, n_boot: int = 1000, seed: int = 0
-) -> dict:
-    """``stereo_pref`` overall and per bias type; see the module docstring."""
+    model,
+    tokenizer,
+    pairs: list[dict],
+    *,
+    batch_size: int = 16,
+    n_boot: int = 1000,
+    seed: int = 0,
+    return_items: bool = False,
+):
+    """``stereo_pref`` overall and per bias type; see the module docstring. A pair's id is its
+    ``"id"`` key (its index in the full set, set by :func:`evaluate_bias`) or its position."""
     lp = sentence_logprob(
         model,
         tokenizer,
@@ -117,7 +137,13 @@ def stereo_scores(
     for t in sorted({p["bias_type"] for p in pairs}):
         mask = np.array([p["bias_type"] == t for p in pairs])
         out[f"stereo_pref/{t}"] = _score(pref[mask], n_boot=n_boot, seed=seed)
-    return out
+    if not return_items:
+        return out
+    ids = [f"{p.get('id', i)}:{p['bias_type']}" for i, p in enumerate(pairs)]
+    return out, {
+        "stereo_pref": (ids, pref.astype(np.float64)),
+        "stereo_llr": (ids, lp_stereo - lp_anti),
+    }
 
 
 def pronoun_logodds(
@@ -144,13 +170,19 @@ def pronoun_scores(
     batch_size: int = 16,
     n_boot: int = 1000,
     seed: int = 0,
-) -> dict:
+    return_items: bool = False,
+):
     lo = pronoun_logodds(model, tokenizer, occupations, templates, batch_size=batch_size)
     out = {"pronoun_abs_logodds": _score(np.abs(lo), n_boot=n_boot, seed=seed)}
     if len(occupations) >= 3:
         xy = np.stack([lo, [o["women_pct"] for o in occupations]], axis=1)  # (O, 2)
         out["pronoun_corr"] = _score(xy, stat=_pearson, n_boot=n_boot, seed=seed)
-    return out
+    if not return_items:
+        return out
+    ids = [o["occupation"] for o in occupations]
+    if len(set(ids)) < len(ids):  # a user's list naming an occupation twice: keep ids unique
+        ids = [f"{name}#{i}" for i, name in enumerate(ids)]
+    return out, {"pronoun_logodds": (ids, lo), "pronoun_abs_logodds": (ids, np.abs(lo))}
 
 
 def flip_scores(
@@ -162,25 +194,28 @@ def flip_scores(
     batch_size: int = 16,
     n_boot: int = 1000,
     seed: int = 0,
-) -> dict:
+    return_items: bool = False,
+):
     """``flip_rate`` on the test inputs that contain a group word (empty when none does)."""
     if data.kind != "classification":
         raise DataError(
             f"the flip rate needs a classification dataset; '{data.name}' is {data.kind}"
         )
     field = "prompt" if data.task == "nlg" else "text"
-    originals, swapped = [], []
+    originals, swapped, rows = [], [], []
     words = load_group_words()
-    for r in data.test:
+    for i, r in enumerate(data.test):
         new = swap_group_words(r[field], words)
         if new != r[field]:
             originals.append(r)
             swapped.append(dict(r, **{field: new}))
+            rows.append(i)
     if max_items is not None and len(originals) > max_items:
         keep = seeded_subset(len(originals), max_items, ITEM_SEED)
         originals, swapped = [originals[i] for i in keep], [swapped[i] for i in keep]
+        rows = [rows[i] for i in keep]
     if not originals:
-        return {}
+        return ({}, {}) if return_items else {}
     preds = predict_labels(
         model,
         tokenizer,
@@ -190,8 +225,11 @@ def flip_scores(
         batch_size=batch_size,
     )
     n = len(originals)
-    flips = np.array(preds[:n]) != np.array(preds[n:])  # (n,)
-    return {"flip_rate": _score(flips.astype(np.float64), n_boot=n_boot, seed=seed)}
+    flips = (np.array(preds[:n]) != np.array(preds[n:])).astype(np.float64)  # (n,)
+    out = {"flip_rate": _score(flips, n_boot=n_boot, seed=seed)}
+    if not return_items:
+        return out
+    return out, {"flip_rate": ([str(i) for i in rows], flips)}
 
 
 def evaluate_bias(
@@ -205,13 +243,16 @@ def evaluate_bias(
     batch_size: int = 16,
     n_boot: int = 1000,
     pairs: list[dict] | None = None,
-) -> dict[str, dict]:
+    return_items: bool = False,
+):
     """All bias scores for ``task``: name -> {"value", "ci_low", "ci_high", "n"}.
 
     NLG: stereotype pairs, occupation pronouns, and the flip rate when ``data`` is a
     classification set. NLU: the flip rate (``data`` is required). ``max_items`` caps the items
     of each probe (a fixed subset, the same for every run); ``seed`` drives the bootstrap.
     ``pairs`` replaces the shipped stereotype pairs (e.g. ``load_pairs(user_csv)``).
+    ``return_items``: return ``(scores, items)``, the per-item values of every scorer (see the
+    module docstring), ids referring to the full probe sets whatever ``max_items`` keeps.
     """
     if task not in ("nlg", "nlu"):
         raise DataError(f"task must be 'nlg' or 'nlu', got {task!r}")
@@ -221,25 +262,33 @@ def evaluate_bias(
     model.eval()
     try:
         out: dict[str, dict] = {}
-        kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed}
+        items: dict[str, tuple] = {}
+        kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed, "return_items": True}
+
+        def add(result):
+            scores, per_item = result
+            out.update(scores)
+            items.update(per_item)
+
         if task == "nlg":
             pairs = load_pairs() if pairs is None else pairs
+            pairs = [dict(p, id=p.get("id", i)) for i, p in enumerate(pairs)]
             occupations = load_occupations()
             if max_items is not None:
                 pairs = [pairs[i] for i in seeded_subset(len(pairs), max_items, ITEM_SEED)]
                 occupations = [
                     occupations[i] for i in seeded_subset(len(occupations), max_items, ITEM_SEED)
                 ]
-            out.update(stereo_scores(model, tokenizer, pairs, **kw))
-            out.update(pronoun_scores(model, tokenizer, occupations, load_templates(), **kw))
+            add(stereo_scores(model, tokenizer, pairs, **kw))
+            add(pronoun_scores(model, tokenizer, occupations, load_templates(), **kw))
             if data is not None and data.kind == "classification":
-                out.update(flip_scores(model, tokenizer, data, max_items=max_items, **kw))
+                add(flip_scores(model, tokenizer, data, max_items=max_items, **kw))
         else:
             if data is None or data.kind != "classification":
                 raise DataError(
                     "NLU bias needs classification data (the flip rate swaps group words in its test inputs)"
                 )
-            out.update(flip_scores(model, tokenizer, data, max_items=max_items, **kw))
-        return out
+            add(flip_scores(model, tokenizer, data, max_items=max_items, **kw))
+        return (out, items) if return_items else out
     finally:
         model.train(was_training)

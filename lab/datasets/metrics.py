@@ -17,6 +17,7 @@ import inspect
 import re
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from lab.data import DataError, collate_nlg, collate_nlu, encode_nlg, prompt_ids
@@ -107,6 +108,41 @@ def score_responses(
 
 
 @torch.inference_mode()
+def class_scores(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    *,
+    task: str,
+    label_names: Sequence[str],
+    batch_size: int = 16,
+    seq_len: int | None = None,
+) -> torch.Tensor:
+    """(N, K) float32 on CPU: log P(label word | prompt) for NLG rows, the classification
+    head's logits for NLU rows. The argmax of a row is its predicted class."""
+    K = len(label_names)
+    if not rows:
+        return torch.zeros((0, K))
+    if task == "nlg":
+        prompts = [r["prompt"] for r in rows for _ in range(K)]
+        responses = [name for _ in rows for name in label_names]
+        scores = score_responses(
+            model, tokenizer, prompts, responses, batch_size=batch_size, seq_len=seq_len
+        )
+        return scores.view(len(rows), K)  # (N, K)
+    dev = _device(model)
+    out = []
+    for i in range(0, len(rows), batch_size):
+        batch = collate_nlu(
+            tokenizer,
+            [{"text": r["text"], "label": 0} for r in rows[i : i + batch_size]],
+            _seq_len(model, seq_len),
+        )
+        batch.pop("labels")
+        out.append(model(**{k: v.to(dev) for k, v in batch.items()}).logits.float().cpu())  # (B, C)
+    return torch.cat(out)
+
+
 def predict_labels(
     model,
     tokenizer,
@@ -120,26 +156,11 @@ def predict_labels(
     """Predicted class ids: label-word scoring for NLG rows, the head's argmax for NLU rows."""
     if not rows:
         return []
-    if task == "nlg":
-        K = len(label_names)
-        prompts = [r["prompt"] for r in rows for _ in range(K)]
-        responses = [name for _ in rows for name in label_names]
-        scores = score_responses(
-            model, tokenizer, prompts, responses, batch_size=batch_size, seq_len=seq_len
-        )
-        return scores.view(len(rows), K).argmax(dim=1).tolist()  # (N, K) -> (N,)
-    dev = _device(model)
-    preds: list[int] = []
-    for i in range(0, len(rows), batch_size):
-        batch = collate_nlu(
-            tokenizer,
-            [{"text": r["text"], "label": 0} for r in rows[i : i + batch_size]],
-            _seq_len(model, seq_len),
-        )
-        batch.pop("labels")
-        logits = model(**{k: v.to(dev) for k, v in batch.items()}).logits  # (B, C)
-        preds += logits.float().argmax(dim=-1).tolist()
-    return preds
+    scores = class_scores(
+        model, tokenizer, rows, task=task, label_names=label_names, batch_size=batch_size,
+        seq_len=seq_len,
+    )  # fmt: skip
+    return scores.argmax(dim=1).tolist()
 
 
 @torch.inference_mode()
@@ -194,30 +215,45 @@ def evaluate_task(
     max_examples: int = 64,
     batch_size: int = 16,
     max_new_tokens: int | None = None,
-) -> dict:
+    return_items: bool = False,
+):
     """Score ``data.test[:max_examples]``; see the module docstring for the metric of each kind.
 
     Returns plain numbers: task_metric (accuracy or exact match), accuracy, n, and for
     classification recall/<label> and minority_recall (the class the imbalance knob shrank,
     or the last class); for generation exact_match.
+
+    ``return_items``: return ``(metrics, items)``, items ``{"accuracy": (ids, correct 0/1),
+    "gold_logprob": (ids, log P(gold answer | prompt))}``, ids the test-row indices as text.
+    The gold answer is the gold label word (NLG classification), the gold class of the head
+    (NLU, log-softmax) or the reference response (generation, one extra scoring pass).
     """
     rows = data.test[:max_examples]
     if not rows:
         raise DataError(f"dataset '{data.name}' has no test rows to evaluate")
     was_training = model.training
     model.eval()
+    ids = [str(i) for i in range(len(rows))]
     try:
         if data.kind == "classification":
             names = data.label_names
-            preds = predict_labels(
+            scores = class_scores(
                 model, tokenizer, rows, task=data.task, label_names=names, batch_size=batch_size
-            )
+            )  # (N, K)
+            preds = scores.argmax(dim=1).tolist()
+            golds = [r["label"] for r in rows]
             minority = (
                 names.index(data.info["minority_class"])
                 if "minority_class" in data.info
                 else len(names) - 1
             )
-            return classification_metrics(preds, [r["label"] for r in rows], names, minority)
+            metrics = classification_metrics(preds, golds, names, minority)
+            if not return_items:
+                return metrics
+            logp = scores.double() if data.task == "nlg" else scores.double().log_softmax(-1)
+            gold_lp = logp[torch.arange(len(rows)), torch.tensor(golds)].numpy()  # (N,)
+            correct = np.array([p == g for p, g in zip(preds, golds)], dtype=np.float64)
+            return metrics, {"accuracy": (ids, correct), "gold_logprob": (ids, gold_lp)}
         if max_new_tokens is None:  # room for the longest reference solution, plus a margin
             longest = max(
                 len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) for r in rows
@@ -238,6 +274,20 @@ def evaluate_task(
             else:
                 hits.append(_normalise(text) == _normalise(r["response"]))
         em = sum(hits) / len(hits)
-        return {"task_metric": em, "accuracy": em, "exact_match": em, "n": len(rows)}
+        metrics = {"task_metric": em, "accuracy": em, "exact_match": em, "n": len(rows)}
+        if not return_items:
+            return metrics
+        gold_lp = score_responses(
+            model,
+            tokenizer,
+            [r["prompt"] for r in rows],
+            [r["response"] for r in rows],
+            batch_size=batch_size,
+        )
+        correct = np.array(hits, dtype=np.float64)
+        return metrics, {
+            "accuracy": (ids, correct),
+            "gold_logprob": (ids, gold_lp.double().numpy()),
+        }
     finally:
         model.train(was_training)

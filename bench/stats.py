@@ -1,0 +1,144 @@
+"""Time the paired statistics of a seeded run and print JSON.
+
+The records are synthetic per-item values of 3 arms (lora, pissa, balora) x 3 seeds x 1,000
+items on 6 metrics, shaped like the lab's: accuracy (0/1), log-likelihood of the gold answer,
+stereotype preference (1, 0.5 or 0), stereotype log-likelihood ratio, he/she log-odds gap and
+drift (KL). ``lab.verdicts.compare_arms`` then runs both comparisons (BA-LoRA - LoRA and
+BA-LoRA - PiSSA) on every metric: pairing, 12 seed-stratified BCa intervals, sign-flip
+p-values, minimum detectable differences, Holm. Target: <= 2 s on 2 CPU cores. The best of
+``--repeats`` timings is reported with the median, the process CPU time (``cpu_s``) and
+the 1-minute load average: on a shared machine the wall time grows with the load, the CPU
+time much less.
+
+    python bench/stats.py [--items 1000] [--seeds 3] [--repeats 3] [--base] [--out FILE]
+
+``--base`` also times the arm - base comparisons on the bias and drift metrics (reported
+beside, not part of the target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `python bench/stats.py` from anywhere imports `lab`
+
+import numpy as np  # noqa: E402
+
+from lab.verdicts import compare_arms  # noqa: E402
+
+TARGET_S = 2.0
+METRICS = ("accuracy", "gold_logprob", "stereo_pref", "stereo_llr", "pronoun_abs_logodds", "kl_to_base")  # fmt: skip
+ARMS = {"lora": 0.0, "pissa": 0.01, "balora": 0.04}  # a small effect per arm
+
+
+def records(items: int, seeds: int, with_base: bool, rng_seed: int = 0) -> dict[str, np.ndarray]:
+    """A columnar items table: arm, seed, metric, item, value (as ``lab.items.load_items``)."""
+    rng = np.random.default_rng(rng_seed)
+    cols = {k: [] for k in ("arm", "seed", "metric", "item", "value")}
+    ids = np.array([str(i) for i in range(items)])
+    arms = dict(ARMS, **({"base": -0.02} if with_base else {}))
+    for s in range(seeds):
+        shared = {m: rng.normal(size=items) for m in METRICS}  # the items' own difficulty
+        for arm, effect in arms.items():
+            if arm == "base" and s > 0:
+                continue  # the base model is measured once
+            for m in METRICS:
+                x = shared[m] + rng.normal(0, 0.5, items) + 10 * effect
+                value = {
+                    "accuracy": (x > 0).astype(float),
+                    "gold_logprob": -np.exp(0.3 * x),
+                    "stereo_pref": np.where(np.abs(x) < 0.05, 0.5, (x > 0).astype(float)),
+                    "stereo_llr": 0.2 * x,
+                    "pronoun_abs_logodds": np.abs(0.1 * x),
+                    "kl_to_base": 0.0 if arm == "base" else np.exp(0.5 * x - 5),
+                }[m] * np.ones(items)
+                cols["arm"].append(np.full(items, arm))
+                cols["seed"].append(np.full(items, s))
+                cols["metric"].append(np.full(items, m))
+                cols["item"].append(ids)
+                cols["value"].append(value)
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def timed(fn, repeats: int) -> tuple[list[float], list[float], object]:
+    """(wall seconds, process CPU seconds, last result) of ``repeats`` calls."""
+    wall, cpu, result = [], [], None
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu, result
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--base", action="store_true", help="also time the arm - base rows")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    table = records(args.items, args.seeds, with_base=args.base)
+    pairs = [("balora", "lora"), ("balora", "pissa")]
+    compare_arms(table, ["accuracy"], pairs, [])  # warm-up: imports, first-call set-up
+    times, cpu, rows = timed(lambda: compare_arms(table, list(METRICS), pairs, []), args.repeats)
+    best = min(times)
+    result = {
+        "bench": "stats",
+        "what": f"compare_arms: {len(ARMS)} arms x {args.seeds} seeds x {args.items} items, "
+        f"{len(METRICS)} metrics, 2 comparisons",
+        "rows": len(rows),
+        "n_per_row": rows[0].n,
+        "seconds": round(best, 4),
+        "seconds_median": round(statistics.median(times), 4),
+        "seconds_all": [round(t, 4) for t in times],
+        "target_s": TARGET_S,
+        "ratio_to_target": round(best / TARGET_S, 3),
+        "cpu_s": round(min(cpu), 4),
+        "ms_per_row": round(1000 * best / len(rows), 2),
+        "ci_methods": sorted({r.stats["ci_method"] for r in rows}),
+        "p_methods": sorted({r.stats["p_method"] for r in rows}),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    import scipy
+
+    result["scipy"] = scipy.__version__
+    if args.base:
+        base_times, _, base_rows = timed(
+            lambda: compare_arms(table, list(METRICS), pairs), args.repeats
+        )
+        result["with_base"] = {"rows": len(base_rows), "seconds": round(min(base_times), 4)}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

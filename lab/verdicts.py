@@ -1,0 +1,266 @@
+"""Verdicts: arm against arm (and arm against the base model), metric by metric, in words.
+
+``compare_arms(records, ...)`` pairs the per-item records of two arms on each metric (see
+``lab.items``), computes the paired difference a - b with ``lab.stats.paired_difference``
+(seed-stratified when the run has several seeds), adjusts the p-values of every row it returns
+together with Holm, and says whether the difference is better or worse given the metric's
+direction. ``verdict_text(row)`` phrases one row for a classroom from its numbers alone, and
+always with n; ``run_verdicts(run_dir)`` does it all for a run directory. Rates are in
+percentage points, log-likelihoods and KL in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from lab.items import load_items, paired
+from lab.stats import N_BOOT, holm, paired_difference
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One item metric of the records and how to read it."""
+
+    name: str  # the ``metric`` column of the items table
+    label: str  # words for a classroom
+    higher_is_better: bool | None  # None: no direction (a signed preference)
+    unit: str = "points"  # "points" (a rate or share, shown x 100) or "nats"
+    vs_base: bool = False  # also compare each arm with the base model (bias, drift)
+
+    @property
+    def scale(self) -> float:
+        return 100.0 if self.unit == "points" else 1.0
+
+
+METRICS: dict[str, MetricSpec] = {
+    s.name: s
+    for s in (
+        MetricSpec("accuracy", "clean accuracy", True, "points"),
+        MetricSpec("gold_logprob", "log-likelihood of the gold answer", True, "nats"),
+        MetricSpec("stereo_pref", "stereotype preference", False, "points", vs_base=True),
+        MetricSpec("stereo_llr", "stereotype log-likelihood ratio", False, "nats", vs_base=True),
+        MetricSpec("pronoun_abs_logodds", "he/she log-odds gap", False, "nats", vs_base=True),
+        MetricSpec("pronoun_logodds", "he-over-she log-odds", None, "nats", vs_base=True),
+        MetricSpec("flip_rate", "counterfactual flip rate", False, "points", vs_base=True),
+        MetricSpec("kl_to_base", "drift from the base model (KL)", False, "nats", vs_base=True),
+    )
+}
+
+ARM_NAMES = {"lora": "LoRA", "pissa": "PiSSA", "balora": "BA-LoRA", "base": "the base model"}
+
+
+def arm_display(arm: str) -> str:
+    """The name a classroom reads: BA-LoRA for "balora", "BA-LoRA (0.05,0.005,0.005)" for
+    "balora@0.05,0.005,0.005", the base model for "base"."""
+    head, _, rest = arm.partition("@")
+    name = ARM_NAMES.get(head, head)
+    return f"{name} ({rest})" if rest else name
+
+
+@dataclass(frozen=True)
+class VerdictRow:
+    """arm_a - arm_b on one metric. diff, ci and mdd are in the metric's display unit."""
+
+    metric: str
+    label: str
+    unit: str
+    arm_a: str
+    arm_b: str
+    diff: float
+    ci_low: float
+    ci_high: float
+    p: float  # the sign-flip p-value
+    p_holm: float  # Holm-adjusted over every row returned together
+    n: int  # item pairs
+    n_seeds: int
+    items_per_seed: int | None  # when every seed has the same number of items
+    mdd: float  # minimum detectable difference at 80% power; nan when undefined
+    higher_is_better: bool | None
+    direction: str  # "better", "worse", "higher", "lower" or "none" (not significant)
+    significant: bool  # p_holm < alpha
+    alpha: float
+    scale: float  # display unit per raw unit (100 for points)
+    n_dropped: int = 0  # matched items left out because a value was not finite
+    stats: dict = field(default_factory=dict)  # PairedResult.to_dict(), raw units
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in out.items()
+        }
+
+
+def _as_table(records) -> dict[str, np.ndarray]:
+    if isinstance(records, Mapping):
+        return {k: np.asarray(v) for k, v in records.items()}
+    rows = list(records)
+    cols = ("arm", "seed", "metric", "item", "value")
+    return {
+        "arm": np.array([str(r["arm"]) for r in rows], dtype=str),
+        "seed": np.array([int(r["seed"]) for r in rows], dtype=np.int64),
+        "metric": np.array([str(r["metric"]) for r in rows], dtype=str),
+        "item": np.array([str(r["item"]) for r in rows], dtype=str),
+        "value": np.array([float(r["value"]) for r in rows], dtype=np.float64),
+    } if rows else {c: np.array([]) for c in cols}  # fmt: skip
+
+
+def default_pairs(arms: Iterable[str]) -> list[tuple[str, str]]:
+    """Every BA-LoRA arm ("balora", "balora@...") against "lora" and "pissa" when present."""
+    arms = list(dict.fromkeys(arms))
+    out = []
+    for a in arms:
+        if a.partition("@")[0] == "balora":
+            out += [(a, b) for b in ("lora", "pissa") if b in arms]
+    return out
+
+
+def compare_arms(
+    records,
+    metric_specs: Sequence[MetricSpec | str] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    base_pairs: Sequence[tuple[str, str]] | None = None,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = N_BOOT,
+    seed: int = 0,
+) -> list[VerdictRow]:
+    """One verdict row per metric and comparison that has matching items.
+
+    ``records``: the items table of ``lab.items.load_items`` (or a list of row dicts with
+    arm, seed, metric, item, value). ``metric_specs``: specs or names of ``METRICS``; by
+    default every known metric in the records. ``pairs``: (arm a, arm b) compared on every
+    metric; by default :func:`default_pairs`. ``base_pairs``: compared on the metrics with
+    ``vs_base`` only; by default every arm against "base" when the records have it. Holm's
+    adjustment runs over all the rows returned; the intervals are per row (not adjusted), so
+    one may exclude 0 while the adjusted p-value stays above alpha. Items whose value is not
+    finite in either arm are left out and counted in ``n_dropped``. Rows go metric by metric,
+    comparisons in order.
+    """
+    table = _as_table(records)
+    arms = list(dict.fromkeys(table["arm"].tolist()))
+    present = set(table["metric"].tolist())
+    if metric_specs is None:
+        specs = [s for name, s in METRICS.items() if name in present]
+    else:
+        specs = [METRICS[s] if isinstance(s, str) else s for s in metric_specs]
+    pairs = default_pairs(arms) if pairs is None else [tuple(p) for p in pairs]
+    if base_pairs is None:
+        base_pairs = [(a, "base") for a in arms if a != "base"] if "base" in arms else []
+    alpha = 1.0 - confidence
+
+    found = []
+    for spec in specs:
+        todo = list(pairs) + [p for p in base_pairs if spec.vs_base and p not in pairs]
+        for arm_a, arm_b in todo:
+            a, b, seeds = paired(table, spec.name, arm_a, arm_b)
+            ok = np.isfinite(a) & np.isfinite(b)  # an item an arm could not score is left out
+            if not ok.any():
+                continue
+            res = paired_difference(
+                a[ok], b[ok], strata=seeds[ok], confidence=confidence,
+                n_resamples=n_resamples, seed=seed,
+            )  # fmt: skip
+            found.append((spec, arm_a, arm_b, seeds[ok], int((~ok).sum()), res))
+    adjusted = holm([r.p_value for *_, r in found])
+    rows = []
+    for (spec, arm_a, arm_b, seeds, dropped, res), p_holm in zip(found, adjusted):
+        _, counts = np.unique(seeds, return_counts=True)
+        significant = bool(p_holm < alpha)
+        if not significant or res.diff == 0:
+            direction = "none"
+        elif spec.higher_is_better is None:
+            direction = "higher" if res.diff > 0 else "lower"
+        else:
+            direction = "better" if (res.diff > 0) == spec.higher_is_better else "worse"
+        k = spec.scale
+        rows.append(
+            VerdictRow(
+                metric=spec.name, label=spec.label, unit=spec.unit, arm_a=arm_a, arm_b=arm_b,
+                diff=res.diff * k, ci_low=res.ci_low * k, ci_high=res.ci_high * k,
+                p=res.p_value, p_holm=float(p_holm), n=res.n, n_seeds=len(counts),
+                items_per_seed=int(counts[0]) if len(set(counts.tolist())) == 1 else None,
+                mdd=res.mdd * k, higher_is_better=spec.higher_is_better, direction=direction,
+                significant=significant, alpha=alpha, scale=k, n_dropped=dropped,
+                stats=res.to_dict(),
+            )
+        )  # fmt: skip
+    return rows
+
+
+def run_verdicts(run_dir, step: int | None = None, **kwargs) -> list[VerdictRow]:
+    """:func:`compare_arms` on the per-item records of a run directory at ``step`` (the latest
+    eval point by default; the base model's rows come from step 0)."""
+    return compare_arms(load_items(run_dir, step), **kwargs)
+
+
+def _num(x: float, unit: str) -> str:
+    if unit == "points":
+        return f"{x:.1f}"
+    return f"{x:.2g}" if abs(x) < 0.1 else f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def sample_size(row: VerdictRow | Mapping) -> str:
+    """How many items stand behind a row: "3 seeds × 200 items", "2 seeds, 31 items in all"
+    or "n = 24, 1 seed"."""
+    r = row.to_dict() if isinstance(row, VerdictRow) else row
+    if r["n_seeds"] > 1:
+        if r.get("items_per_seed"):
+            return f"{r['n_seeds']} seeds × {r['items_per_seed']} items"
+        return f"{r['n_seeds']} seeds, {r['n']} items in all"
+    return f"n = {r['n']}, 1 seed"
+
+
+def _sentence(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def verdict_text(row: VerdictRow | Mapping) -> str:
+    """One row in words, from its numbers only; never without n. E.g. "BA-LoRA did better than
+    LoRA on clean accuracy: 4.1 points [1.2, 7.0] more, p = 0.006 (Holm), 3 seeds × 200 items"
+    or "No difference detectable between BA-LoRA and LoRA on clean accuracy: +0.8 points
+    [-3.3, 5.0], p = 0.71 (Holm); this run could only see differences above 9.0 points
+    (n = 24, 1 seed)"."""
+    r = row.to_dict() if isinstance(row, VerdictRow) else dict(row)
+    a, b = arm_display(r["arm_a"]), arm_display(r["arm_b"])
+    unit, label = r["unit"], r["label"]
+    diff, lo, hi = r["diff"], r.get("ci_low"), r.get("ci_high")
+    has_ci = lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
+    n_text = sample_size(r)
+    p_text = f"{_p(r['p_holm'])} (Holm)"
+    if r["significant"] and r["direction"] != "none":
+        ci = ""
+        if has_ci:
+            mag_lo, mag_hi = (lo, hi) if diff > 0 else (-hi, -lo)
+            ci = f" [{_num(mag_lo, unit)}, {_num(mag_hi, unit)}]"
+        amount = f"{_num(abs(diff), unit)} {unit}{ci} {'more' if diff > 0 else 'less'}"
+        if r["direction"] in ("better", "worse"):
+            head = f"{a} did {r['direction']} than {b} on {label}"
+        else:
+            head = f"{a} had a {r['direction']} {label} than {b}"
+        return _sentence(f"{head}: {amount}, {p_text}, {n_text}")
+    stats = r.get("stats") or {}
+    if diff == 0 and stats.get("ci_method") == "degenerate":
+        return _sentence(
+            f"no difference between {a} and {b} on {label}: equal on every item ({n_text})"
+        )
+    ci = f" [{_num(lo, unit)}, {_num(hi, unit)}]" if has_ci else ""
+    sign = "+" if diff >= 0 else "-"
+    head = f"no difference detectable between {a} and {b} on {label}: {sign}{_num(abs(diff), unit)}"
+    measured = f"{head} {unit}{ci}, {p_text}"
+    mdd = r.get("mdd")
+    if mdd is not None and math.isfinite(mdd):
+        return _sentence(
+            f"{measured}; this run could only see differences above {_num(mdd, unit)} {unit} ({n_text})"
+        )
+    return _sentence(
+        f"{measured}; too few items to say how large a difference it could see ({n_text})"
+    )
