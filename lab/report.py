@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import yaml
 from plotly.offline import get_plotlyjs
 
-from lab import plots, runs
+from lab import plots, runs, verdicts
 from lab.analysis import (
     AnalysisError,
     analysis_steps,
@@ -28,6 +28,7 @@ from lab.analysis import (
     load_snapshots_with_base,
     top_drifted,
 )
+from lab.plots.evidence import forest_figure
 
 PACKAGES = (
     "torch",
@@ -117,6 +118,9 @@ def _figures(data: _RunData) -> dict[str, go.Figure]:
     else:
         labels = next(iter(snaps.values())).labels if snaps else None
         figs["tsne"] = plots.tsne_figure(emb, labels, probes.get("label_names"))
+    ev = verdicts.run_evidence(run_dir)
+    if ev is not None:
+        figs["differences"] = forest_figure(ev["versus_arm"] or ev["versus_base"])
     figs["bias"] = plots.bias_figure(plots.bias_rows(events))
     figs["pareto"] = plots.pareto_figure(_pareto_points(events), x="kl_to_base", y="task_metric")
     return figs
@@ -207,6 +211,16 @@ def html_report(run_dir: str | Path, figures: dict[str, go.Figure] | None = None
     return _page(data, figures if figures is not None else _figures(data))
 
 
+def _verdicts_html(run_dir: Path) -> str:
+    """One sentence per metric and comparison (difference, CI, p, n), from the item records."""
+    ev = verdicts.run_evidence(run_dir)
+    if ev is None:
+        return "<p>This run has no per-item records, so no paired differences.</p>"
+    rows = ev["versus_arm"] + ev["versus_base"]
+    items = "".join(f"<li>{html.escape(verdicts.verdict_text(r))}</li>" for r in rows)
+    return f"<ul>{items}</ul>" if items else "<p>No comparable items in this run.</p>"
+
+
 def _page(data: _RunData, figs: dict[str, go.Figure]) -> str:
     run, step = data.run, data.step
     summary = run.summary or {}
@@ -220,6 +234,8 @@ def _page(data: _RunData, figs: dict[str, go.Figure]) -> str:
         + f" · steps: {html.escape(str(summary.get('steps_done', '?')))} / {html.escape(str(summary.get('steps_total', '?')))}"
         + (f" · analysis at step {step}" if step is not None else "")
         + "</p>",
+        "<h2>What changed</h2>",
+        _verdicts_html(run.path),
         "<h2>Summary</h2>",
         _table(*_summary_rows(summary)),
         "<h2>Bias scores (95% confidence intervals)</h2>",

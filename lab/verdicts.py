@@ -46,7 +46,8 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("pronoun_abs_logodds", "he/she log-odds gap", False, "nats", vs_base=True),
         MetricSpec("pronoun_logodds", "he-over-she log-odds", None, "nats", vs_base=True),
         MetricSpec("flip_rate", "counterfactual flip rate", False, "points", vs_base=True),
-        MetricSpec("kl_to_base", "drift from the base model (KL)", False, "nats", vs_base=True),
+        # the base model has no drift by definition: only arm against arm
+        MetricSpec("kl_to_base", "drift from the base model (KL)", False, "nats"),
     )
 }
 
@@ -196,6 +197,24 @@ def run_verdicts(run_dir, step: int | None = None, **kwargs) -> list[VerdictRow]
     """:func:`compare_arms` on the per-item records of a run directory at ``step`` (the latest
     eval point by default; the base model's rows come from step 0)."""
     return compare_arms(load_items(run_dir, step), **kwargs)
+
+
+def run_evidence(
+    run_dir, step: int | None = None, *, bias_only: bool = False
+) -> dict[str, list[VerdictRow]] | None:
+    """The verdict rows of a run split into ``versus_arm`` (arm against arm) and
+    ``versus_base`` (arm against the untouched base model), or None when the run has no
+    per-item records. ``bias_only`` keeps the bias metrics alone."""
+    try:
+        rows = run_verdicts(run_dir, step)
+    except FileNotFoundError:
+        return None
+    if bias_only:
+        rows = [r for r in rows if METRICS[r.metric].vs_base]
+    return {
+        "versus_arm": [r for r in rows if r.arm_b != "base"],
+        "versus_base": [r for r in rows if r.arm_b == "base"],
+    }
 
 
 def _num(x: float, unit: str) -> str:

@@ -290,7 +290,8 @@ def test_classroom_replay_cuts_the_run_at_a_step(runs_dir, monkeypatch):
 
     monkeypatch.setattr(common, "EXAMPLE_RUN", fake_run(runs_dir, "example-copy", steps=6))
     out = classroom.on_open()
-    assert out[0] == "" and out[2].maximum == 6
+    assert out[0] == "" and out[4].maximum == 6
+    assert "no per-item records" in out[1]  # a run made without items says so
     figs = dict(zip(classroom.FIGURES, classroom.on_step(2)))
     assert max(max(t.x) for t in figs["loss"].data) == 2
     timer, nxt, *_ = classroom.on_tick(5, True)
@@ -415,3 +416,24 @@ def test_switching_task_loads_its_weights_and_a_model_that_can_do_it():
     assert model == "minilm-l6" and (l1, l2, l3, svd_k) == (0.15, 0.03, 0.03, 5)
     model, l1, *_ = setup.on_task("tiny-test", "nlg", "smollm2-135m")
     assert model == "smollm2-135m" and l1 == 0.025
+
+
+def test_a_run_with_items_opens_on_its_verdicts_in_the_page_and_the_report(runs_dir):
+    from lab.config import load_preset
+    from lab.report import html_report
+    from lab.trainer import run as train_run
+    from lab.ui import figures
+
+    out = runs_dir / "r-items"
+    cfg = load_preset("tiny-test", ["train.steps=2", "train.analysis=false"])
+    for _ in train_run(cfg, out):
+        pass
+    md, forest = figures.evidence(out)
+    lines = [x for x in md.splitlines() if x.startswith("- ")]
+    assert lines and all("n = " in x for x in lines)  # never a verdict without n
+    assert any("BA-LoRA" in x and "LoRA on clean accuracy" in x for x in lines)
+    assert len(forest.data) >= 1
+    page = html_report(out)
+    assert "What changed" in page and page.count("<li>") == len(lines)
+    opened = runs_tab.reopen("r-items")
+    assert "What changed" in opened["summary"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from lab import runs
+from lab import plots, runs
 from lab.ui import common, figures
 
 FIGURES = figures.ALL_FIGURES
@@ -33,20 +33,25 @@ def view(run: runs.Run, upto: int | None = None) -> dict:
 
 
 def outputs(ui) -> list:
-    return [ui.cls_msg, ui.cls_summary, ui.cls_step] + [ui.cls_fig[k] for k in FIGURES]
+    return [ui.cls_msg, ui.cls_verdicts, ui.cls_forest, ui.cls_summary, ui.cls_step] + [
+        ui.cls_fig[k] for k in FIGURES
+    ]
 
 
 @common.guarded
 def on_open():
-    """The full example run. -> [message, summary, slider, *figures]."""
+    """The full example run, opening on what changed. -> [message, verdicts, forest plot,
+    summary, slider, *figures]."""
     try:
         run = example_run()
         figs = view(run)
     except FileNotFoundError as e:
-        return [common.err(e), "", gr.skip()] + [gr.skip()] * len(FIGURES)
+        return [common.err(e), "", gr.skip(), "", gr.skip()] + [gr.skip()] * len(FIGURES)
+    verdict_md, forest = figures.evidence(run.path)
     last = max_step(run)
     slider = gr.Slider(minimum=0, maximum=last, value=last, step=1)
-    return ["", figures.summary_markdown(run), slider] + [figs.get(k) for k in FIGURES]
+    summary = figures.summary_markdown(run)
+    return ["", verdict_md, forest, summary, slider] + [figs.get(k) for k in FIGURES]
 
 
 @common.guarded
@@ -90,8 +95,16 @@ def on_tick(step: float, playing: bool):
 
 
 def build(ui) -> None:
-    gr.Markdown(INTRO)
+    gr.Markdown(figures.WHAT_BALORA_IS, elem_id="cls-what")
     ui.cls_msg = gr.Markdown()
+    with gr.Row():
+        ui.cls_verdicts = gr.Markdown(elem_id="cls-verdicts")
+        ui.cls_forest = gr.Plot(
+            plots.empty_figure("the paired differences appear here"),
+            label="Differences between the arms (95% CIs)",
+            elem_id="cls-forest",
+        )
+    gr.Markdown(INTRO)
     ui.cls_summary = gr.Markdown(elem_id="cls-summary")
     with gr.Row():
         ui.cls_step = gr.Slider(

@@ -204,3 +204,37 @@ def pareto_point(run_dir: str | Path) -> dict[str, Any]:
         "bias": headline_bias(ev, run.config or {}),
         "drift": ev.get("kl_to_base"),
     }
+
+
+# ---- evidence: paired differences between arms, read from the per-item records --------------
+
+WHAT_BALORA_IS = (
+    "**BA-LoRA = PiSSA initialisation + three regularizers** (consistency with the original "
+    "model, diversity of outputs, an SVD term on the output). LoRA and PiSSA are trained on the "
+    "same batches from the same seed, so the differences below are paired item by item."
+)
+
+
+def evidence(run_dir: str | Path, *, bias_only: bool = False) -> tuple[str, Any]:
+    """-> (Markdown with one verdict line per metric and comparison, forest plot).
+
+    Arm-against-arm lines come first; arm-against-base lines (bias) follow. A run without
+    per-item records says so instead."""
+    from lab import verdicts
+    from lab.plots.evidence import forest_figure
+
+    ev = verdicts.run_evidence(run_dir, bias_only=bias_only)
+    if ev is None:
+        msg = (
+            "*This run has no per-item records, so no paired differences: runs made with this "
+            "version of the lab keep them (`items/` in the run directory).*"
+        )
+        return msg, plots.empty_figure("no per-item records in this run")
+    if not ev["versus_arm"] and not ev["versus_base"]:
+        return "*No comparable items in this run (one arm only?).*", forest_figure([])
+    lines = ["**What changed** (differences with 95% CIs, Holm-adjusted p, and n):", ""]
+    lines += [f"- {verdicts.verdict_text(r)}" for r in ev["versus_arm"]]
+    if ev["versus_base"]:
+        lines += ["", "**Against the untouched base model** (bias):", ""]
+        lines += [f"- {verdicts.verdict_text(r)}" for r in ev["versus_base"]]
+    return "\n".join(lines), forest_figure(ev["versus_arm"] or ev["versus_base"])

@@ -97,10 +97,11 @@ def reopen(run_id: str, owner: str | None = None) -> dict[str, Any]:
     run_dir = common.resolve_run(run_id, owner)
     run = runs.load_run(run_dir)
     figs = figures.run_figures(run, keys=FIGURES)
+    verdict_md, _ = figures.evidence(run_dir)
     return {
         "figures": figs,
         "config": (run_dir / "config.yaml").read_text(encoding="utf-8"),
-        "summary": figures.summary_markdown(run),
+        "summary": figures.summary_markdown(run) + "\n\n" + verdict_md,
     }
 
 
