@@ -293,3 +293,16 @@ def test_render_run_of_a_run_without_analysis(tmp_path):
     paths = render_run(run, tmp_path / "out")
     assert len(paths) == 10
     assert "No training steps yet" in (tmp_path / "out" / "loss.html").read_text()
+
+
+def test_tsne_classes_never_wear_an_arm_colour():
+    import numpy as np
+
+    from lab.plots.common import ARM_COLORS
+    from lab.plots.spectra import tsne_figure
+
+    rng = np.random.default_rng(0)
+    emb = {"coords": {a: rng.normal(size=(12, 2)).tolist() for a in ("lora", "pissa", "balora")}}
+    fig = tsne_figure(emb, np.arange(12) % 4, ["a", "b", "c", "d"])
+    colours = {t.marker.color for t in fig.data}
+    assert len(colours) == 4 and not colours & set(ARM_COLORS.values())

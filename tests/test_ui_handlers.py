@@ -26,6 +26,13 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     return path
 
 
+def as_keys(msg: str) -> str:
+    """``**Steps** (train.steps): ...`` as ``train.steps: ...`` (the library's own wording)."""
+    import re
+
+    return re.sub(r"\*\*[^*]+\*\* \(([\w.]+)\)", r"\1", msg)
+
+
 def form(preset: str = "tiny-test", **changes) -> tuple:
     values = form_logic.preset_values(preset)
     for key, value in changes.items():
@@ -73,10 +80,10 @@ def test_custom_model_text_wins_over_the_dropdown():
     ],
 )
 def test_bad_settings_show_the_field_and_write_nothing(runs_dir, changes, message):
-    msg = setup.on_check(None, "tiny-test", *form(**changes))
-    assert msg.startswith("❌") and message in msg
+    msg, *_ = setup.on_check(None, "tiny-test", *form(**changes))
+    assert msg.startswith("❌") and message in as_keys(msg)
     msg, run_id = setup.on_start(None, "tiny-test", *form(**changes))
-    assert run_id is None and message in msg
+    assert run_id is None and message in as_keys(msg)
     assert nothing_written(runs_dir)
 
 
@@ -136,7 +143,7 @@ def test_start_queues_a_job_and_train_tab_follows_it(runs_dir, monkeypatch):
             return 2
 
     monkeypatch.setattr(common, "manager", lambda: FakeManager())
-    msg, followed, tabs = train.on_start(None, "tiny-test", *form(train__steps=5))
+    msg, followed, tabs, *_ = train.on_start(None, "tiny-test", *form(train__steps=5))
     assert submitted == [("tiny-test", ["train.steps=5"])]
     assert followed == "r1" and "waiting in the queue at position 2" in msg
 
@@ -374,6 +381,7 @@ def test_compare_marks_arms_that_failed_instead_of_generating(adapter_run, runs_
     html, msg = compare.on_compare(adapter_run, "Tell me about nurses.", "", 4, 0, False)
     assert "3 models" in msg and html.count('class="gen-card"') == 3
     assert "gen-failed" in html and "non-finite consistency at step 3" in html
+    assert "random toy model" in html  # the run's base is tiny-llama
     _, rows = compare.compare(adapter_run, "Tell me about nurses.", "", 4, 0, False)
     assert [r["arm"] for r in rows] == ["base", "lora", "pissa"]
 
@@ -437,3 +445,24 @@ def test_a_run_with_items_opens_on_its_verdicts_in_the_page_and_the_report(runs_
     assert "What changed" in page and page.count("<li>") == len(lines)
     opened = runs_tab.reopen("r-items")
     assert "What changed" in opened["summary"]
+
+
+def test_errors_name_the_visible_field_and_outline_it(runs_dir):
+    msg, *fields = setup.on_check(None, "tiny-test", *form(train__steps=0))
+    assert "**Steps** (train.steps): must be at least 1" in msg
+    outlined = [f for f, u in zip(form_logic.FIELDS, fields) if u["elem_classes"]]
+    assert outlined == ["train.steps"]
+    msg, _, _, *fields = train.on_start(None, "tiny-test", *form(reg__lambda2=-1.0))
+    assert "**λ2 diversity** (reg.lambda2)" in msg
+    assert [f for f, u in zip(form_logic.FIELDS, fields) if u["elem_classes"]] == ["reg.lambda2"]
+    msg, *fields = setup.on_check(None, "tiny-test", *form())
+    assert msg.startswith("✅") and not any(u["elem_classes"] for u in fields)
+
+
+def test_config_diff_shows_its_table_outside_the_collapsed_config(runs_dir):
+    fake_run(runs_dir, "r-a", lambda1=0.0)
+    fake_run(runs_dir, "r-b", lambda1=0.1)
+    table, diff = runs_tab.on_diff("r-a", "r-b")
+    assert table["visible"] is True
+    assert ["reg.lambda1", 0.0, 0.1] in table["value"]
+    assert "-  lambda1: 0.0" in diff or "lambda1" in diff

@@ -6,24 +6,17 @@ import math
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 
 from lab.config import ARM_ORDER, arm_key  # noqa: F401  (re-exported for the figure modules)
 
 ARM_COLORS = {"base": "#7f7f7f", "lora": "#1f77b4", "pissa": "#ff7f0e", "balora": "#2ca02c"}
 _EXTRA = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728"]
-LABEL_COLORS = [
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-]
+# Classes (t-SNE) take a palette disjoint from the arm colours above, plus a symbol each, so a
+# class is never read as an arm: plotly's Dark2 without its orange, green and grey.
+LABEL_COLORS = [plotly.colors.qualitative.Dark2[i] for i in (2, 3, 5, 6, 0)]
+LABEL_SYMBOLS = ["circle", "diamond", "square", "triangle-up", "x"]
 LOSS_TERMS = ("loss", "task_loss", "consistency", "diversity", "svd")
 TERM_TITLES = {
     "loss": "total loss",

@@ -8,7 +8,15 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lab.plots.common import LABEL_COLORS, LAYOUT, arm_color, arm_key, empty_figure, number
+from lab.plots.common import (
+    LABEL_COLORS,
+    LABEL_SYMBOLS,
+    LAYOUT,
+    arm_color,
+    arm_key,
+    empty_figure,
+    number,
+)
 
 
 def _get(snap, name: str):
@@ -203,6 +211,7 @@ def tsne_figure(
                     marker={
                         "size": 6,
                         "color": LABEL_COLORS[j % len(LABEL_COLORS)],
+                        "symbol": LABEL_SYMBOLS[j % len(LABEL_SYMBOLS)],
                         "opacity": 0.8,
                     },
                 ),

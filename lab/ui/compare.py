@@ -140,9 +140,22 @@ def compare(
             raise ValueError(f"no counterfactual pair number {i}")
         pair = all_pairs[i]
         rows = generate.pair_side_by_side(arm_set, pair[0], pair[1], **kwargs)
-        return render_pair(pair, rows) + render_failed(failed), rows
+        return random_model_note(run) + render_pair(pair, rows) + render_failed(failed), rows
     rows = generate.side_by_side(arm_set, prompt, **kwargs)
-    return render_single(prompt, rows) + render_failed(failed), rows
+    return random_model_note(run) + render_single(prompt, rows) + render_failed(failed), rows
+
+
+def random_model_note(run: runs.Run) -> str:
+    """A warning above the cards when the run's base model is a random tiny test model."""
+    name = str(((run.config or {}).get("model") or {}).get("name", ""))
+    if not name.startswith("tiny-"):
+        return ""
+    return (
+        "<div class='gen-warning' role='note'>⚠️ <b>"
+        + html.escape(name)
+        + "</b> is a random toy model: its outputs are noise, useful to test the lab, not to "
+        "compare methods. Use an embedded model such as smollm2-135m for real text.</div>"
+    )
 
 
 def _whole(value: Any, what: str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,59 @@ FIELDS = [
     "lora.rank",
     "train.eval_every",
 ]
+# The label each field shows on the page: errors name the field the user sees.
+FIELD_LABELS = {
+    "model.name": "Base model",
+    "model.custom": "…or a hub id / local folder",
+    "task": "Task type",
+    "data.name": "Dataset",
+    "data.label_noise": "Label noise",
+    "data.minority_fraction": "Minority share",
+    "arms": "Arms",
+    "reg.lambda1": "λ1 consistency",
+    "reg.lambda2": "λ2 diversity",
+    "reg.lambda3": "λ3 SVD",
+    "reg.temperature": "T (temperature)",
+    "reg.top_k": "top-K",
+    "reg.svd_k": "SVD k",
+    "reg.teacher_dtype": "Teacher precision",
+    "train.steps": "Steps",
+    "train.batch_size": "Batch size",
+    "train.lr": "Learning rate",
+    "lora.rank": "Rank",
+    "train.eval_every": "Evaluate every",
+}
+ERROR_CLASS = "field-error"
+
+
+def field_of_error(message: str) -> str | None:
+    """The form field an error message is about (its config key at the start), or None."""
+    head = str(message).split(":", 1)[0].strip()
+    if head in FIELD_LABELS:
+        return head
+    named = re.match(r"\*\*[^*]+\*\* \(([\w.]+)\)", head)  # already renamed by name_the_field
+    if named and named.group(1) in FIELD_LABELS:
+        return named.group(1)
+    return "model.name" if head.startswith(("model ", "unknown model")) else None
+
+
+def name_the_field(message: str) -> str:
+    """``train.steps: must be at least 1`` -> ``**Steps** (train.steps): must be at least 1``."""
+    key = field_of_error(message)
+    if key is None or not str(message).startswith(key):
+        return str(message)
+    return f"**{FIELD_LABELS[key]}** ({key}){str(message)[len(key) :]}"
+
+
+def highlight(message: str | None) -> list[dict]:
+    """One update per form field (in FIELDS order): the field the error is about gets the error
+    outline, every other field loses it."""
+    bad = field_of_error(message) if message else None
+    return [
+        {"__type__": "update", "elem_classes": [ERROR_CLASS] if f == bad else []} for f in FIELDS
+    ]
+
+
 # ConfigError, DataError, ModelError and JobError are all ValueErrors with a message for the page;
 # AccessError (a run or path of another visitor) is a PermissionError.
 USER_ERRORS = (ValueError, PermissionError)

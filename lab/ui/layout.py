@@ -126,7 +126,7 @@ def build_app() -> gr.Blocks:
         ui.start_btn.click(
             train.on_start,
             [ui.owner, ui.preset] + ui.form,
-            [ui.setup_msg, ui.followed, ui.tabs],
+            [ui.setup_msg, ui.followed, ui.tabs] + ui.form,
             api_visibility="private",
         )
         tune.wire(ui)

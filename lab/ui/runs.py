@@ -133,8 +133,9 @@ def on_diff(run_a: str, run_b: str, owner: str | None = None):
     try:
         rows, diff = config_diff(run_a, run_b, owner)
     except common.USER_ERRORS as e:
-        return [], common.err(e)
-    return rows, f"```diff\n{diff or '(identical configs)'}\n```"
+        return gr.update(visible=False), common.err(e)
+    table = gr.update(value=rows or [["(none)", "identical", "identical"]], visible=True)
+    return table, f"```diff\n{diff or '(identical configs)'}\n```"
 
 
 @common.guarded
@@ -186,6 +187,14 @@ def build(ui) -> None:
         ui.runs_zip_btn = gr.Button("Zip adapters", elem_id="runs-zip")
         ui.runs_report_btn = gr.Button("HTML report", elem_id="runs-report")
     ui.runs_msg = gr.Markdown(elem_id="runs-msg")
+    # the result of "Diff configs" shows right here, not inside a collapsed section
+    ui.runs_diff_table = gr.Dataframe(
+        headers=["key", "this run", "other run"],
+        interactive=False,
+        visible=False,
+        label="Settings that differ",
+        elem_id="runs-diff-table",
+    )
     with gr.Row():
         # hidden until there is a file to download (no empty upload box to tab into)
         ui.runs_zip = gr.File(
@@ -198,9 +207,7 @@ def build(ui) -> None:
     ui.runs_fig = figures.plot_panel(FIGURES, prefix="runs-")
     with gr.Accordion("Config", open=False):
         ui.runs_config = gr.Code(language="yaml", label="config.yaml")
-        ui.runs_diff_table = gr.Dataframe(
-            headers=["key", "this run", "other run"], interactive=False
-        )
+    with gr.Accordion("Unified diff of the two configs", open=False):
         ui.runs_diff = gr.Markdown()
     ui.runs_open_outputs = [ui.runs_msg, ui.runs_summary, ui.runs_config] + [
         ui.runs_fig[k] for k in FIGURES

@@ -29,6 +29,8 @@ from lab.ui.form import (
     describe,
     form_overrides,
     form_values,
+    highlight,
+    name_the_field,
     preset_values,
 )
 
@@ -68,13 +70,14 @@ def on_task(preset: str, task: str, model: str):
 
 
 @common.guarded
-def on_check(owner: str | None, preset: str, *vals) -> str:
+def on_check(owner: str | None, preset: str, *vals):
+    """-> [message, *one update per form field (the bad one outlined)]."""
     try:
         cfg, overrides, warnings = check_form(preset, form_values(vals), owner)
     except USER_ERRORS as e:
-        return common.err(e)
+        return [common.err(name_the_field(str(e))), *highlight(str(e))]
     note = "".join(f"\n\n⚠️ {w}" for w in warnings)
-    return common.ok("valid: " + describe(cfg, overrides)) + note
+    return [common.ok("valid: " + describe(cfg, overrides)) + note, *highlight(None)]
 
 
 def on_start(owner: str | None, preset: str, *vals) -> tuple[str, str | None]:
@@ -86,7 +89,7 @@ def on_start(owner: str | None, preset: str, *vals) -> tuple[str, str | None]:
         # validates (hosting rules and limits too) before writing anything
         job = common.manager().submit(preset, overrides, owner=owner)
     except USER_ERRORS as e:
-        return common.err(e), None
+        return common.err(name_the_field(str(e))), None
     cfg = load_preset(preset, job.overrides)
     pos = common.manager().queue_position(job.run_id)
     where = "started" if pos == 0 else f"waiting in the queue at position {pos}"
@@ -373,7 +376,9 @@ def build(ui) -> None:
     ui.upload.upload(
         on_upload, [ui.upload, ui.task, ui.owner], [ui.upload_msg, ui.dataset], **private
     )
-    ui.check_btn.click(on_check, [ui.owner, ui.preset] + ui.form, ui.setup_msg, **private)
+    ui.check_btn.click(
+        on_check, [ui.owner, ui.preset] + ui.form, [ui.setup_msg] + ui.form, **private
+    )
     ui.estimate_btn.click(
         on_estimate, [ui.owner, ui.preset] + ui.form, ui.setup_msg, concurrency_limit=1, **private
     )

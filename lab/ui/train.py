@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from lab import hosting, jobs, runs
-from lab.ui import common, figures, setup
+from lab.ui import common, figures, form, setup
 
 FIGURES = figures.RUN_FIGURES
 STATE_ICON = {
@@ -137,11 +137,12 @@ def on_tick(
 
 @common.guarded
 def on_start(owner: str | None, preset: str, *vals):
-    """Setup's start button: queue the job and follow it. -> (setup message, followed, tab)."""
+    """Setup's start button: queue the job and follow it.
+    -> [setup message, followed, tab, *one update per form field (the bad one outlined)]."""
     msg, run_id = setup.on_start(owner, preset, *vals)
     if run_id is None:
-        return msg, gr.skip(), gr.skip()
-    return msg, run_id, gr.Tabs(selected="train")
+        return [msg, gr.skip(), gr.skip(), *form.highlight(msg.split("**Error:** ", 1)[-1])]
+    return [msg, run_id, gr.Tabs(selected="train"), *form.highlight(None)]
 
 
 @common.guarded
