@@ -146,3 +146,30 @@ def test_replay_pauses_and_a_typed_step_redraws(app, browser):
         assert time.time() < deadline, f"figures still at step {_loss_steps(page)}"
         page.wait_for_timeout(200)
     page.close()
+
+
+def test_no_overlapping_titles_at_420px(app, browser):
+    """Every Classroom figure at 420 px: no two of its titles (figure title, subplot titles)
+    overlap (bounding boxes in the page)."""
+    page = open_page(browser, app, WIDTHS["narrow"])
+    page.wait_for_timeout(1500)
+    overlaps = page.evaluate(
+        """() => {
+            const out = [];
+            for (const plot of document.querySelectorAll('[id^="cls-fig-"] .js-plotly-plot')) {
+                const boxes = [...plot.querySelectorAll('.gtitle, .annotation-text')]
+                    .map(e => ({text: e.textContent, r: e.getBoundingClientRect()}))
+                    .filter(b => b.r.width > 0 && b.r.height > 0);
+                for (let i = 0; i < boxes.length; i++)
+                    for (let j = i + 1; j < boxes.length; j++) {
+                        const a = boxes[i].r, b = boxes[j].r;
+                        if (a.left < b.right - 1 && b.left < a.right - 1 &&
+                            a.top < b.bottom - 1 && b.top < a.bottom - 1)
+                            out.push([plot.parentElement.id, boxes[i].text, boxes[j].text]);
+                    }
+            }
+            return out;
+        }"""
+    )
+    page.close()
+    assert overlaps == [], overlaps

@@ -18,21 +18,27 @@ _EXTRA = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728"]
 LABEL_COLORS = [plotly.colors.qualitative.Dark2[i] for i in (2, 3, 5, 6, 0)]
 LABEL_SYMBOLS = ["circle", "diamond", "square", "triangle-up", "x"]
 LOSS_TERMS = ("loss", "task_loss", "consistency", "diversity", "svd")
-TERM_TITLES = {
+TERM_TITLES = {  # short: three panels side by side must fit a 420 px phone
     "loss": "total loss",
     "task_loss": "task loss",
-    "consistency": "consistency: T²·KL(teacher‖arm)",
-    "diversity": "diversity: −entropy / covariance",
-    "svd": "svd: −top-k share",
+    "consistency": "consistency",
+    "diversity": "diversity",
+    "svd": "svd",
 }
-TERM_UNITS = {  # y-axis titles of the loss panels
+TERM_UNITS = {  # y-axis titles of the loss panels: what the term is, and its unit
     "loss": "nats",
     "task_loss": "nats",
-    "consistency": "nats (×T²)",
-    "diversity": "−nats (NLU: cov²)",
-    "svd": "−share of spectrum",
+    "consistency": "T²·KL(teacher‖arm), nats",
+    "diversity": "−entropy, nats (NLU: Σ cov²)",
+    "svd": "−top-k share of spectrum",
 }
-LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 60, "b": 40}}
+# The legend lies under the plot, so a phone's width goes to the data, not to the legend.
+LAYOUT = {
+    "template": "plotly_white",
+    "margin": {"l": 50, "r": 20, "t": 60, "b": 40},
+    "legend": {"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
+}
+SUBPLOT_TITLE_SIZE = 12  # panel titles of multi-panel figures
 
 
 def arm_color(arm: str) -> str:

@@ -12,6 +12,7 @@ from lab.plots.common import (
     LABEL_COLORS,
     LABEL_SYMBOLS,
     LAYOUT,
+    SUBPLOT_TITLE_SIZE,
     arm_color,
     arm_key,
     empty_figure,
@@ -57,15 +58,12 @@ def spectra_figure(snaps: Mapping[str, object], module: str | None = None) -> go
     values of each arm's adapter update, averaged over modules, or of ``module`` alone."""
     if not snaps:
         return empty_figure("No analysis snapshot yet")
-    right_title = (
-        f"adapter update: {module.removeprefix('base_model.model.')}"
-        if module
-        else "adapter update (mean over modules)"
-    )
+    # short panel titles (two side by side fit a phone); the module goes under the axis
+    where = module.removeprefix("base_model.model.") if module else "mean over modules"
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=["output logits s_i / s_1", right_title],
+        subplot_titles=["output logits", "adapter update ΔW"],
         horizontal_spacing=0.1,
     )
     zero_arms = []
@@ -121,6 +119,9 @@ def spectra_figure(snaps: Mapping[str, object], module: str | None = None) -> go
         )
     fig.update_yaxes(type="log")
     fig.update_xaxes(title_text="index i", tickformat="d")
+    fig.update_xaxes(title_text=f"index i ({where})", row=1, col=2)
+    fig.update_yaxes(title_text="s_i / s_1", row=1, col=1)
+    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     fig.update_layout(title="Singular value spectra", **LAYOUT)
     return fig
 
@@ -181,7 +182,7 @@ def tsne_figure(
             bits.append(f"silhouette {sil[arm]:.2f}")
         if number(eff.get(arm)) is not None:
             bits.append(f"eff. rank {eff[arm]:.1f}")
-        return f"<b>{arm}</b>" + ("<br>" + " · ".join(bits) if bits else "")
+        return f"<b>{arm}</b>" + "".join(f"<br>{b}" for b in bits)  # stacked: fits 420 px
 
     fig = make_subplots(
         rows=1,
@@ -218,15 +219,12 @@ def tsne_figure(
                 row=1,
                 col=k + 1,
             )
+    fig.update_annotations(font_size=11)  # the stacked panel titles
     fig.update_xaxes(matches="x")  # one coordinate system for every panel
     fig.update_yaxes(matches="y")
-    method = (
-        "joint PCA + t-SNE"
-        if (embedding or {}).get("method", "tsne") == "tsne"
-        else "joint PCA (too few points for t-SNE)"
-    )
+    method = "joint t-SNE" if (embedding or {}).get("method", "tsne") == "tsne" else "joint PCA"
     fig.update_layout(
-        title=f"Representations: {method} of the probe texts' hidden states",
+        title=f"Hidden states of the probe texts ({method})",
         height=440,
         **LAYOUT,
     )

@@ -8,6 +8,7 @@ from plotly.subplots import make_subplots
 from lab.plots.common import (
     LAYOUT,
     LOSS_TERMS,
+    SUBPLOT_TITLE_SIZE,
     TERM_TITLES,
     TERM_UNITS,
     arm_color,
@@ -86,12 +87,13 @@ def loss_figure(events: list[dict], weighted: bool = False) -> go.Figure:
     for k, term in enumerate(LOSS_TERMS):
         row, col = divmod(k, 3)
         fig.update_yaxes(title_text=TERM_UNITS[term], row=row + 1, col=col + 1)
+    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     fig.update_layout(
-        title="Loss and each regularizer term"
-        + (" (terms as added: λ × term)" if weighted else " (terms as computed)"),
-        height=560,
+        title="Loss and its terms" + (" (λ × term)" if weighted else " (as computed)"),
+        height=600,
         **LAYOUT,
     )
+    fig.update_layout(legend_y=-0.12)
     fig.update_xaxes(title_text="step", row=2)
     fig.update_xaxes(title_text="step", row=1, col=3)
     return fig

@@ -30,9 +30,13 @@ def plot_panel(keys: tuple[str, ...] = ORDER, prefix: str = "") -> dict[str, gr.
     out: dict[str, gr.Plot] = {}
 
     def plot(k: str) -> None:
-        # a figure with a message from the start, never Gradio's empty placeholder box
+        # a figure with a message from the start, never Gradio's empty placeholder box; at
+        # least 320 px wide, so side-by-side plots stack on a phone instead of shrinking
         out[k] = gr.Plot(
-            plots.empty_figure(PLACEHOLDER), label=LABELS[k], elem_id=f"{prefix}fig-{k}"
+            plots.empty_figure(PLACEHOLDER),
+            label=LABELS[k],
+            elem_id=f"{prefix}fig-{k}",
+            min_width=320,
         )
 
     if "loss" in keys:
