@@ -258,7 +258,10 @@ def test_reopen_redraws_every_figure_from_disk(runs_dir):
     fake_run(runs_dir, "20260101-000000-tiny-test-aaaa")
     out = runs_tab.on_open("20260101-000000-tiny-test-aaaa")
     msg, summary, config = out[:3]
-    figs = dict(zip(runs_tab.FIGURES, out[3:]))
+    figs = dict(zip(runs_tab.FIGURES, out[3::2]))
+    alts = dict(zip(runs_tab.FIGURES, out[4::2]))
+    assert alts["loss"].startswith("Loss and each regularizer term. Loss and its terms")
+    assert "lora:" in alts["loss"] and "points, last" in alts["loss"]
     assert msg.startswith("✅") and "| balora | 0.8 |" in summary and "tiny-llama" in config
     assert {t.name for t in figs["loss"].data} == {"lora", "pissa", "balora"}
     assert max(len(t.x) for t in figs["metric"].data) >= 1
@@ -299,7 +302,7 @@ def test_classroom_replay_cuts_the_run_at_a_step(runs_dir, monkeypatch):
     out = classroom.on_open()
     assert out[0] == "" and out[4].maximum == 6
     assert "no per-item records" in out[1]  # a run made without items says so
-    figs = dict(zip(classroom.FIGURES, classroom.on_step(2)))
+    figs = dict(zip(classroom.FIGURES, classroom.on_step(2)[::2]))
     assert max(max(t.x) for t in figs["loss"].data) == 2
     timer, nxt, *_ = classroom.on_tick(5, True)
     assert nxt == 6 and timer.active is False
@@ -307,7 +310,7 @@ def test_classroom_replay_cuts_the_run_at_a_step(runs_dir, monkeypatch):
     assert nxt == 2 and not isinstance(timer, gr.Timer)
     timer, nxt, *figs = classroom.on_tick(2, False)  # a tick after Pause changes nothing
     assert timer.active is False and nxt == gr.skip() and all(f == gr.skip() for f in figs)
-    figs = dict(zip(classroom.FIGURES, classroom.on_step("4")))  # a typed step
+    figs = dict(zip(classroom.FIGURES, classroom.on_step("4")[::2]))  # a typed step
     assert max(max(t.x) for t in figs["loss"].data) == 4
     monkeypatch.setattr(common, "EXAMPLE_RUN", runs_dir / "nothing")
     assert "example run is missing" in classroom.on_open()[0]
@@ -404,13 +407,14 @@ def test_train_tick_redraws_only_what_changed(runs_dir):
     status, progress, queue, stop, *figs, seen = train.on_tick("r-tick", {})
     assert "**done**" in status and "3 / 3" in progress
     assert stop.interactive is False  # a finished run cannot be stopped
-    assert all(isinstance(f, go.Figure) for f in figs)
+    assert all(isinstance(f, go.Figure) for f in figs[::2])
+    assert all(isinstance(t, str) and t for t in figs[1::2])  # a text summary per plot
     _, _, _, _, *figs, seen2 = train.on_tick("r-tick", seen)
     assert not any(isinstance(f, go.Figure) for f in figs) and seen2 == seen
     with open(path / "events.jsonl", "a") as f:  # one more train step: only the loss redraws
         f.write(json.dumps({"arm": "lora", "step": 4, "kind": "train", "loss": 0.5}) + "\n")
     _, _, _, _, *figs, _ = train.on_tick("r-tick", seen)
-    drawn = [k for k, f in zip(train.FIGURES, figs) if isinstance(f, go.Figure)]
+    drawn = [k for k, f in zip(train.FIGURES, figs[::2]) if isinstance(f, go.Figure)]
     assert drawn == ["loss"]
     assert "No run yet" in train.on_tick(None, {})[0]
     assert "unknown run id 'gone'" in train.on_tick("gone", {})[0]

@@ -11,7 +11,14 @@ Arms have fixed colours (base grey, lora blue, pissa orange, balora green) in ev
 """
 
 from lab.plots.bias import bias_figure, bias_rows, pareto_figure, pareto_front
-from lab.plots.common import ARM_COLORS, ARM_ORDER, LOSS_TERMS, arm_color, empty_figure
+from lab.plots.common import (
+    ARM_COLORS,
+    ARM_ORDER,
+    LOSS_TERMS,
+    arm_color,
+    describe,
+    empty_figure,
+)
 from lab.plots.spectra import adapter_modules, intruders_figure, spectra_figure, tsne_figure
 from lab.plots.training import drift_figure, loss_figure, metric_figure, metric_keys
 
@@ -23,6 +30,7 @@ __all__ = [
     "arm_color",
     "bias_figure",
     "bias_rows",
+    "describe",
     "drift_figure",
     "empty_figure",
     "intruders_figure",

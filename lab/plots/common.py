@@ -81,3 +81,27 @@ def by_arm(events: list[dict]) -> dict[str, list[dict]]:
     for e in sorted(events, key=lambda e: e["step"]):
         out.setdefault(str(e["arm"]), []).append(e)
     return dict(sorted(out.items(), key=lambda kv: arm_key(kv[0])))
+
+
+def describe(fig: go.Figure, max_traces: int = 8) -> str:
+    """A short text alternative of a figure for screen readers: its title, then per trace its
+    name, how many points, and where it ends (or the message of an empty figure)."""
+    title = fig.layout.title.text or ""
+    parts = []
+    for trace in list(fig.data)[:max_traces]:
+        ys = [v for v in (trace.y if trace.y is not None else []) if number(v) is not None]
+        xs = list(trace.x) if trace.x is not None else []
+        name = trace.name or "series"
+        if not ys:
+            continue
+        if trace.type == "bar":
+            parts.append(f"{name}: {len(ys)} bars from {min(ys):.3g} to {max(ys):.3g}")
+        else:
+            end = f" at {xs[len(ys) - 1]}" if len(xs) >= len(ys) else ""
+            parts.append(f"{name}: {len(ys)} points, last {ys[-1]:.3g}{end}")
+    if len(fig.data) > max_traces:
+        parts.append(f"and {len(fig.data) - max_traces} more series")
+    if not parts:
+        notes = [a.text for a in fig.layout.annotations if a.text]
+        parts = notes[:1] or ["no data yet"]
+    return (f"{title}: " if title else "") + "; ".join(parts) + "."

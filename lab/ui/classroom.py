@@ -33,9 +33,10 @@ def view(run: runs.Run, upto: int | None = None) -> dict:
 
 
 def outputs(ui) -> list:
-    return [ui.cls_msg, ui.cls_verdicts, ui.cls_forest, ui.cls_summary, ui.cls_step] + [
-        ui.cls_fig[k] for k in FIGURES
-    ]
+    return [
+        ui.cls_msg, ui.cls_verdicts, ui.cls_forest, ui.cls_summary, ui.cls_step,
+        *ui.cls_fig.outputs(),
+    ]  # fmt: skip
 
 
 @common.guarded
@@ -46,12 +47,12 @@ def on_open():
         run = example_run()
         figs = view(run)
     except FileNotFoundError as e:
-        return [common.err(e), "", gr.skip(), "", gr.skip()] + [gr.skip()] * len(FIGURES)
+        return [common.err(e), "", gr.skip(), "", gr.skip(), *figures.panel_skip(FIGURES)]
     verdict_md, forest = figures.evidence(run.path)
     last = max_step(run)
     slider = gr.Slider(minimum=0, maximum=last, value=last, step=1)
     summary = figures.summary_markdown(run)
-    return ["", verdict_md, forest, summary, slider] + [figs.get(k) for k in FIGURES]
+    return ["", verdict_md, forest, summary, slider, *figures.panel_values(figs, FIGURES)]
 
 
 @common.guarded
@@ -60,7 +61,7 @@ def on_step(step: float):
     run = example_run()
     step = max(0, min(max_step(run), int(float(step or 0))))
     figs = view(run, step)
-    return [figs.get(k) for k in FIGURES]
+    return figures.panel_values(figs, FIGURES)
 
 
 @common.guarded
@@ -85,13 +86,13 @@ def on_tick(step: float, playing: bool):
     A tick never switches the timer on (only Replay does), so a tick that was already queued
     when Pause was pressed cannot restart the replay; at the last step it switches it off."""
     if not playing:
-        return [gr.Timer(active=False), gr.skip()] + [gr.skip()] * len(FIGURES)
+        return [gr.Timer(active=False), gr.skip(), *figures.panel_skip(FIGURES)]
     run = example_run()
     last = max_step(run)
     nxt = min(last, int(step) + max(1, last // 20))
     figs = view(run, nxt)
     timer = gr.Timer(active=False) if nxt >= last else gr.skip()
-    return [timer, nxt] + [figs.get(k) for k in FIGURES]
+    return [timer, nxt, *figures.panel_values(figs, FIGURES)]
 
 
 def build(ui) -> None:
@@ -121,7 +122,7 @@ def build(ui) -> None:
     ui.cls_fig = figures.plot_panel(FIGURES, prefix="cls-")
     ui.cls_timer = gr.Timer(0.8, active=False)
     ui.cls_playing = gr.State(False)
-    figs = [ui.cls_fig[k] for k in FIGURES]
+    figs = ui.cls_fig.outputs()
     private = {"api_visibility": "private"}
     ui.cls_step.release(on_step, ui.cls_step, figs, **private)
     # typing a step in the slider's box (then Enter or leaving it) redraws too

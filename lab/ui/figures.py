@@ -24,20 +24,37 @@ ORDER = ("loss", "metric", "drift", "spectra", "tsne", "bias")
 PLACEHOLDER = "appears when a run is open"
 
 
-def plot_panel(keys: tuple[str, ...] = ORDER, prefix: str = "") -> dict[str, gr.Plot]:
-    """The figures of a run laid out the same way in every tab: the loss panels full width,
-    metric and drift side by side, then spectra, t-SNE and bias full width."""
-    out: dict[str, gr.Plot] = {}
+class Panel(dict):
+    """The plots of a run laid out the same way in every tab, each with a short text summary
+    under it (for screen readers): ``{key: gr.Plot}`` plus ``alt[key]``."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        super().__init__()
+        self.keys_in_order = keys
+        self.alt: dict[str, gr.Markdown] = {}
+
+    def outputs(self) -> list:
+        """The components a handler fills, in the order of :func:`panel_values`."""
+        return [c for k in self.keys_in_order for c in (self[k], self.alt[k])]
+
+
+def plot_panel(keys: tuple[str, ...] = ORDER, prefix: str = "") -> Panel:
+    """The loss panels full width, metric and drift side by side (stacked on a phone), then
+    spectra, t-SNE and bias full width; a text summary under every plot."""
+    out = Panel(tuple(k for k in ORDER if k in keys))
 
     def plot(k: str) -> None:
         # a figure with a message from the start, never Gradio's empty placeholder box; at
         # least 320 px wide, so side-by-side plots stack on a phone instead of shrinking
-        out[k] = gr.Plot(
-            plots.empty_figure(PLACEHOLDER),
-            label=LABELS[k],
-            elem_id=f"{prefix}fig-{k}",
-            min_width=320,
-        )
+        with gr.Column(min_width=320):
+            out[k] = gr.Plot(
+                plots.empty_figure(PLACEHOLDER), label=LABELS[k], elem_id=f"{prefix}fig-{k}"
+            )
+            out.alt[k] = gr.Markdown(
+                f"{LABELS[k]}: {PLACEHOLDER}.",
+                elem_id=f"{prefix}alt-{k}",
+                elem_classes=["plot-alt"],
+            )
 
     if "loss" in keys:
         plot("loss")
@@ -49,6 +66,24 @@ def plot_panel(keys: tuple[str, ...] = ORDER, prefix: str = "") -> dict[str, gr.
         if k in keys:
             plot(k)
     return out
+
+
+def panel_values(figs: dict[str, Any], keys: tuple[str, ...]) -> list:
+    """[figure, its text summary, ...] for :meth:`Panel.outputs` (a missing figure is skipped)."""
+    out: list = []
+    for k in ORDER:
+        if k not in keys:
+            continue
+        fig = figs.get(k)
+        if fig is None or not hasattr(fig, "layout"):
+            out += [gr.skip(), gr.skip()]
+        else:
+            out += [fig, f"{LABELS[k]}. {plots.describe(fig)}"]
+    return out
+
+
+def panel_skip(keys: tuple[str, ...]) -> list:
+    return [gr.skip(), gr.skip()] * sum(1 for k in ORDER if k in keys)
 
 
 # The headline bias score of a task, and how far it is from "no bias".

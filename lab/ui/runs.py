@@ -121,11 +121,12 @@ def on_open(run_id: str, owner: str | None = None):
     try:
         data = reopen(run_id, owner)
     except common.USER_ERRORS as e:
-        return [common.err(e), "", ""] + [gr.skip()] * len(FIGURES)
+        return [common.err(e), "", "", *figures.panel_skip(FIGURES)]
     figs = data["figures"]
-    return [common.ok(f"opened {run_id}"), data["summary"], data["config"]] + [
-        figs.get(k) for k in FIGURES
-    ]
+    return [
+        common.ok(f"opened {run_id}"), data["summary"], data["config"],
+        *figures.panel_values(figs, FIGURES),
+    ]  # fmt: skip
 
 
 @common.guarded
@@ -209,9 +210,7 @@ def build(ui) -> None:
         ui.runs_config = gr.Code(language="yaml", label="config.yaml")
     with gr.Accordion("Unified diff of the two configs", open=False):
         ui.runs_diff = gr.Markdown()
-    ui.runs_open_outputs = [ui.runs_msg, ui.runs_summary, ui.runs_config] + [
-        ui.runs_fig[k] for k in FIGURES
-    ]
+    ui.runs_open_outputs = [ui.runs_msg, ui.runs_summary, ui.runs_config] + (ui.runs_fig.outputs())
     private = {"api_visibility": "private"}
     listing = [ui.runs_list, ui.runs_pick, ui.runs_other]
     pick = [ui.runs_pick, ui.owner]

@@ -107,7 +107,7 @@ def on_tick(
     Stop is enabled only while the followed run is queued, starting or running."""
     mgr = common.manager()
     seen = dict(seen or {}) if isinstance(seen, dict) else {}
-    skip_figs = [gr.skip()] * len(FIGURES)
+    skip_figs = figures.panel_skip(FIGURES)
     idle = gr.Button(interactive=False)
     if not followed:
         return [
@@ -130,7 +130,7 @@ def on_tick(
         eval_sig = f"{followed}:{n_eval}:{st['state']}"
         keys = FIGURES if eval_sig != seen.get("eval") else ("loss",)
         made = figures.run_figures(run, keys=keys, weighted=bool(weighted))
-        figs = [made.get(k, gr.skip()) for k in FIGURES]
+        figs = figures.panel_values(made, FIGURES)
         seen = {"sig": sig, "eval": eval_sig}
     return [status_markdown(st), progress_html(st), queue_html(mgr, owner), stop, *figs, seen]
 
@@ -186,7 +186,7 @@ def build(ui) -> None:
     ui.timer = gr.Timer(1.5)
     outs = [
         ui.train_status, ui.progress, ui.queue, ui.stop_btn,
-        *(ui.train_fig[k] for k in FIGURES), ui.seen,
+        *ui.train_fig.outputs(), ui.seen,
     ]  # fmt: skip
     ui.timer.tick(
         on_tick,
