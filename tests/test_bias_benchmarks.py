@@ -413,3 +413,29 @@ def test_cli_bias_on_a_model_and_its_errors(tmp_path):
     assert r.returncode == 2 and "line 2: stereo_antistereo must be" in r.stderr
     r = cli("bias", "tiny-llama")
     assert r.returncode == 2 and "no benchmark file" in r.stderr
+
+
+# --- the Bias tab's upload and score handlers (plain functions) -------------------------------
+
+
+def test_bias_tab_upload_check_and_score(tmp_path):
+    from lab.ui import bias as ui_bias
+
+    msg, items = ui_bias.check_benchmark("crows_pairs", str(CROWS))
+    assert items is not None and len(items) == 6
+    assert "CrowS-Pairs" in msg and "Blodgett" in msg and "pct_stereotype" in msg
+    bad = _write(tmp_path, "upload_7f3a.csv", H + "a,b,maybe,age\n")
+    msg, items = ui_bias.check_benchmark("crows_pairs", str(bad))
+    assert items is None and "line 2: stereo_antistereo" in msg and str(tmp_path) not in msg
+    assert ui_bias.check_benchmark("crows_pairs", None) == ("", None)
+    msg, sets = ui_bias.on_upload_bbq(str(BBQ), {})
+    assert "BBQ" in msg and len(sets["bbq"]) == 8
+    msg, sets = ui_bias.on_upload_winogender(str(WINO), sets)
+    msg, kept = ui_bias.on_upload_crows_pairs(str(bad), sets)
+    assert set(kept) == {"bbq", "winogender"}  # a bad upload keeps the others
+    assert set(ui_bias.on_upload_bbq(None, kept)[1]) == {"winogender"}  # cleared
+    rows, fig, msg = ui_bias.on_score("tiny-llama", sets)
+    assert msg.startswith("✅") and {r[0] for r in rows} == {"base"}
+    assert any(r[1] == "bbq/s_amb" for r in rows) and fig is not None
+    rows, fig, msg = ui_bias.on_score("/etc", sets)
+    assert rows == [] and "choose a model or a run from the list" in msg

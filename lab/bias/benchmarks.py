@@ -313,6 +313,7 @@ def score_target(
     target: str,
     paths: Mapping[str, str],
     *,
+    sets: Mapping[str, list[dict]] | None = None,
     arms: list[str] | None = None,
     max_items: int | None = None,
     batch_size: int = 16,
@@ -323,7 +324,8 @@ def score_target(
     """Score a model (a name ``lab.models`` knows, a local directory) or a run directory's base
     model and saved adapters on the benchmark files in ``paths``, without training.
 
-    A run's own ``bias`` files are used where ``paths`` sets none. Returns ``{"target",
+    ``sets`` (already loaded, e.g. uploads) replaces ``paths``; a run's own ``bias`` files are
+    used where neither gives any. Returns ``{"target",
     "arms": {arm: {score: {...}}}, "n_items", "benchmarks": {kind: BENCHMARKS[kind]}}``.
     """
     import yaml
@@ -334,13 +336,17 @@ def score_target(
     run_dir = Path(target)
     is_run = (run_dir / "config.yaml").is_file()
     config = yaml.safe_load((run_dir / "config.yaml").read_text("utf-8")) if is_run else {}
-    if is_run and not any(paths.values()):
+    if is_run and not sets and not any(paths.values()):
         paths = {k: v for k, v in (config.get("bias") or {}).items() if v}
-    if not any(paths.values()):
+    if not sets and not any(paths.values()):
         raise DataError("no benchmark file: give --crows-pairs, --bbq or --winogender")
     if is_run and config.get("task", "nlg") != "nlg":
         raise DataError(f"run {run_dir.name} is a classification run; the benchmarks need an LM")
-    sets = load_benchmarks(paths)
+    sets = dict(sets) if sets else load_benchmarks(paths)
+    if "winogender_stats" in sets and "winogender" not in sets:
+        raise DataError("winogender_stats needs a winogender templates file")
+    if not any(k in sets for k in KINDS):
+        raise DataError("no benchmark file: give a CrowS-Pairs, BBQ or WinoGender file")
     kw = {"max_items": max_items, "batch_size": batch_size, "n_boot": n_boot, "seed": seed}
     out: dict = {"target": str(target), "arms": {}}
     if is_run:
