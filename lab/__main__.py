@@ -1,4 +1,4 @@
-"""The command line: ``python -m lab train | models | datasets | presets | report``.
+"""The command line: ``python -m lab train | models | datasets | presets | report | bias``.
 
 ``train`` runs the same engine the UI uses and works under ``accelerate launch`` for several
 processes. A bad preset, key, value, model or dataset exits with code 2 and one line naming it.
@@ -127,6 +127,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bias(args: argparse.Namespace) -> int:
+    from lab.bias.benchmarks import score_target
+
+    paths = {"crows_pairs": args.crows_pairs or "", "bbq": args.bbq or "",
+             "winogender": args.winogender or "", "winogender_stats": args.winogender_stats or ""}  # fmt: skip
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    res = score_target(args.target, paths, arms=arms, max_items=args.max_items,
+                       batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed,
+                       device=args.device)  # fmt: skip
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    for arm, scores in res["arms"].items():
+        for name, s in scores.items():
+            print(f"{arm:<7} {name:<44} {s['value']:>8.4f}  "
+                  f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]  n={s['n']}")  # fmt: skip
+    for kind, b in res["benchmarks"].items():
+        print(f"\n{b['title']} ({res['n_items'][kind]} items)\n  limitation: {b['limitation']}"
+              f"\n  scoring: {b['convention']}")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -151,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("--out", help="output folder (default: RUN_DIR/figures)")
     r.set_defaults(fn=cmd_report)
+    b = sub.add_parser("bias", help="score a model or a run's arms on bias benchmark files")
+    b.add_argument(
+        "target", metavar="MODEL_OR_RUN", help="a model name or path, or a run directory"
+    )
+    b.add_argument("--crows-pairs", metavar="CSV", help="a CrowS-Pairs CSV")
+    b.add_argument("--bbq", metavar="JSONL", help="a BBQ JSONL file")
+    b.add_argument("--winogender", metavar="TSV", help="WinoGender-style templates")
+    b.add_argument("--winogender-stats", metavar="CSV", help="occupation,women_pct[,source]")
+    b.add_argument("--arms", help="arms of a run to score, e.g. base,balora (default: all)")
+    b.add_argument("--max-items", type=int, help="a fixed subset of each benchmark")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples per interval")
+    b.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--out", help="also write the scores as JSON to this file")
+    b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    b.set_defaults(fn=cmd_bias)
     return p
 
 

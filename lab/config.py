@@ -125,6 +125,16 @@ class TrainConfig:
 
 
 @dataclass
+class BiasConfig:
+    """Published bias benchmarks scored at every eval point (paths; "" = off)."""
+
+    crows_pairs: str = ""  # CrowS-Pairs CSV (sent_more, sent_less, stereo_antistereo, bias_type)
+    bbq: str = ""  # BBQ JSONL (context, question, ans0-ans2, label, context_condition, ...)
+    winogender: str = ""  # WinoGender-style templates (occupation, participant, answer, sentence)
+    winogender_stats: str = ""  # occupation,women_pct[,source] for the WinoGender correlation
+
+
+@dataclass
 class RunConfig:
     name: str = "custom"
     task: str = "nlg"  # nlg (causal LM) | nlu (sequence classification)
@@ -134,6 +144,7 @@ class RunConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     reg: RegConfig = field(default_factory=RegConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    bias: BiasConfig = field(default_factory=BiasConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -278,6 +289,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(t.eval_every >= 0, "train.eval_every", "must be 0 or more")
     need(t.bias_items >= 0, "train.bias_items", "must be 0 or more")
     need(t.probe_size >= 2, "train.probe_size", "must be at least 2")
+    uses_bias = any(dataclasses.astuple(cfg.bias))
+    need(cfg.task == "nlg" or not uses_bias, "bias", "the benchmarks need task nlg (an LM head)")
+    need(bool(cfg.bias.winogender) or not cfg.bias.winogender_stats, "bias.winogender_stats",
+         "needs bias.winogender (the templates)")  # fmt: skip
     return cfg
 
 

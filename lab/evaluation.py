@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lab import adapters, analysis, items
+from lab import adapters, analysis, items, runs
 from lab.bias import evaluate_bias
+from lab.bias.benchmarks import evaluate_benchmarks, load_benchmarks
 from lab.config import RunConfig
 from lab.datasets import TaskData, evaluate_task
 
@@ -29,6 +30,7 @@ class Probes:
     label_names: list[str] | None
     reference: object = None  # the base model's outputs on the texts, kept at step 0
     svd_cache: dict = field(default_factory=dict)  # base-weight SVDs for intruder dimensions
+    bias_sets: dict | None = None  # the user's bias benchmark files, read at the first eval
 
     @classmethod
     def from_data(cls, task_data: TaskData, tokenizer, cfg: RunConfig) -> Probes:
@@ -72,6 +74,16 @@ def evaluate(
                 return_items=True,
             )
             per_item.update(bias_items)
+            if any(vars(cfg.bias).values()):  # the user's benchmark files, per-item records kept
+                if probes.bias_sets is None:
+                    probes.bias_sets = load_benchmarks(vars(cfg.bias))
+                scores, records = evaluate_benchmarks(
+                    model, tok, probes.bias_sets, max_items=cfg.train.bias_items or None,
+                    seed=cfg.train.seed,
+                )  # fmt: skip
+                ev["bias"].update(scores)
+                runs.save_arrays(Path(run_dir) / "bias_items" / f"step_{step:06d}" / f"{label}.npz",
+                                 records)  # fmt: skip
         if cfg.train.analysis:
             snap = analysis.snapshot(
                 model,

@@ -1,11 +1,20 @@
 """Bias tab: every bias score of a run per arm, with its 95% confidence interval, as a table
-and a chart (read from the run's eval events; no model is loaded)."""
+and a chart (read from the run's eval events; no model is loaded); and published benchmark files
+(CrowS-Pairs, BBQ, WinoGender) uploaded, checked in the page, and scored on a model or a run's
+arms. An upload is read once from the temporary path gradio gives and held in memory (in the
+page's state); ``check_benchmark`` is a plain function of that path."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import gradio as gr
 
-from lab import plots, runs
+from lab import hosting, plots, runs
+from lab.bias.benchmarks import BENCHMARKS, score_target
+from lab.bias.formats import LOADERS
+from lab.data import DataError
 from lab.ui import common, figures
 
 HEADERS = ["arm", "score", "value", "CI low", "CI high", "n"]
@@ -47,6 +56,136 @@ def on_refresh(owner: str | None = None):
     return gr.Dropdown(choices=choices)
 
 
+UPLOADS = {  # kind -> (label, accepted file types)
+    "crows_pairs": ("CrowS-Pairs CSV", [".csv"]),
+    "bbq": ("BBQ JSONL", [".jsonl", ".json"]),
+    "winogender": ("WinoGender templates (TSV/CSV)", [".tsv", ".csv", ".txt"]),
+    "winogender_stats": ("Occupation statistics CSV", [".csv"]),
+}
+BENCH_HELP = "\n".join(
+    f"- **{b['title']}** — {b['format']}. *Limitation:* {b['limitation']}"
+    for b in BENCHMARKS.values()
+)
+
+
+def benchmark_note(kind: str, n: int) -> str:
+    """The benchmark's name, item count, known limitation and exact scoring convention."""
+    if kind == "winogender_stats":
+        return f"**Occupation statistics**: {n} occupations (used for `winogender/corr`)."
+    b = BENCHMARKS[kind]
+    return (
+        f"**{b['title']}**: {n} items.\n\n*Known limitation:* {b['limitation']}\n\n"
+        f"*Scoring:* {b['convention']}"
+    )
+
+
+def check_benchmark(kind: str, path: str | None) -> tuple[str, list[dict] | None]:
+    """Validate an uploaded benchmark file: -> (message for the page, loaded items or None).
+
+    The file is read from ``path`` once; the items are returned to be held in memory."""
+    if kind not in LOADERS:
+        return common.err(f"unknown benchmark kind {kind!r}"), None
+    if not path:
+        return "", None
+    if not isinstance(path, str) or not hosting.inside(Path(path), tempfile.gettempdir()):
+        return common.err("the upload was not received as a file"), None
+    size = Path(path).stat().st_size
+    if size > common.hosting().limits.upload_bytes:
+        return common.err(f"the file is {size} bytes, over this app's upload limit"), None
+    try:
+        items = LOADERS[kind](path)
+    except DataError as e:
+        return common.err(e), None
+    return common.ok(benchmark_note(kind, len(items))), items
+
+
+def _store(kind: str, path: str | None, sets: dict | None):
+    msg, items = check_benchmark(kind, path)
+    sets = {k: v for k, v in (sets or {}).items() if k != kind}
+    if items is not None:
+        sets[kind] = items
+    return msg, sets
+
+
+@common.guarded
+def on_upload_crows_pairs(path, sets):
+    return _store("crows_pairs", path, sets)
+
+
+@common.guarded
+def on_upload_bbq(path, sets):
+    return _store("bbq", path, sets)
+
+
+@common.guarded
+def on_upload_winogender(path, sets):
+    return _store("winogender", path, sets)
+
+
+@common.guarded
+def on_upload_winogender_stats(path, sets):
+    return _store("winogender_stats", path, sets)
+
+
+ON_UPLOAD = {
+    "crows_pairs": on_upload_crows_pairs,
+    "bbq": on_upload_bbq,
+    "winogender": on_upload_winogender,
+    "winogender_stats": on_upload_winogender_stats,
+}
+
+
+RUN_TARGET = "run:"  # a target value naming a run by its id (never a server path)
+
+
+def target_choices(owner: str | None = None) -> list[tuple[str, str]]:
+    """The offline causal LMs, then the runs this visitor may see (their base model and arms
+    are scored)."""
+    from lab.models import list_models
+
+    models = [
+        (f"model: {r['name']}", r["name"])
+        for r in list_models()
+        if "nlg" in r["tasks"] and r["installed"]
+    ]
+    return models + [
+        (f"run: {label}", RUN_TARGET + rid) for label, rid in common.run_choices(owner=owner)
+    ]
+
+
+def score_uploads(target: str, sets: dict | None, owner: str | None = None):
+    """-> (table rows, figure) of the uploaded benchmarks scored on a model or a run's arms,
+    at most the hosting mode's ``bias_items`` items per benchmark."""
+    if not target or target not in {v for _, v in target_choices(owner)}:
+        raise DataError("choose a model or a run from the list")
+    if target.startswith(RUN_TARGET):
+        target = str(common.resolve_run(target[len(RUN_TARGET) :], owner))
+    limit = common.hosting().limits.bias_items
+    res = score_target(target, {}, sets=sets or {}, max_items=limit)
+    scored = [
+        {"arm": arm, "score": name, **s}
+        for arm, scores in res["arms"].items()
+        for name, s in scores.items()
+    ]
+    rows = [common.rounded(r) for r in figures.bias_table(scored)]
+    headline = [r for r in scored if r["score"].count("/") == 1]
+    return rows, plots.bias_figure(headline)
+
+
+@common.guarded
+def on_refresh_targets(owner: str | None = None):
+    return gr.Dropdown(choices=target_choices(owner))
+
+
+@common.guarded
+def on_score(target: str, sets: dict | None, owner: str | None = None):
+    try:
+        rows, fig = score_uploads(target, sets, owner)
+    except common.USER_ERRORS as e:
+        return [], gr.skip(), common.err(e)
+    return rows, fig, common.ok(f"{len(rows)} scores")
+
+
 def build(ui) -> None:
     gr.Markdown(EXPLAIN)
     with gr.Row():
@@ -67,3 +206,46 @@ def build(ui) -> None:
     ui.bias_btn.click(
         on_show, [ui.bias_run, ui.owner], [ui.bias_table, ui.bias_fig, ui.bias_msg], **private
     )
+    build_benchmarks(ui)
+
+
+def build_benchmarks(ui) -> None:
+    """Uploads of published benchmark files, checked in the page, scored on demand."""
+    private = {"api_visibility": "private"}
+    with gr.Accordion("Published benchmarks: CrowS-Pairs, BBQ, WinoGender", open=False):
+        gr.Markdown(
+            "Upload the files you have, in their published formats; each is checked here and "
+            "scored the way lm-evaluation-harness scores it (a run scores them at every eval "
+            "point with the `bias.*` config keys).\n\n" + BENCH_HELP
+        )
+        ui.bias_sets = gr.State({})
+        ui.bias_uploads = {}
+        with gr.Row():
+            for kind, (label, types) in UPLOADS.items():
+                ui.bias_uploads[kind] = gr.UploadButton(
+                    f"Upload {label}", file_types=types, type="filepath", file_count="single",
+                    elem_id=f"bias-upload-{kind.replace('_', '-')}",
+                )  # fmt: skip
+        ui.bias_upload_msg = gr.Markdown(elem_id="bias-upload-msg")
+        with gr.Row():
+            ui.bias_target = gr.Dropdown(
+                target_choices()[:0], label="Score on", allow_custom_value=False,
+                info="A model (the untouched weights) or a run (its base model and every arm).",
+            )  # fmt: skip
+            ui.bias_score_btn = gr.Button("Score", variant="primary", scale=0)
+        ui.bias_bench_msg = gr.Markdown()
+        ui.bias_bench_fig = gr.Plot(
+            plots.empty_figure("scores appear here"), label="Benchmark scores with 95% CIs"
+        )
+        ui.bias_bench_table = gr.Dataframe(
+            headers=HEADERS, interactive=False, label="Benchmark scores"
+        )
+    for kind, widget in ui.bias_uploads.items():
+        fn = ON_UPLOAD[kind]
+        widget.upload(fn, [widget, ui.bias_sets], [ui.bias_upload_msg, ui.bias_sets], **private)
+    ui.bias_refresh.click(on_refresh_targets, ui.owner, ui.bias_target, **private)
+    ui.bias_score_btn.click(
+        on_score, [ui.bias_target, ui.bias_sets, ui.owner],
+        [ui.bias_bench_table, ui.bias_bench_fig, ui.bias_bench_msg],
+        concurrency_limit=1, **private,
+    )  # fmt: skip
