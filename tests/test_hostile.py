@@ -233,7 +233,7 @@ def _cases():
         ("upload-traversal-name", lambda w, c: raw_call(w, "on_upload", [upload(w, "../../evil.csv", b"text,label\nhi,a\nho,b\n"), "nlu", w["me"]]), "usable rows"),
         ("file-route-outside", lambda w, c: {"ok": False, "text": httpx.get(w["url"] + f"gradio_api/file={w['outside']}/secret.csv", timeout=10).text}, None),
         ("listing-hides-others", lambda w, c: raw_call(w, "#runs-refresh", [w["me"]]), "!" + VICTIM),
-        ("bias-score-other-run", lambda w, c: raw_call(w, "on_score", [f"run:{VICTIM}", {}, w["me"]]), "choose a model or a run"),
+        ("bias-score-other-run", lambda w, c: raw_call(w, "on_score", [f"run:{VICTIM}", {}, w["me"]]), "not in the list of choices"),
         ("bias-upload-server-path", lambda w, c: raw_call(w, "on_upload_crows_pairs", [{"path": f"{w['outside']}/secret.csv", "meta": {"_type": "gradio.FileData"}}, {}]), None),
         ("too-many-grid-points", lambda w, c: raw_call(w, "on_sweep", [w["me"], "tiny-test", "0 1 2 3 4", "0 1 2", "0 1", 2, True, *form(w)]), "keep it to 12"),
     ]  # fmt: skip
