@@ -173,15 +173,23 @@ def test_bias_and_pareto_figures():
     rows = plots.bias_rows(eval_events())
     assert {r["arm"] for r in rows} == {"base", *ARMS} and len(rows) == 8
     fig = plots.bias_figure(rows)
-    assert names(fig) == ["base", "base", "lora", "lora", "pissa", "pissa", "balora", "balora"]
+    # one panel per scale: the preference (stereo_pref) and the correlation (pronoun_corr)
+    assert names(fig) == ["base", "lora", "pissa", "balora"] * 2
     assert sum(t.showlegend is not False for t in fig.data) == 4  # one legend entry per arm
-    with_ci, without = fig.data[2], fig.data[3]
+    with_ci, without = fig.data[1], fig.data[5]
     assert list(with_ci.x) == ["stereo_pref"] and list(without.x) == ["pronoun_corr"]
     assert with_ci.offsetgroup == without.offsetgroup == "lora"
     assert with_ci.error_y.array[0] == pytest.approx(0.04) and with_ci.error_y.arrayminus[
         0
     ] == pytest.approx(0.05)
-    assert without.error_y.array is None  # no interval, no error bar
+    assert list(without.error_y.array) == [0]  # no interval, no error bar
+    neutral = {shape.y0 for shape in fig.layout.shapes}
+    assert neutral == {0.5, 0.0}  # each panel centred on its "no bias" value
+    tiny = plots.bias_figure(
+        [{"arm": "lora", "score": "stereo_pref/age", "value": 1.0, "ci_low": 1.0,
+          "ci_high": 1.0, "n": 2}]
+    )  # fmt: skip
+    assert len(tiny.data) == 0  # a subgroup of 2 items gets no point and no interval
     negative = plots.bias_figure(
         [{"arm": "lora", "score": "corr", "value": -0.8, "ci_low": -0.9, "ci_high": 0.0}]
     )

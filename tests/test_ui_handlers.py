@@ -273,10 +273,11 @@ def test_bias_tab_table_has_a_ci_per_arm(runs_dir):
     from lab.ui import bias
 
     fake_run(runs_dir, "r-bias")
-    rows, fig, msg = bias.on_show("r-bias")
+    rows, fig, msg, verdicts = bias.on_show("r-bias")
+    assert "no per-item records" in verdicts  # a fake run without items says so
     assert [r[0] for r in rows] == ["base", "lora", "pissa", "balora"]
     assert all(r[3] <= r[2] <= r[4] for r in rows)  # ci_low <= value <= ci_high
-    _, _, msg = bias.on_show("r-missing")
+    _, _, msg, _ = bias.on_show("r-missing")
     assert "unknown run 'r-missing'" in msg
 
 

@@ -10,7 +10,15 @@ Arms have fixed colours (base grey, lora blue, pissa orange, balora green) in ev
 - ``bias``      bias scores with confidence intervals, Pareto plots
 """
 
-from lab.plots.bias import bias_figure, bias_rows, pareto_figure, pareto_front
+from lab.plots.bias import (
+    MIN_N,
+    bias_figure,
+    bias_rows,
+    pareto_figure,
+    pareto_front,
+    reliable,
+    score_scale,
+)
 from lab.plots.common import (
     ARM_COLORS,
     ARM_ORDER,
@@ -23,6 +31,9 @@ from lab.plots.spectra import adapter_modules, intruders_figure, spectra_figure,
 from lab.plots.training import drift_figure, loss_figure, metric_figure, metric_keys
 
 __all__ = [
+    "MIN_N",
+    "reliable",
+    "score_scale",
     "ARM_COLORS",
     "ARM_ORDER",
     "LOSS_TERMS",

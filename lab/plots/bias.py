@@ -6,8 +6,18 @@ import math
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from lab.plots.common import LAYOUT, arm_color, arm_key, by_arm, empty_figure, number, of_kind
+from lab.plots.common import (
+    LAYOUT,
+    SUBPLOT_TITLE_SIZE,
+    arm_color,
+    arm_key,
+    by_arm,
+    empty_figure,
+    number,
+    of_kind,
+)
 
 
 def bias_rows(events: list[dict], step: int | None = None) -> list[dict]:
@@ -35,8 +45,33 @@ def bias_rows(events: list[dict], step: int | None = None) -> list[dict]:
     return rows
 
 
+MIN_N = 5  # a score over fewer items gets no interval (a bootstrap of 1-4 items is not one)
+
+
+def score_scale(score: str) -> tuple[str, float]:
+    """(panel, the value that means "no bias") of a bias score, from its name: preferences
+    are shares with 0.5 neutral; log-odds, correlations, bias scores and rates have 0."""
+    name = score.lower()
+    if "corr" in name:
+        return "correlation (0 = none)", 0.0
+    if any(k in name for k in ("logodds", "likelihood_diff", "llr", "gap")):
+        return "log-odds, nats (0 = none)", 0.0
+    if any(k in name for k in ("stereo_pref", "pct_stereotype", "occupation_rate")):
+        return "preference share (0.5 = none)", 0.5
+    if name.split("/")[-1].startswith(("s_dis", "s_amb")) or "/s_dis" in name or "/s_amb" in name:
+        return "bias score, −1…1 (0 = none)", 0.0
+    return "rate (0 = none)", 0.0
+
+
+def reliable(row: Mapping) -> bool:
+    """A score measured on at least ``MIN_N`` items (an unknown n counts as enough)."""
+    n = row.get("n")
+    return not isinstance(n, (int, float)) or n >= MIN_N
+
+
 def bias_figure(rows: list[dict]) -> go.Figure:
-    """Bias scores per arm as grouped bars with their confidence intervals as error bars."""
+    """Bias scores per arm as points with their 95% intervals, one panel per scale, each with
+    a dotted line at its "no bias" value; scores over fewer than ``MIN_N`` items are left out."""
     rows = [
         r
         for r in rows or []
@@ -44,52 +79,61 @@ def bias_figure(rows: list[dict]) -> go.Figure:
         and number(r.get("value")) is not None
         and "arm" in r
         and "score" in r
+        and reliable(r)
     ]
     if not rows:
         return empty_figure("No bias scores yet")
-    scores = list(dict.fromkeys(str(r["score"]) for r in rows))
-    fig = go.Figure()
-    for arm in sorted({str(r["arm"]) for r in rows}, key=arm_key):
-        mine = {str(r["score"]): r for r in rows if str(r["arm"]) == arm}
-        xs = [s for s in scores if s in mine]
-        with_ci = [
-            s
-            for s in xs
-            if number(mine[s].get("ci_low")) is not None
-            and number(mine[s].get("ci_high")) is not None
-        ]
-        without = [s for s in xs if s not in with_ci]
-        for part, shown in ((with_ci, True), (without, not with_ci)):
-            if not part:
-                continue
-            ys = [float(mine[s]["value"]) for s in part]
-            error = None
-            if part is with_ci:  # asymmetric bars from the interval; none for rows without one
-                up = [float(mine[s]["ci_high"]) - y for s, y in zip(part, ys)]
-                down = [y - float(mine[s]["ci_low"]) for s, y in zip(part, ys)]
-                error = {"type": "data", "symmetric": False, "array": up, "arrayminus": down}
+    panels = list(dict.fromkeys(score_scale(str(r["score"])) for r in rows))
+    fig = make_subplots(
+        rows=len(panels),
+        cols=1,
+        subplot_titles=[p for p, _ in panels],
+        vertical_spacing=0.32 / max(1, len(panels)),
+    )
+    shown: set[str] = set()
+    for k, (panel, neutral) in enumerate(panels, start=1):
+        mine_rows = [r for r in rows if score_scale(str(r["score"]))[0] == panel]
+        scores = list(dict.fromkeys(str(r["score"]) for r in mine_rows))
+        for arm in sorted({str(r["arm"]) for r in mine_rows}, key=arm_key):
+            mine = {str(r["score"]): r for r in mine_rows if str(r["arm"]) == arm}
+            xs = [x for x in scores if x in mine]
+            ys = [float(mine[x]["value"]) for x in xs]
+            lo = [number(mine[x].get("ci_low")) for x in xs]
+            hi = [number(mine[x].get("ci_high")) for x in xs]
+            error = {
+                "type": "data",
+                "symmetric": False,
+                "array": [0 if h is None else h - y for h, y in zip(hi, ys)],
+                "arrayminus": [0 if v is None else y - v for v, y in zip(lo, ys)],
+            }
             hover = [
-                f"{arm} · {s}<br>{y:.3f} [{_fmt(mine[s].get('ci_low'))}, {_fmt(mine[s].get('ci_high'))}] n={mine[s].get('n')}"
-                for s, y in zip(part, ys)
+                f"{arm} · {x}<br>{y:.3f} [{_fmt(a)}, {_fmt(b)}] n={mine[x].get('n')}"
+                for x, y, a, b in zip(xs, ys, lo, hi)
             ]
             fig.add_trace(
-                go.Bar(
-                    x=part,
+                go.Scatter(
+                    x=xs,
                     y=ys,
+                    mode="markers",
                     name=arm,
                     legendgroup=arm,
-                    showlegend=shown,
-                    offsetgroup=arm,  # both parts of one arm share its slot in each group
-                    marker_color=arm_color(arm),
+                    showlegend=arm not in shown,
+                    offsetgroup=arm,
+                    marker={"color": arm_color(arm), "size": 9},
                     error_y=error,
                     hovertext=hover,
                     hoverinfo="text",
-                )
+                ),
+                row=k,
+                col=1,
             )
+            shown.add(arm)
+        fig.add_hline(y=neutral, line_dash="dot", line_color="#555", row=k, col=1)
+    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     fig.update_layout(
         title="Bias scores with 95% confidence intervals",
-        barmode="group",
-        yaxis_title="score",
+        scattermode="group",
+        height=260 + 220 * len(panels),
         **LAYOUT,
     )
     return fig

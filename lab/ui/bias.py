@@ -23,31 +23,38 @@ EXPLAIN = (
     "stereotypical one (0.5 = no preference). **pronoun_abs_logodds**: how strongly it picks "
     "he or she for an occupation (0 = no preference). **pronoun_corr**: correlation of that "
     "preference with the share of women in the job. **flip_rate**: share of test inputs whose "
-    "prediction changes when a group word is swapped (0 = never). Overlapping intervals mean "
-    "the difference between two arms may be noise."
+    "prediction changes when a group word is swapped (0 = never). The lines at the top compare "
+    "the arms item by item (a paired difference, its interval, p and n); a score over fewer "
+    f"than {plots.MIN_N} items is listed without an interval and left out of the chart."
 )
 
 
 def bias_view(run_id: str, owner: str | None = None):
-    """-> (table rows, figure) of a run (``example`` is the shipped classroom run)."""
-    run = runs.load_run(common.resolve_run(run_id, owner))
+    """-> (table rows, figure, verdict Markdown) of a run (``example`` is the shipped run)."""
+    path = common.resolve_run(run_id, owner)
+    run = runs.load_run(path)
     scored = plots.bias_rows(run.events)
+    for r in scored:  # 1-4 items: no interval worth the name
+        if not plots.reliable(r):
+            r["ci_low"] = r["ci_high"] = None
     rows = [common.rounded(r) for r in figures.bias_table(scored)]
     if not rows:
         raise ValueError(
             f"run {run_id} has no bias scores yet (they come at eval points; "
             "train.bias_eval must be on)"
         )
-    return rows, plots.bias_figure(scored)
+    verdict_md, _ = figures.evidence(path, bias_only=True)
+    return rows, plots.bias_figure(scored), verdict_md
 
 
 @common.guarded
 def on_show(run_id: str, owner: str | None = None):
+    """-> [table, figure, message, verdicts]."""
     try:
-        rows, fig = bias_view(run_id, owner)
+        rows, fig, verdict_md = bias_view(run_id, owner)
     except common.USER_ERRORS as e:
-        return [], None, common.err(e)
-    return rows, fig, common.ok(f"{len(rows)} scores")
+        return [], gr.skip(), common.err(e), ""
+    return rows, fig, common.ok(f"{len(rows)} scores"), verdict_md
 
 
 @common.guarded
@@ -199,12 +206,16 @@ def build(ui) -> None:
         ui.bias_refresh = gr.Button("↻ Refresh", scale=0)
         ui.bias_btn = gr.Button("Show", variant="primary", scale=0)
     ui.bias_msg = gr.Markdown()
+    ui.bias_verdicts = gr.Markdown(elem_id="bias-verdicts")
     ui.bias_fig = gr.Plot(plots.empty_figure("pick a run"), label=figures.LABELS["bias"])
     ui.bias_table = gr.Dataframe(headers=HEADERS, interactive=False, label="Bias scores")
     private = {"api_visibility": "private"}
     ui.bias_refresh.click(on_refresh, ui.owner, ui.bias_run, **private)
     ui.bias_btn.click(
-        on_show, [ui.bias_run, ui.owner], [ui.bias_table, ui.bias_fig, ui.bias_msg], **private
+        on_show,
+        [ui.bias_run, ui.owner],
+        [ui.bias_table, ui.bias_fig, ui.bias_msg, ui.bias_verdicts],
+        **private,
     )
     build_benchmarks(ui)
 

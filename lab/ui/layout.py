@@ -149,7 +149,7 @@ def build_app() -> gr.Blocks:
         owned.then(bias.on_refresh, ui.owner, ui.bias_run, **private).then(
             bias.on_show,
             [ui.bias_run, ui.owner],
-            [ui.bias_table, ui.bias_fig, ui.bias_msg],
+            [ui.bias_table, ui.bias_fig, ui.bias_msg, ui.bias_verdicts],
             **private,
         )
         owned.then(tune.on_refresh, ui.owner, ui.tune_pick, **private)
