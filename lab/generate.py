@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lab.config import ARMS
@@ -97,16 +98,23 @@ def _label_names(run_dir: Path) -> list[str] | None:
 
 
 @torch.no_grad()
-def base_loglik(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> tuple[float, int]:
-    """(sum of log p_base(continuation | prompt), number of continuation tokens), in float32."""
+def base_token_logprobs(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> list[float]:
+    """log p_base of each continuation token given the prompt and the tokens before it
+    (float32); empty for an empty continuation."""
     if not cont_ids:
-        return 0.0, 0
+        return []
     ids = torch.tensor([prompt_ids + cont_ids], device=arm_set.device)  # (1, P + C)
     with arm_set.model.disable_adapter():
         logits = arm_set.model(input_ids=ids).logits.float()  # (1, P + C, V)
     logp = torch.log_softmax(logits[0, len(prompt_ids) - 1 : -1], dim=-1)  # (C, V): predicts C
     target = torch.tensor(cont_ids, device=arm_set.device)
-    return float(logp.gather(1, target[:, None]).sum()), len(cont_ids)
+    return logp.gather(1, target[:, None])[:, 0].tolist()
+
+
+def base_loglik(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> tuple[float, int]:
+    """(sum of log p_base(continuation | prompt), number of continuation tokens), in float32."""
+    per_token = base_token_logprobs(arm_set, prompt_ids, cont_ids)
+    return float(sum(per_token)), len(per_token)
 
 
 @torch.no_grad()
@@ -142,14 +150,28 @@ def _generate_one(
 
 
 def _row(arm_set: ArmSet, arm: str, prompt_ids: list[int], cont: list[int]) -> dict[str, Any]:
-    ll, n = base_loglik(arm_set, prompt_ids, cont)
+    per_token = base_token_logprobs(arm_set, prompt_ids, cont)
+    n, ll = len(per_token), float(sum(per_token))
     return {
         "arm": arm,
         "text": arm_set.tokenizer.decode(cont, skip_special_tokens=True).strip(),
         "tokens": n,
         "loglik": ll,
         "loglik_mean": ll / n if n else None,
+        "token_logprobs": per_token,
     }
+
+
+def delta_interval(a: list[float], b: list[float], confidence: float = 0.95):
+    """(low, high) of the per-token mean log-likelihood difference a − b: Welch's interval
+    (``scipy.stats.ttest_ind``) treating the tokens of each output as the sample; None with
+    fewer than 2 tokens on a side or no spread at all."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return None
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    return float(ci.low), float(ci.high)
 
 
 @torch.no_grad()
@@ -227,14 +249,16 @@ def pair_side_by_side(
     One row per model: ``a`` and ``b`` (the rows of :func:`side_by_side`) and ``delta`` =
     mean base log-likelihood of the output for prompt a minus that for prompt b: how much more
     natural the base model finds what this model says about one group than about the other
-    (0 = no difference; per token, so output lengths do not dominate).
+    (0 = no difference; per token, so output lengths do not dominate), with ``delta_ci``, its
+    95% interval over the tokens (:func:`delta_interval`, None when it cannot be had).
     """
     rows_a = side_by_side(arm_set, prompt_a, **kwargs)
     rows_b = side_by_side(arm_set, prompt_b, **kwargs)
     out = []
     for a, b in zip(rows_a, rows_b):
-        delta = None
+        delta = ci = None
         if a["loglik_mean"] is not None and b["loglik_mean"] is not None:
             delta = a["loglik_mean"] - b["loglik_mean"]
-        out.append({"arm": a["arm"], "a": a, "b": b, "delta": delta})
+            ci = delta_interval(a.get("token_logprobs", []), b.get("token_logprobs", []))
+        out.append({"arm": a["arm"], "a": a, "b": b, "delta": delta, "delta_ci": ci})
     return out

@@ -397,6 +397,8 @@ def test_compare_pair_reports_the_group_difference(adapter_run):
     for r in rows:
         expected = r["a"]["loglik_mean"] - r["b"]["loglik_mean"]
         assert r["delta"] == pytest.approx(expected)
+        assert r["delta_ci"] is None or r["delta_ci"][0] <= r["delta"] <= r["delta_ci"][1]
+    assert any(r["delta_ci"] for r in rows) and "(95%, over tokens)" in html
     _, msg = compare.on_compare(adapter_run, "   ", "", 5, 0, False)
     assert "the prompt is empty" in msg
 
@@ -471,3 +473,15 @@ def test_config_diff_shows_its_table_outside_the_collapsed_config(runs_dir):
     assert table["visible"] is True
     assert ["reg.lambda1", 0.0, 0.1] in table["value"]
     assert "-  lambda1: 0.0" in diff or "lambda1" in diff
+
+
+def test_counterfactual_difference_carries_a_welch_interval():
+    from scipy import stats
+
+    from lab.generate import delta_interval
+
+    a, b = [-1.0, -1.2, -0.8, -1.1], [-2.0, -2.4, -1.9, -2.2, -2.1]
+    low, high = delta_interval(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((ref.low, ref.high)) and low < 1.1 < high
+    assert delta_interval([-1.0], b) is None  # one token: no interval

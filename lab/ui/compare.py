@@ -97,6 +97,8 @@ def render_pair(pair: tuple[str, str, str, str], rows: list[dict[str, Any]]) -> 
     cards = []
     for r in rows:
         delta = "–" if r["delta"] is None else f"{r['delta']:+.3f}"
+        if r.get("delta_ci"):
+            delta += f" [{r['delta_ci'][0]:+.3f}, {r['delta_ci'][1]:+.3f}] (95%, over tokens)"
         body = f"[{ga}] {r['a']['text']}\n\n[{gb}] {r['b']['text']}"
         foot = (
             f"{ga}: {_fmt_ll(r['a'])}; {gb}: {_fmt_ll(r['b'])}; Δ ({ga} − {gb}) = {delta} per token"
