@@ -314,3 +314,16 @@ def test_tsne_classes_never_wear_an_arm_colour():
     fig = tsne_figure(emb, np.arange(12) % 4, ["a", "b", "c", "d"])
     colours = {t.marker.color for t in fig.data}
     assert len(colours) == 4 and not colours & set(ARM_COLORS.values())
+
+
+def test_pareto_points_that_coincide_share_one_labelled_marker_and_the_front_is_drawn():
+    points = [
+        {"arm": "balora", "label": "λ=(0, 0, 0)", "bias": 0.2, "task_metric": 0.9},
+        {"arm": "balora", "label": "λ=(0.1, 0, 0)", "bias": 0.2, "task_metric": 0.9},
+        {"arm": "lora", "label": "LoRA", "bias": 0.3, "task_metric": 0.8},
+    ]
+    fig = plots.pareto_figure(points)
+    balora = next(t for t in fig.data if t.name == "balora")
+    assert list(balora.text) == ["λ=(0, 0, 0) = λ=(0.1, 0, 0)"] and "text" in balora.mode
+    front = next(t for t in fig.data if t.name == "Pareto front")
+    assert list(front.x) == [0.2]  # one point dominates the rest: the front is still drawn

@@ -327,7 +327,8 @@ def test_tune_collects_a_sweep_and_draws_both_pareto_plots(runs_dir):
     table, by_bias, by_drift, pick, seen = tune.on_tick("tune-ab12", None)
     assert [r[1] for r in table] == ["done", "done"]
     assert {r[2] for r in table} == {"λ=(0.0, 0.005, 0.005)", "λ=(0.1, 0.005, 0.005)"}
-    assert sum(len(t.x) for t in by_bias.data if t.mode == "markers") == 2
+    labels = " ".join(" ".join(t.text) for t in by_bias.data if t.name != "Pareto front")
+    assert "λ=(0.0, 0.005, 0.005)" in labels and "λ=(0.1, 0.005, 0.005)" in labels
     assert "drift" in by_drift.layout.xaxis.title.text
     again = tune.on_tick("tune-ab12", seen)
     assert again[0] == table  # table refreshed, figures skipped when nothing changed
@@ -485,3 +486,11 @@ def test_counterfactual_difference_carries_a_welch_interval():
     ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     assert (low, high) == pytest.approx((ref.low, ref.high)) and low < 1.1 < high
     assert delta_interval([-1.0], b) is None  # one token: no interval
+
+
+def test_tune_shows_what_it_inherits_and_names_its_own_boxes_first(runs_dir):
+    text = tune.on_show_settings(None, "tiny-test", *form(train__steps=7, arms=["lora"]))
+    assert "preset **tiny-test**" in text and "tiny-llama" in text and "arms lora" in text
+    # a bad λ box is reported as such even when the Setup form has its own problem
+    msg, _ = tune.on_sweep(None, "tiny-test", "abc", "0", "0", 4, True, *form(arms=[]))
+    assert "λ1 values: 'abc' is not a number" in msg

@@ -177,33 +177,51 @@ def pareto_figure(
         return empty_figure(f"No runs with both '{x}' and '{y}' yet")
     fig = go.Figure()
     for arm in sorted({str(p.get("arm", "run")) for p in pts}, key=arm_key):
-        mine = [p for p in pts if str(p.get("arm", "run")) == arm]
+        mine = _merge_coinciding([p for p in pts if str(p.get("arm", "run")) == arm], x, y)
         fig.add_trace(
             go.Scatter(
                 x=[p[x] for p in mine],
                 y=[p[y] for p in mine],
-                mode="markers",
+                mode="markers+text",  # every point carries its label, not only on hover
                 name=arm,
                 marker={"size": 10, "color": arm_color(arm)},
                 text=[str(p.get("label", "")) for p in mine],
+                textposition="top center",
+                textfont={"size": 10},
                 hovertemplate=f"%{{text}}<br>{x}=%{{x:.4g}}<br>{y}=%{{y:.4g}}<extra>{arm}</extra>",
             )
         )
     idx = pareto_front([float(p[x]) for p in pts], [float(p[y]) for p in pts], x_better, y_better)
-    if len(idx) > 1:
+    if idx:  # drawn even when one point dominates all the others
         fig.add_trace(
             go.Scatter(
                 x=[pts[i][x] for i in idx],
                 y=[pts[i][y] for i in idx],
-                mode="lines",
+                mode="lines+markers",
                 name="Pareto front",
                 line={"color": "#333", "dash": "dot"},
+                marker={"symbol": "circle-open", "size": 16, "color": "#333"},
             )
         )
+    names = {"bias": "bias (distance from none)", "drift": "drift KL(base‖arm)"}
+    x_name, y_name = names.get(x, x.replace("_", " ")), names.get(y, y.replace("_", " "))
     fig.update_layout(
-        title=f"{y} against {x}",
-        xaxis_title=f"{x} ({x_better}er is better)",
-        yaxis_title=f"{y} ({y_better}er is better)",
+        title=f"{y_name} against {x_name}",
+        xaxis_title=f"{x_name} ({x_better}er is better)",
+        yaxis_title=f"{y_name} ({y_better}er is better)",
         **LAYOUT,
     )
     return fig
+
+
+def _merge_coinciding(points: list[dict], x: str, y: str) -> list[dict]:
+    """Points at the same place (to 4 digits) become one, labelled with all their labels, so
+    that none hides another."""
+    out: dict[tuple, dict] = {}
+    for p in points:
+        key = (round(float(p[x]), 4), round(float(p[y]), 4))
+        if key in out:
+            out[key] = {**out[key], "label": f"{out[key].get('label', '')} = {p.get('label', '')}"}
+        else:
+            out[key] = dict(p)
+    return list(out.values())

@@ -119,7 +119,7 @@ def build_app() -> gr.Blocks:
                 compare.build(ui)
             with gr.Tab("Bias", id="bias") as ui.tab_bias:
                 bias.build(ui)
-            with gr.Tab("Tune", id="tune"):
+            with gr.Tab("Tune", id="tune") as ui.tab_tune:
                 tune.build(ui)
             with gr.Tab("Runs", id="runs") as ui.tab_runs:
                 runs.build(ui)

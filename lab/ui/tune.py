@@ -128,6 +128,8 @@ def on_sweep(owner, preset, l1, l2, l3, steps, baseline, *values):
     """Queue every point of the grid. -> (message, sweep dropdown)."""
     sweep = f"tune-{secrets.token_hex(2)}"
     try:
+        for text, box in ((l1, "λ1 values"), (l2, "λ2 values"), (l3, "λ3 values")):
+            parse_grid(text, box)  # the boxes of this tab first, so their errors name them
         _, base, _ = form.check_form(preset, form.form_values(values), owner)
         plans = plan_sweep(preset, base, l1, l2, l3, steps, baseline, sweep)
         for items in plans:
@@ -160,6 +162,21 @@ def on_refresh(owner: str | None = None):
 
 
 @common.guarded
+def on_show_settings(owner, preset, *values) -> str:
+    """What a sweep inherits from the Setup tab, shown before it starts."""
+    try:
+        cfg, overrides, _ = form.check_form(preset, form.form_values(values), owner)
+    except form.USER_ERRORS as e:
+        return common.err(f"the Setup tab's settings are not valid: {e}")
+    return (
+        f"**A sweep uses the Setup tab's settings**: preset **{preset}**, "
+        + form.describe(cfg, overrides)
+        + " Each grid point trains BA-LoRA for the steps set here (plus one LoRA run when "
+        "asked); change the rest in **Setup**."
+    )
+
+
+@common.guarded
 def on_open_run(run_id: str, owner: str | None = None):
     """Show a sweep point in the Runs tab. -> (runs dropdown, tabs)."""
     if not run_id:
@@ -189,6 +206,7 @@ def build(ui) -> None:
         )
         ui.tune_btn = gr.Button("Run sweep", variant="primary", elem_id="tune-btn")
     ui.tune_msg = gr.Markdown(elem_id="tune-msg")
+    ui.tune_inherited = gr.Markdown(elem_id="tune-inherited")
     with gr.Row():
         ui.tune_pick = gr.Dropdown(
             [],  # filled on page load with this visitor's sweeps
@@ -222,6 +240,9 @@ def wire(ui) -> None:
         + ui.form,
         [ui.tune_msg, ui.tune_pick],
         **private,
+    )
+    ui.tab_tune.select(
+        on_show_settings, [ui.owner, ui.preset] + ui.form, ui.tune_inherited, **private
     )
     ui.tune_timer.tick(
         on_tick,
