@@ -89,6 +89,34 @@ def test_finished_job_reads_its_status_from_disk(tmp_path, fake_python):
     assert jobs.run_status(job.run_dir)["state"] == "done"
 
 
+def test_summary_keeps_the_estimate_beside_the_real_wall_time(tmp_path, fake_python):
+    mgr = manager(tmp_path, fake_python)
+    job = mgr.submit("tiny-test", estimate_s=2.0)
+    mgr.wait(job.run_id, timeout=60)
+    summary = runs.read_summary(job.run_dir)
+    assert summary["estimate_s"] == 2.0 and 0 < summary["wall_s"] < 60
+    assert summary["estimate_error"] == pytest.approx(summary["wall_s"] / 2.0 - 1, abs=1e-3)
+    other = mgr.submit("tiny-test")  # no estimate measured: only the wall time
+    mgr.wait(other.run_id, timeout=60)
+    assert "estimate_s" not in runs.read_summary(other.run_dir)
+
+
+def test_estimate_adds_startup_steps_and_every_eval_point():
+    from lab.config import load_preset
+
+    measured = {
+        "per_arm_s": {"lora": 1.0, "balora": 2.0},
+        "eval_s": {"base": 5.0, "lora": 3.0, "balora": 4.0},
+        "startup_s": 10.0,
+    }
+    cfg = load_preset("tiny-test", ["train.steps=20", "train.eval_every=5"])
+    est = jobs.estimate_run(cfg, measured)
+    # 4 arm eval points (steps 5, 10, 15 and the end at 20) plus the base once
+    assert est == {"startup_s": 10.0, "train_s": 60.0, "eval_s": 5.0 + 4 * 7.0, "total_s": 103.0}
+    cfg = load_preset("tiny-test", ["train.steps=20", "train.eval_every=0"])
+    assert jobs.estimate_run(cfg, measured)["eval_s"] == 12.0  # the end only
+
+
 def test_queue_is_fifo_with_positions_and_one_job_at_a_time(tmp_path, fake_python, monkeypatch):
     monkeypatch.setenv("FAKE_STEP_S", "0.02")
     mgr = manager(tmp_path, fake_python)

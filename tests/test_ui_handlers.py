@@ -133,7 +133,7 @@ def test_start_queues_a_job_and_train_tab_follows_it(runs_dir, monkeypatch):
     submitted = []
 
     class FakeManager:
-        def submit(self, preset, overrides, owner=None):
+        def submit(self, preset, overrides, owner=None, estimate_s=None):
             submitted.append((preset, overrides))
             return jobs.Job(
                 run_id="r1", run_dir=runs_dir / "r1", preset=preset, overrides=overrides
@@ -143,7 +143,7 @@ def test_start_queues_a_job_and_train_tab_follows_it(runs_dir, monkeypatch):
             return 2
 
     monkeypatch.setattr(common, "manager", lambda: FakeManager())
-    msg, followed, tabs, *_ = train.on_start(None, "tiny-test", *form(train__steps=5))
+    msg, followed, tabs, *_ = train.on_start(None, None, "tiny-test", *form(train__steps=5))
     assert submitted == [("tiny-test", ["train.steps=5"])]
     assert followed == "r1" and "waiting in the queue at position 2" in msg
 
@@ -460,7 +460,7 @@ def test_errors_name_the_visible_field_and_outline_it(runs_dir):
     assert "**Steps** (train.steps): must be at least 1" in msg
     outlined = [f for f, u in zip(form_logic.FIELDS, fields) if u["elem_classes"]]
     assert outlined == ["train.steps"]
-    msg, _, _, *fields = train.on_start(None, "tiny-test", *form(reg__lambda2=-1.0))
+    msg, _, _, *fields = train.on_start(None, None, "tiny-test", *form(reg__lambda2=-1.0))
     assert "**λ2 diversity** (reg.lambda2)" in msg
     assert [f for f, u in zip(form_logic.FIELDS, fields) if u["elem_classes"]] == ["reg.lambda2"]
     msg, *fields = setup.on_check(None, "tiny-test", *form())

@@ -5,7 +5,13 @@
 - ``checks``   preflight checks before a worker starts, and a measured time per step
 """
 
-from lab.jobs.checks import PROJECT_ROOT, hub_model_check, measure_step_time, preflight
+from lab.jobs.checks import (
+    PROJECT_ROOT,
+    estimate_run,
+    hub_model_check,
+    measure_step_time,
+    preflight,
+)
 from lab.jobs.manager import Job, JobManager, get_manager
 from lab.jobs.status import (
     CANCELLED,
@@ -40,6 +46,7 @@ __all__ = [
     "hub_model_check",
     "log_tail",
     "measure_step_time",
+    "estimate_run",
     "preflight",
     "run_status",
 ]

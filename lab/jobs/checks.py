@@ -103,24 +103,20 @@ def train_argv(preset: str, overrides: list[str], out: str | Path) -> list[str]:
 
 
 def measure_step_time(
-    preset: str, overrides: list[str], steps: int = 3, timeout: float = 600.0
+    preset: str, overrides: list[str], steps: int = 2, timeout: float = 900.0
 ) -> dict[str, Any]:
-    """Run ``steps`` steps of this exact config in a throwaway directory and time them.
+    """Run ``steps`` steps of this exact config (its evaluation settings included) in a
+    throwaway directory and time every part of it.
 
     Returns ``per_arm_s`` (median seconds of one step per arm, the first step left out when
-    there are more), ``steps``, ``wall_s`` (the whole short run) and ``overhead_s`` (loading
-    and evaluating: the wall time minus the steps). Evaluation extras are switched off.
+    there are more), ``eval_s`` (seconds of one eval point per arm, the base model's measured
+    at step 0 as ``base``), ``startup_s`` (loading the data and the model and writing the run:
+    the wall time minus the steps and the evaluations), ``steps`` and ``wall_s``.
     """
     import statistics
     import tempfile
 
-    quick = [
-        f"train.steps={steps}",
-        "train.eval_every=0",
-        "train.bias_eval=false",
-        "train.analysis=false",
-        "data.max_eval=1",
-    ]
+    quick = [f"train.steps={steps}", "train.eval_every=0"]
     load_preset(preset, [*overrides, *quick])  # a bad value raises here, not in the worker
     with tempfile.TemporaryDirectory(prefix="balora-estimate-") as tmp:
         out = Path(tmp) / "run"
@@ -139,11 +135,41 @@ def measure_step_time(
             raise JobError(f"the timing run failed: {lines[-1] if lines else proc.returncode}")
         events = runs.read_events(out / "events.jsonl")
     per_arm: dict[str, list[float]] = {}
+    evals: dict[str, float] = {}
     for ev in events:
         if ev.get("kind") == "train":
             per_arm.setdefault(ev["arm"], []).append(float(ev["seconds"]))
+        elif ev.get("kind") == "eval" and "seconds" in ev:
+            evals[ev["arm"]] = float(ev["seconds"])  # the last eval point of each arm
     if not per_arm:
         raise JobError("the timing run wrote no train steps")
     med = {a: statistics.median(s[1:] if len(s) > 1 else s) for a, s in per_arm.items()}
-    spent = sum(sum(s) for s in per_arm.values())
-    return {"per_arm_s": med, "steps": steps, "wall_s": wall, "overhead_s": max(0.0, wall - spent)}
+    spent = sum(sum(s) for s in per_arm.values()) + sum(evals.values())
+    return {
+        "per_arm_s": med,
+        "eval_s": evals,
+        "startup_s": max(0.0, wall - spent),
+        "steps": steps,
+        "wall_s": wall,
+    }
+
+
+def eval_points(steps: int, eval_every: int) -> int:
+    """How many times the arms are evaluated in a run (the base model once more, at step 0)."""
+    return (1 + (steps - 1) // eval_every) if eval_every else 1
+
+
+def estimate_run(cfg: RunConfig, measured: dict[str, Any]) -> dict[str, float]:
+    """The whole run's time from :func:`measure_step_time`: start-up, training and every
+    eval point. -> {startup_s, train_s, eval_s, total_s}."""
+    evals = dict(measured.get("eval_s") or {})
+    base = evals.pop("base", 0.0)
+    train = cfg.train.steps * sum(measured["per_arm_s"].values())
+    evaluation = base + eval_points(cfg.train.steps, cfg.train.eval_every) * sum(evals.values())
+    startup = float(measured.get("startup_s", 0.0))
+    return {
+        "startup_s": startup,
+        "train_s": train,
+        "eval_s": evaluation,
+        "total_s": startup + train + evaluation,
+    }

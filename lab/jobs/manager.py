@@ -68,6 +68,7 @@ class Job:
     returncode: int | None = None
     error: str | None = None
     owner: str | None = field(default=None, repr=False)  # digest of the owner token
+    estimate_s: float | None = None  # the Setup tab's measured estimate of the whole run
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -153,6 +154,7 @@ class JobManager:
         overrides: list[str] | tuple[str, ...] = (),
         name: str | None = None,
         owner: str | None = None,
+        estimate_s: float | None = None,
     ) -> Job:
         """Validate the config, reserve a run directory and queue the job; returns it.
 
@@ -186,6 +188,7 @@ class JobManager:
                 preset=str(preset),
                 overrides=overrides,
                 owner=mine,
+                estimate_s=estimate_s,
             )
             self._jobs[job.run_id] = job
             self._queue.append(job.run_id)
@@ -416,9 +419,25 @@ class JobManager:
                 job.error += f"; last log lines:\n{tail}" if tail else " and wrote no log"
             write_final_summary(job.run_dir, FAILED, job.error)
         job.ended = time.time()
+        self._record_times(job)
         if self._running == job.run_id:
             self._running = None
         self._cond.notify_all()
+
+    def _record_times(self, job: Job) -> None:
+        """The summary keeps the estimate shown before the start beside the wall time the job
+        really took (queue wait excluded), so estimates can be checked against runs."""
+        if job.started is None or not (job.run_dir / "summary.json").exists():
+            return
+        try:
+            summary = runs.read_summary(job.run_dir) or {}
+        except runs.RunReadError:
+            return
+        summary["wall_s"] = round(job.ended - job.started, 2)
+        if job.estimate_s is not None:
+            summary["estimate_s"] = round(float(job.estimate_s), 2)
+            summary["estimate_error"] = round(summary["wall_s"] / job.estimate_s - 1.0, 3)
+        runs.write_json(job.run_dir / "summary.json", summary)
 
 
 def _kill_group(proc: subprocess.Popen | None) -> None:

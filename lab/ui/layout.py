@@ -125,7 +125,7 @@ def build_app() -> gr.Blocks:
                 runs.build(ui)
         ui.start_btn.click(
             train.on_start,
-            [ui.owner, ui.preset] + ui.form,
+            [ui.owner, ui.estimate, ui.preset] + ui.form,
             [ui.setup_msg, ui.followed, ui.tabs] + ui.form,
             api_visibility="private",
         )

@@ -80,14 +80,24 @@ def on_check(owner: str | None, preset: str, *vals):
     return [common.ok("valid: " + describe(cfg, overrides)) + note, *highlight(None)]
 
 
-def on_start(owner: str | None, preset: str, *vals) -> tuple[str, str | None]:
-    """Validate, then queue the job. -> (message, run id or None)."""
+def on_start(
+    owner: str | None, preset: str, *vals, estimate: dict | None = None
+) -> tuple[str, str | None]:
+    """Validate, then queue the job (with the estimate measured for this exact setup, when
+    there is one). -> (message, run id or None)."""
     try:
         if not preset:
             raise ConfigError("preset: pick a preset first")
         overrides = form_overrides(preset, form_values(vals))
+        same = (
+            isinstance(estimate, dict)
+            and estimate.get("preset") == preset
+            and estimate.get("overrides") == overrides
+        )
         # validates (hosting rules and limits too) before writing anything
-        job = common.manager().submit(preset, overrides, owner=owner)
+        job = common.manager().submit(
+            preset, overrides, owner=owner, estimate_s=estimate["total_s"] if same else None
+        )
     except USER_ERRORS as e:
         return common.err(name_the_field(str(e))), None
     cfg = load_preset(preset, job.overrides)
@@ -97,26 +107,29 @@ def on_start(owner: str | None, preset: str, *vals) -> tuple[str, str | None]:
 
 
 @common.guarded
-def on_estimate(owner: str | None, preset: str, *vals) -> str:
-    """Time a short throwaway run of this exact config and extrapolate to the full run."""
+def on_estimate(owner: str | None, preset: str, *vals):
+    """Time a short run of this exact config (evaluation included) and extrapolate to the full
+    run: start-up + steps + eval points. -> (message, the estimate kept for Start)."""
     try:
         cfg, overrides, _ = check_form(preset, form_values(vals), owner)
-        est = jobs.measure_step_time(preset, overrides)
+        measured = jobs.measure_step_time(preset, overrides)
     except USER_ERRORS as e:
-        return common.err(e)
-    per_step = sum(est["per_arm_s"].values())
-    total = per_step * cfg.train.steps
+        return common.err(e), None
+    est = jobs.estimate_run(cfg, measured)
     busy = common.manager().attach()
     note = ""
     if busy is not None and busy.state == jobs.RUNNING:
         note = "\n\n⚠️ a training job was running while this was measured: the times are inflated."
-    arms = ", ".join(f"{a} {s:.2f}s" for a, s in est["per_arm_s"].items())
-    return (
-        f"⏱️ measured over {est['steps']} steps: **{per_step:.2f} s per step** for all arms "
-        f"({arms}); {cfg.train.steps} steps ≈ **{_dur(total)}** of training, plus loading and "
-        f"evaluation (≈ {_dur(est['overhead_s'])} in the short run; evaluation with bias probes "
-        f"at each eval point takes longer).{note}"
+    arms = ", ".join(f"{a} {s:.2f}s" for a, s in measured["per_arm_s"].items())
+    message = (
+        f"⏱️ this run should take about **{_dur(est['total_s'])}**: start-up and loading "
+        f"{_dur(est['startup_s'])}, {cfg.train.steps} steps {_dur(est['train_s'])} "
+        f"({arms} per step), evaluation {_dur(est['eval_s'])} "
+        f"({jobs.checks.eval_points(cfg.train.steps, cfg.train.eval_every)} eval points). "
+        f"Measured over {measured['steps']} real steps with this exact setup; Start records "
+        f"the estimate in the run summary beside the time it really took.{note}"
     )
+    return message, {"preset": preset, "overrides": overrides, "total_s": est["total_s"]}
 
 
 def _dur(seconds: float) -> str:
@@ -379,6 +392,11 @@ def build(ui) -> None:
     ui.check_btn.click(
         on_check, [ui.owner, ui.preset] + ui.form, [ui.setup_msg] + ui.form, **private
     )
+    ui.estimate = gr.State(None)
     ui.estimate_btn.click(
-        on_estimate, [ui.owner, ui.preset] + ui.form, ui.setup_msg, concurrency_limit=1, **private
+        on_estimate,
+        [ui.owner, ui.preset] + ui.form,
+        [ui.setup_msg, ui.estimate],
+        concurrency_limit=1,
+        **private,
     )

@@ -136,10 +136,10 @@ def on_tick(
 
 
 @common.guarded
-def on_start(owner: str | None, preset: str, *vals):
+def on_start(owner: str | None, estimate: dict | None, preset: str, *vals):
     """Setup's start button: queue the job and follow it.
     -> [setup message, followed, tab, *one update per form field (the bad one outlined)]."""
-    msg, run_id = setup.on_start(owner, preset, *vals)
+    msg, run_id = setup.on_start(owner, preset, *vals, estimate=estimate)
     if run_id is None:
         return [msg, gr.skip(), gr.skip(), *form.highlight(msg.split("**Error:** ", 1)[-1])]
     return [msg, run_id, gr.Tabs(selected="train"), *form.highlight(None)]
