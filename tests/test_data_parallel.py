@@ -27,7 +27,7 @@ FAST = [
     "data.max_eval=4",
     "train.steps=3",
     "train.warmup_ratio=0",
-    "train.lr=0.01",
+    "train.lr=0.001",
     # the svd term with a large weight, so a per-shard svd term would show
     "arms=lora,balora@0.5,0.05,0.5",
 ]
@@ -35,12 +35,20 @@ FAST = [
 
 @pytest.fixture
 def uneven(tmp_path) -> list[str]:
-    """Overrides for a JSONL set whose responses have 1 to 9 words, so shards differ."""
+    """Overrides for a JSONL set whose responses have 1 to 9 words, so shards differ. The
+    words vary: on repetitive text the top-k singular values of the svd term are nearly tied,
+    and its gradient then turns float noise into visible differences."""
     import json
+    import random
 
+    rng = random.Random(0)
+    words = "the a cat dog sat ran on under blue green fast slow tree house river stone".split()
     path = tmp_path / "uneven.jsonl"
     rows = [
-        {"prompt": f"Count to {i % 9 + 1}.", "response": " ".join(["one"] * (i % 9 + 1))}
+        {
+            "prompt": f"Say something about {rng.choice(words)}.",
+            "response": " ".join(rng.choice(words) for _ in range(1 + i % 9)),
+        }
         for i in range(96)
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
