@@ -5,8 +5,11 @@ tokens: a prompt half with labels -100, a response half), interleaved step by st
 pissa, balora, reference, lora, ...), so machine noise hits every arm alike. ``lora`` and
 ``pissa`` run with ``train.log_terms=false``: plain LoRA work, no teacher and no terms.
 ``balora`` is the engine's step (``lab.trainer.train_arm_step``), with the teacher in
-``--teacher-dtype`` (default ``auto``, as in a run: bf16 autocast for an fp32 model on hardware
-with native bf16 matmuls; ``model`` keeps the teacher in the model's own dtype).
+``--teacher-dtype`` (default ``model``, as in a run: the exact loaded model; ``auto`` and
+``bfloat16`` are the opt-in bf16 teacher). ``teacher`` times the teacher's forward pass alone
+(``lab.trainer.teacher_step``, the pass a step shares between all regularized arms), so the
+target "BA-LoRA step <= LoRA step + one teacher forward + 10% of a LoRA step" can be read off
+(``ratios.balora_overhead_vs_lora``: (balora - lora - teacher) / lora, target <= 0.1).
 
 ``reference`` is BA-LoRA written the way the paper's published code does it: a second full
 deep copy of the base model as the teacher (run under no_grad), the full (B, T, V) logits at
@@ -50,8 +53,8 @@ from lab.config import from_dict
 from lab.dist import Dist
 from lab.models import ModelBundle, load_model, pick_device, pick_dtype, teacher_dtype
 
-ORDER = ("lora", "pissa", "balora", "reference")
-TARGETS = {"time": 1.4, "mem": 1.1}
+ORDER = ("lora", "pissa", "balora", "teacher", "reference")
+TARGETS = {"time": 1.4, "mem": 1.1, "overhead": 0.1}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,8 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="auto: bf16 on CUDA, fp32 on the CPU")
     p.add_argument(
         "--teacher-dtype",
-        default="auto",
-        choices=("auto", "model", "bfloat16"),
+        default="model",
+        choices=("model", "auto", "bfloat16"),
         help="reg.teacher_dtype of the balora arm",
     )
     p.add_argument("--targets", default="auto", help="LoRA target modules, comma separated")
@@ -97,7 +100,7 @@ def make_config(args: argparse.Namespace):
     return from_dict(
         {
             "name": "bench-step",
-            "arms": [a for a in args.arms if a != "reference"] or ["lora"],
+            "arms": [a for a in args.arms if a not in ("reference", "teacher")] or ["lora"],
             "model": {"name": args.model, "dtype": args.dtype, "device": args.device},
             "lora": {
                 "rank": args.rank,
@@ -213,12 +216,21 @@ def summarize(args, device, dtype, times, cpus, mems, states, losses, params: in
         "balora_vs_lora_state_mem": _ratio(arms, "balora", "lora", "state_mb"),
         "reference_vs_lora_state_mem": _ratio(arms, "reference", "lora", "state_mb"),
     }
+    ratios["teacher_vs_lora_time"] = _ratio(arms, "teacher", "lora", "median_step_s")
+    ratios["balora_overhead_vs_lora"] = None
+    if {"balora", "lora", "teacher"} <= set(arms):
+        b, lo, te = (arms[a]["median_step_s"] for a in ("balora", "lora", "teacher"))
+        ratios["balora_overhead_vs_lora"] = (b - lo - te) / lo
     t, m = ratios["balora_vs_lora_time"], ratios["balora_vs_lora_mem"]
     meets = None if t is None or m is None else bool(t <= TARGETS["time"] and m <= TARGETS["mem"])
+    over = ratios["balora_overhead_vs_lora"]
+    if meets is not None and over is not None:
+        meets = meets and over <= TARGETS["overhead"]
     return {
         "model": args.model,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu": common.cpu_info(),
         "dtype": str(dtype).replace("torch.", ""),
         "teacher_dtype": str(teacher_dtype(args.teacher_dtype, dtype, device)).replace(
             "torch.", ""
@@ -256,6 +268,7 @@ class Bench:
         self.arms = {}
         if any(a != "reference" for a in args.arms):
             self.arms = trainer.build_arms(self.cfg, self.bundle)
+        self.shared = next(iter(self.arms.values())).model if self.arms else None
         self.dist = Dist(Accelerator(cpu=self.dev.type == "cpu"))
         self.gen = torch.Generator().manual_seed(args.seed)
         self.losses: dict[str, float] = {}
@@ -272,6 +285,9 @@ class Bench:
         if name == "reference":
             self.reference.step(batch, lambdas)
             self.losses[name] = self.reference.last_loss
+        elif name == "teacher":  # the teacher's forward alone, as a step runs it
+            out = trainer.teacher_step(self.shared, [batch], self.cfg)
+            self.losses[name] = float(out[0].float().abs().mean())
         else:
             ev = trainer.train_arm_step(self.arms[name], [batch], self.cfg, i, self.dist)
             self.losses[name] = ev["loss"]
@@ -281,6 +297,8 @@ class Bench:
     def states(self) -> dict[str, int]:
         """Bytes of the tensors each arm keeps between steps (models, optimizer, teacher)."""
         out = {n: common.tensor_bytes(a.model, a.optimizer) for n, a in self.arms.items()}
+        if "teacher" in self.args.arms:
+            out["teacher"] = common.tensor_bytes(self.shared)
         if self.reference is not None:
             r = self.reference
             out["reference"] = common.tensor_bytes(r.model, r.teacher, r.optimizer)
