@@ -65,7 +65,9 @@ def split(name: str) -> tuple[str, tuple[float, float, float] | None]:
         raise ArmError(f"arm {name!r}: only regularized arms (balora) take @L1,L2,L3 weights")
     parts = rest.split(",")
     if len(parts) != 3:
-        raise ArmError(f"arm {name!r}: expected three weights after @, e.g. balora@0.05,0.005,0.005")
+        raise ArmError(
+            f"arm {name!r}: expected three weights after @, e.g. balora@0.05,0.005,0.005"
+        )
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:

@@ -205,7 +205,10 @@ def step_loss(
         if need_terms:
             scale = m / n  # mean over these rows -> sum / norm
             terms = {
-                "consistency": (l1, lambda: consistency_loss(logits, teacher, None, reg.temperature)),
+                "consistency": (
+                    l1,
+                    lambda: consistency_loss(logits, teacher, None, reg.temperature),
+                ),
                 "diversity": (l2, lambda: diversity_loss(logits, None, reg.top_k)),
             }
             out.total = _add_terms(out, terms, scale)

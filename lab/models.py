@@ -338,9 +338,7 @@ def _quantized_copy(model, quant, dtype: torch.dtype, device: torch.device):
         )
 
 
-def _from_pretrained(
-    location: str, kind: str, task: str, num_labels, dtype, quant, device=None
-):
+def _from_pretrained(location: str, kind: str, task: str, num_labels, dtype, quant, device=None):
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,

@@ -52,8 +52,11 @@ def provenance(bundle, processes: int = 1) -> dict:
         "versions": library_versions(),
         "device": name,
         "dtype": str(bundle.dtype).replace("torch.", ""),
-        "load_in_4bit": bool(quant) and bool(getattr(quant, "load_in_4bit", False) or (
-            isinstance(quant, dict) and quant.get("load_in_4bit"))),
+        "load_in_4bit": bool(quant)
+        and bool(
+            getattr(quant, "load_in_4bit", False)
+            or (isinstance(quant, dict) and quant.get("load_in_4bit"))
+        ),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "processes": processes,

@@ -184,7 +184,9 @@ def train_arm_step(
             if grads is not None:
                 total = total + (out.rows * grads[k]).sum()
             elif len(micro) == 1 and dist.n == 1 and _batch_weighted(cfg, lambdas):
-                raw, inactive, g = _global_terms(model, [out.rows.detach()], cfg, lambdas, dist, step)
+                raw, inactive, g = _global_terms(
+                    model, [out.rows.detach()], cfg, lambdas, dist, step
+                )
                 total = total + (out.rows * g[0]).sum()
             else:
                 kept.append(out.rows.detach())
@@ -209,8 +211,11 @@ def train_arm_step(
     present -= set(inactive)
     ev = _train_event(arm.name, step, values, present, lambdas, inactive, need_terms)
     bad = next(
-        (k for k in ("svd", "diversity", "consistency", "task_loss", "loss")
-         if ev.get(k) is not None and not math.isfinite(ev[k])),
+        (
+            k
+            for k in ("svd", "diversity", "consistency", "task_loss", "loss")
+            if ev.get(k) is not None and not math.isfinite(ev[k])
+        ),
         None,
     )
     if bad is not None:

@@ -79,8 +79,11 @@ def test_pissa_arm_leaves_the_base_weights_as_loaded(tiny_llama):
         pissa_niter=4,
         seed=0,
     )
-    after = {n.removeprefix("base_model.model.").replace(".base_layer", ""): p for n, p in
-             model.named_parameters() if "lora_" not in n}
+    after = {
+        n.removeprefix("base_model.model.").replace(".base_layer", ""): p
+        for n, p in model.named_parameters()
+        if "lora_" not in n
+    }
     assert set(after) == set(before)
     assert all(torch.equal(after[n], before[n]) for n in before)
     with torch.no_grad():

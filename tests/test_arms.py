@@ -31,7 +31,10 @@ def test_overrides_parse_a_list_with_commas_inside_arm_names():
 def test_per_arm_learning_rate():
     cfg = load_preset(
         "tiny-test",
-        {"arms": ["lora", "pissa", "balora", "balora@1,0,0"], "train": {"lr_by_arm": {"pissa": 1e-4, "balora": 5e-4}}},
+        {
+            "arms": ["lora", "pissa", "balora", "balora@1,0,0"],
+            "train": {"lr_by_arm": {"pissa": 1e-4, "balora": 5e-4}},
+        },
     )
     lr = {s.name: s.lr for s in specs(cfg)}
     assert lr == {"lora": cfg.train.lr, "pissa": 1e-4, "balora": 5e-4, "balora@1,0,0": 5e-4}

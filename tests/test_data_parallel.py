@@ -84,7 +84,9 @@ def _unequal_shards(cfg, parts: int, strided: bool = True) -> list[int]:
     first = next(iter(batch_order(len(task_data.train), cfg.train.batch_size, 1, cfg.train.seed)))
     picked = [task_data.train[i] for i in first]
     per = len(picked) // parts
-    shards = [picked[p::parts] if strided else picked[p * per : (p + 1) * per] for p in range(parts)]
+    shards = [
+        picked[p::parts] if strided else picked[p * per : (p + 1) * per] for p in range(parts)
+    ]
     return [
         int(make_batch(bundle.tokenizer, rows, "nlg", cfg.train.seq_len)["reg_mask"].sum())
         for rows in shards
@@ -98,7 +100,9 @@ def test_grad_accumulation_gives_the_full_batch_adapters(tmp_path, uneven):
     list(trainer.run(full_cfg, tmp_path / "full"))
     acc = load_preset("tiny-test", [*uneven, "train.batch_size=6", "train.grad_accum=2"])
     list(trainer.run(acc, tmp_path / "acc"))
-    zero = load_preset("tiny-test", [*uneven, "train.batch_size=6", "train.steps=1", "train.lr=1e-12"])
+    zero = load_preset(
+        "tiny-test", [*uneven, "train.batch_size=6", "train.steps=1", "train.lr=1e-12"]
+    )
     list(trainer.run(zero, tmp_path / "start"))
     assert _moved(tmp_path / "full", tmp_path / "start") > 1e-3  # training did move them
     assert _max_diff(_adapters(tmp_path / "full"), _adapters(tmp_path / "acc")) < 1e-5
@@ -140,7 +144,9 @@ def test_step_norm_counts_every_micro_batch():
 @pytest.mark.parametrize("accum", [1, 3])
 def test_logged_losses_are_global_token_means(tmp_path, uneven, accum):
     """The logged values of step 1 are the same whatever the split (one global mean)."""
-    cfg = load_preset("tiny-test", [*uneven, "train.steps=1", "train.batch_size=6", f"train.grad_accum={accum}"])
+    cfg = load_preset(
+        "tiny-test", [*uneven, "train.steps=1", "train.batch_size=6", f"train.grad_accum={accum}"]
+    )
     events = list(trainer.run(cfg, tmp_path / f"a{accum}"))
     first = {e["arm"]: e for e in events if e["kind"] == "train"}
     ref = load_preset("tiny-test", [*uneven, "train.steps=1", "train.batch_size=6"])

@@ -50,7 +50,9 @@ def test_gradient_clipping_is_applied_and_logged(tmp_path):
     clip = 1e-3
     free = list(trainer.run(load_preset("tiny-test", FAST), tmp_path / "free"))
     clipped = list(
-        trainer.run(load_preset("tiny-test", [*FAST, f"train.max_grad_norm={clip}"]), tmp_path / "c")
+        trainer.run(
+            load_preset("tiny-test", [*FAST, f"train.max_grad_norm={clip}"]), tmp_path / "c"
+        )
     )
     train = [e for e in clipped if e["kind"] == "train"]
     assert all(e["grad_norm"] > clip for e in train)  # the norm before clipping is logged
