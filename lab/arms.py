@@ -79,6 +79,14 @@ def split(name: str) -> tuple[str, tuple[float, float, float] | None]:
     return kind, values  # type: ignore[return-value]
 
 
+def kind_of(name: str) -> str | None:
+    """The kind (lora, pissa, balora) of an arm name; None for a name that is no arm."""
+    try:
+        return split(name)[0]
+    except ArmError:
+        return None
+
+
 def split_list(text: str) -> list[str]:
     """``"lora,balora@0.05,0.005,0.005"`` -> ["lora", "balora@0.05,0.005,0.005"]: a comma
     separates arms except inside the three weights after an ``@``."""

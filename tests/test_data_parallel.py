@@ -155,3 +155,38 @@ def test_logged_losses_are_global_token_means(tmp_path, uneven, accum):
     for arm in first:
         for k in ("task_loss", "consistency", "diversity", "svd", "loss"):
             assert first[arm][k] == pytest.approx(want[arm][k], rel=1e-5, abs=1e-7), (arm, k)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(["reg.svd_norm=nuclear"], id="nlg-unfused"),
+        pytest.param(
+            ["task=nlu", "model.name=tiny-bert", "data.name=topics", "reg.svd_k=2"], id="nlu"
+        ),
+        pytest.param(
+            ["task=nlu", "model.name=tiny-bert", "data.name=topics", "reg.svd_target=features"],
+            id="nlu-features",
+        ),
+    ],
+)
+def test_grad_accumulation_on_the_other_paths(tmp_path, monkeypatch, extra):
+    """The unfused NLG path (batch svd on (M, V) logits) and NLU (the covariance diversity and
+    the svd term over the global batch) split into micro-batches as exactly. The tiny BERT's
+    own dropout is switched off: its noise depends on the micro-batch shapes."""
+    import lab.models as models
+
+    real = models._tiny
+
+    def no_dropout(*a, **k):
+        model, tok = real(*a, **k)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        return model, tok
+
+    monkeypatch.setattr(models, "_tiny", no_dropout)
+    base = [*FAST, "train.steps=2", "train.batch_size=6", *extra]
+    list(trainer.run(load_preset("tiny-test", base), tmp_path / "full"))
+    list(trainer.run(load_preset("tiny-test", [*base, "train.grad_accum=3"]), tmp_path / "acc"))
+    assert _max_diff(_adapters(tmp_path / "full"), _adapters(tmp_path / "acc")) < 1e-5

@@ -8,9 +8,12 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import plotly.graph_objects as go
 
+from lab.arms import kind_of
 from lab.config import ARM_ORDER, arm_key  # noqa: F401  (re-exported for the figure modules)
 
 ARM_COLORS = {"base": "#7f7f7f", "lora": "#1f77b4", "pissa": "#ff7f0e", "balora": "#2ca02c"}
+# Regularized grid arms (balora@L1,L2,L3): distinct colours of the balora family.
+_GRID = ["#98df8a", "#17becf", "#bcbd22", "#9467bd", "#8c564b", "#e377c2", "#d62728", "#0b5d1e"]
 _EXTRA = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728"]
 LABEL_COLORS = [
     "#1f77b4",
@@ -36,8 +39,12 @@ LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 60, "b":
 
 
 def arm_color(arm: str) -> str:
+    """A fixed colour per arm: the plain arms by name, ``balora@...`` grid arms from the
+    balora family (the same arm name always gets the same colour), anything else by hash."""
     if arm in ARM_COLORS:
         return ARM_COLORS[arm]
+    if kind_of(arm) == "balora":  # a balora@L1,L2,L3 grid arm
+        return _GRID[sum(map(ord, arm)) % len(_GRID)]
     return _EXTRA[sum(map(ord, arm)) % len(_EXTRA)]
 
 
