@@ -157,10 +157,10 @@ def train_arm_step(
     params = adapters.trainable_parameters(model, arm.name)
     grads = None
     raw, inactive = {}, {}
-    if need_terms and _batch_weighted(cfg, lambdas) and (len(micro) > 1 or dist.n > 1):
+    if need_terms and _batch_weighted(cfg, lambdas) and len(micro) > 1:
         # The batch terms need every micro-batch's rows before any backward: a no-grad pass
         # first (same dropout noise as the training pass), then their gradient flows back
-        # into each micro-batch below.
+        # into each micro-batch below. (One micro-batch: its own forward gives the rows.)
         start = _get_rng()
         with torch.no_grad():
             rows = [forward.student_rows(model, b, cfg) for b in micro]
@@ -183,7 +183,7 @@ def train_arm_step(
         if out.rows is not None:
             if grads is not None:
                 total = total + (out.rows * grads[k]).sum()
-            elif len(micro) == 1 and dist.n == 1 and _batch_weighted(cfg, lambdas):
+            elif len(micro) == 1 and _batch_weighted(cfg, lambdas):
                 raw, inactive, g = _global_terms(
                     model, [out.rows.detach()], cfg, lambdas, dist, step
                 )
