@@ -157,6 +157,14 @@ def fast_bf16(device: torch.device) -> bool:
     return False
 
 
+# reg.teacher_dtype choices with the words the UI shows for them; "model" is the default.
+TEACHER_CHOICES = {
+    "model": "exact: the loaded model itself (default)",
+    "bfloat16": "bf16 autocast: faster where bf16 is native; not exact (opt-in speed setting)",
+    "auto": "bf16 for an fp32 model on native-bf16 hardware, else exact (opt-in speed setting)",
+}
+
+
 def teacher_dtype(choice: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype the frozen teacher computes in: ``reg.teacher_dtype`` resolved for a model.
 

@@ -1,19 +1,18 @@
-"""4-bit (NF4 through bitsandbytes) on the CPU: every arm trains, the teacher stays exact."""
+"""4-bit (NF4 through bitsandbytes) on the CPU: every arm trains, the teacher stays exact.
+
+bitsandbytes is a dependency (requirements.txt), so these run everywhere, CI included."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
-pytest.importorskip("bitsandbytes")
-
-import lab.trainer as trainer  # noqa: E402
-from lab import adapters  # noqa: E402
-from lab.arms import make_spec  # noqa: E402
-from lab.config import load_preset  # noqa: E402
-from lab.models import load_model  # noqa: E402
+import lab.trainer as trainer
+from lab import adapters
+from lab.arms import make_spec
+from lab.config import load_preset
+from lab.models import load_model
 
 ARMS = ["lora", "pissa", "balora", "balora@0.1,0.01,0.01"]
 
