@@ -150,7 +150,7 @@ class ReferenceArm:
         torch.manual_seed(cfg.train.seed)
         self.model = get_peft_model(base, peft_cfg)
         self.teacher = teacher.requires_grad_(False).eval()
-        params = adapters.trainable_parameters(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
@@ -279,7 +279,8 @@ class Bench:
 
     def step(self, name: str, batch: dict, i: int) -> tuple[float, float]:
         """Train arm ``name`` one step; returns (wall seconds, process CPU seconds)."""
-        lambdas = trainer.lambdas_at(self.cfg, "balora" if name == "reference" else name, i)
+        arm = {"reference": "balora", "teacher": "lora"}.get(name, name)
+        lambdas = trainer.lambdas_at(self.cfg, arm, i)
         common.sync(self.dev)
         t0, c0 = time.perf_counter(), time.process_time()
         if name == "reference":
@@ -296,9 +297,22 @@ class Bench:
 
     def states(self) -> dict[str, int]:
         """Bytes of the tensors each arm keeps between steps (models, optimizer, teacher)."""
-        out = {n: common.tensor_bytes(a.model, a.optimizer) for n, a in self.arms.items()}
-        if "teacher" in self.args.arms:
-            out["teacher"] = common.tensor_bytes(self.shared)
+        out = {}
+        if self.shared is not None:
+            # every arm is adapters on the one shared base: an arm holds the base weights
+            # (counted for each arm, as the whole cost of running that arm alone), its own
+            # adapters (PiSSA: and the frozen initial one) and its optimizer state
+            base = [p for n, p in self.shared.named_parameters() if "lora_" not in n]
+            for n, a in self.arms.items():
+                ad = self.shared.balora_arms[n]
+                own = [
+                    p
+                    for k, p in self.shared.named_parameters()
+                    if f".{ad.trainable}." in k or (ad.frozen_init and f".{ad.frozen_init}." in k)
+                ]
+                out[n] = common.tensor_bytes(*base, *own, a.optimizer)
+            if "teacher" in self.args.arms:
+                out["teacher"] = common.tensor_bytes(*base)
         if self.reference is not None:
             r = self.reference
             out["reference"] = common.tensor_bytes(r.model, r.teacher, r.optimizer)
