@@ -168,7 +168,8 @@ def train_arm_step(
         raw, inactive, grads = _global_terms(model, rows, cfg, lambdas, dist, step)
         del rows
     kept = []
-    sums = torch.zeros(len(_PARTS), dtype=torch.float64)
+    per_token = _PARTS[:3]  # summed over micro-batches and processes; the svd term is global
+    sums = None  # on the device: read once, after the loop
     for k, batch in enumerate(micro):
         out = step_loss(
             model,
@@ -191,16 +192,15 @@ def train_arm_step(
             else:
                 kept.append(out.rows.detach())
         total.backward()  # queued before the one host sync of the step
-        for i, part in enumerate(_PARTS[:3]):
-            v = out.values.get(part)
-            if v is not None:
-                sums[i] += v.detach().double().cpu()
+        parts = [out.values.get(p) for p in per_token]
+        zero = out.values["task_loss"].new_zeros(())
+        part = torch.stack([zero if v is None else v.detach().float() for v in parts]).double()
+        sums = part if sums is None else sums + part
         del out, total
     if kept:
         raw, inactive, _ = _global_terms(model, kept, cfg, lambdas, dist, step)
         del kept
-    sums = dist.sum_tensor(sums)
-    values = {part: float(sums[i]) for i, part in enumerate(_PARTS[:3])}
+    values = dict(zip(per_token, dist.sum_tensor(sums).tolist()))  # the one host sync
     for term in _TERMS:
         if term in raw:
             values[term] = float(raw[term])
