@@ -248,3 +248,19 @@ def emit(result: dict, out: str | None) -> None:
         from lab.runs import atomic_write_text
 
         atomic_write_text(out, text + "\n")
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and its native bf16 flags (avx512_bf16, amx_bf16), from /proc."""
+    name, flags = None, set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": None, "native_bf16": None}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and name is None:
+            name = value.strip()
+        elif key.strip() == "flags":
+            flags |= set(value.split())
+    return {"model": name, "native_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"})}

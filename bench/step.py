@@ -5,8 +5,11 @@ tokens: a prompt half with labels -100, a response half), interleaved step by st
 pissa, balora, reference, lora, ...), so machine noise hits every arm alike. ``lora`` and
 ``pissa`` run with ``train.log_terms=false``: plain LoRA work, no teacher and no terms.
 ``balora`` is the engine's step (``lab.trainer.train_arm_step``), with the teacher in
-``--teacher-dtype`` (default ``auto``, as in a run: bf16 autocast for an fp32 model on hardware
-with native bf16 matmuls; ``model`` keeps the teacher in the model's own dtype).
+``--teacher-dtype`` (default ``model``, as in a run: the exact loaded model; ``auto`` and
+``bfloat16`` are the opt-in bf16 teacher). ``teacher`` times the teacher's forward pass alone
+(``lab.trainer.teacher_step``, the pass a step shares between all regularized arms), so the
+target "BA-LoRA step <= LoRA step + one teacher forward + 10% of a LoRA step" can be read off
+(``ratios.balora_overhead_vs_lora``: (balora - lora - teacher) / lora, target <= 0.1).
 
 ``reference`` is BA-LoRA written the way the paper's published code does it: a second full
 deep copy of the base model as the teacher (run under no_grad), the full (B, T, V) logits at
@@ -50,8 +53,8 @@ from lab.config import from_dict
 from lab.dist import Dist
 from lab.models import ModelBundle, load_model, pick_device, pick_dtype, teacher_dtype
 
-ORDER = ("lora", "pissa", "balora", "reference")
-TARGETS = {"time": 1.4, "mem": 1.1}
+ORDER = ("lora", "pissa", "balora", "teacher", "reference")
+TARGETS = {"time": 1.4, "mem": 1.1, "overhead": 0.1}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,8 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="auto: bf16 on CUDA, fp32 on the CPU")
     p.add_argument(
         "--teacher-dtype",
-        default="auto",
-        choices=("auto", "model", "bfloat16"),
+        default="model",
+        choices=("model", "auto", "bfloat16"),
         help="reg.teacher_dtype of the balora arm",
     )
     p.add_argument("--targets", default="auto", help="LoRA target modules, comma separated")
@@ -97,7 +100,7 @@ def make_config(args: argparse.Namespace):
     return from_dict(
         {
             "name": "bench-step",
-            "arms": [a for a in args.arms if a != "reference"] or ["lora"],
+            "arms": [a for a in args.arms if a not in ("reference", "teacher")] or ["lora"],
             "model": {"name": args.model, "dtype": args.dtype, "device": args.device},
             "lora": {
                 "rank": args.rank,
@@ -147,7 +150,7 @@ class ReferenceArm:
         torch.manual_seed(cfg.train.seed)
         self.model = get_peft_model(base, peft_cfg)
         self.teacher = teacher.requires_grad_(False).eval()
-        params = adapters.trainable_parameters(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
@@ -213,12 +216,21 @@ def summarize(args, device, dtype, times, cpus, mems, states, losses, params: in
         "balora_vs_lora_state_mem": _ratio(arms, "balora", "lora", "state_mb"),
         "reference_vs_lora_state_mem": _ratio(arms, "reference", "lora", "state_mb"),
     }
+    ratios["teacher_vs_lora_time"] = _ratio(arms, "teacher", "lora", "median_step_s")
+    ratios["balora_overhead_vs_lora"] = None
+    if {"balora", "lora", "teacher"} <= set(arms):
+        b, lo, te = (arms[a]["median_step_s"] for a in ("balora", "lora", "teacher"))
+        ratios["balora_overhead_vs_lora"] = (b - lo - te) / lo
     t, m = ratios["balora_vs_lora_time"], ratios["balora_vs_lora_mem"]
     meets = None if t is None or m is None else bool(t <= TARGETS["time"] and m <= TARGETS["mem"])
+    over = ratios["balora_overhead_vs_lora"]
+    if meets is not None and over is not None:
+        meets = meets and over <= TARGETS["overhead"]
     return {
         "model": args.model,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu": common.cpu_info(),
         "dtype": str(dtype).replace("torch.", ""),
         "teacher_dtype": str(teacher_dtype(args.teacher_dtype, dtype, device)).replace(
             "torch.", ""
@@ -256,6 +268,7 @@ class Bench:
         self.arms = {}
         if any(a != "reference" for a in args.arms):
             self.arms = trainer.build_arms(self.cfg, self.bundle)
+        self.shared = next(iter(self.arms.values())).model if self.arms else None
         self.dist = Dist(Accelerator(cpu=self.dev.type == "cpu"))
         self.gen = torch.Generator().manual_seed(args.seed)
         self.losses: dict[str, float] = {}
@@ -266,12 +279,16 @@ class Bench:
 
     def step(self, name: str, batch: dict, i: int) -> tuple[float, float]:
         """Train arm ``name`` one step; returns (wall seconds, process CPU seconds)."""
-        lambdas = trainer.lambdas_at(self.cfg, "balora" if name == "reference" else name, i)
+        arm = {"reference": "balora", "teacher": "lora"}.get(name, name)
+        lambdas = trainer.lambdas_at(self.cfg, arm, i)
         common.sync(self.dev)
         t0, c0 = time.perf_counter(), time.process_time()
         if name == "reference":
             self.reference.step(batch, lambdas)
             self.losses[name] = self.reference.last_loss
+        elif name == "teacher":  # the teacher's forward alone, as a step runs it
+            out = trainer.teacher_step(self.shared, [batch], self.cfg)
+            self.losses[name] = float(out[0].float().abs().mean())
         else:
             ev = trainer.train_arm_step(self.arms[name], [batch], self.cfg, i, self.dist)
             self.losses[name] = ev["loss"]
@@ -280,7 +297,22 @@ class Bench:
 
     def states(self) -> dict[str, int]:
         """Bytes of the tensors each arm keeps between steps (models, optimizer, teacher)."""
-        out = {n: common.tensor_bytes(a.model, a.optimizer) for n, a in self.arms.items()}
+        out = {}
+        if self.shared is not None:
+            # every arm is adapters on the one shared base: an arm holds the base weights
+            # (counted for each arm, as the whole cost of running that arm alone), its own
+            # adapters (PiSSA: and the frozen initial one) and its optimizer state
+            base = [p for n, p in self.shared.named_parameters() if "lora_" not in n]
+            for n, a in self.arms.items():
+                ad = self.shared.balora_arms[n]
+                own = [
+                    p
+                    for k, p in self.shared.named_parameters()
+                    if f".{ad.trainable}." in k or (ad.frozen_init and f".{ad.frozen_init}." in k)
+                ]
+                out[n] = common.tensor_bytes(*base, *own, a.optimizer)
+            if "teacher" in self.args.arms:
+                out["teacher"] = common.tensor_bytes(*base)
         if self.reference is not None:
             r = self.reference
             out["reference"] = common.tensor_bytes(r.model, r.teacher, r.optimizer)

@@ -1,28 +1,48 @@
-"""LoRA / PiSSA adapters through PEFT, the frozen teacher, and saving in plain PEFT format.
+"""Every arm as adapters on one shared base model; the exact teacher; saving in plain PEFT format.
 
-The teacher is the untouched pre-trained model W, with no second full copy of it:
-- LoRA init (B0 = 0): ``disable_adapter()`` gives W.
-- PiSSA init: PEFT rewrites the base weight to the residual W - s B0 A0, so ``disable_adapter()``
-  would give the residual. A frozen copy of the initial adapter (A0, B0) named ``teacher`` sits
-  on the same residual base; activating it gives W - s B0 A0 + s B0 A0 = W.
+One PEFT model holds the base weights exactly as loaded (fp32, bf16 or 4-bit) and, per arm:
 
-A PiSSA-initialized adapter is saved converted to a rank-2r LoRA on the original W
-(delta = s (B A - B0 A0) = s [B, -B0] [A; A0], alpha doubled so the scale s stays), so
-``PeftModel.from_pretrained`` on the same base model reproduces the trained logits.
+- a LoRA-init arm: one trainable adapter (B0 = 0), so the arm is W + s B A.
+- a PiSSA-init arm: a trainable adapter initialised to the top-r SVD factors (A0, B0) of W, and
+  a frozen adapter holding (A0, -B0) (no dropout), so the arm is W - s B0 A0 + s B A: the same
+  function as PEFT's PiSSA init, which instead rewrites the base weight to the residual
+  W - s B0 A0 (and, on a 4-bit base, re-quantizes it). Here the base is never written.
+
+Only one arm is active at a time (:func:`activate`). The teacher is the base with every adapter
+off (:func:`teacher_mode`): the loaded model's own forward, exactly, in every dtype, with no
+second copy of any weight, and the same for every arm (so one teacher pass serves them all).
+
+A PiSSA arm's two adapters together are the rank-2r LoRA delta s (B A - B0 A0) =
+s [B, -B0] [A; A0] on the original W; :func:`save_adapter` writes that (alpha doubled so the
+scale s stays), so ``PeftModel.from_pretrained`` on the untouched base reproduces the arm.
 """
 
 from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.integrations import dequantize_module_weight
+from peft.utils.other import ModulesToSaveWrapper
 from safetensors.torch import save_file
 
-TEACHER = "teacher"
-PISSA_ARMS = ("pissa", "balora")
+from lab.arms import ArmSpec
+
+MAX_ARMS = 99  # internal adapter names carry a two-digit index
+
+
+@dataclass(frozen=True)
+class ArmAdapters:
+    """The adapter names of one arm inside the shared PEFT model."""
+
+    spec: ArmSpec
+    trainable: str  # e.g. "arm01"
+    frozen_init: str | None  # e.g. "ini01": (A0, -B0) of a PiSSA arm; None for LoRA init
 
 
 def target_modules_for(model: torch.nn.Module, requested: list[str]) -> list[str] | str:
@@ -45,6 +65,95 @@ def linear_layer_names(model: torch.nn.Module) -> set[str]:
     }
 
 
+def _lora_layers(model: torch.nn.Module):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def _dense_weight(layer) -> torch.Tensor:
+    """The base weight of a LoRA layer as float32 (out, in), de-quantized when 4-bit."""
+    base = layer.get_base_layer()
+    w = dequantize_module_weight(base).detach().to(torch.float32)
+    return w.T if getattr(layer, "fan_in_fan_out", False) else w
+
+
+def _pissa_init(model: PeftModel, trainable: str, frozen: str, niter: int) -> None:
+    """Set ``trainable`` to PiSSA's (A0, B0) and ``frozen`` to (A0, -B0) in every LoRA layer,
+    computed as PEFT's ``pissa_init`` does, from the (de-quantized) base weight; the base
+    weight itself is left as loaded."""
+    with torch.no_grad():
+        for _, layer in _lora_layers(model):
+            if trainable not in getattr(layer, "lora_A", {}):
+                continue
+            r, s = layer.r[trainable], layer.scaling[trainable]
+            w = _dense_weight(layer)  # (out, in)
+            if niter == 0:
+                u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+                ur, sr, vhr = u[:, :r], sv[:r] / s, vh[:r]
+            else:
+                ur, sr, v = torch.svd_lowrank(w, r, niter=niter)
+                sr, vhr = sr / s, v.t()
+            a0 = torch.diag(torch.sqrt(sr)) @ vhr  # (r, in)
+            b0 = ur @ torch.diag(torch.sqrt(sr))  # (out, r)
+            layer.lora_A[trainable].weight.copy_(a0)
+            layer.lora_B[trainable].weight.copy_(b0)
+            layer.lora_A[frozen].weight.copy_(a0)
+            layer.lora_B[frozen].weight.copy_(-b0)
+            del w
+
+
+def build(
+    base: torch.nn.Module,
+    specs: list[ArmSpec],
+    *,
+    task: str,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    target_modules: list[str],
+    pissa_niter: int,
+    seed: int,
+) -> PeftModel:
+    """Wrap ``base`` (not copied, its weights untouched) with the adapters of every arm.
+
+    Every arm is initialised from ``seed`` alone, so an arm's init does not depend on which
+    other arms the run holds. The first arm is active on return."""
+    if not specs:
+        raise ValueError("at least one arm is needed")
+    if len(specs) > MAX_ARMS:
+        raise ValueError(f"at most {MAX_ARMS} arms fit in one run, got {len(specs)}")
+    targets = target_modules_for(base, target_modules)
+    task_type = TaskType.CAUSAL_LM if task == "nlg" else TaskType.SEQ_CLS
+    model = None
+    arms: dict[str, ArmAdapters] = {}
+    for i, spec in enumerate(specs, start=1):
+        cfg = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=targets,
+            init_lora_weights=True,
+            task_type=task_type,
+        )
+        trainable = f"arm{i:02d}"
+        torch.manual_seed(seed)
+        if model is None:
+            model = get_peft_model(base, cfg, adapter_name=trainable)
+        else:
+            model.add_adapter(trainable, cfg)
+        frozen = None
+        if spec.init == "pissa":
+            frozen = f"ini{i:02d}"
+            init_cfg = copy.deepcopy(cfg)
+            init_cfg.lora_dropout = 0.0  # the frozen -s B0 A0 sees the plain input, as W does
+            model.add_adapter(frozen, init_cfg)
+            torch.manual_seed(seed)  # the randomized SVD draws the same noise for every arm
+            _pissa_init(model, trainable, frozen, pissa_niter)
+        arms[spec.name] = ArmAdapters(spec, trainable, frozen)
+    model.balora_arms = arms
+    activate(model, specs[0].name)
+    return model
+
+
 def make_arm(
     base: torch.nn.Module,
     arm: str,
@@ -57,70 +166,79 @@ def make_arm(
     pissa_niter: int,
     seed: int,
 ) -> PeftModel:
-    """Wrap ``base`` (modified in place) as one arm's PEFT model; seeded init."""
-    if arm in PISSA_ARMS:
-        init = "pissa" if pissa_niter == 0 else f"pissa_niter_{pissa_niter}"
-    else:
-        init = True
-    cfg = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=target_modules_for(base, target_modules),
-        init_lora_weights=init,
-        task_type=TaskType.CAUSAL_LM if task == "nlg" else TaskType.SEQ_CLS,
+    """A model holding the one arm ``arm`` (``lora``, ``pissa``, ``balora``, ``balora@...``)."""
+    from lab.arms import make_spec
+
+    spec = make_spec(arm, lambdas=(0.0, 0.0, 0.0), lr=1.0)
+    return build(
+        base,
+        [spec],
+        task=task,
+        rank=rank,
+        alpha=alpha,
+        dropout=dropout,
+        target_modules=target_modules,
+        pissa_niter=pissa_niter,
+        seed=seed,
     )
-    torch.manual_seed(seed)
-    model = get_peft_model(base, cfg)
-    if arm in PISSA_ARMS:
-        teacher_cfg = copy.deepcopy(cfg)
-        teacher_cfg.init_lora_weights = True  # a plain adapter; its weights are copied below
-        model.add_adapter(TEACHER, teacher_cfg)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, param in params.items():
-                if f".{TEACHER}." in name:
-                    param.copy_(params[name.replace(f".{TEACHER}.", ".default.")])
-                    param.requires_grad_(False)
-        model.set_adapter("default")
-    model.balora_teacher = TEACHER if arm in PISSA_ARMS else None
-    return model
 
 
-def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+def arm_names(model: PeftModel) -> list[str]:
+    return list(model.balora_arms)
+
+
+def active_arm(model: PeftModel) -> ArmAdapters:
+    return model.balora_arms[model.balora_active]
+
+
+def activate(model: PeftModel, arm: str) -> None:
+    """Make ``arm`` the model's function; only its trainable adapter requires grad."""
+    ad = model.balora_arms[arm]
+    names = [ad.trainable] + ([ad.frozen_init] if ad.frozen_init else [])
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            module.enable_adapters(True)
+            module.set_adapter(ad.trainable)
+        elif isinstance(module, BaseTunerLayer):
+            module.enable_adapters(True)
+            module.set_adapter([n for n in names if n in module._get_available_adapters()])
+    model.base_model.active_adapter = ad.trainable  # PEFT reads its config by this name
+    for n, p in model.named_parameters():
+        p.requires_grad_(f".{ad.trainable}." in n)
+    model.balora_active = arm
+
+
+def trainable_parameters(model: PeftModel, arm: str | None = None) -> list[torch.nn.Parameter]:
+    """The trainable adapter parameters of ``arm`` (the active arm by default)."""
+    ad = model.balora_arms[arm or model.balora_active]
+    return [p for n, p in model.named_parameters() if f".{ad.trainable}." in n]
 
 
 @contextmanager
 def teacher_mode(model: PeftModel):
-    """Forward passes inside give the untouched pre-trained model's outputs."""
-    teacher = getattr(model, "balora_teacher", None)
+    """Forward passes inside give the untouched pre-trained model's outputs, exactly: every
+    adapter is off, so each layer runs its base weight alone (eval mode: no dropout)."""
     was_training = model.training
-    model.eval()  # no dropout: the teacher is the deterministic pre-trained model
+    model.eval()
     try:
-        if teacher is None:
-            with model.disable_adapter():
-                yield model
-        else:
-            model.set_adapter(teacher)
-            try:
-                yield model
-            finally:
-                model.set_adapter("default")
+        with model.disable_adapter():
+            yield model
     finally:
+        activate(model, model.balora_active)
         model.train(was_training)
 
 
 def initial_adapter(model: PeftModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
-    """{module name: (A0, B0)} of a PiSSA arm (the teacher copy); None for LoRA init (B0 = 0)."""
-    if getattr(model, "balora_teacher", None) is None:
+    """{module name: (A0, B0)} of the active arm when PiSSA-initialised; None for LoRA init."""
+    ad = active_arm(model)
+    if ad.frozen_init is None:
         return None
     out = {}
-    for name, module in model.named_modules():
-        if hasattr(module, "lora_A") and TEACHER in module.lora_A:
+    for name, module in _lora_layers(model):
+        if ad.frozen_init in getattr(module, "lora_A", {}):
             out[name] = (
-                module.lora_A[TEACHER].weight.detach().clone(),
-                module.lora_B[TEACHER].weight.detach().clone(),
+                module.lora_A[ad.frozen_init].weight.detach().clone(),
+                -module.lora_B[ad.frozen_init].weight.detach(),
             )
     return out
 
@@ -130,21 +248,22 @@ def _lora_part(key: str) -> str | None:
     return next((part for part in ("lora_A", "lora_B") if f".{part}." in key), None)
 
 
-def save_adapter(model: PeftModel, out_dir: str | Path) -> Path:
-    """Save the trained adapter in PEFT format loadable on the original base model."""
+def save_adapter(model: PeftModel, out_dir: str | Path, arm: str | None = None) -> Path:
+    """Save ``arm`` (the active one by default) in PEFT format, loadable on the original base."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(model, adapter_name="default")
-    cfg = copy.deepcopy(model.peft_config["default"])
-    if getattr(model, "balora_teacher", None) is not None:
-        init_state = get_peft_model_state_dict(model, adapter_name=TEACHER)
+    ad = model.balora_arms[arm or model.balora_active]
+    state = get_peft_model_state_dict(model, adapter_name=ad.trainable)
+    cfg = copy.deepcopy(model.peft_config[ad.trainable])
+    if ad.frozen_init is not None:
+        init_state = get_peft_model_state_dict(model, adapter_name=ad.frozen_init)
         for key in list(state):
             part = _lora_part(key)
             if part is None:
                 continue
-            w, w0 = state[key], init_state[key]
-            # (r, in) -> (2r, in) for A; (out, r) -> (out, 2r) for B with -B0
-            state[key] = torch.cat([w, w0], 0) if part == "lora_A" else torch.cat([w, -w0], 1)
+            w, w0 = state[key], init_state[key]  # w0: A0 or -B0
+            # (r, in) -> (2r, in) for A; (out, r) -> (out, 2r) for B: [B, -B0]
+            state[key] = torch.cat([w, w0], 0 if part == "lora_A" else 1)
         cfg.r = 2 * cfg.r
         cfg.lora_alpha = 2 * cfg.lora_alpha
     cfg.init_lora_weights = True

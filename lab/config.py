@@ -16,14 +16,17 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from lab import arms as arm_specs
+
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
-ARMS = ("lora", "pissa", "balora")
+ARMS = arm_specs.KINDS  # the plain arm names; ``balora@L1,L2,L3`` adds regularized variants
 ARM_ORDER = ("base", *ARMS)  # display order of arms in files, tables and figures
 
 
 def arm_key(arm: str) -> tuple[int, str]:
-    """Sort key: the base model, then the known arms in order, then any other name."""
-    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
+    """Sort key: the base model, then the known arms in order (``balora@...`` after
+    ``balora``), then any other name."""
+    return arm_specs.order_key(arm)
 
 
 TASKS = ("nlg", "nlu")
@@ -66,7 +69,7 @@ class ModelConfig:
     )
     dtype: str = "auto"  # auto (CUDA: bf16, CPU: fp32) | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    load_in_4bit: bool = False  # QLoRA-style NF4 base weights through bitsandbytes (CUDA only)
+    load_in_4bit: bool = False  # QLoRA-style NF4 base weights through bitsandbytes (CPU or CUDA)
     seed: int = 0  # seed of the weights of tiny random models
 
 
@@ -102,7 +105,9 @@ class RegConfig:
     svd_target: str = "logits"  # logits | features
     lambda1_schedule: str = "constant"  # constant | cosine (decays to 0.1 * lambda1)
     lambda23_warmup: float = 0.0  # fraction of steps with lambda2 = lambda3 = 0 (two-phase)
-    teacher_dtype: str = "auto"  # auto (bf16 for fp32 on native-bf16 hardware) | model | bfloat16
+    # model: the teacher is exactly the loaded model (default). bfloat16 / auto are opt-in speed
+    # settings: bf16 autocast always / for an fp32 model on native-bf16 hardware (not exact).
+    teacher_dtype: str = "model"
 
 
 @dataclass
@@ -112,6 +117,8 @@ class TrainConfig:
     grad_accum: int = 1
     seq_len: int = 128
     lr: float = 2e-4
+    lr_by_arm: dict[str, float] = field(default_factory=dict)  # e.g. {pissa: 1e-4}
+    max_grad_norm: float = 0.0  # clip each arm's adapter gradient norm to this (0 = off)
     scheduler: str = "cosine"  # constant | linear | cosine
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
@@ -165,7 +172,7 @@ _CHOICES = {
     "reg.svd_norm": ("frobenius", "nuclear"),
     "reg.svd_target": ("logits", "features"),
     "reg.lambda1_schedule": ("constant", "cosine"),
-    "reg.teacher_dtype": ("auto", "model", "bfloat16"),
+    "reg.teacher_dtype": ("model", "bfloat16", "auto"),
     "train.scheduler": ("constant", "linear", "cosine"),
 }
 
@@ -175,7 +182,9 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     origin = get_origin(typ)
     if origin is list:
         (item,) = get_args(typ)
-        if isinstance(value, str):
+        if isinstance(value, str) and where == "arms":
+            value = arm_specs.split_list(value)
+        elif isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {short_repr(value)}")
@@ -183,7 +192,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {short_repr(value)}")
-        return {str(k): str(v) for k, v in value.items()}
+        _, item = get_args(typ)
+        return {str(k): _coerce(v, item, f"{where}.{short_repr(str(k))}") for k, v in value.items()}
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -254,8 +264,16 @@ def validate(cfg: RunConfig) -> RunConfig:
         need(obj in choices, where, f"must be one of {', '.join(choices)}, got {short_repr(obj)}")
     need(len(cfg.arms) > 0, "arms", "at least one arm is needed")
     for arm in cfg.arms:
-        need(arm in ARMS, "arms", f"unknown arm {short_repr(arm)} (known: {', '.join(ARMS)})")
-    need(len(set(cfg.arms)) == len(cfg.arms), "arms", "an arm is listed twice")
+        try:
+            arm_specs.split(arm)
+        except arm_specs.ArmError as e:
+            raise ConfigError(f"arms: {e}") from None
+    folders = [arm_specs.folder_name(a) for a in cfg.arms]
+    need(len(set(folders)) == len(folders), "arms", "an arm is listed twice")
+    for key, lr in cfg.train.lr_by_arm.items():
+        kinds = {a.partition("@")[0] for a in cfg.arms}
+        need(key in cfg.arms or key in kinds, f"train.lr_by_arm.{key}", "names no arm of this run")
+        need(lr > 0, f"train.lr_by_arm.{key}", "must be positive")
     need(bool(cfg.model.name.strip()), "model.name", "must not be empty")
     need(
         bool(DEVICE.match(cfg.model.device)),
@@ -284,6 +302,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(t.grad_accum >= 1, "train.grad_accum", "must be at least 1")
     need(t.seq_len >= 8, "train.seq_len", "must be at least 8")
     need(t.lr > 0, "train.lr", "must be positive")
+    need(t.max_grad_norm >= 0, "train.max_grad_norm", "must be 0 (off) or more")
     need(0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)")
     need(t.weight_decay >= 0, "train.weight_decay", "must be 0 or more")
     need(t.eval_every >= 0, "train.eval_every", "must be 0 or more")

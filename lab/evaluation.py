@@ -1,8 +1,9 @@
 """Eval points: task metrics, bias scores and analysis snapshots of one arm (or the base model).
 
-The untouched model is evaluated as arm ``base`` through the teacher mode of the first arm, so
-no separate copy is kept. Everything returned here is numbers; arrays go under ``analysis/``,
-and the per-item values of every metric (see ``lab.items``) into ``items/step_NNNNNN.csv``.
+All arms share one model (:mod:`lab.adapters`); the caller activates the arm first. The
+untouched model is evaluated as arm ``base`` with every adapter off, so no separate copy is
+kept. Everything returned here is numbers; arrays go under ``analysis/``, and the per-item
+values of every metric (see ``lab.items``) into ``items/step_NNNNNN.csv``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def evaluate(
                 labels=probes.labels,
                 base_context=None if is_base else (lambda: adapters.teacher_mode(model)),
                 initial=None if is_base else adapters.initial_adapter(model),
+                adapter_name=adapters.active_arm(model).trainable,
+                base_is_pretrained=True,
                 max_len=cfg.train.seq_len,
                 reference=None if is_base else probes.reference,
                 keep_reference=is_base,
@@ -118,7 +121,13 @@ def warm_intruder_cache(models: list, probes: Probes) -> None:
     """Take the SVDs of the base weights behind every arm's intruder count now (step 0, where
     only the base is analysed), so the arms' eval points reuse them from ``probes.svd_cache``."""
     for model in models:
-        analysis.model_intruders(model, adapters.initial_adapter(model), cache=probes.svd_cache)
+        analysis.model_intruders(
+            model,
+            adapters.initial_adapter(model),
+            adapters.active_arm(model).trainable,
+            cache=probes.svd_cache,
+            base_is_pretrained=True,
+        )
 
 
 def embed(run_dir: Path, step: int, cfg: RunConfig) -> None:

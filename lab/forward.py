@@ -1,18 +1,32 @@
-"""Forward passes of one arm: student rows, teacher rows and the loss of one micro-batch.
+"""Forward passes of the active arm: teacher outputs, student rows and one micro-batch's loss.
 
-NLG: the decoder runs once for the teacher (no grad, first, so only its (M, H) rows stay alive)
-and once for the student; the LM head then runs only on the used rows (the response tokens,
-with the same one-token shift as the cross-entropy), fused with the task loss and the terms in
-:mod:`lab.head`, so no (M, V) or (B, T, V) logits are ever kept. A head with final-logit
-soft-capping, or the nuclear norm, takes the unfused path on the (M, V) logits. NLU: the
-classification logits of the batch.
+Token weighting. Every per-token term (task cross-entropy, consistency, NLG diversity) of a
+micro-batch is its *sum* over the micro-batch's rows divided by ``norm``, the step's global
+count of response tokens (NLU: rows) over all micro-batches and processes. Summing the
+micro-batches' losses and the processes' gradients then gives exactly the full-batch mean and
+its gradient, however the batch is split.
 
-The teacher computes in ``reg.teacher_dtype`` (see :func:`lab.models.teacher_dtype`).
+Batch terms. The svd term (and the NLU covariance diversity) is a function of the whole
+step's batch: it is computed over the global batch. Each micro-batch returns the rows it feeds
+(NLG: the hidden rows of the used positions, whose logits are h W^T; NLU: the classification
+logits, and the pooled features for ``svd_target: features``); :func:`batch_terms` evaluates
+the terms on the rows of all micro-batches and processes gathered, and the gradient with
+respect to those rows flows back into each micro-batch through ``(rows * grad).sum()``.
+
+NLG: the LM head runs only on the used rows (the response tokens, with the same one-token shift
+as the cross-entropy), fused with the task loss and the terms in :mod:`lab.head`, so no (M, V)
+logits are kept. A head with final-logit soft-capping, or the nuclear norm, takes the unfused
+path on the (M, V) logits.
+
+The teacher is the shared base with every adapter off (:func:`lab.adapters.teacher_mode`):
+one pass per micro-batch serves every arm of the step. It computes in ``reg.teacher_dtype``
+(default: the model's own dtype, the exact loaded model; see :func:`lab.models.teacher_dtype`).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +35,13 @@ from lab import adapters
 from lab.config import RunConfig
 from lab.head import head_loss, logits_svd_loss
 from lab.models import teacher_dtype
-from lab.regularizers import BALoRALoss, DegenerateTermError, ba_lora_loss, svd_loss
+from lab.regularizers import (
+    DegenerateTermError,
+    consistency_loss,
+    covariance_diversity_loss,
+    diversity_loss,
+    svd_loss,
+)
 
 
 def _decoder_and_head(model: torch.nn.Module):
@@ -30,13 +50,18 @@ def _decoder_and_head(model: torch.nn.Module):
 
 
 def _param_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
-    p = next(model.get_base_model().parameters())
-    return p.dtype, p.device
+    """The dtype the model computes in (a 4-bit base computes in its compute dtype)."""
+    inner = model.get_base_model()
+    dtype = getattr(inner, "dtype", None)
+    p = next(inner.parameters())
+    if dtype is None or not dtype.is_floating_point:
+        dtype = p.dtype
+    return dtype, p.device
 
 
 @contextmanager
 def teacher_pass(model: torch.nn.Module, cfg: RunConfig):
-    """No grad, the frozen teacher active, and autocast when the teacher dtype differs."""
+    """No grad, every adapter off, and autocast when the teacher dtype differs (opt-in)."""
     dtype, device = _param_dtype_device(model)
     want = teacher_dtype(cfg.reg.teacher_dtype, dtype, device)
     cast = (
@@ -61,15 +86,13 @@ def _hidden_rows(model, batch, rows: torch.Tensor) -> torch.Tensor:
     return hidden.last_hidden_state[rows]  # (B, T, H) -> (M, H)
 
 
-def _rows_logits(model, batch, rows: torch.Tensor):
-    """Hidden states at the used positions and their LM-head logits: (M, H), (M, V)."""
+def _head_logits(model, h: torch.Tensor) -> torch.Tensor:
     _, head, config = _decoder_and_head(model)
-    h = _hidden_rows(model, batch, rows)
     logits = head(h)  # (M, V)
     cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return h, logits
+    return logits
 
 
 def _nlu_forward(model, batch, want_features: bool):
@@ -93,87 +116,175 @@ def fused_nlg(model: torch.nn.Module, cfg: RunConfig) -> bool:
     )
 
 
-def step_loss(model, batch, cfg: RunConfig, lambdas, *, need_terms: bool, generator=None):
-    """One micro-batch: task loss, the BA-LoRA terms and their weighted sum.
+def count(batch: dict, task: str) -> int:
+    """The rows a micro-batch's per-token terms sum over: response tokens (NLG) or rows (NLU)."""
+    if task == "nlg":
+        return int(batch["reg_mask"].sum())
+    return int(batch["input_ids"].shape[0])
 
-    Returns ``(result, total)``: ``result`` (a :class:`BALoRALoss`) is None when the terms are
-    not needed, and ``total`` carries the gradient.
-    """
-    if cfg.task == "nlg" and fused_nlg(model, cfg):
-        return _fused_step_loss(model, batch, cfg, lambdas, need_terms)
-    want_features = cfg.reg.svd_target == "features"
-    teacher = None
+
+def teacher_outputs(model, batch, cfg: RunConfig) -> torch.Tensor:
+    """The teacher's part of one micro-batch, shared by every arm: (M, H) hidden rows on the
+    fused NLG path, (M, V) logits on the unfused one, (N, D) logits for NLU."""
+    with teacher_pass(model, cfg):
+        if cfg.task == "nlu":
+            return _nlu_forward(model, batch, False)[0]
+        rows, _ = _used_rows(batch)
+        h = _hidden_rows(model, batch, rows)
+        return h if fused_nlg(model, cfg) else _head_logits(model, h)
+
+
+def student_rows(model, batch, cfg: RunConfig) -> torch.Tensor:
+    """The rows a micro-batch feeds the batch terms (see the module docstring), with grad when
+    grad is enabled: NLG (M, H) hidden rows (unfused, logits target: (M, V) logits); NLU (N, D)
+    logits, or [logits | pooled features] (N, D + H) for ``svd_target: features``."""
+    if cfg.task == "nlg":
+        rows, _ = _used_rows(batch)
+        h = _hidden_rows(model, batch, rows)
+        if fused_nlg(model, cfg) or cfg.reg.svd_target == "features":
+            return h
+        return _head_logits(model, h).float()
+    logits, feats = _nlu_forward(model, batch, cfg.reg.svd_target == "features")
+    return logits.float() if feats is None else torch.cat([logits.float(), feats.float()], 1)
+
+
+@dataclass
+class MicroLoss:
+    """One micro-batch: ``total`` carries the gradient of its per-token terms (sums / norm);
+    ``values`` the same parts, detached ("task_loss", "consistency", "diversity"); ``rows``
+    what it feeds the batch terms (None when no term is needed)."""
+
+    total: torch.Tensor
+    values: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    rows: torch.Tensor | None = None
+
+
+def step_loss(
+    model,
+    batch,
+    cfg: RunConfig,
+    lambdas,
+    *,
+    need_terms: bool,
+    norm: float | None = None,
+    teacher: torch.Tensor | None = None,
+) -> MicroLoss:
+    """Task loss and the per-token BA-LoRA terms of one micro-batch, divided by ``norm``
+    (default: this micro-batch's own count, a plain mean). ``teacher``: this micro-batch's
+    :func:`teacher_outputs` (computed here when terms are needed and it is not given)."""
+    n = float(norm if norm is not None else count(batch, cfg.task))
+    l1, l2, _ = (float(x) for x in lambdas)
+    if need_terms and teacher is None:
+        teacher = teacher_outputs(model, batch, cfg)
+    reg = cfg.reg
     if cfg.task == "nlg":
         rows, targets = _used_rows(batch)
+        h = _hidden_rows(model, batch, rows)  # (M, H)
+        if fused_nlg(model, cfg):
+            _, head, _ = _decoder_and_head(model)
+            total, ce, kl, neg_entropy = head_loss(
+                h,
+                head,
+                targets,
+                teacher if need_terms else None,
+                lambdas=(l1, l2),
+                temperature=reg.temperature,
+                top_k=reg.top_k,
+                terms=need_terms,
+                norm=n,
+            )
+            out = MicroLoss(total, {"task_loss": ce})
+            if need_terms:
+                out.values.update(consistency=kl, diversity=neg_entropy)
+                out.rows = h
+            return out
+        logits = _head_logits(model, h).float()  # (M, V)
+        m = logits.shape[0]
+        task = F.cross_entropy(logits, targets, reduction="sum") / n
+        out = MicroLoss(task, {"task_loss": task.detach()})
         if need_terms:
-            with teacher_pass(model, cfg):
-                _, teacher = _rows_logits(model, batch, rows)
-        h, logits = _rows_logits(model, batch, rows)
-        task = F.cross_entropy(logits.float(), targets)
-        feats = h if want_features else None
-        mode = "nlg"
-    else:
-        if need_terms:
-            with teacher_pass(model, cfg):
-                teacher, _ = _nlu_forward(model, batch, False)
-        logits, feats = _nlu_forward(model, batch, want_features)
-        task = F.cross_entropy(logits.float(), batch["labels"])
-        mode = "nlu"
-    if not need_terms:
-        return None, task
-    result = ba_lora_loss(
-        task,
-        logits,
-        teacher,
-        mode=mode,
-        features=feats,
-        lambdas=lambdas,
-        temperature=cfg.reg.temperature,
-        top_k=cfg.reg.top_k,
-        svd_k=cfg.reg.svd_k,
-        svd_norm=cfg.reg.svd_norm,
-        svd_target=cfg.reg.svd_target,
-        generator=generator,
-    )
-    return result, result.total
+            scale = m / n  # mean over these rows -> sum / norm
+            terms = {
+                "consistency": (
+                    l1,
+                    lambda: consistency_loss(logits, teacher, None, reg.temperature),
+                ),
+                "diversity": (l2, lambda: diversity_loss(logits, None, reg.top_k)),
+            }
+            out.total = _add_terms(out, terms, scale)
+            out.rows = h if reg.svd_target == "features" else logits
+        return out
+    logits, feats = _nlu_forward(model, batch, need_terms and reg.svd_target == "features")
+    logits = logits.float()  # (N, D)
+    task = F.cross_entropy(logits, batch["labels"], reduction="sum") / n
+    out = MicroLoss(task, {"task_loss": task.detach()})
+    if need_terms:
+        scale = logits.shape[0] / n
+        terms = {
+            "consistency": (
+                l1,
+                lambda: consistency_loss(logits, teacher.float(), None, reg.temperature),
+            ),
+        }
+        out.total = _add_terms(out, terms, scale)
+        out.rows = logits if feats is None else torch.cat([logits, feats.float()], 1)
+    return out
 
 
-def _fused_step_loss(model, batch, cfg: RunConfig, lambdas, need_terms: bool):
-    rows, targets = _used_rows(batch)
-    _, head, _ = _decoder_and_head(model)
-    teacher_h = None
-    if need_terms:  # the teacher first: only its (M, H) rows stay, no activations are alive
-        with teacher_pass(model, cfg):
-            teacher_h = _hidden_rows(model, batch, rows)
-    h = _hidden_rows(model, batch, rows)
-    l1, l2, l3 = (float(x) for x in lambdas)
+def _add_terms(out: MicroLoss, terms: dict, scale: float) -> torch.Tensor:
+    total = out.total
+    for name, (weight, fn) in terms.items():
+        with nullcontext() if weight > 0 else torch.no_grad():
+            value = fn() * scale
+        if weight > 0:
+            total = total + weight * value
+        out.values[name] = value.detach()
+    return total
+
+
+def batch_terms(
+    model, rows: torch.Tensor, cfg: RunConfig, lambdas, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, str]]:
+    """The whole-batch terms on the global ``rows`` (all micro-batches and processes, in order).
+
+    Returns (weighted sum, {term: raw value}, {term: why inactive}). NLG: the svd term. NLU: the
+    covariance diversity and the svd term. The weighted sum carries the gradient to ``rows`` for
+    terms with a non-zero weight. ``generator`` seeds a randomized SVD (large matrices), so
+    every process computes the same value from the same rows."""
+    _, l2, l3 = (float(x) for x in lambdas)
     reg = cfg.reg
-    total, ce, kl, neg_entropy = head_loss(
-        h,
-        head,
-        targets,
-        teacher_h,
-        lambdas=(l1, l2),
-        temperature=reg.temperature,
-        top_k=reg.top_k,
-        terms=need_terms,
-    )
-    if not need_terms:
-        return None, total
-    result = BALoRALoss(total=total, task=ce)
-    result.raw = {"consistency": kl, "diversity": neg_entropy, "svd": None}
-    try:
-        with nullcontext() if l3 > 0 else torch.no_grad():
-            if reg.svd_target == "features":
-                svd = svd_loss(h, reg.svd_k, norm=reg.svd_norm)
-            else:
-                svd = logits_svd_loss(h, head, reg.svd_k)
-        if l3 > 0:
-            total = total + l3 * svd
-        result.raw["svd"] = svd.detach()
-    except DegenerateTermError as err:
-        result.inactive["svd"] = str(err)
-    # No host sync here: the trainer reads every value once (``as_floats``) and fails the arm
-    # on a non-finite one, naming it; it weights the logged terms itself.
-    result.total = total
-    return result, total
+    weighted = rows.new_zeros((), dtype=torch.float32)
+    raw: dict[str, torch.Tensor] = {}
+    inactive: dict[str, str] = {}
+    if cfg.task == "nlg":
+        fns = {"svd": (l3, lambda: _nlg_svd(model, rows, cfg, generator))}
+    else:
+        d = model.get_base_model().config.num_labels
+        logits, feats = rows[:, :d], rows[:, d:]
+        target = feats if reg.svd_target == "features" else logits
+        fns = {
+            "diversity": (l2, lambda: covariance_diversity_loss(logits)),
+            "svd": (
+                l3,
+                lambda: svd_loss(target, reg.svd_k, norm=reg.svd_norm, generator=generator),
+            ),
+        }
+    for name, (weight, fn) in fns.items():
+        try:
+            with nullcontext() if weight > 0 else torch.no_grad():
+                value = fn()
+        except DegenerateTermError as err:
+            inactive[name] = str(err)
+            continue
+        if weight > 0:
+            weighted = weighted + weight * value
+        raw[name] = value.detach()
+    return weighted, raw, inactive
+
+
+def _nlg_svd(model, rows: torch.Tensor, cfg: RunConfig, generator) -> torch.Tensor:
+    reg = cfg.reg
+    if reg.svd_target == "features" or not fused_nlg(model, cfg):  # features, or (M, V) logits
+        return svd_loss(rows, reg.svd_k, norm=reg.svd_norm, generator=generator)
+    _, head, _ = _decoder_and_head(model)
+    return logits_svd_loss(rows, head, reg.svd_k)  # exact, from the (M, M) Gram matrix

@@ -39,8 +39,8 @@ class _HeadLoss(torch.autograd.Function):
         top_k: int,
         terms: bool,
         chunk: int,
+        norm: float,
     ):
-        m = h.shape[0]
         need_grad = ctx.needs_input_grad[0]
         ctx.h_dtype = h.dtype
         dh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need_grad else None
@@ -52,7 +52,7 @@ class _HeadLoss(torch.autograd.Function):
                 t_bias = bias.to(teacher_h.dtype)
         k = min(top_k, weight.shape[0])
         temp = float(temperature)
-        for i in range(0, m, chunk):
+        for i in range(0, h.shape[0], chunk):
             rows = slice(i, i + chunk)
             z = F.linear(h[rows], weight, bias).float()  # (c, V)
             tgt = targets[rows]
@@ -89,11 +89,11 @@ class _HeadLoss(torch.autograd.Function):
                 dh[rows] = (g.to(weight.dtype) @ weight).float()  # (c, V) @ (V, H)
                 del g
         if dh is not None:
-            dh.div_(m)
+            dh.div_(norm)
         ctx.save_for_backward(dh)
-        ce = sums[0] / m
-        kl = sums[1] * (temp * temp / m)
-        neg_entropy = sums[2] / m
+        ce = sums[0] / norm
+        kl = sums[1] * (temp * temp / norm)
+        neg_entropy = sums[2] / norm
         total = ce + lam1 * kl + lam2 * neg_entropy
         ctx.mark_non_differentiable(ce, kl, neg_entropy)
         return total, ce, kl, neg_entropy
@@ -102,7 +102,7 @@ class _HeadLoss(torch.autograd.Function):
     def backward(ctx, g_total, *_):
         (dh,) = ctx.saved_tensors
         grad = None if dh is None else (dh * g_total).to(ctx.h_dtype)
-        return (grad, *([None] * 10))
+        return (grad, *([None] * 11))
 
 
 def head_loss(
@@ -116,6 +116,7 @@ def head_loss(
     top_k: int = 20,
     terms: bool = False,
     chunk: int = CHUNK_ROWS,
+    norm: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Task CE, consistency and diversity of the rows ``h`` under ``head``, fused.
 
@@ -124,6 +125,10 @@ def head_loss(
     the other three are detached. kl is T^2 * mean KL(teacher || student) at temperature T
     (None without ``teacher_h``), neg_entropy minus the mean entropy of the renormalized top-K
     distribution; both are None when ``terms`` is false.
+
+    ``norm``: the count the row sums are divided by (default M, a mean over these rows). The
+    trainer passes the step's global number of response tokens, so the micro-batches and
+    processes of a step add up to the full-batch mean and its gradient.
     """
     if h.dim() != 2 or h.shape[0] == 0:
         raise ValueError(f"the hidden rows must be a non-empty (M, H) matrix, got {tuple(h.shape)}")
@@ -148,6 +153,7 @@ def head_loss(
         top_k,
         terms,
         chunk,
+        float(h.shape[0] if norm is None else norm),
     )
     if not terms:
         return total, ce, None, None

@@ -157,13 +157,21 @@ def fast_bf16(device: torch.device) -> bool:
     return False
 
 
+# reg.teacher_dtype choices with the words the UI shows for them; "model" is the default.
+TEACHER_CHOICES = {
+    "model": "exact: the loaded model itself (default)",
+    "bfloat16": "bf16 autocast: faster where bf16 is native; not exact (opt-in speed setting)",
+    "auto": "bf16 for an fp32 model on native-bf16 hardware, else exact (opt-in speed setting)",
+}
+
+
 def teacher_dtype(choice: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype the frozen teacher computes in: ``reg.teacher_dtype`` resolved for a model.
 
-    "model": the model's own dtype (the exact pre-trained outputs). "bfloat16": bf16 autocast.
-    "auto": bf16 when the model computes in float32 on a device with native bf16 matmuls (the
-    teacher is a no-grad inference pass; bf16 makes it about 3x cheaper on such CPUs), else
-    the model's dtype.
+    "model" (the default): the model's own dtype, so the teacher is exactly the loaded model.
+    The other two are opt-in speed settings, not exact: "bfloat16": bf16 autocast; "auto": bf16
+    when the model computes in float32 on a device with native bf16 matmuls (the teacher is a
+    no-grad inference pass; bf16 makes it about 3x cheaper on such CPUs), else the model's dtype.
     """
     if choice == "model":
         return model_dtype
@@ -326,7 +334,19 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _from_pretrained(location: str, kind: str, task: str, num_labels, dtype, quant):
+def _quantized_copy(model, quant, dtype: torch.dtype, device: torch.device):
+    """A model built in code, saved and re-loaded with NF4 weights (bitsandbytes quantizes on
+    load, on the CPU or on CUDA)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        return type(model).from_pretrained(
+            tmp, dtype=dtype, quantization_config=quant, device_map=str(device)
+        )
+
+
+def _from_pretrained(location: str, kind: str, task: str, num_labels, dtype, quant, device=None):
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
@@ -336,6 +356,7 @@ def _from_pretrained(location: str, kind: str, task: str, num_labels, dtype, qua
     kwargs = {"dtype": dtype, "use_safetensors": True}
     if quant is not None:
         kwargs["quantization_config"] = quant
+        kwargs["device_map"] = str(device) if device is not None else None
     if kind == "hub":
         kwargs["local_files_only"] = not hub_reachable()
     try:
@@ -377,30 +398,33 @@ def load_model(
     dt = pick_dtype(dtype, dev)
     quant = None
     if load_in_4bit:
-        if dev.type != "cuda":
-            raise ModelError("model.load_in_4bit needs a CUDA device (bitsandbytes NF4)")
+        if dev.type not in ("cuda", "cpu"):
+            raise ModelError(f"model.load_in_4bit runs on the CPU or CUDA, not {dev.type}")
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ModelError("model.load_in_4bit needs bitsandbytes: pip install bitsandbytes")
         from transformers import BitsAndBytesConfig
 
-        quant = BitsAndBytesConfig(
+        quant = BitsAndBytesConfig(  # NF4 weights; matmuls in the model's dtype
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=dt,
             bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_storage=torch.uint8,
         )
     if kind == "tiny":
         model, tokenizer = _tiny(name, task, num_labels, seed)
         model = model.to(dt)
+        if quant is not None:
+            model = _quantized_copy(model, quant, dt, dev)
     elif kind == "embedded":
         m = EMBEDDED[name]
         check_task(name, task)
         path = ensure_cached(name) if m.gguf else _package_dir(m) / "model"
         torch.manual_seed(seed)  # the new classification head of an encoder
-        model, tokenizer = _from_pretrained(str(path), "local", task, num_labels, dt, quant)
+        model, tokenizer = _from_pretrained(str(path), "local", task, num_labels, dt, quant, dev)
     else:
         torch.manual_seed(seed)
-        model, tokenizer = _from_pretrained(location, kind, task, num_labels, dt, quant)
+        model, tokenizer = _from_pretrained(location, kind, task, num_labels, dt, quant, dev)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if task == "nlu" and getattr(model.config, "pad_token_id", None) is None:

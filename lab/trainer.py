@@ -1,16 +1,21 @@
 """The training loop: arms trained seed-matched on identical batches, yielding events.
 
-``run(cfg)`` loads the data and the model, makes one PEFT model per arm (LoRA, PiSSA, BA-LoRA),
-then for every step draws one batch and trains each arm on it in turn, so all curves advance
-together. Every step yields a ``train`` event per arm; eval points yield ``eval`` events (the
-untouched model as arm ``base`` first). Everything is written to the run directory as it
-happens (see ``lab.runs``). Runs under ``accelerate launch`` for data parallelism: each process
-takes its share of every batch and the adapter gradients are averaged across processes.
+``run(cfg)`` loads the data and the model once, puts every arm of the config on it as adapters
+(:mod:`lab.adapters`: one base model for all arms, never copied), then for every step draws one
+batch, runs the teacher (the base with every adapter off) once on it for all the arms that need
+it, and trains each arm on it in turn, so all curves advance together. Every step yields a
+``train`` event per arm; eval points yield ``eval`` events (the untouched model as arm ``base``
+first). Everything is written to the run directory as it happens (see ``lab.runs``).
+
+Runs under ``accelerate launch`` for data parallelism: each process takes its share of every
+batch. Every loss is normalised by the step's global count of response tokens (NLU: rows) and
+the batch terms are computed over the global batch (:mod:`lab.forward`), so the processes'
+gradients are summed, and any split into processes and micro-batches gives the full-batch
+gradient.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import traceback
@@ -22,20 +27,20 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from lab import adapters, data, evaluation, runs
+from lab import adapters, data, evaluation, forward, runs
+from lab.arms import ArmSpec, spec_of, specs
 from lab.config import RunConfig, dump_yaml
 from lab.datasets import TaskData, load_task_data
 from lab.dist import Dist
 from lab.forward import step_loss
 from lab.models import ModelBundle, load_model, teacher_dtype
-
-REGULARIZED = ("balora",)
+from lab.provenance import provenance
 
 
 @dataclass
 class Arm:
-    name: str
-    model: torch.nn.Module
+    spec: ArmSpec
+    model: torch.nn.Module  # the shared PEFT model; :func:`lab.adapters.activate` picks the arm
     optimizer: torch.optim.Optimizer
     scheduler: object
     rng: tuple
@@ -44,6 +49,14 @@ class Arm:
     tokens: int = 0
     last: dict = field(default_factory=dict)
     last_eval: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def activate(self) -> torch.nn.Module:
+        adapters.activate(self.model, self.spec.name)
+        return self.model
 
 
 def _get_rng() -> tuple:
@@ -57,62 +70,165 @@ def _set_rng(state: tuple) -> None:
         torch.cuda.set_rng_state_all(state[1])
 
 
-def lambdas_at(cfg: RunConfig, arm: str, step: int) -> tuple[float, float, float]:
+def lambdas_at(cfg: RunConfig, arm: str | ArmSpec, step: int) -> tuple[float, float, float]:
     """The regularizer weights of ``arm`` at ``step`` (1-based), schedules applied."""
-    if arm not in REGULARIZED:
+    spec = arm if isinstance(arm, ArmSpec) else spec_of(cfg, arm)
+    if not spec.regularized:
         return (0.0, 0.0, 0.0)
     r, steps = cfg.reg, cfg.train.steps
-    l1 = r.lambda1
+    l1, l2, l3 = spec.lambdas
     if r.lambda1_schedule == "cosine":
         frac = (step - 1) / max(1, steps - 1)
-        l1 = r.lambda1 * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+        l1 = l1 * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
     warm = step <= r.lambda23_warmup * steps
-    return (l1, 0.0 if warm else r.lambda2, 0.0 if warm else r.lambda3)
+    return (l1, 0.0 if warm else l2, 0.0 if warm else l3)
 
 
 _LOGGED = ("loss", "task_loss", "consistency", "diversity", "svd")  # the values of a train event
+_PARTS = ("task_loss", "consistency", "diversity", "svd")  # summed over micro-batches, processes
+_TERMS = ("consistency", "diversity", "svd")
+
+
+def needs_terms(arm: Arm | ArmSpec, cfg: RunConfig) -> bool:
+    spec = arm.spec if isinstance(arm, Arm) else arm
+    return spec.regularized or cfg.train.log_terms
+
+
+def step_norm(micro: list[dict], cfg: RunConfig, dist: Dist) -> int:
+    """The step's global count that every per-token term is divided by: response tokens over
+    all micro-batches and processes (NLU: rows)."""
+    local = sum(forward.count(b, cfg.task) for b in micro)
+    return int(dist.sum_tensor(torch.tensor([float(local)], dtype=torch.float64))[0].item())
+
+
+def teacher_step(model, micro: list[dict], cfg: RunConfig) -> list[torch.Tensor]:
+    """The teacher's outputs on every micro-batch of a step: one pass, shared by all arms."""
+    return [forward.teacher_outputs(model, b, cfg) for b in micro]
+
+
+def _batch_weighted(cfg: RunConfig, lambdas) -> bool:
+    """Whether a whole-batch term has a non-zero weight (it then needs its gradient)."""
+    _, l2, l3 = lambdas
+    return l3 > 0 or (cfg.task == "nlu" and l2 > 0)
+
+
+def _global_terms(model, rows: list[torch.Tensor], cfg, lambdas, dist: Dist, step: int):
+    """Batch terms over the global batch from each micro-batch's (detached) rows; returns
+    (raw values, inactive reasons, per-micro-batch gradients w.r.t. their rows or None)."""
+    local = torch.cat(rows, 0)
+    everything, offset = dist.gather_rows(local)
+    leaf = everything.detach().requires_grad_(_batch_weighted(cfg, lambdas))
+    gen = torch.Generator(device=leaf.device).manual_seed(cfg.train.seed * 1_000_003 + step)
+    with torch.enable_grad() if leaf.requires_grad else torch.no_grad():
+        weighted, raw, inactive = forward.batch_terms(model, leaf, cfg, lambdas, gen)
+    grads = None
+    if weighted.requires_grad:
+        (g,) = torch.autograd.grad(weighted, leaf)
+        mine = g[offset : offset + local.shape[0]]
+        grads = list(mine.split([r.shape[0] for r in rows], 0))
+    return raw, inactive, grads
 
 
 def train_arm_step(
-    arm: Arm, micro: list[dict], cfg: RunConfig, step: int, dist: Dist, tokens: int | None = None
+    arm: Arm,
+    micro: list[dict],
+    cfg: RunConfig,
+    step: int,
+    dist: Dist,
+    tokens: int | None = None,
+    *,
+    teacher: list[torch.Tensor] | None = None,
+    norm: int | None = None,
 ) -> dict:
     """Train one arm on one step's micro-batches; returns its train event.
 
-    ``tokens``: the step's :func:`step_tokens` when the caller has counted them (once for all
-    arms), else counted here."""
+    ``tokens`` and ``norm``: the step's :func:`step_tokens` and :func:`step_norm` when the
+    caller has counted them (once for all arms); ``teacher``: the step's :func:`teacher_step`
+    (computed here when the arm needs it and it is not given)."""
     t0 = time.perf_counter()
-    lambdas = lambdas_at(cfg, arm.name, step)
-    need_terms = arm.name in REGULARIZED or cfg.train.log_terms
+    model = arm.activate()
+    lambdas = lambdas_at(cfg, arm.spec, step)
+    need_terms = needs_terms(arm, cfg)
+    norm = step_norm(micro, cfg, dist) if norm is None else norm
+    if need_terms and teacher is None:
+        teacher = teacher_step(model, micro, cfg)
     _set_rng(arm.rng)  # each arm draws its own dropout noise, seed-matched
-    arm.model.train()
-    params = adapters.trainable_parameters(arm.model)
-    logs = []
-    bad = None
-    for batch in micro:
-        result, total = step_loss(arm.model, batch, cfg, lambdas, need_terms=need_terms)
-        (total / len(micro)).backward()  # queued before the one host sync of the micro-batch
-        if result is not None:
-            log = result.as_floats(total)
-        else:
-            value = total.item()
-            log = {"loss": value, "task_loss": value}
-        logs.append(log)
-        bad = next(  # the terms first: a non-finite term makes the sums non-finite too
-            (k for k in reversed(_LOGGED) if log.get(k) is not None and not math.isfinite(log[k])),
-            None,
+    model.train()
+    params = adapters.trainable_parameters(model, arm.name)
+    grads = None
+    raw, inactive = {}, {}
+    if need_terms and _batch_weighted(cfg, lambdas) and len(micro) > 1:
+        # The batch terms need every micro-batch's rows before any backward: a no-grad pass
+        # first (same dropout noise as the training pass), then their gradient flows back
+        # into each micro-batch below. (One micro-batch: its own forward gives the rows.)
+        start = _get_rng()
+        with torch.no_grad():
+            rows = [forward.student_rows(model, b, cfg) for b in micro]
+        _set_rng(start)
+        raw, inactive, grads = _global_terms(model, rows, cfg, lambdas, dist, step)
+        del rows
+    kept = []
+    per_token = _PARTS[:3]  # summed over micro-batches and processes; the svd term is global
+    sums = None  # on the device: read once, after the loop
+    for k, batch in enumerate(micro):
+        out = step_loss(
+            model,
+            batch,
+            cfg,
+            lambdas,
+            need_terms=need_terms,
+            norm=norm,
+            teacher=None if teacher is None else teacher[k],
         )
-        if bad is not None:
-            break
-    if not dist.all_true(bad is None):
+        total = out.total
+        if out.rows is not None:
+            if grads is not None:
+                total = total + (out.rows * grads[k]).sum()
+            elif len(micro) == 1 and _batch_weighted(cfg, lambdas):
+                raw, inactive, g = _global_terms(
+                    model, [out.rows.detach()], cfg, lambdas, dist, step
+                )
+                total = total + (out.rows * g[0]).sum()
+            else:
+                kept.append(out.rows.detach())
+        total.backward()  # queued before the one host sync of the step
+        parts = [out.values.get(p) for p in per_token]
+        zero = out.values["task_loss"].new_zeros(())
+        part = torch.stack([zero if v is None else v.detach().float() for v in parts]).double()
+        sums = part if sums is None else sums + part
+        del out, total
+    if kept:
+        raw, inactive, _ = _global_terms(model, kept, cfg, lambdas, dist, step)
+        del kept
+    values = dict(zip(per_token, dist.sum_tensor(sums).tolist()))  # the one host sync
+    for term in _TERMS:
+        if term in raw:
+            values[term] = float(raw[term])
+    present = {"task_loss"} | ({"consistency", "diversity"} if need_terms else set())
+    if cfg.task == "nlu":
+        present.discard("diversity")
+    present |= set(raw)
+    present -= set(inactive)
+    ev = _train_event(arm.name, step, values, present, lambdas, inactive, need_terms)
+    bad = next(
+        (
+            k
+            for k in ("svd", "diversity", "consistency", "task_loss", "loss")
+            if ev.get(k) is not None and not math.isfinite(ev[k])
+        ),
+        None,
+    )
+    if bad is not None:
         arm.optimizer.zero_grad(set_to_none=True)
-        what = {None: "loss", "loss": "loss", "task_loss": "task loss"}.get(bad, f"{bad} term")
+        what = {"loss": "loss", "task_loss": "task loss"}.get(bad, f"{bad} term")
         raise FloatingPointError(f"arm {arm.name}: the {what} is not finite at step {step}")
-    dist.mean_grads(params)
+    dist.sum_grads(params)
+    if cfg.train.max_grad_norm > 0:
+        ev["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm))
     arm.optimizer.step()
     arm.scheduler.step()
     arm.optimizer.zero_grad(set_to_none=True)
     arm.rng = _get_rng()
-    ev = _train_event(arm.name, step, logs, lambdas, dist)
     arm.tokens += step_tokens(micro, cfg, dist) if tokens is None else tokens
     ev.update(
         lr=arm.scheduler.get_last_lr()[0], tokens=arm.tokens, seconds=time.perf_counter() - t0
@@ -124,7 +240,7 @@ def train_arm_step(
 def step_tokens(micro: list[dict], cfg: RunConfig, dist: Dist) -> int:
     """Tokens one step trains on over all processes (the response tokens for NLG)."""
     local = sum(_count_tokens(b, cfg.task) for b in micro)
-    return int(dist.mean([float(local)])[0] * dist.n)
+    return int(dist.sum_tensor(torch.tensor([float(local)], dtype=torch.float64))[0].item())
 
 
 def _count_tokens(batch: dict, task: str) -> int:
@@ -133,21 +249,19 @@ def _count_tokens(batch: dict, task: str) -> int:
     return int(batch["attention_mask"].sum())
 
 
-def _train_event(arm: str, step: int, logs: list[dict], lambdas, dist: Dist) -> dict:
+def _train_event(arm, step, values, present, lambdas, inactive, need_terms) -> dict:
     ev = {"arm": arm, "step": step, "kind": "train"}
-    for k in _LOGGED:
-        vals = [lg.get(k) for lg in logs]
-        ev[k] = None if any(v is None for v in vals) else sum(vals) / len(vals)
-    present = [k for k in _LOGGED if ev[k] is not None]
-    for k, v in zip(present, dist.mean([ev[k] for k in present])):
-        ev[k] = v
-    lam = dict(zip(("consistency", "diversity", "svd"), lambdas))
+    lam = dict(zip(_TERMS, lambdas))
+    for k in _PARTS:
+        ev[k] = values.get(k) if k in present else None
+    ev["loss"] = ev["task_loss"] + sum(
+        lam[t] * ev[t] for t in _TERMS if ev[t] is not None and lam[t] > 0
+    )
     ev["weighted"] = {t: (None if ev[t] is None else lam[t] * ev[t]) for t in lam}
     ev["lambdas"] = {"lambda1": lambdas[0], "lambda2": lambdas[1], "lambda3": lambdas[2]}
-    inactive = logs[-1].get("inactive")
-    if inactive is None:
+    if not need_terms:
         inactive = {t: "not computed for this arm (train.log_terms is false)" for t in lam}
-    ev["inactive"] = inactive
+    ev["inactive"] = dict(inactive)
     return ev
 
 
@@ -193,24 +307,25 @@ def prepare(cfg: RunConfig) -> tuple[TaskData, ModelBundle]:
 
 
 def build_arms(cfg: RunConfig, bundle: ModelBundle) -> dict[str, Arm]:
+    """Every arm of ``cfg`` as adapters on the one loaded model, each with its optimizer."""
+    arm_specs = specs(cfg)
+    model = adapters.build(
+        bundle.model,
+        arm_specs,
+        task=cfg.task,
+        rank=cfg.lora.rank,
+        alpha=cfg.lora.alpha,
+        dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        pissa_niter=cfg.lora.pissa_niter,
+        seed=cfg.train.seed,
+    )
     arms = {}
     steps = cfg.train.steps
-    for i, name in enumerate(cfg.arms):
-        base = bundle.model if i == len(cfg.arms) - 1 else copy.deepcopy(bundle.model)
-        model = adapters.make_arm(
-            base,
-            name,
-            task=cfg.task,
-            rank=cfg.lora.rank,
-            alpha=cfg.lora.alpha,
-            dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
-            pissa_niter=cfg.lora.pissa_niter,
-            seed=cfg.train.seed,
-        )
+    for spec in arm_specs:
         opt = torch.optim.AdamW(
-            adapters.trainable_parameters(model),
-            lr=cfg.train.lr,
+            adapters.trainable_parameters(model, spec.name),
+            lr=spec.lr,
             weight_decay=cfg.train.weight_decay,
         )
         sched = get_scheduler(
@@ -220,7 +335,8 @@ def build_arms(cfg: RunConfig, bundle: ModelBundle) -> dict[str, Arm]:
             num_training_steps=steps,
         )
         torch.manual_seed(cfg.train.seed + 1)  # the same dropout stream for every arm
-        arms[name] = Arm(name, model, opt, sched, rng=_get_rng())
+        arms[spec.name] = Arm(spec, model, opt, sched, rng=_get_rng())
+    adapters.activate(model, arm_specs[0].name)
     return arms
 
 
@@ -256,6 +372,18 @@ def run(
         "teacher_dtype": str(
             teacher_dtype(cfg.reg.teacher_dtype, bundle.dtype, bundle.device)
         ).replace("torch.", ""),
+        "teacher": _teacher_label(cfg, bundle),
+        "provenance": provenance(bundle, processes=dist.n),
+        "arm_specs": {
+            a.name: {
+                "folder": a.folder,
+                "init": a.init,
+                "regularized": a.regularized,
+                "lambdas": list(a.lambdas),
+                "lr": a.lr,
+            }
+            for a in specs(cfg)
+        },
         "run_dir": str(run_dir),
         "warnings": list(task_data.warnings),
         "data_info": task_data.info,
@@ -279,13 +407,15 @@ def run(
             probes.save(run_dir)
         first = next(iter(arms.values()))
         if dist.main:
+            first.activate()
             for ev in evaluation.evaluate(
                 first, "base", 0, cfg, task_data, bundle, probes, run_dir
             ):
                 yield emit(ev)
                 summary["base"] = ev
             if cfg.train.analysis:
-                evaluation.warm_intruder_cache([a.model for a in arms.values()], probes)
+                for arm in arms.values():
+                    evaluation.warm_intruder_cache([arm.activate()], probes)
         dist.barrier()
         order = data.batch_order(
             len(task_data.train), cfg.train.batch_size * dist.n, cfg.train.steps, cfg.train.seed
@@ -298,11 +428,18 @@ def run(
                 break
             micro = _micro_batches(bundle.tokenizer, task_data, indices, cfg, dist, bundle.device)
             tokens = step_tokens(micro, cfg, dist)
-            for arm in arms.values():
-                if arm.status != "running":
-                    continue
+            norm = step_norm(micro, cfg, dist)
+            live = [a for a in arms.values() if a.status == "running"]
+            teacher = None  # one teacher pass for every arm that needs it
+            if any(needs_terms(a, cfg) for a in live):
+                teacher = teacher_step(live[0].model, micro, cfg)
+            for arm in live:
                 try:
-                    yield emit(train_arm_step(arm, micro, cfg, step, dist, tokens))
+                    step_teacher = teacher if needs_terms(arm, cfg) else None
+                    ev = train_arm_step(
+                        arm, micro, cfg, step, dist, tokens, teacher=step_teacher, norm=norm
+                    )
+                    yield emit(ev)
                 except FloatingPointError as e:
                     arm.status, arm.error = "failed", str(e)
                     yield emit({"arm": arm.name, "step": step, "kind": "failed", "error": str(e)})
@@ -327,7 +464,7 @@ def run(
         )
         if dist.main:
             for arm in arms.values():
-                adapters.save_adapter(arm.model, run_dir / "adapters" / arm.name)
+                adapters.save_adapter(arm.model, run_dir / "adapters" / arm.spec.folder, arm.name)
                 summary["arms"][arm.name] = _arm_summary(arm)
         if summary["status"] == "running":
             failed = [a for a in arms.values() if a.status == "failed"]
@@ -352,6 +489,7 @@ def _eval_all(arms, step, cfg, task_data, bundle, probes, run_dir, dist, final=F
     if dist.main:
         for arm in arms.values():
             if arm.status == "running":
+                arm.activate()
                 for ev in evaluation.evaluate(
                     arm, arm.name, step, cfg, task_data, bundle, probes, run_dir
                 ):
@@ -361,8 +499,17 @@ def _eval_all(arms, step, cfg, task_data, bundle, probes, run_dir, dist, final=F
     dist.barrier()
 
 
+def _teacher_label(cfg: RunConfig, bundle: ModelBundle) -> str:
+    """How the teacher computes, in words for the summary and the UI."""
+    want = teacher_dtype(cfg.reg.teacher_dtype, bundle.dtype, bundle.device)
+    if want == bundle.dtype:
+        return "exact: the loaded model's own forward (" + str(want).replace("torch.", "") + ")"
+    return f"{str(want).replace('torch.', '')} autocast (opt-in speed setting, not exact)"
+
+
 def _arm_summary(arm: Arm) -> dict:
     out = {
+        "folder": arm.spec.folder,
         "status": "done" if arm.status == "running" else arm.status,
         "error": arm.error,
         "tokens": arm.tokens,

@@ -47,7 +47,7 @@ def test_step_json_on_tiny_llama(tmp_path):
         assert key in result
     assert result["model"] == "tiny-llama" and result["batch"] == 2 and result["seq"] == 16
     assert result["steps"] == 2 and result["mem_steps"] == 1
-    assert set(result["arms"]) == {"lora", "pissa", "balora", "reference"}
+    assert set(result["arms"]) == {"lora", "pissa", "balora", "teacher", "reference"}
     for arm in result["arms"].values():
         assert set(arm) >= {"median_step_s", "median_cpu_s", "peak_mem_mb", "tokens_per_s"}
         assert arm["median_step_s"] > 0 and arm["peak_mem_mb"] >= 0
@@ -67,8 +67,18 @@ def test_step_json_on_tiny_llama(tmp_path):
         "reference_vs_lora_mem",
         "pissa_vs_lora_time",
     }
-    assert result["targets"] == {"time": 1.4, "mem": 1.1}
-    expected = ratios["balora_vs_lora_time"] <= 1.4 and ratios["balora_vs_lora_mem"] <= 1.1
+    assert result["targets"] == {"time": 1.4, "mem": 1.1, "overhead": 0.1}
+    overhead = (
+        arms["balora"]["median_step_s"]
+        - arms["lora"]["median_step_s"]
+        - arms["teacher"]["median_step_s"]
+    ) / arms["lora"]["median_step_s"]
+    assert ratios["balora_overhead_vs_lora"] == pytest.approx(overhead)
+    expected = (
+        ratios["balora_vs_lora_time"] <= 1.4
+        and ratios["balora_vs_lora_mem"] <= 1.1
+        and overhead <= 0.1
+    )
     assert result["meets_targets"] is expected
     # the reference keeps a second full model as its teacher: more persistent tensors
     assert arms["reference"]["state_mb"] > 1.5 * arms["lora"]["state_mb"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
 import lab.trainer as trainer
@@ -138,10 +137,11 @@ def test_nan_fails_one_arm_and_the_others_go_on(tmp_path, monkeypatch):
     real = trainer.step_loss
 
     def poisoned(model, batch, cfg, lambdas, **kw):
-        result, total = real(model, batch, cfg, lambdas, **kw)
+        out = real(model, batch, cfg, lambdas, **kw)
         if lambdas[0] > 0:  # only the balora arm has a non-zero weight
-            total = total * float("nan")
-        return result, total
+            out.total = out.total * float("nan")
+            out.values["task_loss"] = out.values["task_loss"] * float("nan")
+        return out
 
     monkeypatch.setattr(trainer, "step_loss", poisoned)
     _, events, out = _run(tmp_path, FAST)
@@ -225,14 +225,3 @@ def test_failure_mid_run_is_marked_failed(tmp_path, monkeypatch):
         _run(tmp_path, FAST, name="f")
     summary = json.loads((tmp_path / "f" / "summary.json").read_text())
     assert summary["status"] == "failed" and "disk on fire" in summary["error"]
-
-
-def test_grad_accumulation_matches_a_full_batch(tmp_path):
-    _, full, _ = _run(tmp_path, [*FAST, "arms=lora", "train.steps=3"], name="full")
-    _, acc, _ = _run(
-        tmp_path, [*FAST, "arms=lora", "train.steps=3", "train.grad_accum=2"], name="acc"
-    )
-    # same data, same update direction: the losses agree closely (micro-batch means differ slightly)
-    for a, b in zip(_train(full, "lora"), _train(acc, "lora")):
-        assert a["task_loss"] == pytest.approx(b["task_loss"], rel=0.05)
-    assert torch.isfinite(torch.tensor([e["loss"] for e in _train(acc, "lora")])).all()

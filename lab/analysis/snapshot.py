@@ -228,6 +228,7 @@ def snapshot(
     batch_size: int = 64,
     max_len: int = 128,
     adapter_name: str = "default",
+    base_is_pretrained: bool = False,
     reference: BaseReference | None = None,
     keep_reference: bool = False,
     reference_bytes: int = 1 << 29,
@@ -248,7 +249,9 @@ def snapshot(
     :mod:`lab.analysis.drift`); an arm whose head differs then falls back to ``base_context``.
     Other models (or ``reference_moments=False``) keep their log-probabilities when they fit in
     ``reference_bytes``, else their last hidden states (the head is re-applied).
-    ``initial``: {module: (A0, B0)} of a PiSSA-initialized arm. ``intruders``: count intruder
+    ``initial``: {module: (A0, B0)} of a PiSSA-initialized arm (``base_is_pretrained``: the
+    stored base weight is W itself, with -s B0 A0 in a frozen adapter, not PEFT's residual;
+    see :func:`lab.analysis.spectra.model_intruders`). ``intruders``: count intruder
     dimensions (one SVD per module; ``svd_cache``, a dict kept across calls, holds the base
     weights' SVDs). ``spectrum_rows`` caps the logits rows (positions) behind the output
     spectrum; ``max_logit_elems`` caps B x T x V per forward pass (memory).
@@ -380,7 +383,13 @@ def snapshot(
     if not is_base:
         spectra = adapter_update_spectra(model, initial, adapter_name)
         if intruders:
-            intr = model_intruders(model, initial, adapter_name, cache=svd_cache)
+            intr = model_intruders(
+                model,
+                initial,
+                adapter_name,
+                cache=svd_cache,
+                base_is_pretrained=base_is_pretrained,
+            )
     ref = None
     if keep_reference and moments_head is not None:
         ref = BaseReference(

@@ -267,11 +267,13 @@ def model_intruders(
     max_dim: int = 4096,
     cache: dict | None = None,
     exact: bool = False,
+    base_is_pretrained: bool = False,
 ) -> dict[str, int]:
     """{LoRA module name: intruder dimensions of base + update against the pre-trained weight}.
 
     The pre-trained weight is the stored base weight, plus s B0 A0 for PiSSA-initialized arms
-    (PEFT stores the residual W - s B0 A0). The base weight needs one full SVD (all its left
+    (PEFT stores the residual W - s B0 A0); with ``base_is_pretrained`` the stored weight is W
+    and the tuned weight is W - s B0 A0 + s B A (the frozen initial adapter). The base weight needs one full SVD (all its left
     singular vectors); ``cache`` (a dict the caller keeps for the run) holds it between calls,
     keyed by module name and a fingerprint of the weight. The tuned weight's top vectors come
     from :func:`top_left_vectors` started from the base's leading right vectors and the
@@ -293,12 +295,16 @@ def model_intruders(
             if stored is None:
                 continue
             base = stored
+            tuned = stored + left @ right.T  # (out, in)
             if init is not None:
                 a0, b0 = (
                     t.detach().float().to(stored.device).reshape(t.shape[0], -1) for t in init
                 )
-                base = stored + float(module.scaling[adapter_name]) * (b0 @ a0)  # (out, in): W
-            tuned = stored + left @ right.T  # (out, in)
+                init_delta = float(module.scaling[adapter_name]) * (b0 @ a0)  # (out, in)
+                if base_is_pretrained:
+                    tuned = tuned - init_delta
+                else:
+                    base = stored + init_delta  # W
             key = (name, *_fingerprint(base))
             entry = None if cache is None else cache.get(key)
             if entry is None:

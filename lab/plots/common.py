@@ -9,9 +9,12 @@ import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 
+from lab.arms import kind_of
 from lab.config import ARM_ORDER, arm_key  # noqa: F401  (re-exported for the figure modules)
 
 ARM_COLORS = {"base": "#7f7f7f", "lora": "#1f77b4", "pissa": "#ff7f0e", "balora": "#2ca02c"}
+# Regularized grid arms (balora@L1,L2,L3): distinct colours of the balora family.
+_GRID = ["#98df8a", "#17becf", "#bcbd22", "#9467bd", "#8c564b", "#e377c2", "#d62728", "#0b5d1e"]
 _EXTRA = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728"]
 # Classes (t-SNE) take a palette disjoint from the arm colours above, plus a symbol each, so a
 # class is never read as an arm: plotly's Dark2 without its orange, green and grey.
@@ -42,8 +45,12 @@ SUBPLOT_TITLE_SIZE = 12  # panel titles of multi-panel figures
 
 
 def arm_color(arm: str) -> str:
+    """A fixed colour per arm: the plain arms by name, ``balora@...`` grid arms from the
+    balora family (the same arm name always gets the same colour), anything else by hash."""
     if arm in ARM_COLORS:
         return ARM_COLORS[arm]
+    if kind_of(arm) == "balora":  # a balora@L1,L2,L3 grid arm
+        return _GRID[sum(map(ord, arm)) % len(_GRID)]
     return _EXTRA[sum(map(ord, arm)) % len(_EXTRA)]
 
 

@@ -1,0 +1,63 @@
+"""Where a run came from: code version, library versions and the hardware it ran on."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes")
+
+
+def git_state(root: Path = ROOT) -> dict:
+    """{"commit": sha or None, "dirty": bool or None}; None where this is not a git checkout."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def library_versions() -> dict[str, str | None]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def provenance(bundle, processes: int = 1) -> dict:
+    """The provenance block of ``summary.json`` for a run on ``bundle``'s model."""
+    device = bundle.device
+    name = str(device)
+    if device.type == "cuda":
+        name = f"{device} ({torch.cuda.get_device_name(device)})"
+    quant = getattr(getattr(bundle.model, "config", None), "quantization_config", None)
+    return {
+        "git": git_state(),
+        "versions": library_versions(),
+        "device": name,
+        "dtype": str(bundle.dtype).replace("torch.", ""),
+        "load_in_4bit": bool(quant)
+        and bool(
+            getattr(quant, "load_in_4bit", False)
+            or (isinstance(quant, dict) and quant.get("load_in_4bit"))
+        ),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processes": processes,
+    }

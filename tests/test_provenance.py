@@ -1,0 +1,64 @@
+"""The run summary records where a run came from; optional gradient clipping is logged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import lab.trainer as trainer
+from lab.config import ConfigError, load_preset
+
+FAST = ["train.bias_eval=false", "train.analysis=false", "data.max_eval=4", "train.steps=2"]
+
+
+def test_summary_records_provenance_and_the_teacher(tmp_path):
+    list(trainer.run(load_preset("tiny-test", FAST), tmp_path / "r"))
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    prov = summary["provenance"]
+    assert set(prov["versions"]) >= {"torch", "transformers", "peft", "bitsandbytes"}
+    assert prov["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert prov["device"] == "cpu" and prov["dtype"] == "float32" and prov["cores"] >= 1
+    assert prov["load_in_4bit"] is False
+    git = prov["git"]
+    assert set(git) == {"commit", "dirty"}
+    if git["commit"] is not None:  # a git checkout
+        assert len(git["commit"]) == 40 and isinstance(git["dirty"], bool)
+    # the default teacher is the exact loaded model; the summary says so
+    assert summary["teacher_dtype"] == "float32" and summary["teacher"].startswith("exact")
+    assert summary["arm_specs"]["balora"] == {
+        "folder": "balora",
+        "init": "pissa",
+        "regularized": True,
+        "lambdas": [0.025, 0.005, 0.005],
+        "lr": 0.002,
+    }
+
+
+def test_bf16_teacher_is_opt_in_and_labelled(tmp_path):
+    cfg = load_preset("tiny-test", [*FAST, "reg.teacher_dtype=bfloat16"])
+    events = list(trainer.run(cfg, tmp_path / "b"))
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["teacher_dtype"] == "bfloat16" and "opt-in" in summary["teacher"]
+    first = [e for e in events if e["kind"] == "train" and e["step"] == 1]
+    assert max(e["consistency"] for e in first) > 0  # not the exact model any more
+    assert load_preset("tiny-test").reg.teacher_dtype == "model"
+
+
+def test_gradient_clipping_is_applied_and_logged(tmp_path):
+    clip = 1e-3
+    free = list(trainer.run(load_preset("tiny-test", FAST), tmp_path / "free"))
+    clipped = list(
+        trainer.run(
+            load_preset("tiny-test", [*FAST, f"train.max_grad_norm={clip}"]), tmp_path / "c"
+        )
+    )
+    train = [e for e in clipped if e["kind"] == "train"]
+    assert all(e["grad_norm"] > clip for e in train)  # the norm before clipping is logged
+    assert all("grad_norm" not in e for e in free if e["kind"] == "train")
+    # clipping changes the step-2 losses (the first update was smaller)
+    loss = lambda evs: [e["task_loss"] for e in evs if e["kind"] == "train" and e["step"] == 2]  # noqa: E731
+    assert loss(free) != loss(clipped)
+    with pytest.raises(ConfigError, match="train.max_grad_norm"):
+        load_preset("tiny-test", ["train.max_grad_norm=-1"])
