@@ -26,6 +26,12 @@ CHOICES = KINDS  # what the UI offers as arm check boxes
 _KIND = {"lora": ("lora", False), "pissa": ("pissa", False), "balora": ("pissa", True)}
 
 
+def _snippet(value: object, n: int = 60) -> str:
+    """``repr`` cut to ``n`` characters: an error never echoes a long input."""
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + f"… ({len(text)} characters)"
+
+
 class ArmError(ValueError):
     """A malformed or unknown arm name; :class:`lab.config.ConfigError` re-raises it naming it."""
 
@@ -55,27 +61,31 @@ def folder_name(name: str) -> str:
 def split(name: str) -> tuple[str, tuple[float, float, float] | None]:
     """``"balora@0.05,0.005,0.005"`` -> ("balora", (0.05, 0.005, 0.005)); raises ArmError."""
     if not isinstance(name, str) or not name.strip():
-        raise ArmError(f"arm {name!r}: empty name")
+        raise ArmError(f"arm {_snippet(name)}: empty name")
     kind, at, rest = name.strip().partition("@")
     if kind not in _KIND:
-        raise ArmError(f"unknown arm {name!r} (known: {', '.join(KINDS)}, or balora@L1,L2,L3)")
+        raise ArmError(
+            f"unknown arm {_snippet(name)} (known: {', '.join(KINDS)}, or balora@L1,L2,L3)"
+        )
     if not at:
         return kind, None
     if not _KIND[kind][1]:
-        raise ArmError(f"arm {name!r}: only regularized arms (balora) take @L1,L2,L3 weights")
+        raise ArmError(
+            f"arm {_snippet(name)}: only regularized arms (balora) take @L1,L2,L3 weights"
+        )
     parts = rest.split(",")
     if len(parts) != 3:
         raise ArmError(
-            f"arm {name!r}: expected three weights after @, e.g. balora@0.05,0.005,0.005"
+            f"arm {_snippet(name)}: expected three weights after @, e.g. balora@0.05,0.005,0.005"
         )
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
-        raise ArmError(f"arm {name!r}: the weights after @ must be numbers") from None
+        raise ArmError(f"arm {_snippet(name)}: the weights after @ must be numbers") from None
     if not all(math.isfinite(v) and v >= 0 for v in values):
-        raise ArmError(f"arm {name!r}: the weights must be finite and 0 or more")
+        raise ArmError(f"arm {_snippet(name)}: the weights must be finite and 0 or more")
     if not re.fullmatch(r"[A-Za-z0-9_.,+\-@]+", name):
-        raise ArmError(f"arm {name!r}: unexpected characters")
+        raise ArmError(f"arm {_snippet(name)}: unexpected characters")
     return kind, values  # type: ignore[return-value]
 
 

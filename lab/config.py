@@ -30,6 +30,13 @@ def arm_key(arm: str) -> tuple[int, str]:
 
 
 TASKS = ("nlg", "nlu")
+# reg.teacher_dtype: each choice with the label the Setup tab shows
+TEACHER_CHOICES = {
+    "model": "exact: the loaded model itself (default)",
+    "bfloat16": "bf16 autocast: faster where bf16 is native; not exact (opt-in speed setting)",
+    "auto": "bf16 for an fp32 model on native-bf16 hardware, else exact (opt-in speed setting)",
+}
+
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from lab.config import TEACHER_CHOICES  # noqa: F401  (re-exported: the teacher precisions)
+
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -158,11 +160,6 @@ def fast_bf16(device: torch.device) -> bool:
 
 
 # reg.teacher_dtype choices with the words the UI shows for them; "model" is the default.
-TEACHER_CHOICES = {
-    "model": "exact: the loaded model itself (default)",
-    "bfloat16": "bf16 autocast: faster where bf16 is native; not exact (opt-in speed setting)",
-    "auto": "bf16 for an fp32 model on native-bf16 hardware, else exact (opt-in speed setting)",
-}
 
 
 def teacher_dtype(choice: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:

@@ -148,11 +148,12 @@ def test_start_queues_a_job_and_train_tab_follows_it(runs_dir, monkeypatch):
     assert followed == "r1" and "waiting in the queue at position 2" in msg
 
 
-def test_tune_plan_validates_every_point_before_queueing():
+def test_tune_plans_the_grid_as_the_arms_of_one_job():
     plans = tune.plan_sweep("tiny-test", [], "0, 0.1", "0.005", "0", 4, True, "tune-ab12")
-    assert len(plans) == 3 and plans[0][-1] == 'arms=["lora"]'
-    assert "reg.lambda1=0.1" in plans[2] and "train.steps=4" in plans[2]
-    with pytest.raises(ConfigError, match="reg.lambda1: must be 0 or more"):
+    assert len(plans) == 1 and "train.steps=4" in plans[0]
+    arms = json.loads(plans[0][-1].removeprefix("arms="))
+    assert arms == ["lora", "pissa", "balora@0,0.005,0", "balora@0.1,0.005,0"]
+    with pytest.raises(ConfigError, match="the weights must be finite and 0 or more"):
         tune.plan_sweep("tiny-test", [], "-0.1, 0.1", "0", "0", 4, False, "tune-x")
     with pytest.raises(ConfigError, match="λ2 values: .abc. is not a number"):
         tune.plan_sweep("tiny-test", [], "0", "abc", "0", 4, False, "tune-x")
@@ -325,8 +326,13 @@ def test_tune_collects_a_sweep_and_draws_both_pareto_plots(runs_dir):
     ids = tune.sweep_run_ids("tune-ab12")
     assert ids == ["20260101-000001-tune-ab12-0001", "20260101-000002-tune-ab12-0002"]
     table, by_bias, by_drift, pick, seen = tune.on_tick("tune-ab12", None)
-    assert [r[1] for r in table] == ["done", "done"]
-    assert {r[2] for r in table} == {"λ=(0.0, 0.005, 0.005)", "λ=(0.1, 0.005, 0.005)"}
+    assert [r[1] for r in table] == ["done"] * 6  # one row per arm of each run
+    assert {r[2] for r in table} == {
+        "LoRA",
+        "PiSSA",
+        "λ=(0.0, 0.005, 0.005)",
+        "λ=(0.1, 0.005, 0.005)",
+    }
     labels = " ".join(" ".join(t.text) for t in by_bias.data if t.name != "Pareto front")
     assert "λ=(0.0, 0.005, 0.005)" in labels and "λ=(0.1, 0.005, 0.005)" in labels
     assert "drift" in by_drift.layout.xaxis.title.text

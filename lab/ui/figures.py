@@ -221,6 +221,37 @@ def headline_bias(ev: dict, config: dict) -> float | None:
     return None if s is None else abs(float(s["value"]) - neutral)
 
 
+def pareto_points(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every trained arm of a run as a point: its task metric, bias and drift, labelled with
+    its lambdas (``balora@L1,L2,L3``) or its name."""
+    from lab import arms as arm_specs
+
+    run = runs.load_run(run_dir)
+    reg = (run.config or {}).get("reg") or {}
+    out = []
+    for arm, ev in sorted(last_evals(run).items(), key=lambda kv: arm_specs.order_key(kv[0])):
+        if arm == "base":
+            continue
+        _, lambdas = arm_specs.split(arm)
+        if lambdas is None and arm == "balora":
+            lambdas = (reg.get("lambda1"), reg.get("lambda2"), reg.get("lambda3"))
+        label = f"λ=({', '.join(str(x) for x in lambdas)})" if lambdas else ARM_LABELS.get(arm, arm)
+        out.append(
+            {
+                "run_id": run.path.name,
+                "arm": arm_specs.kind_of(arm) or arm,
+                "label": label,
+                "task_metric": ev.get("task_metric"),
+                "bias": headline_bias(ev, run.config or {}),
+                "drift": ev.get("kl_to_base"),
+            }
+        )
+    return out
+
+
+ARM_LABELS = {"lora": "LoRA", "pissa": "PiSSA", "balora": "BA-LoRA"}
+
+
 def pareto_point(run_dir: str | Path) -> dict[str, Any]:
     """One run of a sweep as a point: its regularized arm's metric, bias and drift."""
     run = runs.load_run(run_dir)

@@ -12,11 +12,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lab import arms as arm_specs
 from lab import hosting, jobs
 from lab.config import ConfigError, RunConfig, list_presets, load_preset
 
 EMBEDDED_MODELS = ["smollm2-135m", "gemma3-270m", "minilm-l6", "tiny-llama", "tiny-bert"]
-ARM_CHOICES = [("LoRA", "lora"), ("PiSSA", "pissa"), ("BA-LoRA", "balora")]
+ARM_NAMES = {"lora": "LoRA", "pissa": "PiSSA", "balora": "BA-LoRA"}
+ARM_CHOICES = [(ARM_NAMES.get(a, a), a) for a in arm_specs.CHOICES]  # from the one arm spec
 # Form fields in widget order, keyed by config path.
 FIELDS = [
     "model.name",

@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from lab import hosting, jobs
-from lab.config import ConfigError, list_presets, load_preset
+from lab.config import TEACHER_CHOICES, ConfigError, list_presets, load_preset
 from lab.ui import common
 from lab.ui.form import (
     ARM_CHOICES,
@@ -332,11 +332,11 @@ def build(ui) -> None:
                 info="How many top singular values the SVD term rewards.",
             )
             ui.teacher_dtype = gr.Dropdown(
-                ["auto", "model", "bfloat16"],
+                [(f"{key}: {label}", key) for key, label in TEACHER_CHOICES.items()],
                 value=v["reg.teacher_dtype"],
                 label="Teacher precision",
-                info="auto: bf16 for an fp32 model where bf16 matmuls are native (faster); "
-                "model: the exact pre-trained outputs.",
+                info="model (default): the exact pre-trained outputs. The bf16 choices are "
+                "opt-in speed settings; the run summary records which one was used.",
             )
     with gr.Row():
         ui.steps = gr.Number(

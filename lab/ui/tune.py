@@ -1,9 +1,9 @@
-"""Tune tab: a small grid of lambda values as short BA-LoRA runs, ending in a Pareto plot.
+"""Tune tab: a small grid of lambda values trained as the arms of one job, ending in Pareto plots.
 
-A sweep is a name (``tune-XXXX``) shared by its runs: each grid point is one job queued in the
-app's job manager (they run one after the other), with the Setup tab's settings plus its
-lambdas. Two Pareto plots put every finished point at (bias score, task metric) and (drift,
-task metric); any point opens in the Runs tab.
+A sweep (``tune-XXXX``) is one run whose arms are ``balora@L1,L2,L3`` for every grid point (and
+LoRA and PiSSA when asked), with the Setup tab's other settings: one model load and one teacher
+pass per step serve every point. Two Pareto plots put every finished arm at (bias score, task
+metric) and (drift, task metric); the run opens in the Runs tab.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import gradio as gr
 
+from lab import arms as arm_specs
 from lab import hosting, jobs, plots
 from lab.config import ConfigError, load_preset
 from lab.ui import common, figures, form
@@ -49,7 +50,7 @@ def plan_sweep(
     baseline: bool,
     sweep: str,
 ) -> list[list[str]]:
-    """The overrides of every run of the sweep, each validated (nothing is queued on error)."""
+    """The overrides of the sweep's one job, validated (nothing is queued on error)."""
     grid = list(
         itertools.product(
             parse_grid(l1, "λ1 values"), parse_grid(l2, "λ2 values"), parse_grid(l3, "λ3 values")
@@ -57,25 +58,17 @@ def plan_sweep(
     )
     if len(grid) + int(baseline) > MAX_POINTS:
         raise ConfigError(
-            f"the grid has {len(grid)} points; keep it to {MAX_POINTS} or fewer short runs"
+            f"the grid has {len(grid)} points; keep it to {MAX_POINTS} or fewer points"
         )
-    common_items = [*base_overrides, f"train.steps={int(steps)}", f"name={json.dumps(sweep)}"]
-    plans = []
-    if baseline:
-        plans.append([*common_items, 'arms=["lora"]'])
-    for a, b, c in grid:
-        plans.append(
-            [
-                *common_items,
-                'arms=["balora"]',
-                f"reg.lambda1={a}",
-                f"reg.lambda2={b}",
-                f"reg.lambda3={c}",
-            ]
-        )
-    for items in plans:
-        load_preset(preset, items)  # raises ConfigError naming the field
-    return plans
+    arms = arm_specs.grid_arms(grid, with_baselines=bool(baseline))
+    items = [
+        *base_overrides,
+        f"train.steps={int(steps)}",
+        f"name={json.dumps(sweep)}",
+        f"arms={json.dumps(arms)}",
+    ]
+    load_preset(preset, items)  # raises ConfigError naming the field
+    return [items]  # one job: every grid point is an arm on one shared base model
 
 
 def sweep_run_ids(sweep: str, owner: str | None = None) -> list[str]:
@@ -104,19 +97,18 @@ def list_sweeps(owner: str | None = None) -> list[str]:
 
 
 def sweep_table(run_ids: list[str]) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    """(table rows, the Pareto points of the finished runs), each run read once."""
+    """(table rows, the Pareto points of the finished runs): one row and one point per arm,
+    each run read once."""
     mgr = common.manager()
     rows, points = [], []
     for rid in run_ids:
         st = mgr.status(rid)
-        p = (
-            figures.pareto_point(common.runs_root() / rid)
-            if st["state"] in ("done", "stopped")
-            else {}
-        )
-        points.append(p)
-        row = [rid, st["state"], p.get("label", "")]
-        rows.append(common.rounded(row + [p.get(k) for k in ("task_metric", "bias", "drift")]))
+        done = st["state"] in ("done", "stopped")
+        arm_points = figures.pareto_points(common.runs_root() / rid) if done else []
+        points += arm_points
+        for p in arm_points or [{}]:
+            row = [rid, st["state"], p.get("label", "")]
+            rows.append(common.rounded(row + [p.get(k) for k in ("task_metric", "bias", "drift")]))
     return rows, points
 
 
@@ -136,8 +128,10 @@ def on_sweep(owner, preset, l1, l2, l3, steps, baseline, *values):
             common.manager().submit(preset, items, owner=owner)
     except form.USER_ERRORS as e:
         return common.err(e), gr.skip()
+    n_arms = len(json.loads(plans[0][-1].split("=", 1)[1]))
     msg = common.ok(
-        f"sweep **{sweep}**: {len(plans)} short runs queued; they run one after another"
+        f"sweep **{sweep}**: one job with {n_arms} arms queued (one model load and one teacher "
+        "pass per step serve every grid point)"
     )
     return msg, gr.Dropdown(choices=list_sweeps(owner) + [sweep], value=sweep)
 
@@ -199,10 +193,12 @@ def build(ui) -> None:
         ui.tune_l3 = gr.Textbox("0.005", label="λ3 values", info="SVD weights to try.")
     with gr.Row():
         ui.tune_steps = gr.Number(
-            10, precision=0, label="Steps per run", info="Keep it short: every point is one run."
+            10, precision=0, label="Steps", info="Keep it short: every point is one more arm."
         )
         ui.tune_baseline = gr.Checkbox(
-            True, label="Add a plain LoRA run", info="A reference point without the regularizers."
+            True,
+            label="Add LoRA and PiSSA arms",
+            info="Reference points without the regularizers, trained on the same batches.",
         )
         ui.tune_btn = gr.Button("Run sweep", variant="primary", elem_id="tune-btn")
     ui.tune_msg = gr.Markdown(elem_id="tune-msg")
