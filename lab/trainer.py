@@ -188,7 +188,8 @@ def train_arm_step(
                 raw, inactive, g = _global_terms(
                     model, [out.rows.detach()], cfg, lambdas, dist, step
                 )
-                total = total + (out.rows * g[0]).sum()
+                if g is not None:  # None: every batch term is inactive (e.g. too few rows)
+                    total = total + (out.rows * g[0]).sum()
             else:
                 kept.append(out.rows.detach())
         total.backward()  # queued before the one host sync of the step
