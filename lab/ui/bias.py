@@ -114,24 +114,20 @@ def _store(kind: str, path: str | None, sets: dict | None):
     return msg, sets
 
 
-@common.guarded
-def on_upload_crows_pairs(path, sets):
-    return _store("crows_pairs", path, sets)
+def _uploader(kind: str):
+    """The upload handler of one benchmark kind: (path, sets) -> (message, sets)."""
+
+    def on_upload(path, sets):
+        return _store(kind, path, sets)
+
+    on_upload.__name__ = f"on_upload_{kind}"
+    return common.guarded(on_upload)
 
 
-@common.guarded
-def on_upload_bbq(path, sets):
-    return _store("bbq", path, sets)
-
-
-@common.guarded
-def on_upload_winogender(path, sets):
-    return _store("winogender", path, sets)
-
-
-@common.guarded
-def on_upload_winogender_stats(path, sets):
-    return _store("winogender_stats", path, sets)
+on_upload_crows_pairs = _uploader("crows_pairs")
+on_upload_bbq = _uploader("bbq")
+on_upload_winogender = _uploader("winogender")
+on_upload_winogender_stats = _uploader("winogender_stats")
 
 
 ON_UPLOAD = {

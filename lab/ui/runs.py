@@ -139,24 +139,23 @@ def on_diff(run_a: str, run_b: str, owner: str | None = None):
     return table, f"```diff\n{diff or '(identical configs)'}\n```"
 
 
-@common.guarded
-def on_zip(run_id: str, owner: str | None = None):
+def _download(build, run_id: str, owner: str | None, done: str):
+    """-> (file update made visible, message) for a file built outside the run."""
     try:
-        path = adapters_zip(run_id, owner)
-        done = common.ok("adapters zipped: click the file to download")
-        return gr.update(value=str(path), visible=True), done
+        path = build(run_id, owner)
     except common.USER_ERRORS as e:
         return None, common.err(e)
+    return gr.update(value=str(path), visible=True), common.ok(done)
+
+
+@common.guarded
+def on_zip(run_id: str, owner: str | None = None):
+    return _download(adapters_zip, run_id, owner, "adapters zipped: click the file to download")
 
 
 @common.guarded
 def on_report(run_id: str, owner: str | None = None):
-    try:
-        path = html_report_file(run_id, owner)
-        done = common.ok("report ready: click the file to download")
-        return gr.update(value=str(path), visible=True), done
-    except common.USER_ERRORS as e:
-        return None, common.err(e)
+    return _download(html_report_file, run_id, owner, "report ready: click the file to download")
 
 
 def build(ui) -> None:
