@@ -211,6 +211,28 @@ def html_report(run_dir: str | Path, figures: dict[str, go.Figure] | None = None
     return _page(data, figures if figures is not None else _figures(data))
 
 
+def _benchmarks_html(events: list[dict]) -> list[str]:
+    """For each published benchmark scored in the run: its name, its known limitation and the
+    exact scoring convention used (so a number is never read without them)."""
+    from lab.bias.benchmarks import BENCHMARKS
+
+    scored = {
+        str(score).split("/", 1)[0]
+        for e in events
+        if e.get("kind") == "eval" and isinstance(e.get("bias"), dict)
+        for score in e["bias"]
+    }
+    parts = []
+    for kind, b in BENCHMARKS.items():
+        if kind in scored:
+            parts.append(
+                f"<h3>{html.escape(b['title'])}</h3><p><b>Known limitation:</b> "
+                f"{html.escape(b['limitation'])}</p><p><b>Scoring convention:</b> "
+                f"{html.escape(b['convention'])}</p>"
+            )
+    return ["<h2>Published benchmarks in this run</h2>", *parts] if parts else []
+
+
 def _verdicts_html(run_dir: Path) -> str:
     """One sentence per metric and comparison (difference, CI, p, n), from the item records."""
     ev = verdicts.run_evidence(run_dir)
@@ -240,6 +262,7 @@ def _page(data: _RunData, figs: dict[str, go.Figure]) -> str:
         _table(*_summary_rows(summary)),
         "<h2>Bias scores (95% confidence intervals)</h2>",
         _table(plots.bias_rows(run.events), ["arm", "score", "value", "ci_low", "ci_high", "n"]),
+        *_benchmarks_html(run.events),
         "<h2>Figures</h2>",
     ]
     for name, fig in figs.items():

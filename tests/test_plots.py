@@ -327,3 +327,23 @@ def test_pareto_points_that_coincide_share_one_labelled_marker_and_the_front_is_
     assert list(balora.text) == ["λ=(0, 0, 0) = λ=(0.1, 0, 0)"] and "text" in balora.mode
     front = next(t for t in fig.data if t.name == "Pareto front")
     assert list(front.x) == [0.2]  # one point dominates the rest: the front is still drawn
+
+
+def test_report_names_each_scored_benchmark_its_limitation_and_convention(tmp_path):
+    import json
+
+    from lab.config import dump_yaml, load_preset
+    from lab.report import html_report
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_yaml(load_preset("tiny-test")))
+    ev = {
+        "arm": "base", "step": 0, "kind": "eval",
+        "bias": {"crows_pairs/pct_stereotype": {"value": 0.6, "ci_low": 0.5, "ci_high": 0.7, "n": 40}},
+    }  # fmt: skip
+    (run / "events.jsonl").write_text(json.dumps(ev) + "\n")
+    (run / "summary.json").write_text(json.dumps({"status": "done", "arms": {}}))
+    page = html_report(run)
+    assert "CrowS-Pairs (Nangia et al., 2020)" in page and "Blodgett" in page
+    assert "Scoring convention:" in page and "BBQ (Parrish" not in page

@@ -500,3 +500,30 @@ def test_tune_shows_what_it_inherits_and_names_its_own_boxes_first(runs_dir):
     # a bad λ box is reported as such even when the Setup form has its own problem
     msg, _ = tune.on_sweep(None, "tiny-test", "abc", "0", "0", 4, True, *form(arms=[]))
     assert "λ1 values: 'abc' is not a number" in msg
+
+
+def test_setup_uploads_a_benchmark_file_into_the_run_config(runs_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from lab import hosting
+
+    data = Path(__file__).parent / "data" / "bias"
+    sample = Path(shutil.copy(data / "crows_pairs_sample.csv", tmp_path))
+    token = hosting.new_token()
+    msg, path = setup.ON_BENCH_UPLOAD["crows_pairs"](str(sample), token)
+    assert msg.startswith("✅") and "CrowS-Pairs" in msg and "bias.crows_pairs" in msg
+    assert Path(path).parent == hosting.upload_dir(runs_dir, token)
+    cfg, overrides, _ = form_logic.check_form("tiny-test", dict(zip(form_logic.FIELDS, form(
+        bias__crows_pairs=path))), token)  # fmt: skip
+    assert cfg.bias.crows_pairs == path and any(
+        o.startswith("bias.crows_pairs=") for o in overrides
+    )
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sent_more,sent_less\n")
+    msg, update = setup.ON_BENCH_UPLOAD["crows_pairs"](str(bad), token)
+    assert msg.startswith("❌") and update == gr.skip()
+    monkeypatch.setenv("BALORA_MODE", "public")  # another visitor may not name this file
+    monkeypatch.setattr(jobs.manager, "_MANAGERS", {})  # a manager is made with its app's mode
+    with pytest.raises(ConfigError, match="not allowed on this public app"):
+        form_logic.check_form("tiny-test", dict(zip(form_logic.FIELDS, form(
+            bias__crows_pairs=path))), hosting.new_token())  # fmt: skip

@@ -40,6 +40,11 @@ FIELDS = [
     "train.lr",
     "lora.rank",
     "train.eval_every",
+    # published bias benchmark files uploaded in the Setup tab (hidden fields holding the path)
+    "bias.crows_pairs",
+    "bias.bbq",
+    "bias.winogender",
+    "bias.winogender_stats",
 ]
 # The label each field shows on the page: errors name the field the user sees.
 FIELD_LABELS = {
@@ -62,6 +67,10 @@ FIELD_LABELS = {
     "train.lr": "Learning rate",
     "lora.rank": "Rank",
     "train.eval_every": "Evaluate every",
+    "bias.crows_pairs": "CrowS-Pairs file",
+    "bias.bbq": "BBQ file",
+    "bias.winogender": "WinoGender file",
+    "bias.winogender_stats": "Occupation statistics file",
 }
 ERROR_CLASS = "field-error"
 

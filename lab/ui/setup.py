@@ -20,6 +20,7 @@ from lab.ui import common
 from lab.ui.form import (
     ARM_CHOICES,
     EMBEDDED_MODELS,
+    FIELD_LABELS,
     FIELDS,
     USER_ERRORS,
     check_form,
@@ -185,6 +186,33 @@ def on_upload(path: str | None, task: str, owner: str | None = None):
         common.ok(f"{Path(path).name}: {len(rows)} usable rows; selected as the dataset") + note,
         gr.Dropdown(choices=choices, value=str(dest)),
     )
+
+
+def _bench_uploader(kind: str):
+    """The Setup tab's upload of one benchmark file: checked like the Bias tab's, copied into
+    the visitor's own folder, and its path put in the hidden ``bias.<kind>`` field.
+    -> (message, the field's new value)."""
+
+    def on_upload(path, owner=None):
+        from lab.ui import bias as bias_tab
+
+        msg, items = bias_tab.check_benchmark(kind, path)
+        if items is None:
+            return msg, gr.skip()
+        try:
+            dest = store_upload(path, owner)
+        except USER_ERRORS as e:
+            return common.err(e), gr.skip()
+        return msg + f"\n\nIt will be scored at every eval point of the run (`bias.{kind}`).", str(
+            dest
+        )
+
+    on_upload.__name__ = f"on_bench_upload_{kind}"
+    return common.guarded(on_upload)
+
+
+BENCH_KINDS = ("crows_pairs", "bbq", "winogender", "winogender_stats")
+ON_BENCH_UPLOAD = {kind: _bench_uploader(kind) for kind in BENCH_KINDS}
 
 
 @common.guarded
@@ -372,10 +400,30 @@ def build(ui) -> None:
             label="Evaluate every",
             info="Steps between evaluations (metrics, drift, spectra, t-SNE); 0 = start and end only.",
         )
+    with gr.Accordion("Published bias benchmarks (optional): scored at every eval point",
+                      open=False):  # fmt: skip
+        gr.Markdown(
+            "Upload the files you have, in their published formats (CrowS-Pairs CSV, BBQ "
+            "JSONL, WinoGender templates and occupation statistics); each is checked here, and "
+            "the run scores it the way lm-evaluation-harness does. The **Bias** tab explains "
+            "each benchmark's limitation and scoring convention."
+        )
+        ui.bench_paths = {}
+        with gr.Row():
+            for kind in BENCH_KINDS:
+                label = FIELD_LABELS[f"bias.{kind}"]
+                ui.bench_paths[kind] = gr.Textbox(v[f"bias.{kind}"], visible=False)
+                btn = gr.UploadButton(
+                    f"Upload {label}", file_count="single", type="filepath",
+                    elem_id=f"setup-upload-{kind.replace('_', '-')}",
+                )  # fmt: skip
+                ui.bench_buttons = getattr(ui, "bench_buttons", {}) | {kind: btn}
+        ui.bench_msg = gr.Markdown(elem_id="setup-bench-msg")
     ui.form = [
         ui.model, ui.model_custom, ui.task, ui.dataset, ui.noise, ui.minority, ui.arms,
         ui.l1, ui.l2, ui.l3, ui.temperature, ui.top_k, ui.svd_k, ui.teacher_dtype,
         ui.steps, ui.batch, ui.lr, ui.rank, ui.eval_every,
+        *(ui.bench_paths[k] for k in BENCH_KINDS),
     ]  # fmt: skip
 
     private = {"api_visibility": "private"}
@@ -389,6 +437,10 @@ def build(ui) -> None:
     ui.upload.upload(
         on_upload, [ui.upload, ui.task, ui.owner], [ui.upload_msg, ui.dataset], **private
     )
+    for kind, btn in ui.bench_buttons.items():
+        btn.upload(
+            ON_BENCH_UPLOAD[kind], [btn, ui.owner], [ui.bench_msg, ui.bench_paths[kind]], **private
+        )
     ui.check_btn.click(
         on_check, [ui.owner, ui.preset] + ui.form, [ui.setup_msg] + ui.form, **private
     )
