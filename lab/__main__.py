@@ -14,25 +14,67 @@ from pathlib import Path
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    from lab.checkpoint import ResumeError
     from lab.config import ConfigError
     from lab.data import DataError
     from lab.jobs.worker import WorkerLockHeld
     from lab.models import ModelError
     from lab.runs import RunReadError
 
-    return (ConfigError, DataError, ModelError, FileExistsError, RunReadError, WorkerLockHeld)
+    return (
+        ConfigError,
+        DataError,
+        ModelError,
+        FileExistsError,
+        RunReadError,
+        ResumeError,
+        WorkerLockHeld,
+    )
+
+
+RESUMABLE_KEYS = ("train.steps",)  # the only settings ``--resume`` may change
+
+
+def resume_config(run_dir: str | Path, overrides: list[str]):
+    """The config of the run in ``run_dir`` with the overrides ``--resume`` allows."""
+    from lab.checkpoint import ResumeError
+    from lab.config import ConfigError, from_dict, load_config_file, parse_overrides
+
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file():
+        raise ResumeError(f"{path} is not a run directory (no config.yaml)")
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(
+                f"--set {key}: not allowed with --resume (only {', '.join(RESUMABLE_KEYS)})"
+            )
+    cfg = load_config_file(path / "config.yaml")
+    if overrides:
+        extra = parse_overrides(overrides)
+        data = cfg.to_dict()
+        data["train"] = {**data["train"], **extra["train"]}
+        cfg = from_dict(data)
+    return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from lab.config import load_preset
+    from lab.config import ConfigError, load_preset
     from lab.hosting import LOCAL_LIMITS, check_limits
     from lab.jobs import worker
     from lab.runs import new_run_path, read_summary
     from lab.trainer import run
 
-    cfg = load_preset(args.preset, args.set or [])
+    if bool(args.preset) == bool(args.resume):
+        raise ConfigError("train needs exactly one of --preset and --resume")
+    if args.resume:
+        if args.out:
+            raise ConfigError("--out: not allowed with --resume (the run directory is reused)")
+        cfg = resume_config(args.resume, args.set or [])
+    else:
+        cfg = load_preset(args.preset, args.set or [])
     check_limits(cfg, LOCAL_LIMITS)
     # started by the app: die with it, and be the only worker on its runs folder
     worker.watch_parent_from_env()
@@ -54,8 +96,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     # The path is chosen here (the run creates it once the data and model load), so the
     # summary below is read from this run's directory.
-    out = Path(args.out) if args.out else new_run_path(name=cfg.name)
-    for ev in run(cfg, out):
+    if args.resume:
+        out = Path(args.resume)
+        from lab.checkpoint import read_state
+
+        done = int(read_state(out)["step"])  # fails before any work without a checkpoint
+        total = max(0, cfg.train.steps - done) * len(cfg.arms)
+        bar.reset(total=total)
+    else:
+        out = Path(args.out) if args.out else new_run_path(name=cfg.name)
+    for ev in run(cfg, out, resume=bool(args.resume)):
         if ev["kind"] == "train":
             bar.update(1)
             bar.set_postfix(arm=ev["arm"], loss=f"{ev['loss']:.3f}")
@@ -155,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the arms of a preset and write a run directory")
-    t.add_argument("--preset", required=True, help="a preset name (see `presets`) or a YAML path")
+    t.add_argument("--preset", help="a preset name (see `presets`) or a YAML path")
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its checkpoint (only --set train.steps=N may change)",
+    )
     t.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override, e.g. reg.lambda1=0"
     )

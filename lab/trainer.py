@@ -27,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from lab import adapters, data, evaluation, forward, runs
+from lab import adapters, checkpoint, data, evaluation, forward, runs
 from lab.arms import ArmSpec, spec_of, specs
 from lab.config import RunConfig, dump_yaml
 from lab.datasets import TaskData, load_task_data
@@ -346,8 +346,23 @@ def run(
     out_dir: str | Path | None = None,
     *,
     should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
 ) -> Iterator[dict]:
-    """Train every arm of ``cfg`` and yield events; writes the run directory as it goes."""
+    """Train every arm of ``cfg`` and yield events; writes the run directory as it goes.
+
+    With ``resume``, ``out_dir`` is an existing run: its checkpoint is restored (adapters,
+    optimizers, schedulers, RNG states, data cursor) and training continues to
+    ``cfg.train.steps``, appending to its ``events.jsonl``."""
+    start = 0
+    if resume:
+        if out_dir is None:
+            raise checkpoint.ResumeError("resume needs the run directory")
+        start = int(checkpoint.read_state(out_dir)["step"])
+        if start >= cfg.train.steps:
+            raise checkpoint.ResumeError(
+                f"run {Path(out_dir).name} already trained {start} of {cfg.train.steps} steps;"
+                " nothing to resume (raise train.steps with --set)"
+            )
     accelerator = Accelerator(cpu=cfg.model.device == "cpu")
     dist = Dist(accelerator)
     if cfg.model.device == "auto" and accelerator.device.type == "cuda":
@@ -357,7 +372,9 @@ def run(
     run_dir = None
     if dist.main:
         run_dir = Path(out_dir) if out_dir else runs.new_run_dir(name=cfg.name)
-        if (run_dir / "config.yaml").exists() or (run_dir / "events.jsonl").exists():
+        if resume:
+            (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+        elif (run_dir / "config.yaml").exists() or (run_dir / "events.jsonl").exists():
             raise FileExistsError(f"--out {run_dir} already holds a run; pick a new directory")
         run_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(dist.broadcast(str(run_dir)))
@@ -386,12 +403,21 @@ def run(
             for a in specs(cfg)
         },
         "run_dir": str(run_dir),
+        "resumed_from": start if resume else None,
         "warnings": list(task_data.warnings),
         "data_info": task_data.info,
         "arms": {},
     }
+    if resume:
+        old = runs.read_summary(run_dir) or {}
+        summary["started"] = old.get("started", summary["started"])
+        summary["steps_done"] = start
+        if "base" in old:
+            summary["base"] = old["base"]
     log = None
     if dist.main:
+        if resume:
+            checkpoint.truncate_events(run_dir / "events.jsonl", start)
         runs.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
         runs.write_json(run_dir / "summary.json", summary)
         log = runs.EventLog(run_dir / "events.jsonl")
@@ -409,20 +435,29 @@ def run(
         first = next(iter(arms.values()))
         if dist.main:
             first.activate()
-            for ev in evaluation.evaluate(
-                first, "base", 0, cfg, task_data, bundle, probes, run_dir
+            for ev in (
+                []
+                if resume
+                else evaluation.evaluate(first, "base", 0, cfg, task_data, bundle, probes, run_dir)
             ):
                 yield emit(ev)
                 summary["base"] = ev
             if cfg.train.analysis:
                 for arm in arms.values():
                     evaluation.warm_intruder_cache([arm.activate()], probes)
+        if resume:  # after the step-0 caches, which are taken on the arms' initial adapters
+            _, global_rng = checkpoint.load(run_dir, arms)
+            first.activate()
         dist.barrier()
         order = data.batch_order(
             len(task_data.train), cfg.train.batch_size * dist.n, cfg.train.steps, cfg.train.seed
         )
-        step = 0
+        step = start
+        if resume:
+            _set_rng(global_rng)
         for step, indices in enumerate(order, start=1):
+            if step <= start:
+                continue  # the data cursor: these batches were trained before the checkpoint
             if not dist.all_true(not stop()):
                 summary["status"] = "stopped"
                 step -= 1
@@ -455,14 +490,17 @@ def run(
                     emit(ev)
                     for ev in _eval_all(arms, step, cfg, task_data, bundle, probes, run_dir, dist)
                 )
+                _checkpoint(arms, step, cfg, run_dir, dist, _get_rng())
             if dist.main:
                 runs.write_json(run_dir / "summary.json", summary)
+        loop_rng = _get_rng()  # where the next step would start, before the final evaluation
         yield from (
             emit(ev)
             for ev in _eval_all(
                 arms, step, cfg, task_data, bundle, probes, run_dir, dist, final=True
             )
         )
+        _checkpoint(arms, step, cfg, run_dir, dist, loop_rng)
         if dist.main:
             for arm in arms.values():
                 adapters.save_adapter(arm.model, run_dir / "adapters" / arm.spec.folder, arm.name)
@@ -483,6 +521,15 @@ def run(
             runs.write_json(run_dir / "summary.json", summary)
             if log is not None:
                 log.close()
+
+
+def _checkpoint(arms, step, cfg, run_dir, dist, rng: tuple) -> None:
+    """Save what it takes to continue after ``step`` (the main process writes it)."""
+    if dist.main:
+        world = cfg.train.batch_size * dist.n
+        cursor = {"batch_order_seed": cfg.train.seed, "global_batch": world, "next_step": step + 1}
+        checkpoint.save(run_dir, arms, step, cursor, rng)
+    dist.barrier()
 
 
 def _eval_all(arms, step, cfg, task_data, bundle, probes, run_dir, dist, final=False):
