@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def _isolated_runs(tmp_path, monkeypatch):
     """Every test writes runs under its own temp folder, never into the repository."""
     monkeypatch.setenv("BALORA_RUNS_DIR", str(tmp_path / "runs"))
+    # files a test writes in its temp folder stand for uploads (Gradio's upload folder)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     yield
 
 

@@ -6,12 +6,11 @@ page's state); ``check_benchmark`` is a plain function of that path."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import gradio as gr
 
-from lab import hosting, plots, runs
+from lab import plots, runs
 from lab.bias.benchmarks import BENCHMARKS, score_target
 from lab.bias.formats import LOADERS
 from lab.data import DataError
@@ -94,7 +93,7 @@ def check_benchmark(kind: str, path: str | None) -> tuple[str, list[dict] | None
         return common.err(f"unknown benchmark kind {kind!r}"), None
     if not path:
         return "", None
-    if not isinstance(path, str) or not hosting.inside(Path(path), tempfile.gettempdir()):
+    if not common.is_upload(path):
         return common.err("the upload was not received as a file"), None
     size = Path(path).stat().st_size
     if size > common.hosting().limits.upload_bytes:

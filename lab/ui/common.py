@@ -74,6 +74,17 @@ def state_secret() -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
+def upload_root() -> Path:
+    """Where Gradio stores uploaded files (``GRADIO_TEMP_DIR``, else ``<tmp>/gradio``)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+
+
+def is_upload(path: object) -> bool:
+    """True for a file Gradio received as an upload (a path in its upload folder); a handler
+    called with any other path is refused, whatever the request says."""
+    return isinstance(path, str) and hosting_mod.inside(Path(path), upload_root())
+
+
 def ensure_owner(token: str | None) -> str:
     """The visitor's owner token (kept in the browser), created on the first visit."""
     return token if isinstance(token, str) and len(token) >= 16 else hosting_mod.new_token()

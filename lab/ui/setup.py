@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -167,7 +166,7 @@ def on_upload(path: str | None, task: str, owner: str | None = None):
     from lab.datasets import validate_upload
 
     lim = common.hosting().limits
-    if not isinstance(path, str) or not hosting.inside(Path(path), tempfile.gettempdir()):
+    if not common.is_upload(path):
         return common.err("the upload was not received as a file"), gr.skip()
     try:
         rows, warnings = validate_upload(
