@@ -105,3 +105,20 @@ def launched_app(runs_dir: Path, args=(), env=None):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (never a browser download)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Playwright, as the browser tests drive the app."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"],
+        )
+        yield b
+        b.close()

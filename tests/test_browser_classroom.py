@@ -36,19 +36,6 @@ def app(tmp_path_factory):
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"],
-        )
-        yield b
-        b.close()
-
-
 def open_page(browser, url: str, size: tuple[int, int]):
     """A fresh page at ``size``, once the Classroom example has drawn its loss curves."""
     page = browser.new_page(viewport={"width": size[0], "height": size[1]})
