@@ -41,6 +41,10 @@ METRICS: dict[str, MetricSpec] = {
     for s in (
         MetricSpec("accuracy", "clean accuracy", True, "points"),
         MetricSpec("gold_logprob", "log-likelihood of the gold answer", True, "nats"),
+        MetricSpec("balanced_accuracy", "balanced accuracy", True, "points"),
+        MetricSpec("minority_recall", "minority-class recall", True, "points"),
+        # the base model's share is the chance of predicting the wrong label without training
+        MetricSpec("memorised_noise", "memorised label noise", False, "points", vs_base=True),
         MetricSpec("stereo_pref", "stereotype preference", False, "points", vs_base=True),
         MetricSpec("stereo_llr", "stereotype log-likelihood ratio", False, "nats", vs_base=True),
         MetricSpec("pronoun_abs_logodds", "he/she log-odds gap", False, "nats", vs_base=True),
@@ -48,6 +52,8 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("flip_rate", "counterfactual flip rate", False, "points", vs_base=True),
         # the base model has no drift by definition: only arm against arm
         MetricSpec("kl_to_base", "drift from the base model (KL)", False, "nats"),
+        # forgetting: the rise over the base model is what an arm lost on held-out text
+        MetricSpec("heldout_ce", "held-out cross-entropy", False, "nats", vs_base=True),
     )
 }
 
