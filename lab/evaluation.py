@@ -17,7 +17,7 @@ import numpy as np
 
 from lab import adapters, analysis, items, runs
 from lab.bias import evaluate_bias
-from lab.bias.benchmarks import evaluate_benchmarks, load_benchmarks
+from lab.bias.benchmarks import benchmark_items, evaluate_benchmarks, load_benchmarks
 from lab.config import RunConfig
 from lab.datasets import TaskData, evaluate_task
 from lab.datasets.metrics import heldout_ce
@@ -84,6 +84,7 @@ def evaluate(
                     seed=cfg.train.seed,
                 )  # fmt: skip
                 ev["bias"].update(scores)
+                per_item.update(benchmark_items(probes.bias_sets, records))
                 runs.save_arrays(Path(run_dir) / "bias_items" / f"step_{step:06d}" / f"{label}.npz",
                                  records)  # fmt: skip
         if cfg.train.analysis:

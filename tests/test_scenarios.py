@@ -118,7 +118,7 @@ def test_scenario_knobs():
 
 
 @pytest.mark.slow
-def test_a_noisy_imbalanced_run_records_the_scenario_metrics(tmp_path):
+def test_a_noisy_imbalanced_run_records_the_scenario_metrics(tmp_path, capsys):
     import lab.trainer as trainer
     from lab.config import load_preset
     from lab.items import load_items
@@ -143,3 +143,15 @@ def test_a_noisy_imbalanced_run_records_the_scenario_metrics(tmp_path):
     base_rows = {r.metric for r in rows if r.arm_b == "base"}
     assert {"memorised_noise", "heldout_ce"} <= base_rows
     assert "balanced_accuracy" not in base_rows  # task metrics: arm against arm only
+
+    # the CLI prints the same rows: one sentence each, or a Markdown table
+    from lab.__main__ import main
+
+    assert main(["verdicts", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(rows) and all("n = " in line for line in lines)
+    assert main(["verdicts", str(tmp_path / "run"), "--markdown"]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert len(table) == len(rows) + 2 and table[0].startswith("| metric")
+    assert main(["verdicts", str(tmp_path / "nowhere")]) == 2
+    assert "no run directory" in capsys.readouterr().err
