@@ -201,6 +201,29 @@ def cmd_bias(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verdicts(args: argparse.Namespace) -> int:
+    from lab import verdicts
+    from lab.runs import RunReadError
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise RunReadError(f"no run directory {args.run_dir}")
+    try:
+        rows = verdicts.run_verdicts(run_dir, args.step)
+    except FileNotFoundError:
+        raise RunReadError(f"run {run_dir.name} has no per-item records (items/)") from None
+    if not rows:
+        raise RunReadError(f"run {run_dir.name} has no arms to compare in its items tables")
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    elif args.markdown:
+        print(verdicts.markdown_table(rows))
+    else:
+        for r in rows:
+            print(verdicts.verdict_text(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -247,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="also write the scores as JSON to this file")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(fn=cmd_bias)
+    v = sub.add_parser(
+        "verdicts", help="paired differences between a run's arms (and the base), in words"
+    )
+    v.add_argument("run_dir")
+    v.add_argument("--step", type=int, help="an eval step (default: the last)")
+    fmt = v.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="a Markdown table")
+    fmt.add_argument("--json", action="store_true", help="every row as JSON")
+    v.set_defaults(fn=cmd_verdicts)
     return p
 
 

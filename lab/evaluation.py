@@ -17,9 +17,10 @@ import numpy as np
 
 from lab import adapters, analysis, items, runs
 from lab.bias import evaluate_bias
-from lab.bias.benchmarks import evaluate_benchmarks, load_benchmarks
+from lab.bias.benchmarks import benchmark_items, evaluate_benchmarks, load_benchmarks
 from lab.config import RunConfig
 from lab.datasets import TaskData, evaluate_task
+from lab.datasets.metrics import heldout_ce
 
 
 @dataclass
@@ -83,6 +84,7 @@ def evaluate(
                     seed=cfg.train.seed,
                 )  # fmt: skip
                 ev["bias"].update(scores)
+                per_item.update(benchmark_items(probes.bias_sets, records))
                 runs.save_arrays(Path(run_dir) / "bias_items" / f"step_{step:06d}" / f"{label}.npz",
                                  records)  # fmt: skip
         if cfg.train.analysis:
@@ -109,6 +111,10 @@ def evaluate(
             ev.update(snap.summary())
             drift = np.zeros(len(probes.texts)) if is_base else snap.drift_per_text
             per_item["kl_to_base"] = ([str(i) for i in range(len(drift))], drift)
+            if cfg.task == "nlg":  # forgetting: held-out cross-entropy, compared with the base
+                ce = heldout_ce(model, tok, probes.texts, max_len=cfg.train.seq_len)
+                ev["heldout_ce"] = float(ce.mean())
+                per_item["heldout_ce"] = ([str(i) for i in range(len(ce))], ce)
     if is_base:
         ev["kl_to_base"] = 0.0
     seed = getattr(arm, "seed", cfg.train.seed)  # the arm's training seed

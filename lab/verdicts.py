@@ -41,13 +41,42 @@ METRICS: dict[str, MetricSpec] = {
     for s in (
         MetricSpec("accuracy", "clean accuracy", True, "points"),
         MetricSpec("gold_logprob", "log-likelihood of the gold answer", True, "nats"),
+        MetricSpec("balanced_accuracy", "balanced accuracy", True, "points"),
+        MetricSpec("minority_recall", "minority-class recall", True, "points"),
+        # the base model's share is the chance of predicting the wrong label without training
+        MetricSpec("memorised_noise", "memorised label noise", False, "points", vs_base=True),
         MetricSpec("stereo_pref", "stereotype preference", False, "points", vs_base=True),
         MetricSpec("stereo_llr", "stereotype log-likelihood ratio", False, "nats", vs_base=True),
         MetricSpec("pronoun_abs_logodds", "he/she log-odds gap", False, "nats", vs_base=True),
         MetricSpec("pronoun_logodds", "he-over-she log-odds", None, "nats", vs_base=True),
         MetricSpec("flip_rate", "counterfactual flip rate", False, "points", vs_base=True),
+        # the user's benchmark files (lab.bias.benchmarks), item by item
+        MetricSpec(
+            "crows_pairs/stereo_pref",
+            "CrowS-Pairs stereotype preference (lab)",
+            False,
+            "points",
+            vs_base=True,
+        ),
+        MetricSpec(
+            "crows_pairs/pct_stereotype",
+            "CrowS-Pairs pct_stereotype (harness)",
+            None,
+            "points",
+            vs_base=True,
+        ),
+        MetricSpec("bbq/acc", "BBQ accuracy", True, "points", vs_base=True),
+        MetricSpec(
+            "winogender/logodds_gap",
+            "WinoGender she-minus-he log-odds gap",
+            None,
+            "nats",
+            vs_base=True,
+        ),
         # the base model has no drift by definition: only arm against arm
         MetricSpec("kl_to_base", "drift from the base model (KL)", False, "nats"),
+        # forgetting: the rise over the base model is what an arm lost on held-out text
+        MetricSpec("heldout_ce", "held-out cross-entropy", False, "nats", vs_base=True),
     )
 }
 
@@ -215,6 +244,27 @@ def run_evidence(
         "versus_arm": [r for r in rows if r.arm_b != "base"],
         "versus_base": [r for r in rows if r.arm_b == "base"],
     }
+
+
+def markdown_table(rows: Sequence[VerdictRow]) -> str:
+    """The rows as a Markdown table: metric, comparison, difference [95% CI], Holm p, n."""
+    out = [
+        "| metric | comparison | difference [95% CI] | p (Holm) | n |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ci = (
+            f" [{_num(r.ci_low, r.unit)}, {_num(r.ci_high, r.unit)}]"
+            if math.isfinite(r.ci_low) and math.isfinite(r.ci_high)
+            else ""
+        )
+        sign = "+" if r.diff >= 0 else "−"
+        out.append(
+            f"| {r.label} ({r.unit}) | {arm_display(r.arm_a)} − {arm_display(r.arm_b)} "
+            f"| {sign}{_num(abs(r.diff), r.unit)}{ci} | {_p(r.p_holm).removeprefix('p = ')} "
+            f"| {sample_size(r)} |"
+        )
+    return "\n".join(out)
 
 
 def _num(x: float, unit: str) -> str:

@@ -202,3 +202,42 @@ def test_teacher_ignores_dropout_in_train_mode(tiny_llama, arm):
         teacher = model(x).logits
     assert model.training
     assert (teacher - ref).abs().max() < 1e-4
+
+
+def test_pissa_arms_of_one_build_share_the_factors_they_would_compute_alone(tiny_llama):
+    """The PiSSA SVDs are taken once per seed in a build; every arm still starts exactly where
+    it would start built alone (and SVDs really are skipped: a patched SVD counts calls)."""
+    from lab import adapters
+    from lab.arms import make_spec
+
+    names = ["balora@0.1,0.01,0.01", "balora@0.05,0.005,0.005", "pissa"]
+    specs = [make_spec(n, lambdas=(0.1, 0.01, 0.01), lr=1e-3) for n in names]
+    kw = dict(task="nlg", rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"],
+              pissa_niter=2, seed=3)  # fmt: skip
+    calls = []
+    real = torch.svd_lowrank
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    torch.svd_lowrank = counting
+    try:
+        together = adapters.build(copy.deepcopy(tiny_llama.model), specs, **kw)
+        n_layers = len(adapters._lora_layers(together))
+        shared_calls = len(calls)
+        calls.clear()
+        alone = {s.name: adapters.build(copy.deepcopy(tiny_llama.model), [s], **kw) for s in specs}
+    finally:
+        torch.svd_lowrank = real
+    assert shared_calls == len(calls) // len(specs) > 0  # one arm's SVDs for three arms
+    assert n_layers > 0
+    for spec in specs:
+        got = together.balora_arms[spec.name].trainable
+        want = alone[spec.name].balora_arms[spec.name].trainable
+        a = {n: p for n, p in together.named_parameters() if f".{got}." in n}
+        b = {n.replace(f".{want}.", f".{got}."): p for n, p in alone[spec.name].named_parameters()
+             if f".{want}." in n}  # fmt: skip
+        assert a.keys() == b.keys() and len(a) > 0
+        for n in a:
+            assert torch.equal(a[n], b[n]), n

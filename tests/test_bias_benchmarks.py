@@ -326,6 +326,14 @@ def test_evaluate_benchmarks_on_a_mock_model(monkeypatch):
         7,
     ]
     assert model.training  # the mode is restored
+    # per-item records for lab.items: each metric's mean is the score of the same name
+    per_item = bm.benchmark_items(sets, records)
+    assert set(per_item) == {"crows_pairs/pct_stereotype", "crows_pairs/stereo_pref",
+                             "bbq/acc", "winogender/logodds_gap"}  # fmt: skip
+    for key, (ids, values) in per_item.items():
+        assert len(ids) == len(values) == len(set(ids)), key
+        assert values.mean() == pytest.approx(scores[key]["value"]), key
+    assert per_item["bbq/acc"][0][0] == f"line:{sets['bbq'][0]['line']}"
 
 
 # --- the scoring primitive on a tiny model ----------------------------------------------------
@@ -387,6 +395,13 @@ def test_eval_point_and_cli_score_user_files_on_tiny_test(tmp_path):
     rec = load_arrays(out / "bias_items" / "step_000000" / "base.npz")
     assert rec["bbq/ll"].shape == (8, 3) and rec["winogender/ll_occupation"].shape == (7, 3)
     assert (out / "bias_items" / "step_000002" / "balora.npz").exists()
+    # the items tables hold them too: paired verdicts of each arm against the base
+    from lab.verdicts import run_verdicts
+
+    rows = run_verdicts(out, n_resamples=199)
+    bench_rows = {(r.metric, r.arm_a, r.arm_b) for r in rows if "/" in r.metric}
+    for metric in ("crows_pairs/stereo_pref", "bbq/acc", "winogender/logodds_gap"):
+        assert {(metric, "balora", "lora"), (metric, "balora", "base")} <= bench_rows, metric
 
     # the CLI on the run: its own files, base + one arm; the base matches the eval point
     r = cli("bias", str(out), "--arms", "base,balora", "--json", "--max-items", "12")

@@ -37,6 +37,9 @@ class TaskData:
     label_names: list[str] | None
     warnings: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    # (index in train, row) of every training row whose label the noise knob flipped, with the
+    # flipped label: what an arm would predict if it memorised the noise
+    flipped: list[tuple[int, dict]] = field(default_factory=list)
 
 
 def shipped_names() -> list[str]:
@@ -256,16 +259,19 @@ def load_task_data(
             raise DataError(f"minority_fraction needs a classification dataset; '{name}' is {kind}")
         train, extra = _imbalance(train, names, minority_fraction, minority_class, seed)
         info.update(extra)
+    flipped: list[tuple[int, dict]] = []
     if label_noise > 0:
-        train, flipped = _noise(train, names, kind, label_noise, seed)
-        info["flipped"] = len(flipped)
+        train, changed = _noise(train, names, kind, label_noise, seed)
+        info["flipped"] = len(changed)
+        if names is not None:
+            flipped = [(i, train[i]) for i in changed]
     if names is not None:
         counts = [0] * len(names)
         for r in train:
             counts[r["label"]] += 1
         info["class_counts"] = dict(zip(names, counts))
     info.update(n_train=len(train), n_test=len(test), label_noise=label_noise, seed=seed)
-    return TaskData(str(name), task, kind, train, test, names, warnings, info)
+    return TaskData(str(name), task, kind, train, test, names, warnings, info, flipped)
 
 
 def _eval_subset(test: list[dict], k: int, *, stratify: bool) -> list[dict]:

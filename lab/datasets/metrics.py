@@ -72,6 +72,34 @@ def sequence_logprobs(
     return torch.zeros(B, dtype=torch.float32, device=dev).index_add_(0, rows, token_lp)
 
 
+@torch.inference_mode()
+def heldout_ce(
+    model, tokenizer, texts: Sequence[str], *, max_len: int, batch_size: int = 16
+) -> np.ndarray:
+    """Per text, the mean cross-entropy (nats per token) of the model on the text's own tokens
+    after the first, as plain text cut to ``max_len`` tokens. (N,) float64. Its rise over the
+    base model on held-out texts is the forgetting of a fine-tune."""
+    pad = _pad_id(tokenizer)
+    out = []
+    for i in range(0, len(texts), batch_size):
+        ids = [
+            tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_len)["input_ids"]
+            for t in texts[i : i + batch_size]
+        ]
+        T = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
+        attention = torch.zeros((len(ids), T), dtype=torch.long)
+        for b, x in enumerate(ids):
+            input_ids[b, : len(x)] = torch.tensor(x, dtype=torch.long)
+            attention[b, : len(x)] = 1
+        score = torch.roll(attention, shifts=-1, dims=1).bool()  # t scored when t + 1 is a token
+        score[:, -1] = False
+        total = sequence_logprobs(model, input_ids, attention, score).double().cpu()
+        counts = score.sum(dim=1).clamp(min=1).double()
+        out.append((-total / counts).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 def _seq_len(model, seq_len: int | None) -> int:
     if seq_len is not None:
         return seq_len
@@ -194,17 +222,59 @@ def _normalise(text: str) -> str:
 def classification_metrics(
     preds: Sequence[int], golds: Sequence[int], label_names: Sequence[str], minority: int
 ) -> dict:
-    """accuracy, recall/<label> for each class present, minority_recall, n."""
+    """accuracy, recall/<label> for each class present, minority_recall, balanced_accuracy
+    (the mean recall over the classes present), n."""
     n = len(golds)
     out: dict = {"accuracy": sum(p == g for p, g in zip(preds, golds)) / n, "n": n}
+    recalls = []
     for c, name in enumerate(label_names):
         idx = [i for i, g in enumerate(golds) if g == c]
         if idx:
             out[f"recall/{name}"] = sum(preds[i] == c for i in idx) / len(idx)
+            recalls.append(out[f"recall/{name}"])
+    out["balanced_accuracy"] = sum(recalls) / len(recalls)
     if f"recall/{label_names[minority]}" in out:
         out["minority_recall"] = out[f"recall/{label_names[minority]}"]
     out["task_metric"] = out["accuracy"]
     return out
+
+
+def classification_items(
+    preds: Sequence[int], golds: Sequence[int], minority: int
+) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per-item records whose means are the classification metrics, so two arms can be
+    compared item by item (``lab.items``): ``accuracy`` (correct 0/1), ``balanced_accuracy``
+    (correct x n / (K n_c) for an item of class c among K classes present: the mean over the
+    items is the mean per-class recall) and ``minority_recall`` (correct 0/1 on the minority
+    class's items only). Item ids are the test-row indices as text."""
+    golds = np.asarray(golds, dtype=np.int64)
+    correct = (np.asarray(preds, dtype=np.int64) == golds).astype(np.float64)
+    ids = [str(i) for i in range(len(golds))]
+    classes, counts = np.unique(golds, return_counts=True)
+    per_class = dict(zip(classes.tolist(), counts.tolist()))
+    weight = np.array([len(golds) / (len(per_class) * per_class[g]) for g in golds.tolist()])
+    out = {"accuracy": (ids, correct), "balanced_accuracy": (ids, correct * weight)}
+    keep = np.flatnonzero(golds == minority)
+    if keep.size:
+        out["minority_recall"] = ([ids[i] for i in keep], correct[keep])
+    return out
+
+
+def memorised_noise(
+    model, tokenizer, data: TaskData, *, max_examples: int = 64, batch_size: int = 16
+) -> tuple[float, tuple[list[str], np.ndarray]]:
+    """The share of the flipped training rows (``data.flipped``, with their wrong labels) the
+    model predicts WITH the wrong label: how much of the label noise it has memorised. The
+    base model's value is the chance level to compare with. Rows are capped at
+    ``max_examples`` (the first ones, the same for every arm); item ids are ``train:<index>``
+    with the row's index in the training split."""
+    rows = [r for _, r in data.flipped[:max_examples]]
+    preds = predict_labels(
+        model, tokenizer, rows, task=data.task, label_names=data.label_names, batch_size=batch_size
+    )
+    hit = np.array([p == r["label"] for p, r in zip(preds, rows)], dtype=np.float64)
+    ids = [f"train:{i}" for i, _ in data.flipped[:max_examples]]
+    return float(hit.mean()), (ids, hit)
 
 
 def evaluate_task(
@@ -252,8 +322,16 @@ def evaluate_task(
                 return metrics
             logp = scores.double() if data.task == "nlg" else scores.double().log_softmax(-1)
             gold_lp = logp[torch.arange(len(rows)), torch.tensor(golds)].numpy()  # (N,)
-            correct = np.array([p == g for p, g in zip(preds, golds)], dtype=np.float64)
-            return metrics, {"accuracy": (ids, correct), "gold_logprob": (ids, gold_lp)}
+            records = classification_items(preds, golds, minority)
+            if "minority_class" not in data.info:  # no imbalance knob: accuracy says it all
+                del records["balanced_accuracy"]
+                records.pop("minority_recall", None)
+            records["gold_logprob"] = (ids, gold_lp)
+            if data.flipped:  # the flipped training rows: how many the arm has memorised
+                metrics["memorised_noise"], records["memorised_noise"] = memorised_noise(
+                    model, tokenizer, data, max_examples=max_examples, batch_size=batch_size
+                )
+            return metrics, records
         if max_new_tokens is None:  # room for the longest reference solution, plus a margin
             longest = max(
                 len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) for r in rows
