@@ -7,7 +7,8 @@ pissa, balora, reference, lora, ...), so machine noise hits every arm alike. ``l
 ``balora`` is the engine's step (``lab.trainer.train_arm_step``), with the teacher in
 ``--teacher-dtype`` (default ``model``, as in a run: the exact loaded model; ``auto`` and
 ``bfloat16`` are the opt-in bf16 teacher). ``teacher`` times the teacher's forward pass alone
-(``lab.trainer.teacher_step``, the pass a step shares between all regularized arms), so the
+(``lab.trainer.teacher_step``, the pass a step shares between all regularized arms, plus the
+projection of its hidden rows through the LM head that the fused loss makes chunk by chunk), so the
 target "BA-LoRA step <= LoRA step + one teacher forward + 10% of a LoRA step" can be read off
 (``ratios.balora_overhead_vs_lora``: (balora - lora - teacher) / lora, target <= 0.1).
 
@@ -48,13 +49,32 @@ import _common as common  # first: puts the repository root on sys.path
 import torch
 from accelerate import Accelerator
 
-from lab import adapters, trainer
+from lab import adapters, forward, trainer
+from lab import head as head_mod
 from lab.config import from_dict
 from lab.dist import Dist
 from lab.models import ModelBundle, load_model, pick_device, pick_dtype, teacher_dtype
 
 ORDER = ("lora", "pissa", "balora", "teacher", "reference")
 TARGETS = {"time": 1.4, "mem": 1.1, "overhead": 0.1}
+
+
+def teacher_logits_pass(model, rows: torch.Tensor, cfg) -> float:
+    """The rest of the teacher's forward on the fused NLG path: its (M, H) hidden rows through
+    the LM head to logits, chunk by chunk as ``lab.head`` projects them inside the loss (the
+    fused loss takes the teacher's rows and makes its logits there, so that no (M, V) tensor is
+    kept). Without it, ``teacher`` would time the teacher's forward minus its head and the
+    head's cost would count as BA-LoRA's own overhead. Returns a checksum (keeps the work)."""
+    if not (cfg.task == "nlg" and forward.fused_nlg(model, cfg)):
+        return float(rows.float().abs().mean())  # unfused / NLU: the rows are the logits
+    _, head, _ = forward._decoder_and_head(model)
+    total = 0.0
+    with forward.teacher_pass(model, cfg):
+        for i in range(0, rows.shape[0], head_mod.CHUNK_ROWS):
+            z = torch.nn.functional.linear(rows[i : i + head_mod.CHUNK_ROWS], head.weight,
+                                           head.bias).float()  # fmt: skip
+            total += float(z[:, 0].sum())
+    return total
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -288,7 +308,7 @@ class Bench:
             self.losses[name] = self.reference.last_loss
         elif name == "teacher":  # the teacher's forward alone, as a step runs it
             out = trainer.teacher_step(self.shared, [batch], self.cfg)
-            self.losses[name] = float(out[0].float().abs().mean())
+            self.losses[name] = float(teacher_logits_pass(self.shared, out[0], self.cfg))
         else:
             ev = trainer.train_arm_step(self.arms[name], [batch], self.cfg, i, self.dist)
             self.losses[name] = ev["loss"]
