@@ -115,8 +115,9 @@ def build(
 ) -> PeftModel:
     """Wrap ``base`` (not copied, its weights untouched) with the adapters of every arm.
 
-    Every arm is initialised from ``seed`` alone, so an arm's init does not depend on which
-    other arms the run holds. The first arm is active on return."""
+    Every arm is initialised from its own ``spec.seed`` (``seed`` when that is None) alone, so
+    an arm's init does not depend on which other arms the run holds. The first arm is active
+    on return."""
     if not specs:
         raise ValueError("at least one arm is needed")
     if len(specs) > MAX_ARMS:
@@ -135,7 +136,8 @@ def build(
             task_type=task_type,
         )
         trainable = f"arm{i:02d}"
-        torch.manual_seed(seed)
+        arm_seed = seed if spec.seed is None else spec.seed
+        torch.manual_seed(arm_seed)
         if model is None:
             model = get_peft_model(base, cfg, adapter_name=trainable)
         else:
@@ -146,7 +148,7 @@ def build(
             init_cfg = copy.deepcopy(cfg)
             init_cfg.lora_dropout = 0.0  # the frozen -s B0 A0 sees the plain input, as W does
             model.add_adapter(frozen, init_cfg)
-            torch.manual_seed(seed)  # the randomized SVD draws the same noise for every arm
+            torch.manual_seed(arm_seed)  # randomized SVD: one noise for every arm of a seed
             _pissa_init(model, trainable, frozen, pissa_niter)
         arms[spec.name] = ArmAdapters(spec, trainable, frozen)
     model.balora_arms = arms
