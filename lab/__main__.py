@@ -90,7 +90,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             "`accelerate launch --multi_gpu --num_processes N -m lab train ... --set model.device=cpu`",
             file=sys.stderr,
         )
-    total = cfg.train.steps * len(cfg.arms)
+    from lab.arms import specs
+
+    n_arms = len(specs(cfg))  # every arm once per seed
+    total = cfg.train.steps * n_arms
     bar = tqdm(
         total=total, desc=cfg.name, unit="step", disable=not main or args.quiet, file=sys.stderr
     )
@@ -101,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from lab.checkpoint import read_state
 
         done = int(read_state(out)["step"])  # fails before any work without a checkpoint
-        total = max(0, cfg.train.steps - done) * len(cfg.arms)
+        total = max(0, cfg.train.steps - done) * n_arms
         bar.reset(total=total)
     else:
         out = Path(args.out) if args.out else new_run_path(name=cfg.name)

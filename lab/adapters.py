@@ -127,8 +127,9 @@ def build(
 ) -> PeftModel:
     """Wrap ``base`` (not copied, its weights untouched) with the adapters of every arm.
 
-    Every arm is initialised from ``seed`` alone, so an arm's init does not depend on which
-    other arms the run holds. The first arm is active on return."""
+    Every arm is initialised from its own ``spec.seed`` (``seed`` when that is None) alone, so
+    an arm's init does not depend on which other arms the run holds. The first arm is active
+    on return."""
     if not specs:
         raise ValueError("at least one arm is needed")
     if len(specs) > MAX_ARMS:
@@ -148,7 +149,8 @@ def build(
             task_type=task_type,
         )
         trainable = f"arm{i:02d}"
-        torch.manual_seed(seed)
+        arm_seed = seed if spec.seed is None else spec.seed
+        torch.manual_seed(arm_seed)
         if model is None:
             model = get_peft_model(base, cfg, adapter_name=trainable)
         else:
@@ -159,8 +161,9 @@ def build(
             init_cfg = copy.deepcopy(cfg)
             init_cfg.lora_dropout = 0.0  # the frozen -s B0 A0 sees the plain input, as W does
             model.add_adapter(frozen, init_cfg)
-            torch.manual_seed(seed)  # the randomized SVD draws the same noise for every arm
-            _pissa_init(model, trainable, frozen, pissa_niter, pissa_factors.setdefault(seed, {}))
+            torch.manual_seed(arm_seed)  # randomized SVD: one noise for every arm of a seed
+            factors = pissa_factors.setdefault(arm_seed, {})
+            _pissa_init(model, trainable, frozen, pissa_niter, factors)
         arms[spec.name] = ArmAdapters(spec, trainable, frozen)
     model.balora_arms = arms
     activate(model, specs[0].name)

@@ -13,6 +13,12 @@ folder and as a PEFT adapter name (no dots), e.g. ``balora@0.05,0.005,0.005`` ->
 ``balora-0p05_0p005_0p005``. An arm's learning rate is ``train.lr`` unless
 ``train.lr_by_arm`` names it (by its display name, or by its kind: ``balora`` covers every
 ``balora@...`` arm not named itself).
+
+Seeds. With several ``train.seeds`` every arm is trained once per seed in the same job; each
+copy is an arm of its own, named ``<arm>#s<seed>`` (``lora#s1``, ``balora@0.1,0,0#s2``; folder
+``lora-s1``), with its ``seed`` field set. :func:`kind_of`, :func:`order_key` and the colours
+read through the suffix; :func:`unseeded` splits it off. A run with one seed keeps the plain
+names.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ import re
 from dataclasses import dataclass
 
 KINDS = ("lora", "pissa", "balora")  # the plain arm names, in display order
+MAX_ARMS = 99  # adapters on one base model (lab.adapters names them with two digits)
+MAX_SEEDS = 16  # train.seeds of one run
+SEED_MARK = "#s"  # lora#s1: arm lora trained with seed 1
+_SEEDED = re.compile(r"^(?P<arm>.+)#s(?P<seed>\d{1,10})$")
 CHOICES = KINDS  # what the UI offers as arm check boxes
 _KIND = {"lora": ("lora", False), "pissa": ("pissa", False), "balora": ("pissa", True)}
 
@@ -44,25 +54,53 @@ class ArmSpec:
     regularized: bool
     lambdas: tuple[float, float, float]  # (consistency, diversity, svd) weights before schedules
     lr: float
+    seed: int | None = None  # the training seed (data order, dropout, init); None: the run's
 
     @property
     def folder(self) -> str:
         return folder_name(self.name)
 
+    @property
+    def plain(self) -> str:
+        """The arm as the config names it (``lora#s1`` -> ``lora``)."""
+        return unseeded(self.name)[0]
+
+
+def seeded_name(name: str, seed: int) -> str:
+    """``("lora", 1)`` -> ``"lora#s1"``: the arm ``name`` trained with ``seed``."""
+    return f"{name}{SEED_MARK}{int(seed)}"
+
+
+def unseeded(name: str) -> tuple[str, int | None]:
+    """``"lora#s1"`` -> ("lora", 1); a name without the seed suffix -> (name, None)."""
+    m = _SEEDED.match(name) if isinstance(name, str) else None
+    return (m["arm"], int(m["seed"])) if m else (name, None)
+
+
+def run_seeds(cfg) -> list[int]:
+    """The training seeds of a :class:`lab.config.RunConfig`: ``train.seeds``, or
+    ``[train.seed]`` when that list is empty."""
+    return [int(s) for s in cfg.train.seeds] or [int(cfg.train.seed)]
+
 
 def folder_name(name: str) -> str:
-    """A folder / PEFT adapter name for an arm: letters, digits, ``_`` and ``-`` only."""
-    if "@" not in name:
-        return name
-    kind, _, rest = name.partition("@")
-    return f"{kind}-" + rest.replace(".", "p").replace(",", "_").replace("+", "")
+    """A folder / PEFT adapter name for an arm: letters, digits, ``_`` and ``-`` only
+    (``balora@0.1,0,0#s2`` -> ``balora-0p1_0_0-s2``)."""
+    plain, seed = unseeded(name)
+    tail = "" if seed is None else f"-s{seed}"
+    if "@" not in plain:
+        return plain + tail
+    kind, _, rest = plain.partition("@")
+    return f"{kind}-" + rest.replace(".", "p").replace(",", "_").replace("+", "") + tail
 
 
 def split(name: str) -> tuple[str, tuple[float, float, float] | None]:
-    """``"balora@0.05,0.005,0.005"`` -> ("balora", (0.05, 0.005, 0.005)); raises ArmError."""
+    """``"balora@0.05,0.005,0.005"`` -> ("balora", (0.05, 0.005, 0.005)); raises ArmError.
+    A seed suffix (``#s1``) is read through."""
     if not isinstance(name, str) or not name.strip():
         raise ArmError(f"arm {_snippet(name)}: empty name")
-    kind, at, rest = name.strip().partition("@")
+    name = unseeded(name.strip())[0]
+    kind, at, rest = name.partition("@")
     if kind not in _KIND:
         raise ArmError(
             f"unknown arm {_snippet(name)} (known: {', '.join(KINDS)}, or balora@L1,L2,L3)"
@@ -110,28 +148,40 @@ def make_spec(
     lambdas: tuple[float, float, float],
     lr: float,
     lr_by_arm: dict[str, float] | None = None,
+    seed: int | None = None,
 ) -> ArmSpec:
-    """The spec of arm ``name``; ``lambdas`` and ``lr`` are the run's defaults."""
+    """The spec of arm ``name``; ``lambdas`` and ``lr`` are the run's defaults. ``lr_by_arm``
+    is looked up by the name without its seed suffix, then by kind. A seeded name
+    (``lora#s1``) sets ``seed`` from its suffix."""
     kind, own = split(name)
+    plain, tagged = unseeded(name.strip())
+    if tagged is not None and seed is not None and tagged != seed:
+        raise ArmError(f"arm {_snippet(name)}: the name says seed {tagged}, not {seed}")
     init, regularized = _KIND[kind]
     lr_map = lr_by_arm or {}
-    arm_lr = float(lr_map.get(name, lr_map.get(kind, lr)))
+    arm_lr = float(lr_map.get(plain, lr_map.get(kind, lr)))
     lam = own if own is not None else tuple(float(x) for x in lambdas)
     if not regularized:
         lam = (0.0, 0.0, 0.0)
-    return ArmSpec(name, kind, init, regularized, lam, arm_lr)  # type: ignore[arg-type]
+    arm_seed = tagged if seed is None else seed
+    return ArmSpec(name, kind, init, regularized, lam, arm_lr, arm_seed)  # type: ignore[arg-type]
 
 
-def specs(cfg) -> list[ArmSpec]:
-    """Every arm of a :class:`lab.config.RunConfig`, in the config's order."""
+def specs(cfg, lrs: dict[str, float] | None = None) -> list[ArmSpec]:
+    """Every arm of a :class:`lab.config.RunConfig`: the config's arms in order, once per seed
+    (seed by seed; named ``<arm>#s<seed>`` when the run has several). ``lrs``: learning rates
+    by config arm name that replace ``train.lr`` / ``train.lr_by_arm`` (the tuned rates)."""
+    seeds = run_seeds(cfg)
     r = cfg.reg
     return [
         make_spec(
-            a,
+            a if len(seeds) == 1 else seeded_name(a, seed),
             lambdas=(r.lambda1, r.lambda2, r.lambda3),
             lr=cfg.train.lr,
-            lr_by_arm=cfg.train.lr_by_arm,
+            lr_by_arm=lrs if lrs is not None else cfg.train.lr_by_arm,
+            seed=seed,
         )
+        for seed in seeds
         for a in cfg.arms
     ]
 
@@ -139,11 +189,13 @@ def specs(cfg) -> list[ArmSpec]:
 def spec_of(cfg, name: str) -> ArmSpec:
     """The spec of one arm of ``cfg`` by display name (also for a name not in ``cfg.arms``)."""
     r = cfg.reg
+    _, seed = unseeded(name)
     return make_spec(
         name,
         lambdas=(r.lambda1, r.lambda2, r.lambda3),
         lr=cfg.train.lr,
         lr_by_arm=cfg.train.lr_by_arm,
+        seed=run_seeds(cfg)[0] if seed is None else seed,
     )
 
 
@@ -168,11 +220,14 @@ def _short(x: float) -> str:
 
 
 def order_key(name: str) -> tuple[int, str]:
-    """Sort key: ``base``, then ``lora``, ``pissa``, ``balora``, then ``balora@...`` and others."""
-    kind = name.partition("@")[0]
+    """Sort key: ``base``, then ``lora``, ``pissa``, ``balora``, then ``balora@...`` and others;
+    the copies of one arm (``lora#s0``, ``lora#s1``) together, by seed."""
+    plain, seed = unseeded(name)
+    tail = "" if seed is None else f"#{seed:010d}"
+    kind = plain.partition("@")[0]
     order = ("base", *KINDS)
-    if name in order:
-        return (order.index(name), "")
+    if plain in order:
+        return (order.index(plain), tail)
     if kind in order:
-        return (order.index(kind), name)
-    return (len(order), name)
+        return (order.index(kind), plain + tail)
+    return (len(order), plain + tail)

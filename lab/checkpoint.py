@@ -11,7 +11,9 @@ only the latest is kept):
                         generator states (``global/rng/...``) as uint8 tensors
 
 The data cursor is the next step: the batch order is a pure function of the seed and the step
-(:func:`lab.data.batch_order`), so skipping that many batches draws the same next batches.
+(:func:`lab.data.batch_order`), so skipping that many batches draws the same next batches. A
+run with several seeds draws one batch order per seed, all at the same step; the cursor lists
+them (``batch_order_seeds``), and :func:`check_cursor` refuses a config that would draw others.
 """
 
 from __future__ import annotations
@@ -130,6 +132,27 @@ def read_state(run_dir: str | Path) -> dict:
     if not isinstance(state, dict) or state.get("version") != VERSION:
         raise ResumeError(f"the checkpoint of run {run_dir.name} has an unknown format")
     return state
+
+
+def cursor(seeds: list[int], global_batch: int, step: int) -> dict:
+    """The data cursor after ``step``: every seed's batch order continues at ``step + 1``."""
+    return {
+        "batch_order_seed": int(seeds[0]),
+        "batch_order_seeds": [int(s) for s in seeds],
+        "global_batch": int(global_batch),
+        "next_step": int(step) + 1,
+    }
+
+
+def check_cursor(state: dict, seeds: list[int], run_name: str = "") -> None:
+    """Raise :class:`ResumeError` when the checkpoint's batch orders (its seeds) are not the
+    config's."""
+    saved = state.get("cursor") or {}
+    saved_seeds = saved.get("batch_order_seeds", [saved.get("batch_order_seed")])
+    if [int(s) for s in saved_seeds if s is not None] != [int(s) for s in seeds]:
+        raise ResumeError(
+            f"run {run_name} was trained with seeds {saved_seeds}, the config has {list(seeds)}"
+        )
 
 
 def load(run_dir: str | Path, arms: dict) -> tuple[dict, tuple]:

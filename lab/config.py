@@ -125,11 +125,18 @@ class TrainConfig:
     seq_len: int = 128
     lr: float = 2e-4
     lr_by_arm: dict[str, float] = field(default_factory=dict)  # e.g. {pissa: 1e-4}
+    # fixed: train.lr / lr_by_arm. tuned: a short sweep of lr_grid per arm first, each arm's
+    # rate chosen by its loss on a validation split carved from the training data
+    lr_mode: str = "fixed"
+    lr_grid: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
+    tune_steps: int = 10  # steps of each candidate rate in lr_mode tuned
+    val_fraction: float = 0.1  # share of the training rows held out (never trained on) to choose
     max_grad_norm: float = 0.0  # clip each arm's adapter gradient norm to this (0 = off)
     scheduler: str = "cosine"  # constant | linear | cosine
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)  # every arm once per seed ([] = [seed])
     eval_every: int = 0  # 0 = evaluate at the start and the end only
     bias_eval: bool = True  # bias probes at each eval point
     bias_items: int = 0  # items per bias probe at eval points (0 = all)
@@ -181,7 +188,9 @@ _CHOICES = {
     "reg.lambda1_schedule": ("constant", "cosine"),
     "reg.teacher_dtype": ("model", "bfloat16", "auto"),
     "train.scheduler": ("constant", "linear", "cosine"),
+    "train.lr_mode": ("fixed", "tuned"),
 }
+SEED_MAX = 2**31 - 1  # a training seed: 0 to this
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -271,6 +280,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         need(obj in choices, where, f"must be one of {', '.join(choices)}, got {short_repr(obj)}")
     need(len(cfg.arms) > 0, "arms", "at least one arm is needed")
     for arm in cfg.arms:
+        need(
+            arm_specs.unseeded(arm)[1] is None,
+            "arms",
+            f"{short_repr(arm)}: the seed suffix is added by train.seeds; list the arm without it",
+        )
         try:
             arm_specs.split(arm)
         except arm_specs.ArmError as e:
@@ -304,6 +318,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(cfg.reg.svd_k >= 1, "reg.svd_k", "must be at least 1")
     need(0.0 <= cfg.reg.lambda23_warmup < 1.0, "reg.lambda23_warmup", "must be in [0, 1)")
     t = cfg.train
+    _validate_seeds(cfg, need)
+    _validate_lr_tuning(cfg, need)
     need(t.steps >= 1, "train.steps", "must be at least 1")
     need(t.batch_size >= 1, "train.batch_size", "must be at least 1")
     need(t.grad_accum >= 1, "train.grad_accum", "must be at least 1")
@@ -320,6 +336,50 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(bool(cfg.bias.winogender) or not cfg.bias.winogender_stats, "bias.winogender_stats",
          "needs bias.winogender (the templates)")  # fmt: skip
     return cfg
+
+
+def _validate_seeds(cfg: RunConfig, need) -> None:
+    seeds = cfg.train.seeds
+    for i, seed in enumerate(seeds):
+        need(0 <= seed <= SEED_MAX, f"train.seeds[{i}]", f"must be in [0, {SEED_MAX}], got {seed}")
+    need(
+        len(set(seeds)) == len(seeds),
+        "train.seeds",
+        f"a seed is listed twice ({', '.join(str(s) for s in seeds)})",
+    )
+    need(len(seeds) <= arm_specs.MAX_SEEDS, "train.seeds",
+         f"at most {arm_specs.MAX_SEEDS} seeds in one run, got {len(seeds)}")  # fmt: skip
+    trained = len(cfg.arms) * max(1, len(seeds))
+    need(
+        trained <= arm_specs.MAX_ARMS,
+        "train.seeds",
+        f"{len(cfg.arms)} arms x {len(seeds)} seeds = {trained} adapters, over the limit of "
+        f"{arm_specs.MAX_ARMS} on one base model",
+    )
+
+
+def _validate_lr_tuning(cfg: RunConfig, need) -> None:
+    t = cfg.train
+    for i, lr in enumerate(t.lr_grid):
+        need(lr > 0, f"train.lr_grid[{i}]", f"a learning rate must be positive, got {lr}")
+    need(len(set(t.lr_grid)) == len(t.lr_grid), "train.lr_grid", "a learning rate is listed twice")
+    need(t.tune_steps >= 0, "train.tune_steps", "must be 0 or more")
+    need(0.0 <= t.val_fraction < 1.0, "train.val_fraction", "must be in [0, 1)")
+    if t.lr_mode != "tuned":
+        return
+    need(len(t.lr_grid) > 0, "train.lr_grid", "lr_mode tuned needs at least one learning rate")
+    need(t.tune_steps >= 1, "train.tune_steps", "must be at least 1 in lr_mode tuned")
+    need(0.0 < t.val_fraction <= 0.5, "train.val_fraction",
+         f"must be in (0, 0.5] in lr_mode tuned, got {t.val_fraction}")  # fmt: skip
+    need(not t.lr_by_arm, "train.lr_by_arm",
+         "lr_mode tuned chooses every arm's rate; leave lr_by_arm empty or use lr_mode fixed")  # fmt: skip
+    adapters = len(cfg.arms) * (max(1, len(t.seeds)) + len(t.lr_grid))
+    need(
+        adapters <= arm_specs.MAX_ARMS,
+        "train.lr_grid",
+        f"{len(cfg.arms)} arms x ({max(1, len(t.seeds))} seeds + {len(t.lr_grid)} candidate "
+        f"rates) = {adapters} adapters, over the limit of {arm_specs.MAX_ARMS} on one base model",
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -62,6 +62,8 @@ class Limits:
     uploads_per_owner: int
     classes: int  # distinct labels of a classification dataset
     grid_points: int  # points of one Tune grid
+    seeds: int  # train.seeds of one run (every arm is trained once per seed)
+    lr_grid: int  # candidate rates of train.lr_grid (lr_mode tuned)
 
 
 LOCAL_LIMITS = Limits(
@@ -87,6 +89,8 @@ LOCAL_LIMITS = Limits(
     uploads_per_owner=1000,
     classes=1000,
     grid_points=12,
+    seeds=16,
+    lr_grid=12,
 )
 PUBLIC_LIMITS = Limits(
     steps=200,
@@ -111,6 +115,8 @@ PUBLIC_LIMITS = Limits(
     uploads_per_owner=10,
     classes=50,
     grid_points=12,
+    seeds=3,
+    lr_grid=4,
 )
 
 
@@ -304,6 +310,9 @@ def check_limits(cfg: RunConfig, limits: Limits) -> None:
         ("train.bias_items", t.bias_items, limits.bias_items),
         ("lora.rank", cfg.lora.rank, limits.rank),
         ("arms", len(cfg.arms), limits.arms),
+        ("train.seeds", len(t.seeds), limits.seeds),
+        ("train.lr_grid", len(t.lr_grid) if t.lr_mode == "tuned" else 0, limits.lr_grid),
+        ("train.tune_steps", t.tune_steps if t.lr_mode == "tuned" else 0, limits.steps),
         ("train.eval_every (eval points)", eval_points, limits.eval_points),
     ]
     for where, value, cap in checks:

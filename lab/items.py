@@ -3,9 +3,11 @@
 One CSV table per eval point with the columns ``arm, seed, metric, item, value``: one row per
 arm x metric x item. ``item`` names the item within its metric (a test-row index, a stereotype
 pair ``"<index>:<bias_type>"``, an occupation, a probe-text index), the same for every arm, so
-two arms are compared item by item by joining on (seed, item). Values are written with full
-float precision. The base model is measured once, at step 0; :func:`load_items` adds its rows
-to a later step's table.
+two arms are compared item by item by joining on (seed, item). An arm trained under several
+seeds (named ``lora#s1`` in events, see ``lab.arms``) is written under its plain name with its
+seed in the ``seed`` column, so the seeds of one arm pool into one comparison. Values are
+written with full float precision. The base model is measured once, at step 0;
+:func:`load_items` adds its rows to a later step's table.
 
 The table in memory is columnar: ``{"arm", "seed", "metric", "item", "value", "step"}`` -> (N,)
 numpy arrays (text columns as str arrays), no pandas needed.
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lab.arms import unseeded
 from lab.runs import atomic_write_text
 
 COLUMNS = ("arm", "seed", "metric", "item", "value")
@@ -59,7 +62,11 @@ def write_items(
     """Put ``{metric: (ids, values)}`` of one arm and seed into the table of ``step``.
 
     Rows already there for the same arm and seed are replaced, others kept; the file is
-    rewritten atomically, so a reader sees the table before or after, never half of it."""
+    rewritten atomically, so a reader sees the table before or after, never half of it. A
+    seeded arm name (``lora#s1``) is written as ``lora`` with seed 1."""
+    arm, tagged = unseeded(arm)
+    if tagged is not None and tagged != int(seed):
+        raise ValueError(f"arm {arm}#s{tagged} written with seed {seed}")
     path = items_path(run_dir, step)
     kept = (
         [r for r in _read_rows(path) if (r[0], r[1]) != (arm, str(int(seed)))]

@@ -7,6 +7,17 @@ it, and trains each arm on it in turn, so all curves advance together. Every ste
 ``train`` event per arm; eval points yield ``eval`` events (the untouched model as arm ``base``
 first). Everything is written to the run directory as it happens (see ``lab.runs``).
 
+Seeds: with several ``train.seeds`` every arm is trained once per seed (arms ``lora#s0``,
+``lora#s1``, ... on the same base, see :mod:`lab.arms`). Each step draws one batch per seed,
+from that seed's batch order, and runs one teacher pass per seed for its arms; the arms of a
+seed see identical batches, and the seed also sets their init and dropout noise. Events carry
+the arm's ``seed``.
+
+Tuned learning rates (``train.lr_mode: tuned``): before the comparison, :mod:`lab.tuning`
+carves a validation split off the training rows (never trained on afterwards) and sweeps
+``train.lr_grid`` for every arm as extra adapters of one short job; each arm then trains at
+the rate with the lowest validation loss (``lr_tuning`` events and summary entry).
+
 Runs under ``accelerate launch`` for data parallelism: each process takes its share of every
 batch. Every loss is normalised by the step's global count of response tokens (NLU: rows) and
 the batch terms are computed over the global batch (:mod:`lab.forward`), so the processes'
@@ -19,16 +30,16 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from lab import adapters, checkpoint, data, evaluation, forward, runs
-from lab.arms import ArmSpec, spec_of, specs
+from lab import adapters, checkpoint, data, evaluation, forward, runs, tuning
+from lab.arms import ArmSpec, run_seeds, spec_of, specs
 from lab.config import RunConfig, dump_yaml
 from lab.datasets import TaskData, load_task_data
 from lab.dist import Dist
@@ -53,6 +64,11 @@ class Arm:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def seed(self) -> int | None:
+        """The arm's training seed (written into its per-item records)."""
+        return self.spec.seed
 
     def activate(self) -> torch.nn.Module:
         adapters.activate(self.model, self.spec.name)
@@ -112,13 +128,15 @@ def _batch_weighted(cfg: RunConfig, lambdas) -> bool:
     return l3 > 0 or (cfg.task == "nlu" and l2 > 0)
 
 
-def _global_terms(model, rows: list[torch.Tensor], cfg, lambdas, dist: Dist, step: int):
+def _global_terms(model, rows: list[torch.Tensor], cfg, lambdas, dist: Dist, step: int, seed):
     """Batch terms over the global batch from each micro-batch's (detached) rows; returns
-    (raw values, inactive reasons, per-micro-batch gradients w.r.t. their rows or None)."""
+    (raw values, inactive reasons, per-micro-batch gradients w.r.t. their rows or None).
+    ``seed``: the arm's training seed (the randomized SVD's noise); None: ``train.seed``."""
     local = torch.cat(rows, 0)
     everything, offset = dist.gather_rows(local)
     leaf = everything.detach().requires_grad_(_batch_weighted(cfg, lambdas))
-    gen = torch.Generator(device=leaf.device).manual_seed(cfg.train.seed * 1_000_003 + step)
+    seed = cfg.train.seed if seed is None else seed
+    gen = torch.Generator(device=leaf.device).manual_seed(seed * 1_000_003 + step)
     with torch.enable_grad() if leaf.requires_grad else torch.no_grad():
         weighted, raw, inactive = forward.batch_terms(model, leaf, cfg, lambdas, gen)
     grads = None
@@ -165,7 +183,7 @@ def train_arm_step(
         with torch.no_grad():
             rows = [forward.student_rows(model, b, cfg) for b in micro]
         _set_rng(start)
-        raw, inactive, grads = _global_terms(model, rows, cfg, lambdas, dist, step)
+        raw, inactive, grads = _global_terms(model, rows, cfg, lambdas, dist, step, arm.seed)
         del rows
     kept = []
     per_token = _PARTS[:3]  # summed over micro-batches and processes; the svd term is global
@@ -186,7 +204,7 @@ def train_arm_step(
                 total = total + (out.rows * grads[k]).sum()
             elif len(micro) == 1 and _batch_weighted(cfg, lambdas):
                 raw, inactive, g = _global_terms(
-                    model, [out.rows.detach()], cfg, lambdas, dist, step
+                    model, [out.rows.detach()], cfg, lambdas, dist, step, arm.seed
                 )
                 if g is not None:  # None: every batch term is inactive (e.g. too few rows)
                     total = total + (out.rows * g[0]).sum()
@@ -199,7 +217,7 @@ def train_arm_step(
         sums = part if sums is None else sums + part
         del out, total
     if kept:
-        raw, inactive, _ = _global_terms(model, kept, cfg, lambdas, dist, step)
+        raw, inactive, _ = _global_terms(model, kept, cfg, lambdas, dist, step, arm.seed)
         del kept
     values = dict(zip(per_token, dist.sum_tensor(sums).tolist()))  # the one host sync
     for term in _TERMS:
@@ -211,6 +229,7 @@ def train_arm_step(
     present |= set(raw)
     present -= set(inactive)
     ev = _train_event(arm.name, step, values, present, lambdas, inactive, need_terms)
+    ev["seed"] = arm.seed
     bad = next(
         (
             k
@@ -267,9 +286,9 @@ def _train_event(arm, step, values, present, lambdas, inactive, need_terms) -> d
 
 
 def _micro_batches(
-    tok, task_data: TaskData, indices: list[int], cfg: RunConfig, dist: Dist, device
+    tok, train_rows: list[dict], indices: list[int], cfg: RunConfig, dist: Dist, device
 ):
-    rows = [task_data.train[i] for i in indices]
+    rows = [train_rows[i] for i in indices]
     mine = rows[dist.acc.process_index :: dist.n]  # this process's share of the global batch
     per = math.ceil(len(mine) / cfg.train.grad_accum)
     out = []
@@ -307,12 +326,16 @@ def prepare(cfg: RunConfig) -> tuple[TaskData, ModelBundle]:
     return task_data, bundle
 
 
-def build_arms(cfg: RunConfig, bundle: ModelBundle) -> dict[str, Arm]:
-    """Every arm of ``cfg`` as adapters on the one loaded model, each with its optimizer."""
+def build_arms(
+    cfg: RunConfig, bundle: ModelBundle, *, candidates: Sequence[ArmSpec] = ()
+) -> dict[str, Arm]:
+    """Every arm of ``cfg`` as adapters on the one loaded model, each with its optimizer.
+    ``candidates``: more arms put on the same model after them, as adapters only (the
+    learning-rate sweep of :mod:`lab.tuning` trains them)."""
     arm_specs = specs(cfg)
     model = adapters.build(
         bundle.model,
-        arm_specs,
+        arm_specs + list(candidates),
         task=cfg.task,
         rank=cfg.lora.rank,
         alpha=cfg.lora.alpha,
@@ -321,24 +344,35 @@ def build_arms(cfg: RunConfig, bundle: ModelBundle) -> dict[str, Arm]:
         pissa_niter=cfg.lora.pissa_niter,
         seed=cfg.train.seed,
     )
-    arms = {}
-    steps = cfg.train.steps
-    for spec in arm_specs:
-        opt = torch.optim.AdamW(
-            adapters.trainable_parameters(model, spec.name),
-            lr=spec.lr,
-            weight_decay=cfg.train.weight_decay,
-        )
-        sched = get_scheduler(
-            cfg.train.scheduler,
-            opt,
-            num_warmup_steps=int(round(cfg.train.warmup_ratio * steps)),
-            num_training_steps=steps,
-        )
-        torch.manual_seed(cfg.train.seed + 1)  # the same dropout stream for every arm
-        arms[spec.name] = Arm(spec, model, opt, sched, rng=_get_rng())
+    arms = {spec.name: new_arm(cfg, model, spec, cfg.train.steps) for spec in arm_specs}
     adapters.activate(model, arm_specs[0].name)
     return arms
+
+
+def new_arm(cfg: RunConfig, model, spec: ArmSpec, steps: int) -> Arm:
+    """An arm on ``model`` with its optimizer at ``spec.lr``, a scheduler over ``steps`` and
+    the dropout stream of its seed (the same for every arm of that seed)."""
+    opt = torch.optim.AdamW(
+        adapters.trainable_parameters(model, spec.name),
+        lr=spec.lr,
+        weight_decay=cfg.train.weight_decay,
+    )
+    sched = get_scheduler(
+        cfg.train.scheduler,
+        opt,
+        num_warmup_steps=int(round(cfg.train.warmup_ratio * steps)),
+        num_training_steps=steps,
+    )
+    seed = cfg.train.seed if spec.seed is None else spec.seed
+    torch.manual_seed(seed + 1)
+    return Arm(spec, model, opt, sched, rng=_get_rng())
+
+
+def set_lr(cfg: RunConfig, arm: Arm, lr: float) -> None:
+    """Give an arm that has not trained yet a new learning rate (a fresh optimizer and
+    scheduler; its dropout stream is kept)."""
+    fresh = new_arm(cfg, arm.model, replace(arm.spec, lr=float(lr)), cfg.train.steps)
+    arm.spec, arm.optimizer, arm.scheduler = fresh.spec, fresh.optimizer, fresh.scheduler
 
 
 def run(
@@ -354,10 +388,13 @@ def run(
     optimizers, schedulers, RNG states, data cursor) and training continues to
     ``cfg.train.steps``, appending to its ``events.jsonl``."""
     start = 0
+    seeds = run_seeds(cfg)
     if resume:
         if out_dir is None:
             raise checkpoint.ResumeError("resume needs the run directory")
-        start = int(checkpoint.read_state(out_dir)["step"])
+        state = checkpoint.read_state(out_dir)
+        checkpoint.check_cursor(state, seeds, Path(out_dir).name)
+        start = int(state["step"])
         if start >= cfg.train.steps:
             raise checkpoint.ResumeError(
                 f"run {Path(out_dir).name} already trained {start} of {cfg.train.steps} steps;"
@@ -369,6 +406,11 @@ def run(
         cfg.model.device = str(accelerator.device)
     torch.manual_seed(cfg.train.seed)
     task_data, bundle = prepare(cfg)
+    val_rows = None
+    if cfg.train.lr_mode == "tuned":  # the carved rows are never trained on, resumed or not
+        task_data.train, val_rows = tuning.carve(
+            task_data.train, cfg.train.val_fraction, cfg.train.seed
+        )
     run_dir = None
     if dist.main:
         run_dir = Path(out_dir) if out_dir else runs.new_run_dir(name=cfg.name)
@@ -392,16 +434,8 @@ def run(
         ).replace("torch.", ""),
         "teacher": _teacher_label(cfg, bundle),
         "provenance": provenance(bundle, processes=dist.n),
-        "arm_specs": {
-            a.name: {
-                "folder": a.folder,
-                "init": a.init,
-                "regularized": a.regularized,
-                "lambdas": list(a.lambdas),
-                "lr": a.lr,
-            }
-            for a in specs(cfg)
-        },
+        "seeds": seeds,
+        "arm_specs": _spec_summary(specs(cfg)),
         "run_dir": str(run_dir),
         "resumed_from": start if resume else None,
         "warnings": list(task_data.warnings),
@@ -414,6 +448,8 @@ def run(
         summary["steps_done"] = start
         if "base" in old:
             summary["base"] = old["base"]
+        if val_rows is not None:
+            summary["lr_tuning"] = tuning.recorded(old, cfg)
     log = None
     if dist.main:
         if resume:
@@ -428,7 +464,16 @@ def run(
         return ev
 
     try:
-        arms = build_arms(cfg, bundle)
+        tuned = val_rows is not None and not resume
+        arms = build_arms(cfg, bundle, candidates=tuning.candidates(cfg) if tuned else [])
+        if tuned:  # before anything reads the test split
+            summary["lr_tuning"] = tune_lrs(arms, task_data.train, val_rows, cfg, bundle, dist)
+            for ev in tuning.events(summary["lr_tuning"]):
+                yield emit(ev)
+        if "lr_tuning" in summary:
+            for arm in arms.values():
+                set_lr(cfg, arm, summary["lr_tuning"][arm.spec.plain]["chosen"])
+            summary["arm_specs"] = _spec_summary([a.spec for a in arms.values()])
         probes = evaluation.Probes.from_data(task_data, bundle.tokenizer, cfg)
         if dist.main:
             probes.save(run_dir)
@@ -449,36 +494,26 @@ def run(
             _, global_rng = checkpoint.load(run_dir, arms)
             first.activate()
         dist.barrier()
-        order = data.batch_order(
-            len(task_data.train), cfg.train.batch_size * dist.n, cfg.train.steps, cfg.train.seed
-        )
+        world = cfg.train.batch_size * dist.n
+        orders = [  # one batch order per seed; the arms of a seed share its batches
+            data.batch_order(len(task_data.train), world, cfg.train.steps, seed) for seed in seeds
+        ]
+        groups = {seed: [a for a in arms.values() if a.seed == seed] for seed in seeds}
         step = start
         if resume:
             _set_rng(global_rng)
-        for step, indices in enumerate(order, start=1):
+        for step, batches in enumerate(zip(*orders), start=1):
             if step <= start:
                 continue  # the data cursor: these batches were trained before the checkpoint
             if not dist.all_true(not stop()):
                 summary["status"] = "stopped"
                 step -= 1
                 break
-            micro = _micro_batches(bundle.tokenizer, task_data, indices, cfg, dist, bundle.device)
-            tokens = step_tokens(micro, cfg, dist)
-            norm = step_norm(micro, cfg, dist)
-            live = [a for a in arms.values() if a.status == "running"]
-            teacher = None  # one teacher pass for every arm that needs it
-            if any(needs_terms(a, cfg) for a in live):
-                teacher = teacher_step(live[0].model, micro, cfg)
-            for arm in live:
-                try:
-                    step_teacher = teacher if needs_terms(arm, cfg) else None
-                    ev = train_arm_step(
-                        arm, micro, cfg, step, dist, tokens, teacher=step_teacher, norm=norm
-                    )
+            for seed, indices in zip(seeds, batches):
+                for ev in train_step(
+                    groups[seed], task_data.train, indices, step, cfg, dist, bundle
+                ):
                     yield emit(ev)
-                except FloatingPointError as e:
-                    arm.status, arm.error = "failed", str(e)
-                    yield emit({"arm": arm.name, "step": step, "kind": "failed", "error": str(e)})
             summary["steps_done"] = step
             if not any(a.status == "running" for a in arms.values()):
                 break
@@ -523,11 +558,81 @@ def run(
                 log.close()
 
 
+def train_step(
+    group: list[Arm], rows: list[dict], indices: list[int], step: int, cfg, dist, bundle
+) -> Iterator[dict]:
+    """One step of the arms of one seed on the batch ``indices`` of ``rows``: one teacher pass
+    for every arm that needs it, then each live arm in turn; yields their train events (a
+    ``failed`` event for an arm whose loss is not finite; the others go on)."""
+    live = [a for a in group if a.status == "running"]
+    if not live:
+        return
+    micro = _micro_batches(bundle.tokenizer, rows, indices, cfg, dist, bundle.device)
+    tokens = step_tokens(micro, cfg, dist)
+    norm = step_norm(micro, cfg, dist)
+    teacher = None  # one teacher pass for every arm that needs it
+    if any(needs_terms(a, cfg) for a in live):
+        teacher = teacher_step(live[0].model, micro, cfg)
+    for arm in live:
+        step_teacher = teacher if needs_terms(arm, cfg) else None
+        try:
+            ev = train_arm_step(
+                arm, micro, cfg, step, dist, tokens, teacher=step_teacher, norm=norm
+            )
+        except FloatingPointError as e:
+            arm.status, arm.error = "failed", str(e)
+            ev = {
+                "arm": arm.name,
+                "step": step,
+                "kind": "failed",
+                "error": str(e),
+                "seed": arm.seed,
+            }
+        yield ev
+
+
+def tune_lrs(arms: dict[str, Arm], rows, val_rows, cfg: RunConfig, bundle, dist) -> dict:
+    """The sweep of ``train.lr_mode: tuned`` (see :mod:`lab.tuning`): the candidate adapters
+    that :func:`build_arms` put on the model train ``train.tune_steps`` steps on ``rows`` as one
+    group (identical batches, one teacher pass a step), then each is scored on ``val_rows``.
+    Returns the ``lr_tuning`` record; the comparison arms are left untouched."""
+    model = next(iter(arms.values())).model
+    steps = cfg.train.tune_steps
+    group = [new_arm(cfg, model, spec, steps) for spec in tuning.candidates(cfg)]
+    world = cfg.train.batch_size * dist.n
+    order = data.batch_order(len(rows), world, steps, group[0].seed)
+    for step, indices in enumerate(order, start=1):
+        for _ in train_step(group, rows, indices, step, cfg, dist, bundle):
+            pass  # the candidates' train events are not part of the run's log
+    batches = tuning.val_batches(val_rows, cfg, bundle.tokenizer, bundle.device)
+    losses = {
+        a.name: tuning.val_loss(a.activate(), batches, cfg) if a.status == "running" else math.nan
+        for a in group
+    }
+    adapters.activate(model, next(iter(arms)))
+    return tuning.record(cfg, losses, len(val_rows))
+
+
+def _spec_summary(arm_specs: list[ArmSpec]) -> dict:
+    return {
+        a.name: {
+            "folder": a.folder,
+            "arm": a.plain,
+            "seed": a.seed,
+            "init": a.init,
+            "regularized": a.regularized,
+            "lambdas": list(a.lambdas),
+            "lr": a.lr,
+        }
+        for a in arm_specs
+    }
+
+
 def _checkpoint(arms, step, cfg, run_dir, dist, rng: tuple) -> None:
     """Save what it takes to continue after ``step`` (the main process writes it)."""
     if dist.main:
         world = cfg.train.batch_size * dist.n
-        cursor = {"batch_order_seed": cfg.train.seed, "global_batch": world, "next_step": step + 1}
+        cursor = checkpoint.cursor(run_seeds(cfg), world, step)
         checkpoint.save(run_dir, arms, step, cursor, rng)
     dist.barrier()
 
@@ -541,6 +646,7 @@ def _eval_all(arms, step, cfg, task_data, bundle, probes, run_dir, dist, final=F
                 for ev in evaluation.evaluate(
                     arm, arm.name, step, cfg, task_data, bundle, probes, run_dir
                 ):
+                    ev["seed"] = arm.seed
                     arm.last_eval = ev
                     yield ev
         evaluation.embed(run_dir, step, cfg)
@@ -558,6 +664,7 @@ def _teacher_label(cfg: RunConfig, bundle: ModelBundle) -> str:
 def _arm_summary(arm: Arm) -> dict:
     out = {
         "folder": arm.spec.folder,
+        "lr": arm.spec.lr,  # the rate it trained at (the tuned one in lr_mode tuned)
         "status": "done" if arm.status == "running" else arm.status,
         "error": arm.error,
         "tokens": arm.tokens,

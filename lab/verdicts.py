@@ -2,9 +2,11 @@
 
 ``compare_arms(records, ...)`` pairs the per-item records of two arms on each metric (see
 ``lab.items``), computes the paired difference a - b with ``lab.stats.paired_difference``
-(seed-stratified when the run has several seeds), adjusts the p-values of every row it returns
-together with Holm, and says whether the difference is better or worse given the metric's
-direction. ``verdict_text(row)`` phrases one row for a classroom from its numbers alone, and
+(seed-stratified when the run has several seeds: items are paired within a seed, balora#s1
+against lora#s1, and pooled over the seeds with the resampling kept inside each seed; each
+row also carries the difference of every seed and their spread), adjusts the p-values of
+every row it returns together with Holm, and says whether the difference is better or worse
+given the metric's direction. ``verdict_text(row)`` phrases one row for a classroom from its numbers alone, and
 always with n; ``run_verdicts(run_dir)`` does it all for a run directory. Rates are in
 percentage points, log-likelihoods and KL in nats.
 """
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from lab.arms import unseeded
 from lab.items import load_items, paired
 from lab.stats import N_BOOT, holm, paired_difference
 
@@ -85,10 +88,12 @@ ARM_NAMES = {"lora": "LoRA", "pissa": "PiSSA", "balora": "BA-LoRA", "base": "the
 
 def arm_display(arm: str) -> str:
     """The name a classroom reads: BA-LoRA for "balora", "BA-LoRA (0.05,0.005,0.005)" for
-    "balora@0.05,0.005,0.005", the base model for "base"."""
-    head, _, rest = arm.partition("@")
+    "balora@0.05,0.005,0.005", "LoRA (seed 1)" for "lora#s1", the base model for "base"."""
+    plain, seed = unseeded(arm)
+    head, _, rest = plain.partition("@")
     name = ARM_NAMES.get(head, head)
-    return f"{name} ({rest})" if rest else name
+    name = f"{name} ({rest})" if rest else name
+    return name if seed is None else f"{name} (seed {seed})"
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,9 @@ class VerdictRow:
     scale: float  # display unit per raw unit (100 for points)
     n_dropped: int = 0  # matched items left out because a value was not finite
     stats: dict = field(default_factory=dict)  # PairedResult.to_dict(), raw units
+    # several seeds: [{"seed", "n", "diff"}] per seed (display unit) and max - min of their diffs
+    per_seed: list = field(default_factory=list)
+    seed_spread: float = float("nan")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -137,6 +145,24 @@ def _as_table(records) -> dict[str, np.ndarray]:
         "item": np.array([str(r["item"]) for r in rows], dtype=str),
         "value": np.array([float(r["value"]) for r in rows], dtype=np.float64),
     } if rows else {c: np.array([]) for c in cols}  # fmt: skip
+
+
+def _fold_seeds(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows of a seeded arm name (``lora#s1``) as the plain arm with that seed, so the seeds
+    of one arm pool into one comparison (``lab.items`` writes them that way already)."""
+    if len(table.get("arm", ())) == 0:
+        return table
+    names = np.unique(table["arm"]).tolist()
+    split = {a: unseeded(a) for a in names}
+    if all(seed is None for _, seed in split.values()):
+        return table
+    out = dict(table)
+    out["arm"] = np.array([split[a][0] for a in table["arm"].tolist()], dtype=str)
+    seeds = [split[a][1] for a in table["arm"].tolist()]
+    out["seed"] = np.array(
+        [s if t is None else t for s, t in zip(table["seed"].tolist(), seeds)], dtype=np.int64
+    )
+    return out
 
 
 def default_pairs(arms: Iterable[str]) -> list[tuple[str, str]]:
@@ -171,7 +197,7 @@ def compare_arms(
     finite in either arm are left out and counted in ``n_dropped``. Rows go metric by metric,
     comparisons in order.
     """
-    table = _as_table(records)
+    table = _fold_seeds(_as_table(records))
     arms = list(dict.fromkeys(table["arm"].tolist()))
     present = set(table["metric"].tolist())
     if metric_specs is None:
@@ -208,6 +234,10 @@ def compare_arms(
         else:
             direction = "better" if (res.diff > 0) == spec.higher_is_better else "worse"
         k = spec.scale
+        per_seed = [{"seed": s["stratum"], "n": s["n"], "diff": _scaled(s["diff"], k)}
+                    for s in res.to_dict()["strata"]] if len(counts) > 1 else []  # fmt: skip
+        diffs = [d["diff"] for d in per_seed if d["diff"] is not None]
+        spread = max(diffs) - min(diffs) if len(diffs) > 1 else float("nan")
         rows.append(
             VerdictRow(
                 metric=spec.name, label=spec.label, unit=spec.unit, arm_a=arm_a, arm_b=arm_b,
@@ -216,10 +246,14 @@ def compare_arms(
                 items_per_seed=int(counts[0]) if len(set(counts.tolist())) == 1 else None,
                 mdd=res.mdd * k, higher_is_better=spec.higher_is_better, direction=direction,
                 significant=significant, alpha=alpha, scale=k, n_dropped=dropped,
-                stats=res.to_dict(),
+                stats=res.to_dict(), per_seed=per_seed, seed_spread=spread,
             )
         )  # fmt: skip
     return rows
+
+
+def _scaled(x: float | None, k: float) -> float | None:
+    return None if x is None else x * k
 
 
 def run_verdicts(run_dir, step: int | None = None, **kwargs) -> list[VerdictRow]:
@@ -292,10 +326,28 @@ def _sentence(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
+def seed_text(row: VerdictRow | Mapping) -> str:
+    """The difference of each seed and their spread, e.g. "per seed +4.1, +3.0, +5.2 (seeds
+    0, 1, 2; spread 2.2 points)"; "" for one seed."""
+    r = row.to_dict() if isinstance(row, VerdictRow) else row
+    per_seed = [d for d in r.get("per_seed") or [] if d.get("diff") is not None]
+    if len(per_seed) < 2:
+        return ""
+    unit = r["unit"]
+    diffs = ", ".join(
+        f"{'+' if d['diff'] >= 0 else '-'}{_num(abs(d['diff']), unit)}" for d in per_seed
+    )
+    seeds = ", ".join(str(d["seed"]) for d in per_seed)
+    spread = r.get("seed_spread")
+    finite = spread is not None and math.isfinite(spread)
+    tail = f"; spread {_num(spread, unit)} {unit}" if finite else ""
+    return f"per seed {diffs} (seeds {seeds}{tail})"
+
+
 def verdict_text(row: VerdictRow | Mapping) -> str:
     """One row in words, from its numbers only; never without n. E.g. "BA-LoRA did better than
-    LoRA on clean accuracy: 4.1 points [1.2, 7.0] more, p = 0.006 (Holm), 3 seeds × 200 items"
-    or "No difference detectable between BA-LoRA and LoRA on clean accuracy: +0.8 points
+    LoRA on clean accuracy: 4.1 points [1.2, 7.0] more, p = 0.006 (Holm), per seed +3.0, +5.2,
+    +4.1 (seeds 0, 1, 2; spread 2.2 points), 3 seeds × 200 items" or "No difference detectable between BA-LoRA and LoRA on clean accuracy: +0.8 points
     [-3.3, 5.0], p = 0.71 (Holm); this run could only see differences above 9.0 points
     (n = 24, 1 seed)"."""
     r = row.to_dict() if isinstance(row, VerdictRow) else dict(row)
@@ -304,6 +356,8 @@ def verdict_text(row: VerdictRow | Mapping) -> str:
     diff, lo, hi = r["diff"], r.get("ci_low"), r.get("ci_high")
     has_ci = lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
     n_text = sample_size(r)
+    if seed_text(r):  # several seeds: each seed's difference before the sample size
+        n_text = f"{seed_text(r)}, {n_text}"
     p_text = f"{_p(r['p_holm'])} (Holm)"
     if r["significant"] and r["direction"] != "none":
         ci = ""

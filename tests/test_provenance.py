@@ -29,6 +29,8 @@ def test_summary_records_provenance_and_the_teacher(tmp_path):
     assert summary["teacher_dtype"] == "float32" and summary["teacher"].startswith("exact")
     assert summary["arm_specs"]["balora"] == {
         "folder": "balora",
+        "arm": "balora",
+        "seed": 0,
         "init": "pissa",
         "regularized": True,
         "lambdas": [0.025, 0.005, 0.005],

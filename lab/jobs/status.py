@@ -75,7 +75,8 @@ def run_status(run_dir: str | Path, run: runs.Run | None = None) -> dict[str, An
         run = runs.load_run(run_dir)
     if run is not None:
         summary, events, config = run.summary, run.events, run.config or {}
-    arms = list(config.get("arms") or [])
+    # the arms as trained (with several train.seeds: lora#s0, lora#s1, ...), else the config's
+    arms = list((summary or {}).get("arm_specs") or config.get("arms") or [])
     steps = int((config.get("train") or {}).get("steps") or 0)
     state = (summary or {}).get("status") or "starting"
     progress = arm_progress(events, arms)

@@ -9,7 +9,7 @@ import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 
-from lab.arms import kind_of
+from lab.arms import kind_of, unseeded
 from lab.config import ARM_ORDER, arm_key  # noqa: F401  (re-exported for the figure modules)
 
 ARM_COLORS = {"base": "#7f7f7f", "lora": "#1f77b4", "pissa": "#ff7f0e", "balora": "#2ca02c"}
@@ -46,7 +46,9 @@ SUBPLOT_TITLE_SIZE = 12  # panel titles of multi-panel figures
 
 def arm_color(arm: str) -> str:
     """A fixed colour per arm: the plain arms by name, ``balora@...`` grid arms from the
-    balora family (the same arm name always gets the same colour), anything else by hash."""
+    balora family (the same arm name always gets the same colour), anything else by hash.
+    Every seed of an arm (``lora#s0``, ``lora#s1``) takes the arm's colour."""
+    arm = unseeded(arm)[0]
     if arm in ARM_COLORS:
         return ARM_COLORS[arm]
     if kind_of(arm) == "balora":  # a balora@L1,L2,L3 grid arm
