@@ -245,6 +245,12 @@ def test_report_and_figures_read_seeded_arms(seeded_run):
     assert set(NAMES) <= names
     html = report.html_report(out, figs)
     assert "2 seeds ×" in html and "lora#s1" in html
+    from lab.ui import figures
+
+    text, _ = figures.evidence(out)
+    assert "2 seeds ×" in text and "(seeds 0, 1" in text
+    points = figures.pareto_points(out)
+    assert sorted(p["arm"] for p in points) == sorted(ARMS * 2)  # one point per arm and seed
 
 
 N = 4
