@@ -445,6 +445,15 @@ def test_snapshot_save_load_round_trip(tmp_path):
         analysis.save_snapshot(tmp_path, _snap("../evil", 1))
 
 
+def test_grid_and_seeded_arms_have_snapshots(tmp_path):
+    """A lambda-grid arm (balora@L1,L2,L3) and an arm of one seed (lora#s1) are file names."""
+    for arm in ("balora@0.05,0.005,0.005", "lora#s1", "balora@0.1,0,0#s2"):
+        analysis.save_snapshot(tmp_path, _snap(arm, 4))
+    got = analysis.load_snapshots(tmp_path, 4)
+    assert set(got) == {"balora@0.05,0.005,0.005", "lora#s1", "balora@0.1,0,0#s2"}
+    assert got["lora#s1"].arm == "lora#s1"
+
+
 def test_top_drifted_orders_by_kl():
     snap = _snap("lora", 1)
     texts = ["a", "b", "c", "d", "e"]

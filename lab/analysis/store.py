@@ -18,7 +18,7 @@ from lab import runs
 from lab.analysis.snapshot import AnalysisError, Snapshot
 from lab.config import arm_key
 
-_ARM = re.compile(r"^[A-Za-z0-9_.#-]+$")  # "#": an arm of one seed, lora#s1
+_ARM = re.compile(r"^[A-Za-z0-9_.#@,+-]+$")  # "#": lora#s1; "@,+": balora@0.05,0.005,0.005
 _STEP = re.compile(r"^step_(\d{6,})$")
 _NOT_SNAPSHOTS = {"embedding"}
 
@@ -70,7 +70,7 @@ def save_snapshot(run_dir: str | Path, snap: Snapshot) -> Path:
     """Write ``analysis/step_<step:06d>/<arm>.npz`` atomically; returns the path."""
     if not _ARM.match(snap.arm) or snap.arm in _NOT_SNAPSHOTS:
         raise AnalysisError(
-            f"arm name {snap.arm!r} cannot be a file name (letters, digits, _ . # -)"
+            f"arm name {snap.arm!r} cannot be a file name (letters, digits, _ . # @ , + -)"
         )
     path = step_dir(run_dir, snap.step) / f"{snap.arm}.npz"
     runs.save_arrays(path, snapshot_arrays(snap))
