@@ -48,6 +48,9 @@ def measure(preset: str) -> dict:
         "preset": preset,
         "estimate_s": round(est["total_s"], 1),
         "parts_s": {k: round(v, 1) for k, v in est.items() if k != "total_s"},
+        "measured_s": {
+            k: round(measured[k], 2) for k in ("startup_s", "step_overhead_s", "per_point_s")
+        },
         "measure_wall_s": round(measured["wall_s"], 1),
         "real_s": round(real, 1),
         "relative_error": round(error, 3),
