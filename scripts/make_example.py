@@ -43,7 +43,7 @@ def train(preset: str, overrides: list[str], out: Path) -> None:
     argv = [sys.executable, "-m", "lab", "train", "--preset", preset, "--out", str(out)]
     for item in overrides:
         argv += ["--set", item]
-    subprocess.run(argv, cwd=ROOT, check=True)
+    subprocess.run(argv, cwd=ROOT, check=True, stdout=sys.stderr)  # stdout: the JSON entry only
 
 
 def folder_bytes(path: Path) -> int:
