@@ -140,19 +140,28 @@ def measure_progress(
     """Run ``steps`` steps of this exact config (its evaluation settings included) in a
     throwaway directory, yielding ``{"done", "total", "elapsed_s"}`` (train steps of all arms
     written so far) every ``poll_s`` while it works and, last, what
-    :func:`measure_step_time` returns. The events are read as they arrive (every 50 ms), so
-    the time between two steps is known too.
+    :func:`measure_step_time` returns.
 
     Closing the generator early (a page that went away) ends the timing run."""
     quick = [f"train.steps={steps}", "train.eval_every=0"]
-    cfg = load_preset(preset, [*overrides, *quick])  # a bad value raises here, not in the worker
-    total = steps * len(cfg.arms)
+    load_preset(preset, [*overrides, *quick])  # a bad value raises here, not in the worker
+    yield from timed_run(preset, [*overrides, *quick], timeout, poll_s)
+
+
+def timed_run(
+    preset: str, overrides: list[str], timeout: float = 900.0, poll_s: float = 0.5
+) -> Iterator[dict[str, Any]]:
+    """Run this config through the command line in a throwaway directory, as the app's worker
+    does, and time its parts: progress dicts while it works, then :func:`timing`'s dict. The
+    events are read as they arrive (every 50 ms), so the time between two steps is known."""
+    cfg = load_preset(preset, overrides)
+    total = cfg.train.steps * len(cfg.arms)
     with tempfile.TemporaryDirectory(prefix="balora-estimate-") as tmp:
         out = Path(tmp) / "run"
         with open(Path(tmp) / "log.txt", "w", encoding="utf-8") as log:
             t0 = time.time()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lab", *train_argv(preset, [*overrides, *quick], out)],
+                [sys.executable, "-m", "lab", *train_argv(preset, overrides, out)],
                 cwd=str(PROJECT_ROOT),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -188,7 +197,11 @@ def measure_progress(
         # after the last eval event: the joint t-SNE, the checkpoint, saving the adapters
         tail = max(0.0, end - log_path.stat().st_mtime) if log_path.exists() else 0.0
     yield timing(
-        events, wall_s=end - t0, tail_s=tail, steps=steps, step_overhead_s=step_overhead(arrived)
+        events,
+        wall_s=end - t0,
+        tail_s=tail,
+        steps=cfg.train.steps,
+        step_overhead_s=step_overhead(arrived),
     )
 
 
