@@ -421,7 +421,7 @@ def build(ui) -> None:
         )
     ui.upload_msg = gr.Markdown(elem_id="upload-msg")
     # shown when an upload's columns are not the task's: which column holds which role
-    with gr.Group(visible=False, elem_id="map-box") as ui.map_box:
+    with gr.Column(visible=False, variant="panel", elem_id="map-box") as ui.map_box:
         with gr.Row():
             first, second = _roles(v["task"])
             ui.map_first = gr.Dropdown(
