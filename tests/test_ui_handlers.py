@@ -539,16 +539,16 @@ def test_setup_uploads_a_benchmark_file_into_the_run_config(runs_dir, tmp_path, 
 def test_preset_note_is_the_comment_block_at_the_top_of_the_file(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(
-        "# Hypothesis: *noisy* labels hurt LoRA more.\n#\n# Second line.\nname: x\n# not this\n"
+        "\n# Hypothesis: *noisy* labels\n# hurt LoRA more.\n#\n# Second paragraph.\n"
+        "name: x\n# not this\n"
     )
-    assert (
-        form_logic.preset_note(str(path))
-        == "Hypothesis: *noisy* labels hurt LoRA more. Second line."
-    )
-    assert setup.note_markdown(form_logic.preset_note(str(path))).startswith(
-        "> Hypothesis: \\*noisy\\*"
-    )
+    note = form_logic.preset_note(str(path))
+    assert note == "Hypothesis: *noisy* labels hurt LoRA more.\n\nSecond paragraph."
+    shown = setup.note_markdown(note)
+    assert shown == "> Hypothesis: \\*noisy\\* labels hurt LoRA more.\n>\n> Second paragraph."
     assert "SmolLM2-135M on sentiment" in form_logic.preset_note("classroom-cpu")
+    (tmp_path / "bare.yaml").write_text("name: bare\n")
+    assert form_logic.preset_note(str(tmp_path / "bare.yaml")) == ""
     *_, note, msg = setup.on_preset("no-such-preset")
     assert note == gr.skip() and "unknown preset" in msg
 

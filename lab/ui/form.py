@@ -149,14 +149,19 @@ def preset_values(preset: str) -> dict[str, Any]:
 
 def preset_note(preset: str) -> str:
     """The comment block a preset file begins with (its purpose, or its hypothesis for a
-    scenario preset), as plain text; "" when it has none."""
+    scenario preset) as plain text, its paragraphs (split by a bare ``#`` line) separated by a
+    blank line; "" when it has none."""
     path = preset_path(hosting.check_preset(hosting.current(), preset))
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    paragraphs: list[list[str]] = [[]]
+    for line in path.read_text(encoding="utf-8").lstrip("\n").splitlines():
         if not line.startswith("#"):
             break
-        lines.append(line[1:].strip())
-    return " ".join(x for x in lines if x)
+        text = line[1:].strip()
+        if text:
+            paragraphs[-1].append(text)
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    return "\n\n".join(" ".join(p) for p in paragraphs if p)
 
 
 def columns_text(columns: dict | None) -> str:

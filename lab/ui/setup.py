@@ -61,7 +61,7 @@ def on_preset(preset: str):
 
 def note_markdown(note: str) -> str:
     """The preset's comment block under the picker (plain text, shown as a quote)."""
-    return f"> {_escape(note)}" if note else ""
+    return "\n>\n".join(f"> {_escape(p)}" for p in note.split("\n\n")) if note else ""
 
 
 def _escape(text: str) -> str:
