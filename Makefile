@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint format bench setup browser clean
+.PHONY: run test test-fast lint format bench example setup browser clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ bench: setup
 	$(BIN)/python bench/step.py
 	$(BIN)/python bench/analysis.py
 	$(BIN)/python bench/e2e.py
+
+# train a preset (PRESET=classroom-cpu by default) and ship it as assets/example_run
+example: setup
+	$(BIN)/python scripts/make_example.py --preset $(or $(PRESET),classroom-cpu)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts

@@ -100,6 +100,45 @@ def test_keyboard_reaches_start_from_the_setup_tab(app, browser):
     assert reached is not None, f"Start was not reached in {MAX_TABS_TO_START} Tab presses"
 
 
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose ``option`` in the Gradio dropdown ``#elem_id``."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_setup_maps_an_uploads_columns_and_shows_its_own_status(app, browser, tmp_path):
+    """An upload with other column names: its columns are shown, mapped in the page and the
+    file selected; the preset's note shows under the picker; Measure's message line carries
+    our own status text, never Gradio's timer."""
+    page = open_page(browser, app, WIDTHS["wide"])
+    show_tab(page, "Setup")
+    pick(page, "preset", "tiny-test")
+    note = page.locator("#preset-note")
+    note.filter(has_text="random 2-layer Llama").wait_for(timeout=30_000)
+    data = tmp_path / "qa.csv"
+    data.write_text("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(40)))
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload-btn").click()
+    chooser.value.set_files(str(data))
+    msg = page.locator("#upload-msg")
+    msg.filter(has_text="not the ones task nlg needs").wait_for(timeout=30_000)
+    assert page.locator("#map-box").is_visible()
+    assert page.locator("#map-first input").input_value() == "question"
+    assert page.locator("#map-second input").input_value() == "answer"
+    assert axe_violations(page) == []  # the mapping panel keeps the page accessible
+    page.locator("#map-btn").click()
+    msg.filter(has_text="40 usable rows with").wait_for(timeout=30_000)
+    assert page.locator("#dataset input").input_value().endswith("qa.csv")
+    assert not page.locator("#map-box").is_visible()
+
+    page.locator("#estimate-btn").click()
+    status = page.locator("#setup-msg")
+    status.filter(has_text="⏳ measuring").wait_for(timeout=60_000)
+    assert page.locator("#setup-msg .progress-text:visible").count() == 0
+    status.filter(has_text="this run should take about").wait_for(timeout=300_000)
+    page.close()
+
+
 def _loss_steps(page) -> int:
     """The largest step drawn in the Classroom loss figure."""
     return page.evaluate(

@@ -7,6 +7,7 @@ must come back as a specific message, with nothing written under the runs direct
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -46,8 +47,9 @@ def nothing_written(path: Path) -> bool:
 
 def test_preset_fills_every_field_and_round_trips_without_overrides():
     vals = setup.on_preset("tiny-test")
-    assert len(vals) == len(form_logic.FIELDS) + 1 and "tiny-test" in vals[-1]
-    values = dict(zip(form_logic.FIELDS, vals[:-1]))
+    assert len(vals) == len(form_logic.FIELDS) + 2 and "tiny-test" in vals[-1]
+    assert "random 2-layer Llama" in vals[-2]  # the preset's own note under the picker
+    values = dict(zip(form_logic.FIELDS, vals[:-2]))
     assert values["model.name"] == "tiny-llama" and values["train.steps"] == 8
     assert form_logic.form_overrides("tiny-test", values) == []
 
@@ -100,12 +102,13 @@ def test_unknown_hub_model_without_network(runs_dir, monkeypatch):
 def test_malformed_upload_is_refused_and_not_copied(runs_dir, tmp_path):
     bad = tmp_path / "mine.jsonl"
     bad.write_text('{"prompt": "hi", "response": "there"}\n{"prompt": "oops"\n', encoding="utf-8")
-    msg, update = setup.on_upload(str(bad), "nlg")
+    msg, update, *_ = setup.on_upload(str(bad), "nlg")
     assert msg.startswith("❌") and "mine.jsonl line 2: not valid JSON" in msg
+    assert "**Upload your own data**" in msg  # the visible field the error is about
     assert not (runs_dir / "_uploads").exists()
     binary = tmp_path / "data.csv"
     binary.write_bytes(b"text,label\n\x00\x01\x02")
-    msg, _ = setup.on_upload(str(binary), "nlu")
+    msg, *_ = setup.on_upload(str(binary), "nlu")
     assert "binary" in msg
 
 
@@ -118,7 +121,8 @@ def test_good_upload_is_copied_per_owner_and_selected(runs_dir, tmp_path):
         encoding="utf-8",
     )
     token = hosting.new_token()
-    msg, update = setup.on_upload(str(good), "nlg", token)
+    msg, update, columns, box, *_ = setup.on_upload(str(good), "nlg", token)
+    assert columns == "" and box["visible"] is False  # its own columns: no mapping needed
     dest = hosting.upload_dir(runs_dir, token) / "pairs.jsonl"
     assert dest.parent.name == hosting.digest(token)[:32]  # named by the server
     assert msg.startswith("✅") and "6 usable rows" in msg
@@ -527,3 +531,170 @@ def test_setup_uploads_a_benchmark_file_into_the_run_config(runs_dir, tmp_path, 
     with pytest.raises(ConfigError, match="not allowed on this public app"):
         form_logic.check_form("tiny-test", dict(zip(form_logic.FIELDS, form(
             bias__crows_pairs=path))), hosting.new_token())  # fmt: skip
+
+
+# ---- Setup: a preset's note, column mapping of an upload, our own status line ------------------
+
+
+def test_preset_note_is_the_comment_block_at_the_top_of_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "\n# Hypothesis: *noisy* labels\n# hurt LoRA more.\n#\n# Second paragraph.\n"
+        "name: x\n# not this\n"
+    )
+    note = form_logic.preset_note(str(path))
+    assert note == "Hypothesis: *noisy* labels hurt LoRA more.\n\nSecond paragraph."
+    shown = setup.note_markdown(note)
+    assert shown == "> Hypothesis: \\*noisy\\* labels hurt LoRA more.\n>\n> Second paragraph."
+    assert "SmolLM2-135M on sentiment" in form_logic.preset_note("classroom-cpu")
+    (tmp_path / "bare.yaml").write_text("name: bare\n")
+    assert form_logic.preset_note(str(tmp_path / "bare.yaml")) == ""
+    *_, note, msg = setup.on_preset("no-such-preset")
+    assert note == gr.skip() and "unknown preset" in msg
+
+
+def mapped_upload(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_an_upload_with_other_columns_is_mapped_in_the_page(runs_dir, tmp_path):
+    from lab import hosting
+
+    rows = "".join(f"q{i},a{i},{i}\n" for i in range(6))
+    path = mapped_upload(tmp_path, "qa.csv", "question,answer,id\n" + rows)
+    token = hosting.new_token()
+    msg, dataset, columns, box, first, second, pending = setup.on_upload(path, "nlg", token)
+    assert msg.startswith("🧭") and "`question`, `answer`, `id`" in msg
+    assert dataset == gr.skip() and columns == gr.skip()  # nothing selected yet
+    assert box["visible"] is True and pending == {
+        "path": path,
+        "columns": ["question", "answer", "id"],
+    }
+    assert (first.label, first.value, second.label, second.value) == (
+        "Prompt column", "question", "Response column", "answer"
+    )  # fmt: skip
+    assert first.choices == [("question", "question"), ("answer", "answer"), ("id", "id")]
+    assert not (runs_dir / "_uploads").exists()  # not copied before it is mapped
+
+    msg, *_ = setup.on_map(pending, "nlg", "question", "question", token)
+    assert "**Response column**: column 'question' is already chosen for the prompt" in msg
+    msg, *_ = setup.on_map(pending, "nlg", None, "answer", token)
+    assert "**Prompt column**: no column chosen" in msg
+    msg, *_ = setup.on_map(None, "nlg", "question", "answer", token)
+    assert "**Upload your own data**: upload a file first" in msg
+
+    msg, dataset, columns, box, mapped = setup.on_map(pending, "nlg", "question", "answer", token)
+    dest = hosting.upload_dir(runs_dir, token) / "qa.csv"
+    assert msg.startswith("✅") and "6 usable rows with `question` as the prompt" in msg
+    assert dataset.value == str(dest) and box["visible"] is False
+    assert json.loads(columns) == {"prompt": "question", "response": "answer"}
+    assert mapped == {str(dest): columns}
+    # the mapping reaches the run's config through the hidden data.columns field
+    values = dict(zip(form_logic.FIELDS, form(data__name=str(dest), data__columns=columns)))
+    cfg, overrides, _ = form_logic.check_form("tiny-test", values, token)
+    assert cfg.data.columns == {"prompt": "question", "response": "answer"}
+    assert 'data.columns={"prompt": "question", "response": "answer"}' in overrides
+    # picked again by hand, the upload keeps its mapping; a shipped set has none
+    assert setup.on_dataset_input(str(dest), mapped) == columns
+    assert setup.on_dataset_input("sentiment", mapped) == ""
+    # without the mapping the same file is refused, naming the missing column
+    values["data.columns"] = ""
+    with pytest.raises(ValueError, match="missing column 'prompt'"):
+        form_logic.check_form("tiny-test", values, token)
+
+
+def test_mapping_follows_the_task_and_checks_the_labels(runs_dir, tmp_path):
+    path = mapped_upload(tmp_path, "reviews.jsonl", "".join(
+        json.dumps({"review": f"text {i}", "stars": i % 2, "note": ""}) + "\n" for i in range(8)
+    ))  # fmt: skip
+    msg, _, _, box, first, second, pending = setup.on_upload(path, "nlu")
+    assert box["visible"] and (first.label, first.value) == ("Text column", "review")
+    assert second.value is None  # nothing looks like a label: the user picks it
+    first, second = setup.on_mapping_task("nlg", pending)
+    assert (first.label, second.label) == ("Prompt column", "Response column")
+    first, second = setup.on_mapping_task("nlu", pending)
+    assert (first.label, second.label) == ("Text column", "Label column")
+    msg, *_ = setup.on_map(pending, "nlu", "review", "note", None)
+    assert "**Upload your own data**: reviews.jsonl has no usable rows" in msg  # empty labels
+    msg, dataset, columns, *_ = setup.on_map(pending, "nlu", "review", "stars", None)
+    assert msg.startswith("✅") and json.loads(columns) == {"text": "review", "label": "stars"}
+
+
+def test_an_empty_upload_names_the_upload_field(runs_dir, tmp_path):
+    empty = mapped_upload(tmp_path, "empty.csv", "")
+    msg, *_, box, _, _, pending = setup.on_upload(empty, "nlg")
+    assert "**Upload your own data**: empty.csv is empty" in msg
+    assert box["visible"] is False and pending is None
+    header = mapped_upload(tmp_path, "header.csv", "question,answer\n")
+    msg, *_ = setup.on_upload(header, "nlg")
+    assert "header.csv has a header but no rows" in msg
+
+
+def test_status_lines_are_our_own_text():
+    from lab.jobs import checks
+
+    assert (
+        checks.progress_line(12, 24, 70, 40) == "step 12/24 · 1 min 10 s elapsed · about 40 s left"
+    )
+    assert checks.progress_line(0, 2, 3.4) == "step 0/2 · 3 s elapsed"
+    assert checks.duration(3725) == "1 h 2 min" and checks.duration(120) == "2 min"
+    events = [{"arm": a, "step": s, "kind": "train", "seconds": 2.0} for s in (1, 2) for a in "ab"]
+    events += [{"arm": a, "step": 2, "kind": "eval", "seconds": 5.0} for a in "ab"]
+    # 24 steps, eval every 2: 12 eval points, one done; 22 steps of 2 arms x 2 s left
+    assert checks.time_left(events, 24, 2) == 22 * 4.0 + 11 * 10.0
+    cfg = {"arms": ["a", "b"], "train": {"steps": 24, "eval_every": 2}}
+    t0 = time.mktime(time.strptime("2026-01-01 10:00:00", "%Y-%m-%d %H:%M:%S"))
+    line = checks.run_progress_line(events, cfg, {"started": "2026-01-01 10:00:00"}, now=t0 + 70)
+    assert line == "step 2/24 · 1 min 10 s elapsed · about 3 min 18 s left"
+    assert checks.run_progress_line(events, cfg, None) is None
+
+
+def test_measure_streams_our_status_line_then_the_estimate(monkeypatch):
+    def fake_progress(preset, overrides):
+        yield {"done": 0, "total": 6, "elapsed_s": 1.0}
+        yield {"done": 3, "total": 6, "elapsed_s": 14.2}
+        yield {"per_arm_s": {"lora": 1.0, "pissa": 1.0, "balora": 2.0}, "steps": 2,
+               "eval_s": {"base": 3.0, "lora": 2.0, "pissa": 2.0, "balora": 2.0},
+               "per_point_s": 4.0, "startup_s": 10.0, "wall_s": 40.0}  # fmt: skip
+
+    monkeypatch.setattr(jobs.checks, "measure_progress", fake_progress)
+    out = list(setup.on_estimate(None, "tiny-test", *form()))
+    msgs = [m for m, _ in out]
+    assert msgs[1:3] == [
+        "⏳ measuring: step 0/6 · 1 s elapsed",
+        "⏳ measuring: step 3/6 · 14 s elapsed",
+    ]
+    assert all("processing" not in m for m in msgs)
+    # tiny-test: 8 steps, eval_every 0 -> one eval point; 10 + 8 x 4 + 3 + (6 + 4)
+    assert out[-1][1]["total_s"] == pytest.approx(10 + 32 + 3 + 10)
+    assert "about **55 s**" in msgs[-1] and "joint t-SNE" in msgs[-1]
+    msg, estimate = list(setup.on_estimate(None, "tiny-test", *form(train__steps=0)))[-1]
+    assert estimate is None and "**Steps** (train.steps)" in msg
+
+
+def test_estimate_counts_every_eval_point_with_its_t_sne_and_a_slow_first_step():
+    from lab.config import load_preset
+    from lab.jobs import checks
+
+    events = [{"arm": "base", "step": 0, "kind": "eval", "seconds": 3.0}]
+    events += [{"arm": a, "step": 1, "kind": "train", "seconds": 5.0} for a in ("x", "y")]
+    events += [{"arm": a, "step": 2, "kind": "train", "seconds": 1.0} for a in ("x", "y")]
+    events += [{"arm": a, "step": 2, "kind": "eval", "seconds": 2.0} for a in ("x", "y")]
+    m = checks.timing(events, wall_s=30.0, tail_s=4.0, steps=2)
+    # 30 s = 4 typical steps (4 s) + evals (3 + 4) + tail 4 + start-up 15 (slow first steps in it)
+    assert m["startup_s"] == pytest.approx(15.0) and m["per_point_s"] == 4.0
+    cfg = load_preset("tiny-test", ["train.steps=24", "train.eval_every=12"])
+    est = checks.estimate_run(cfg, m)
+    assert est["eval_s"] == pytest.approx(3.0 + 2 * (4.0 + 4.0))  # 2 eval points
+    assert est["total_s"] == pytest.approx(15.0 + 24 * 2.0 + est["eval_s"])
+    one = checks.estimate_run(load_preset("tiny-test", ["train.steps=2", "train.eval_every=0"]), m)
+    assert one["total_s"] == pytest.approx(30.0)  # the timing run's own config: its wall time
+    # the time between two steps beyond the arms' own seconds (the shared teacher pass)
+    seen = [(10.0, events[1]), (11.0, events[2]), (14.5, events[3]), (15.5, events[4])]
+    assert checks.step_overhead(seen) == pytest.approx(15.5 - 11.0 - 2.0)
+    m = checks.timing(events, wall_s=30.0, tail_s=4.0, steps=2, step_overhead_s=2.5)
+    assert m["startup_s"] == pytest.approx(10.0)
+    est = checks.estimate_run(cfg, m)
+    assert est["train_s"] == pytest.approx(24 * (2.0 + 2.5))

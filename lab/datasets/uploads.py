@@ -263,6 +263,83 @@ def records_to_rows(
     return rows, warnings
 
 
+# What each task's mapping asks for (the first form of FORMS), and the column names that
+# usually hold each role, for a first guess the user then confirms.
+ROLES = {task: forms[0] for task, forms in FORMS.items()}
+_USUAL_NAMES = {
+    "prompt": ("prompt", "question", "instruction", "input", "query", "source", "context"),
+    "response": ("response", "answer", "output", "completion", "target", "reply"),
+    "text": ("text", "sentence", "review", "content", "document", "input", "comment"),
+    "label": ("label", "labels", "class", "category", "sentiment", "target", "y"),
+}
+
+
+def file_columns(path, *, max_bytes: int = 50_000_000, max_rows: int = 20_000) -> list[str]:
+    """The column names of a .jsonl or .csv file (CSV: the header; JSONL: every key, in the
+    order first seen). Raises DataError for an empty, binary, malformed or oversized file."""
+    path = Path(path)
+    text = _decode(path, max_bytes)
+    if path.suffix.lower() == ".csv":
+        records, _ = _csv_records(text, path.name, max_rows)
+    else:
+        records, _ = _jsonl_records(text, path.name, max_rows)
+    seen: dict[str, None] = {}
+    for _, rec in records:
+        seen.update(dict.fromkeys(map(str, rec)))
+    if not seen:
+        raise DataError(f"{path.name} has no columns (every row is an empty object)")
+    return list(seen)
+
+
+def needs_mapping(columns: list[str], task: str) -> bool:
+    """True when no form the task accepts has all its columns in the file under their own
+    names (then the user maps the file's columns to the roles)."""
+    if task not in FORMS:
+        raise DataError(f"task must be 'nlg' or 'nlu', got {task!r}")
+    return not any(all(k in columns for k in form) for form in FORMS[task])
+
+
+def guess_mapping(columns: list[str], task: str) -> dict[str, str | None]:
+    """A first guess of the file column for each role of ``task`` (None where nothing fits);
+    no column is guessed for two roles."""
+    out: dict[str, str | None] = {}
+    lower = {c.lower().strip(): c for c in columns}
+    for role in ROLES[task]:
+        pick = next(
+            (lower[n] for n in _USUAL_NAMES[role] if n in lower and lower[n] not in out.values()),
+            None,
+        )
+        out[role] = pick
+    return out
+
+
+def check_mapping(mapping: dict, columns: list[str], task: str) -> dict[str, str]:
+    """The user's ``{role: file column}`` for ``task``, checked: every role chosen, each a
+    column of the file, no column for two roles. Errors start with the role they are about."""
+    if task not in ROLES:
+        raise DataError(f"task must be 'nlg' or 'nlu', got {task!r}")
+    out: dict[str, str] = {}
+    for role in ROLES[task]:
+        col = mapping.get(role)
+        if not isinstance(col, str) or not col.strip():
+            raise DataError(
+                f"{role}: no column chosen; pick the file's column that holds the {role} "
+                f"(columns: {', '.join(columns)})"
+            )
+        if col not in columns:
+            raise DataError(
+                f"{role}: the file has no column {snippet(col)} (columns: {', '.join(columns)})"
+            )
+        other = next((r for r, c in out.items() if c == col), None)
+        if other is not None:
+            raise DataError(
+                f"{role}: column '{col}' is already chosen for the {other}; each role needs its "
+                "own column"
+            )
+        out[role] = col
+    return out
+
+
 def validate_upload(
     path,
     *,

@@ -12,8 +12,9 @@ from lab.ui import common, figures
 FIGURES = figures.ALL_FIGURES
 INTRO = (
     "A finished run of the **classroom-cpu** preset (SmolLM2-135M on the sentiment set, LoRA vs "
-    "PiSSA vs BA-LoRA, 2 CPU cores), shipped with the app: its numbers, not its weights. Press "
-    "**Replay** to watch it train again step by step, or drag the slider."
+    "PiSSA vs BA-LoRA, 2 CPU cores), shipped with the app. Press **Replay** to watch it train "
+    "again step by step, or drag the slider. When it ships with its adapters (`make example`), "
+    "the **Compare** tab generates from it at once, with no training."
 )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import html
 import importlib.util
+import inspect
 import logging
 import os
 import secrets
@@ -107,7 +108,26 @@ USER_ERRORS = (ValueError, PermissionError, FileNotFoundError)  # the library's 
 
 def guarded(fn):
     """Turn anything a handler raises into a ``gr.Error`` naming the cause (logged in full on
-    the server), so no request, however crafted, gets a traceback or a dead app."""
+    the server), so no request, however crafted, gets a traceback or a dead app. A generator
+    handler (one that streams its status) stays a generator."""
+
+    def fail(e: Exception):
+        log.exception("handler %s failed", fn.__name__)
+        kind = "" if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: "
+        return gr.Error(kind + public_message(e))
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def streaming(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as e:
+                raise fail(e) from None
+
+        return streaming
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -116,9 +136,7 @@ def guarded(fn):
         except gr.Error:
             raise
         except Exception as e:
-            log.exception("handler %s failed", fn.__name__)
-            kind = "" if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: "
-            raise gr.Error(kind + public_message(e)) from None
+            raise fail(e) from None
 
     return wrapper
 

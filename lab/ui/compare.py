@@ -12,10 +12,11 @@ from typing import Any
 
 import gradio as gr
 
-from lab import runs
+from lab import hosting, runs
 from lab.ui import common
 
 NO_PAIR = "(none: use the prompt box)"
+EXAMPLE_LABEL = "example: the shipped classroom run (no training needed)"
 
 
 def pair_choices() -> list[tuple[str, str]]:
@@ -38,7 +39,10 @@ def adapter_run_choices(owner: str | None = None) -> list[tuple[str, str]]:
     from lab import generate  # torch: imported on first use, not when the app starts
 
     root = common.runs_root()
-    return [
+    example = (
+        [(EXAMPLE_LABEL, hosting.EXAMPLE_ID)] if generate.saved_arms(common.EXAMPLE_RUN) else []
+    )
+    return example + [
         (label, rid)
         for label, rid in common.run_choices(owner=owner)
         if generate.saved_arms(root / rid)
@@ -183,6 +187,10 @@ def on_compare(
     return out, common.ok(f"{len(rows)} models, same seed ({int(seed)}) and decoding")
 
 
+def on_compare_started() -> str:
+    return "⏳ loading the base model and every arm's adapter, then generating…"
+
+
 @common.guarded
 def on_refresh(owner: str | None = None):
     return gr.Dropdown(choices=adapter_run_choices(owner))
@@ -190,8 +198,10 @@ def on_refresh(owner: str | None = None):
 
 @common.guarded
 def on_page_load(owner: str | None = None):
-    """Fill the run and pair lists once the page is up. -> (runs dropdown, pairs dropdown)."""
-    return gr.Dropdown(choices=adapter_run_choices(owner)), gr.Dropdown(
+    """Fill the run and pair lists once the page is up, the shipped example (when it has its
+    adapters) or the newest run selected. -> (runs dropdown, pairs dropdown)."""
+    choices = adapter_run_choices(owner)
+    return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None), gr.Dropdown(
         choices=[(NO_PAIR, "")] + pair_choices()
     )
 
@@ -245,7 +255,7 @@ def build(ui) -> None:
     ui.cmp_out = gr.HTML(elem_id="cmp-out")
     private = {"api_visibility": "private"}
     ui.cmp_refresh.click(on_refresh, ui.owner, ui.cmp_run, **private)
-    ui.cmp_btn.click(
+    ui.cmp_btn.click(on_compare_started, None, ui.cmp_msg, show_progress="hidden", **private).then(
         on_compare,
         [
             ui.cmp_run,
@@ -258,5 +268,6 @@ def build(ui) -> None:
         ],  # fmt: skip
         [ui.cmp_out, ui.cmp_msg],
         concurrency_limit=1,
+        show_progress="hidden",  # the message line says what is happening, in our words
         **private,
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 from lab import arms as arm_specs
 from lab import hosting, jobs
-from lab.config import ConfigError, RunConfig, list_presets, load_preset
+from lab.config import ConfigError, RunConfig, list_presets, load_preset, preset_path
 
 EMBEDDED_MODELS = ["smollm2-135m", "gemma3-270m", "minilm-l6", "tiny-llama", "tiny-bert"]
 ARM_NAMES = {"lora": "LoRA", "pissa": "PiSSA", "balora": "BA-LoRA"}
@@ -25,6 +25,7 @@ FIELDS = [
     "model.custom",  # free text: a hub id or a local directory (wins over the dropdown)
     "task",
     "data.name",
+    "data.columns",  # hidden: the upload's column mapping as JSON text ("" = the file's own names)
     "data.label_noise",
     "data.minority_fraction",
     "arms",
@@ -52,6 +53,7 @@ FIELD_LABELS = {
     "model.custom": "…or a hub id / local folder",
     "task": "Task type",
     "data.name": "Dataset",
+    "data.columns": "Column mapping",
     "data.label_noise": "Label noise",
     "data.minority_fraction": "Minority share",
     "arms": "Arms",
@@ -73,6 +75,14 @@ FIELD_LABELS = {
     "bias.winogender_stats": "Occupation statistics file",
 }
 ERROR_CLASS = "field-error"
+# The mapping dropdowns shown when an upload's columns do not match the task: one per role.
+UPLOAD_LABEL = "Upload your own data"
+ROLE_LABELS = {
+    "prompt": "Prompt column",
+    "response": "Response column",
+    "text": "Text column",
+    "label": "Label column",
+}
 
 
 def field_of_error(message: str) -> str | None:
@@ -131,9 +141,56 @@ def preset_values(preset: str) -> dict[str, Any]:
     cfg = load_preset(hosting.check_preset(hosting.current(), preset)).to_dict()
     out = {f: config_value(cfg, f) for f in FIELDS if f != "model.custom"}
     out["model.custom"] = ""
+    out["data.columns"] = columns_text(out["data.columns"])
     if out["model.name"] not in EMBEDDED_MODELS:
         out["model.custom"], out["model.name"] = out["model.name"], EMBEDDED_MODELS[0]
     return out
+
+
+def preset_note(preset: str) -> str:
+    """The comment block a preset file begins with (its purpose, or its hypothesis for a
+    scenario preset) as plain text, its paragraphs (split by a bare ``#`` line) separated by a
+    blank line; "" when it has none."""
+    path = preset_path(hosting.check_preset(hosting.current(), preset))
+    paragraphs: list[list[str]] = [[]]
+    for line in path.read_text(encoding="utf-8").lstrip("\n").splitlines():
+        if not line.startswith("#"):
+            break
+        text = line[1:].strip()
+        if text:
+            paragraphs[-1].append(text)
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    return "\n\n".join(" ".join(p) for p in paragraphs if p)
+
+
+def columns_text(columns: dict | None) -> str:
+    """The hidden ``data.columns`` field's text: JSON of the mapping, "" for none."""
+    return json.dumps(dict(sorted(columns.items()))) if columns else ""
+
+
+def parse_columns(text: Any) -> dict[str, str]:
+    """The hidden ``data.columns`` field back to a mapping (a ConfigError naming it if bad)."""
+    if isinstance(text, dict):
+        return dict(text)
+    if text is None or not str(text).strip():
+        return {}
+    try:
+        value = json.loads(str(text))
+    except json.JSONDecodeError:
+        raise ConfigError("data.columns: not a column mapping (upload the file again)") from None
+    if not isinstance(value, dict):
+        raise ConfigError("data.columns: not a column mapping (upload the file again)")
+    return value
+
+
+def role_error(message: str) -> str:
+    """``prompt: no column chosen`` -> ``**Prompt column**: no column chosen``; other upload
+    errors are about the file itself and name the upload button."""
+    head, sep, rest = str(message).partition(": ")
+    if sep and head in ROLE_LABELS:
+        return f"**{ROLE_LABELS[head]}**: {rest}"
+    return f"**{UPLOAD_LABEL}**: {message}"
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -165,6 +222,8 @@ def form_overrides(preset: str, values: dict[str, Any]) -> list[str]:
             value = int(value)
         if key == "arms":
             value = list(value or [])
+        if key == "data.columns":
+            value = parse_columns(value)
         if not _same(value, config_value(base, key)):
             out.append(f"{key}={json.dumps(value)}")
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -21,8 +22,11 @@ from lab.ui.form import (
     EMBEDDED_MODELS,
     FIELD_LABELS,
     FIELDS,
+    ROLE_LABELS,
+    UPLOAD_LABEL,
     USER_ERRORS,
     check_form,
+    columns_text,
     config_value,
     dataset_choices,
     default_preset,
@@ -31,7 +35,9 @@ from lab.ui.form import (
     form_values,
     highlight,
     name_the_field,
+    preset_note,
     preset_values,
+    role_error,
 )
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_-]+")
@@ -41,12 +47,26 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
 @common.guarded
 def on_preset(preset: str):
-    """Fill every field from the preset; the last output is the message."""
+    """Fill every field from the preset. -> [*fields, the preset's own note, message]."""
     try:
         vals = preset_values(preset)
+        note = preset_note(preset)
     except USER_ERRORS as e:
-        return [gr.skip()] * len(FIELDS) + [common.err(e)]
-    return [vals[f] for f in FIELDS] + [common.ok(f"loaded preset **{preset}**")]
+        return [gr.skip()] * (len(FIELDS) + 1) + [common.err(e)]
+    return [vals[f] for f in FIELDS] + [
+        note_markdown(note),
+        common.ok(f"loaded preset **{preset}**"),
+    ]
+
+
+def note_markdown(note: str) -> str:
+    """The preset's comment block under the picker (plain text, shown as a quote)."""
+    return "\n>\n".join(f"> {_escape(p)}" for p in note.split("\n\n")) if note else ""
+
+
+def _escape(text: str) -> str:
+    """Plain text for a Markdown widget: markup characters and HTML shown as typed."""
+    return re.sub(r"([\\`*_{}\[\]<>#|~])", r"\\\1", text)
 
 
 TASK_FIELDS = ["model.name", "reg.lambda1", "reg.lambda2", "reg.lambda3", "reg.svd_k"]
@@ -109,33 +129,49 @@ def on_start(
 @common.guarded
 def on_estimate(owner: str | None, preset: str, *vals):
     """Time a short run of this exact config (evaluation included) and extrapolate to the full
-    run: start-up + steps + eval points. -> (message, the estimate kept for Start)."""
+    run: start-up + steps + eval points. Yields (message, the estimate kept for Start): our own
+    status line while the timing run works, then the estimate."""
     try:
         cfg, overrides, _ = check_form(preset, form_values(vals), owner)
-        measured = jobs.measure_step_time(preset, overrides)
+        yield "⏳ measuring: starting a short run of this exact setup…", gr.skip()
+        measured: dict[str, Any] = {}
+        for measured in jobs.checks.measure_progress(preset, overrides):
+            if "per_arm_s" not in measured:
+                line = jobs.checks.progress_line(
+                    measured["done"], measured["total"], measured["elapsed_s"]
+                )
+                yield f"⏳ measuring: {line}", gr.skip()
     except USER_ERRORS as e:
-        return common.err(e), None
+        yield common.err(name_the_field(str(e))), None
+        return
+    yield (
+        estimate_message(cfg, measured),
+        {
+            "preset": preset,
+            "overrides": overrides,
+            "total_s": jobs.estimate_run(cfg, measured)["total_s"],
+        },
+    )
+
+
+def estimate_message(cfg, measured: dict[str, Any]) -> str:
+    """What the measured estimate says, part by part."""
     est = jobs.estimate_run(cfg, measured)
     busy = common.manager().attach()
     note = ""
     if busy is not None and busy.state == jobs.RUNNING:
         note = "\n\n⚠️ a training job was running while this was measured: the times are inflated."
     arms = ", ".join(f"{a} {s:.2f}s" for a, s in measured["per_arm_s"].items())
-    message = (
-        f"⏱️ this run should take about **{_dur(est['total_s'])}**: start-up and loading "
-        f"{_dur(est['startup_s'])}, {cfg.train.steps} steps {_dur(est['train_s'])} "
-        f"({arms} per step), evaluation {_dur(est['eval_s'])} "
-        f"({jobs.checks.eval_points(cfg.train.steps, cfg.train.eval_every)} eval points). "
+    dur = jobs.checks.duration
+    return (
+        f"⏱️ this run should take about **{dur(est['total_s'])}**: start-up and loading "
+        f"{dur(est['startup_s'])}, {cfg.train.steps} steps {dur(est['train_s'])} "
+        f"({arms} per step), evaluation {dur(est['eval_s'])} "
+        f"({jobs.checks.eval_points(cfg.train.steps, cfg.train.eval_every)} eval points, each "
+        "with the joint t-SNE and a checkpoint). "
         f"Measured over {measured['steps']} real steps with this exact setup; Start records "
         f"the estimate in the run summary beside the time it really took.{note}"
     )
-    return message, {"preset": preset, "overrides": overrides, "total_s": est["total_s"]}
-
-
-def _dur(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min"
 
 
 def store_upload(path: str, owner: str | None) -> Path:
@@ -157,18 +193,36 @@ def store_upload(path: str, owner: str | None) -> Path:
     return dest
 
 
+MAP_HIDDEN = {"__type__": "update", "visible": False}
+MAP_SHOWN = {"__type__": "update", "visible": True}
+
+
 @common.guarded
 def on_upload(path: str | None, task: str, owner: str | None = None):
     """Check an uploaded file; when it is usable, copy it to this visitor's folder and select
-    it. -> (message, dataset dropdown update)."""
+    it; when its columns are not the task's, show them for the user to map.
+    -> (message, dataset, data.columns field, mapping box, first role, second role, pending)."""
+    skip = gr.skip()
     if not path:
-        return "", gr.skip()
-    from lab.datasets import validate_upload
+        return "", skip, skip, skip, skip, skip, skip
+    from lab.datasets.uploads import file_columns, guess_mapping, needs_mapping, validate_upload
 
     lim = common.hosting().limits
     if not common.is_upload(path):
-        return common.err("the upload was not received as a file"), gr.skip()
+        msg = common.err(role_error("the upload was not received as a file"))
+        return msg, skip, skip, MAP_HIDDEN, skip, skip, None
+    name = Path(path).name
     try:
+        columns = file_columns(path, max_bytes=lim.upload_bytes, max_rows=lim.upload_rows)
+        if needs_mapping(columns, task):
+            pending = {"path": path, "columns": columns}
+            first, second = mapping_dropdowns(columns, task, guess_mapping(columns, task))
+            roles = " and ".join(f"**{ROLE_LABELS[r]}**" for r in _roles(task))
+            msg = (
+                f"🧭 {_escape(name)} has the columns {', '.join(f'`{c}`' for c in columns)}, not "
+                f"the ones task {task} needs. Choose its {roles} below, then **Use these columns**."
+            )
+            return msg, skip, skip, MAP_SHOWN, first, second, pending
         rows, warnings = validate_upload(
             path,
             task=task,
@@ -178,13 +232,93 @@ def on_upload(path: str | None, task: str, owner: str | None = None):
         )
         dest = store_upload(path, owner)
     except USER_ERRORS as e:
-        return common.err(e), gr.skip()
+        return common.err(role_error(str(e))), skip, skip, MAP_HIDDEN, skip, skip, None
     note = "".join(f"\n\n⚠️ {w}" for w in warnings)
-    choices = dataset_choices() + [str(dest)]
-    return (
-        common.ok(f"{Path(path).name}: {len(rows)} usable rows; selected as the dataset") + note,
-        gr.Dropdown(choices=choices, value=str(dest)),
+    msg = common.ok(f"{name}: {len(rows)} usable rows; selected as the dataset") + note
+    return msg, _select(dest), "", MAP_HIDDEN, skip, skip, None
+
+
+def _roles(task: str) -> tuple[str, str]:
+    from lab.datasets.uploads import ROLES
+
+    if task not in ROLES:
+        raise ValueError(f"task: must be nlg or nlu, got {task!r}")
+    return ROLES[task]
+
+
+def _select(dest: Path):
+    return gr.Dropdown(choices=dataset_choices() + [str(dest)], value=str(dest))
+
+
+def _role_info(role: str) -> str:
+    return f"The file's column that holds the {role}."
+
+
+def mapping_dropdowns(columns: list[str], task: str, guess: dict[str, str | None]):
+    """The two role dropdowns for ``task`` over the file's ``columns`` (guesses preselected)."""
+    return [
+        gr.Dropdown(
+            choices=columns,
+            value=guess.get(role),
+            label=ROLE_LABELS[role],
+            info=_role_info(role),
+        )
+        for role in _roles(task)
+    ]
+
+
+@common.guarded
+def on_mapping_task(task: str, pending: dict | None):
+    """The task changed while a mapping is open: the dropdowns ask for the new task's roles."""
+    if not isinstance(pending, dict):
+        return gr.skip(), gr.skip()
+    from lab.datasets.uploads import guess_mapping
+
+    columns = pending["columns"]
+    return tuple(mapping_dropdowns(columns, task, guess_mapping(columns, task)))
+
+
+@common.guarded
+def on_map(
+    pending: dict | None, task: str, first: str | None, second: str | None, owner=None, mapped=None
+):
+    """Apply the user's column mapping to the pending upload: check it, copy the file, select
+    it and put the mapping in the ``data.columns`` field.
+    -> (message, dataset, data.columns field, mapping box, mappings by dataset)."""
+    from lab.datasets.uploads import check_mapping, validate_upload
+
+    skip = gr.skip()
+    if not isinstance(pending, dict) or not common.is_upload(pending.get("path")):
+        return common.err(role_error("upload a file first")), skip, skip, skip, skip
+    path, lim = pending["path"], common.hosting().limits
+    try:
+        roles = _roles(task)
+        mapping = check_mapping(dict(zip(roles, (first, second))), pending["columns"], task)
+        rows, warnings = validate_upload(
+            path,
+            task=task,
+            columns=mapping,
+            max_bytes=lim.upload_bytes,
+            max_rows=lim.upload_rows,
+            max_classes=lim.classes,
+        )
+        dest = store_upload(path, owner)
+    except USER_ERRORS as e:
+        return common.err(role_error(str(e))), skip, skip, skip, skip
+    text = columns_text(mapping)
+    uses = ", ".join(f"`{c}` as the {r}" for r, c in mapping.items())
+    note = "".join(f"\n\n⚠️ {w}" for w in warnings)
+    msg = common.ok(
+        f"{_escape(Path(path).name)}: {len(rows)} usable rows with {uses}; selected as the dataset"
     )
+    mapped = {**(mapped if isinstance(mapped, dict) else {}), str(dest): text}
+    return msg + note, _select(dest), text, MAP_HIDDEN, mapped
+
+
+@common.guarded
+def on_dataset_input(name: str | None, mapped: dict | None) -> str:
+    """A dataset picked by hand: its own column mapping (an upload mapped earlier), else none."""
+    return (mapped or {}).get(str(name), "") if isinstance(mapped, dict) else ""
 
 
 def _bench_uploader(kind: str):
@@ -238,6 +372,7 @@ def build(ui) -> None:
             info="A ready-made experiment; picking one fills every field below.",
             elem_id="preset",
         )
+    ui.preset_note = gr.Markdown(note_markdown(preset_note(preset)), elem_id="preset-note")
     gr.Markdown(
         "Change any field below, then **Start** (queues the run; one trains at a time and the "
         "Train tab follows it), **Check** (validates every field, writes nothing) or "
@@ -274,16 +409,31 @@ def build(ui) -> None:
             value=v["data.name"],
             allow_custom_value=True,
             label="Dataset",
+            elem_id="dataset",
             info="A shipped dataset, or your own file uploaded on the right.",
         )
         ui.upload = gr.UploadButton(
-            "Upload your own data (.jsonl or .csv: prompt + response, or text + label)",
+            f"{UPLOAD_LABEL} (.jsonl or .csv: prompt + response, or text + label)",
             file_types=[".jsonl", ".csv"],
             file_count="single",
             type="filepath",
             elem_id="upload-btn",
         )
     ui.upload_msg = gr.Markdown(elem_id="upload-msg")
+    # shown when an upload's columns are not the task's: which column holds which role
+    with gr.Column(visible=False, variant="panel", elem_id="map-box") as ui.map_box:
+        with gr.Row():
+            first, second = _roles(v["task"])
+            ui.map_first = gr.Dropdown(
+                [], label=ROLE_LABELS[first], info=_role_info(first), elem_id="map-first"
+            )
+            ui.map_second = gr.Dropdown(
+                [], label=ROLE_LABELS[second], info=_role_info(second), elem_id="map-second"
+            )
+        ui.map_btn = gr.Button("Use these columns", elem_id="map-btn")
+    ui.map_pending = gr.State(None)  # the upload waiting for its mapping: path and columns
+    ui.mapped = gr.State({})  # dataset path -> its mapping, for a dataset picked again by hand
+    ui.columns = gr.Textbox(v["data.columns"], visible=False)  # the data.columns field
     with gr.Row():
         ui.noise = gr.Slider(
             0,
@@ -419,23 +569,37 @@ def build(ui) -> None:
                 ui.bench_buttons = getattr(ui, "bench_buttons", {}) | {kind: btn}
         ui.bench_msg = gr.Markdown(elem_id="setup-bench-msg")
     ui.form = [
-        ui.model, ui.model_custom, ui.task, ui.dataset, ui.noise, ui.minority, ui.arms,
+        ui.model, ui.model_custom, ui.task, ui.dataset, ui.columns, ui.noise, ui.minority, ui.arms,
         ui.l1, ui.l2, ui.l3, ui.temperature, ui.top_k, ui.svd_k, ui.teacher_dtype,
         ui.steps, ui.batch, ui.lr, ui.rank, ui.eval_every,
         *(ui.bench_paths[k] for k in BENCH_KINDS),
     ]  # fmt: skip
 
-    private = {"api_visibility": "private"}
-    ui.preset.change(on_preset, ui.preset, ui.form + [ui.setup_msg], **private)
+    # our own status text in the message lines, never Gradio's timer over them
+    private = {"api_visibility": "private", "show_progress": "hidden"}
+    ui.preset.change(on_preset, ui.preset, ui.form + [ui.preset_note, ui.setup_msg], **private)
     ui.task.input(
         on_task,
         [ui.preset, ui.task, ui.model],
         [ui.model, ui.l1, ui.l2, ui.l3, ui.svd_k, ui.setup_msg],
         **private,
     )
+    ui.task.input(on_mapping_task, [ui.task, ui.map_pending], [ui.map_first, ui.map_second],
+                  **private)  # fmt: skip
     ui.upload.upload(
-        on_upload, [ui.upload, ui.task, ui.owner], [ui.upload_msg, ui.dataset], **private
+        on_upload,
+        [ui.upload, ui.task, ui.owner],
+        [ui.upload_msg, ui.dataset, ui.columns, ui.map_box, ui.map_first, ui.map_second,
+         ui.map_pending],
+        **private,
+    )  # fmt: skip
+    ui.map_btn.click(
+        on_map,
+        [ui.map_pending, ui.task, ui.map_first, ui.map_second, ui.owner, ui.mapped],
+        [ui.upload_msg, ui.dataset, ui.columns, ui.map_box, ui.mapped],
+        **private,
     )
+    ui.dataset.input(on_dataset_input, [ui.dataset, ui.mapped], ui.columns, **private)
     for kind, btn in ui.bench_buttons.items():
         btn.upload(
             ON_BENCH_UPLOAD[kind], [btn, ui.owner], [ui.bench_msg, ui.bench_paths[kind]], **private
