@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lab import runs
 from lab.config import ARMS
 from lab.data import prompt_ids as data_prompt_ids
 from lab.models import load_model
@@ -35,9 +36,13 @@ class ArmSet:
     model: Any  # PeftModel with one adapter per arm
     tokenizer: Any
     task: str
-    arms: list[str]
+    arms: list[str]  # display names, as the config writes them (balora@0.05,0.005,0.005)
     device: torch.device
     label_names: list[str] | None = None  # class names of a classification run
+    adapters: dict[str, str] | None = None  # display name -> PEFT adapter (folder) name
+
+    def activate(self, arm: str) -> None:
+        self.model.set_adapter((self.adapters or {}).get(arm, arm))
 
 
 def saved_arms(run_dir: str | Path) -> list[str]:
@@ -87,7 +92,20 @@ def load_arm_set(run_dir: str | Path, config: dict, device: str = "auto") -> Arm
     for arm in arms[1:]:
         model.load_adapter(str(run_dir / "adapters" / arm), adapter_name=arm)
     model.eval()
-    return ArmSet(model, bundle.tokenizer, task, arms, bundle.device, _label_names(run_dir))
+    names = display_names(run_dir)  # folder -> the arm's name (grid and seeded arms differ)
+    shown = [names.get(a, a) for a in arms]
+    return ArmSet(model, bundle.tokenizer, task, shown, bundle.device, _label_names(run_dir),
+                  adapters=dict(zip(shown, arms)))  # fmt: skip
+
+
+def display_names(run_dir: Path) -> dict[str, str]:
+    """{adapter folder: arm name} from the run summary's ``arm_specs`` (a grid arm's folder
+    ``balora-0p05_0p005_0p005`` is the arm ``balora@0.05,0.005,0.005``); {} without them."""
+    summary = runs.read_summary(run_dir) or {}
+    specs = summary.get("arm_specs") or {}
+    return {
+        str(v["folder"]): str(k) for k, v in specs.items() if isinstance(v, dict) and "folder" in v
+    }
 
 
 def _label_names(run_dir: Path) -> list[str] | None:
@@ -184,7 +202,7 @@ def _classify(arm_set: ArmSet, prompt: str) -> list[dict[str, Any]]:
         if arm == "base":
             logp = base_logp
         else:
-            arm_set.model.set_adapter(arm)
+            arm_set.activate(arm)
             logp = torch.log_softmax(arm_set.model(**enc).logits.float()[0], -1)  # (D,)
         label = int(logp.argmax())
         names = arm_set.label_names
@@ -235,7 +253,7 @@ def side_by_side(
         cont = _generate_one(arm_set, prompt_ids, **settings)
     rows.append(_row(arm_set, "base", prompt_ids, cont))
     for arm in arm_set.arms:
-        arm_set.model.set_adapter(arm)
+        arm_set.activate(arm)
         cont = _generate_one(arm_set, prompt_ids, **settings)
         rows.append(_row(arm_set, arm, prompt_ids, cont))
     return rows

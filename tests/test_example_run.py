@@ -97,3 +97,23 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "runs"
     monkeypatch.setenv("BALORA_RUNS_DIR", str(path))
     return path
+
+
+def test_grid_arms_show_their_names_in_compare(tmp_path):
+    """A lambda-grid arm is saved under a folder name (no dots) but shown and activated by the
+    name the config gives it."""
+    from lab import generate, runs, trainer
+    from lab.config import load_preset
+
+    cfg = load_preset(
+        "tiny-test",
+        ["train.steps=1", "train.bias_eval=false", "train.analysis=false",
+         "arms=lora,balora@0.05,0.005,0.005"],
+    )  # fmt: skip
+    out = tmp_path / "grid"
+    list(trainer.run(cfg, out))
+    assert (out / "adapters" / "balora-0p05_0p005_0p005").is_dir()
+    arm_set = generate.load_arm_set(out, runs.load_run(out).config, device="cpu")
+    assert arm_set.arms == ["lora", "balora@0.05,0.005,0.005"]
+    rows = generate.side_by_side(arm_set, "Say something.", max_new_tokens=3, seed=0)
+    assert [r["arm"] for r in rows] == ["base", "lora", "balora@0.05,0.005,0.005"]
