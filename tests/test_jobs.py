@@ -346,7 +346,7 @@ def test_stopped_run_resumed_through_the_manager_equals_the_uninterrupted_run(
     done = runs.read_summary(job.run_dir)["steps_done"]
     assert 1 <= done < 6
     again = mgr.resume(job.run_id)
-    assert again.resume and again.command(sys.executable)[3:5] == ["--resume", str(job.run_dir)]
+    assert again.resume and again.command(sys.executable)[4:6] == ["--resume", str(job.run_dir)]
     mgr.wait(job.run_id, timeout=240)
     assert again.state == "done", again.error
     summary = runs.read_summary(job.run_dir)
