@@ -218,6 +218,12 @@ def test_resume_button_refuses_clearly(reference, monkeypatch):
     assert "no run selected" in runs_tab.on_resume(None, None)[0]
     assert "unknown run" in runs_tab.on_resume("no-such-run", None)[0]
     assert "example run cannot be resumed" in runs_tab.on_resume("example", None)[0]
+    import gradio as gr
+
+    from lab.ui import layout
+
+    with pytest.raises(gr.Error, match="run finished is done"):  # the same rules by the API
+        layout.api_resume("finished")
 
 
 def test_resume_button_is_owner_checked_in_public_mode(reference, monkeypatch):
