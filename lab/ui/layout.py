@@ -1,8 +1,8 @@
 """The Blocks of the app: one tab per module, the cross-tab wiring, and the API endpoints.
 
 ``build_app()`` creates widgets only (no model is loaded, no run is read beyond the listing).
-The documented API endpoints (``start``, ``status``, ``stop``, ``resume``, ``generate``) are plain
-functions of this module, so the HTTP API and the tests call the same code.
+The documented API endpoints (``start``, ``status``, ``stop``, ``resume``, ``generate``) are
+plain functions of this module, so the HTTP API and the tests call the same code.
 """
 
 from __future__ import annotations
