@@ -1,9 +1,10 @@
 """Launch the BA-LoRA Lab app: ``python app.py [--host H] [--port P] [--share] [--public|--local]``.
 
 Host and port also come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; runs are written under
-BALORA_RUNS_DIR (default ``runs/``). No model is loaded at start. The hosting mode (see
-SECURITY.md) is ``local`` on a loopback address and ``public`` on a Space, a share link or any
-other address; ``--public`` / ``--local`` override it.
+BALORA_RUNS_DIR (default ``runs/``; ``/data/runs`` on a Space's persistent storage). No model is
+loaded at start. The hosting mode (see SECURITY.md) is ``local`` on a loopback address and
+``public`` on a Space, a share link or any other address; ``--public`` / ``--local`` override it.
+On a ZeroGPU Space (or with ``BALORA_ZEROGPU=sim``) training runs in chunks (``lab.chunks``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import logging
 import os
 import signal
 import sys
+
+# First: on a ZeroGPU Space ``spaces`` must be imported before anything initialises CUDA; off
+# ZeroGPU importing it changes nothing (its decorator returns the function unchanged).
+import spaces  # noqa: F401
 
 from lab import hosting
 

@@ -12,6 +12,16 @@ idle cores the wall time is at least about half of it.
 
     python bench/e2e.py                      # classroom-cpu, target <= 300 s
     python bench/e2e.py --preset tiny-test --set train.steps=2
+
+``--zerogpu-sim`` measures what ZeroGPU's chunked mode (``lab.chunks``) costs: the same preset
+once as a plain run and once driven call by call with chunks of ``--chunk-steps`` (8) steps,
+each restoring the checkpoint and saving it again, evaluations in calls of their own, both in
+child processes one after the other. ``chunk_cost_s`` sums, over the training chunks, each call's
+time beyond its training steps (loading, restore, save); ``overhead_s`` is the chunked wall time
+minus the plain one (the evaluation calls' loading included). Both are reported as ratios of the
+plain run's training time; the target is ``chunk_cost_ratio`` <= 0.10.
+
+    python bench/e2e.py --zerogpu-sim        # classroom-cpu, chunks of 8 steps
 """
 
 from __future__ import annotations
@@ -46,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--child", help=argparse.SUPPRESS)  # phase timings file (internal)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
+    p.add_argument("--zerogpu-sim", action="store_true", help="chunked mode vs the plain run")
+    p.add_argument("--chunk-steps", type=int, default=8, help="training steps per chunk")
+    p.add_argument("--chunked", action="store_true", help=argparse.SUPPRESS)  # (internal)
     return p.parse_args(argv)
 
 
@@ -139,10 +152,96 @@ def breakdown(wall: float, phases: dict, events: list[dict]) -> dict:
     return out
 
 
+def chunked_child(args: argparse.Namespace) -> int:
+    """Drive the run call by call in this process, as the app does on ZeroGPU."""
+    from lab import chunks
+
+    t0 = time.perf_counter()
+    s = chunks.Settings(mode="sim", chunk_steps=args.chunk_steps, budget_s=3600.0)
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        entry = chunks.drive_once(
+            run_dir, chunks.perform, s, preset=args.preset, overrides=list(args.set)
+        )
+        if entry is None:
+            break
+        if entry["outcome"] != "ok":
+            raise SystemExit(f"a {entry['kind']} call failed: {entry['error']}")
+    from lab.runs import write_json
+
+    write_json(args.child, {"child_s": time.perf_counter() - t0, "rc": 0})
+    return 0
+
+
+def _run_child(args: argparse.Namespace, run_dir: Path, tmp: Path, chunked: bool) -> dict:
+    phases_file = tmp / ("chunked.json" if chunked else "plain.json")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(phases_file)]
+    cmd += ["--run-dir", str(run_dir), "--preset", args.preset]
+    cmd += ["--chunked", "--chunk-steps", str(args.chunk_steps)] if chunked else []
+    for item in args.set:
+        cmd += ["--set", item]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or not phases_file.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        raise SystemExit(f"the {'chunked' if chunked else 'plain'} run failed:\n" + "\n".join(tail))
+    events = read_events(run_dir / "events.jsonl")
+    train = sum(float(e["seconds"]) for e in events if e.get("kind") == "train")
+    evals = sum(float(e.get("seconds") or 0.0) for e in events if e.get("kind") == "eval")
+    return {"wall_s": wall, "train_s": train, "eval_s": evals,
+            "status": read_summary(run_dir)["status"]}  # fmt: skip
+
+
+def zerogpu_sim(args: argparse.Namespace) -> dict:
+    from lab import chunks
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-zerogpu-"))
+    try:
+        plain = _run_child(args, tmp / "plain", tmp, chunked=False)
+        chunked = _run_child(args, tmp / "chunked", tmp, chunked=True)
+        calls = chunks.read_calls(tmp / "chunked")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trains = [c for c in calls if c["kind"] == "train"]
+    cost = [c["seconds"] - c["train_s"] for c in trains]
+    chunked.update(
+        calls=len(calls),
+        train_chunks=len(trains),
+        eval_calls=len(calls) - len(trains),
+        chunk_steps=[c["steps"] for c in trains],
+        chunk_cost_s=[round(x, 2) for x in cost],
+        eval_call_s=[round(c["seconds"], 2) for c in calls if c["kind"] != "train"],
+    )
+    ratio = sum(cost) / plain["train_s"]
+    result = {
+        "preset": args.preset,
+        "overrides": args.set,
+        "cpus": os.cpu_count(),
+        "chunk_steps": args.chunk_steps,
+        "plain": plain,
+        "chunked": chunked,
+        "chunk_cost_s": sum(cost),
+        "chunk_cost_ratio": ratio,
+        "overhead_s": chunked["wall_s"] - plain["wall_s"],
+        "overhead_ratio": (chunked["wall_s"] - plain["wall_s"]) / plain["train_s"],
+        "target_ratio": 0.10,
+        "meets_target": ratio <= 0.10,
+    }
+    common.emit(result, args.out)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict | int:
     args = parse_args(argv)
+    if args.child and args.chunked:
+        return chunked_child(args)
     if args.child:
         return child(args)
+    if args.zerogpu_sim:
+        return zerogpu_sim(args)
     tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     run_dir = Path(args.keep) if args.keep else tmp / "run"
     phases_file = tmp / "phases.json"

@@ -381,12 +381,19 @@ def run(
     *,
     should_stop: Callable[[], bool] | None = None,
     resume: bool = False,
+    stop_after_step: int | None = None,
+    evaluate: bool = True,
 ) -> Iterator[dict]:
     """Train every arm of ``cfg`` and yield events; writes the run directory as it goes.
 
     With ``resume``, ``out_dir`` is an existing run: its checkpoint is restored (adapters,
     optimizers, schedulers, RNG states, data cursor) and training continues to
-    ``cfg.train.steps``, appending to its ``events.jsonl``."""
+    ``cfg.train.steps``, appending to its ``events.jsonl``.
+
+    ``stop_after_step``: after that step, save a checkpoint and return with status "paused"
+    (no final evaluation, no adapters): one chunk of a run trained in several calls
+    (:mod:`lab.chunks`). ``evaluate=False`` skips every evaluation (the base model's, the eval
+    points', the final one); the chunks run them in calls of their own."""
     start = 0
     seeds = run_seeds(cfg)
     if resume:
@@ -482,12 +489,12 @@ def run(
             first.activate()
             for ev in (
                 []
-                if resume
+                if resume or not evaluate
                 else evaluation.evaluate(first, "base", 0, cfg, task_data, bundle, probes, run_dir)
             ):
                 yield emit(ev)
                 summary["base"] = ev
-            if cfg.train.analysis:
+            if cfg.train.analysis and evaluate:
                 for arm in arms.values():
                     evaluation.warm_intruder_cache([arm.activate()], probes)
         if resume:  # after the step-0 caches, which are taken on the arms' initial adapters
@@ -505,6 +512,9 @@ def run(
         for step, batches in enumerate(zip(*orders), start=1):
             if step <= start:
                 continue  # the data cursor: these batches were trained before the checkpoint
+            if stop_after_step is not None and step > stop_after_step:
+                step -= 1
+                break
             if not dist.all_true(not stop()):
                 summary["status"] = "stopped"
                 step -= 1
@@ -519,7 +529,7 @@ def run(
                 break
             due = (
                 cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps
-            )
+            ) and evaluate
             if due:
                 yield from (
                     emit(ev)
@@ -529,10 +539,17 @@ def run(
             if dist.main:
                 runs.write_json(run_dir / "summary.json", summary)
         loop_rng = _get_rng()  # where the next step would start, before the final evaluation
+        live = any(a.status == "running" for a in arms.values())
+        if stop_after_step is not None and summary["status"] == "running" and live:
+            _checkpoint(arms, step, cfg, run_dir, dist, loop_rng)
+            summary["status"] = "paused"
+            return
         yield from (
             emit(ev)
-            for ev in _eval_all(
-                arms, step, cfg, task_data, bundle, probes, run_dir, dist, final=True
+            for ev in (
+                _eval_all(arms, step, cfg, task_data, bundle, probes, run_dir, dist, final=True)
+                if evaluate
+                else []
             )
         )
         _checkpoint(arms, step, cfg, run_dir, dist, loop_rng)

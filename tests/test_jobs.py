@@ -256,3 +256,182 @@ def test_real_worker_stops_within_a_step(tmp_path):
     assert st["state"] == "stopped", st
     assert st["arms"]["lora"]["step"] < 2000
     assert (Path(st["run_dir"]) / "adapters" / "balora" / "adapter_config.json").exists()
+
+
+# ---- Resume through the manager (the real CLI, --resume) ----------------------------------------
+
+RESUME_FAST = [
+    "train.bias_eval=false",
+    "train.analysis=false",
+    "data.max_eval=4",
+    "lora.dropout=0.1",
+    "train.steps=6",
+    "train.eval_every=2",
+]
+ARMS = ("lora", "pissa", "balora")
+
+# The real CLI with every arm step slowed down, so a test can act between two checkpoints.
+SLOW_CLI = textwrap.dedent(
+    """\
+    #!{python}
+    import os, sys, time
+    import lab.trainer as t
+    real = t.train_arm_step
+    def slow(*args, **kwargs):
+        time.sleep(float(os.environ.get("SLOW_STEP_S", "0")))
+        return real(*args, **kwargs)
+    t.train_arm_step = slow
+    from lab.__main__ import main
+    sys.exit(main(sys.argv[3:]))  # argv: -m lab train ...
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from lab.config import load_preset
+    from lab.trainer import run
+
+    out = tmp_path_factory.mktemp("ref") / "full"
+    list(run(load_preset("tiny-test", RESUME_FAST), out))
+    return out
+
+
+@pytest.fixture
+def slow_cli(tmp_path, monkeypatch):
+    path = tmp_path / "slow_cli.py"
+    path.write_text(SLOW_CLI.format(python=sys.executable))
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("SLOW_STEP_S", "0.4")
+    return str(path)
+
+
+def _same_adapters(a: Path, b: Path) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    for arm in ARMS:
+        x = load_file(str(a / "adapters" / arm / "adapter_model.safetensors"))
+        y = load_file(str(b / "adapters" / arm / "adapter_model.safetensors"))
+        if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
+            return False
+    return True
+
+
+def _train_lines(run_dir: Path) -> list[dict]:
+    return [
+        {k: v for k, v in e.items() if k != "seconds"}
+        for e in runs.read_events(run_dir / "events.jsonl")
+        if e["kind"] == "train"
+    ]
+
+
+def _wait_step(mgr, job, step: int, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while mgr.status(job.run_id)["arms"].get("balora", {}).get("step", 0) < step:
+        assert time.time() < deadline and job.state == "running", mgr.status(job.run_id)
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_stopped_run_resumed_through_the_manager_equals_the_uninterrupted_run(
+    tmp_path, slow_cli, uninterrupted
+):
+    mgr = manager(tmp_path, slow_cli)
+    job = mgr.submit("tiny-test", RESUME_FAST)
+    _wait_step(mgr, job, 1)
+    mgr.stop(job.run_id)
+    mgr.wait(job.run_id, timeout=240)
+    assert job.state == "stopped", job.error
+    done = runs.read_summary(job.run_dir)["steps_done"]
+    assert 1 <= done < 6
+    again = mgr.resume(job.run_id)
+    assert again.resume and again.command(sys.executable)[4:6] == ["--resume", str(job.run_dir)]
+    mgr.wait(job.run_id, timeout=240)
+    assert again.state == "done", again.error
+    summary = runs.read_summary(job.run_dir)
+    assert summary["resumed_from"] == done and summary["steps_done"] == 6
+    assert _same_adapters(job.run_dir, uninterrupted)
+    assert _train_lines(job.run_dir) == _train_lines(uninterrupted)
+    log = (job.run_dir / jobs.LOG_NAME).read_text()
+    assert log  # the resumed worker appended to the run's own log
+    with pytest.raises(ValueError, match="is done: it trained all its steps"):
+        mgr.resume(job.run_id)
+
+
+@pytest.mark.slow
+def test_worker_killed_between_checkpoints_resumes_from_the_last_one(
+    tmp_path, slow_cli, uninterrupted
+):
+    """SIGKILL after step 3 (checkpoints at 2 and 4): the resumed run redoes step 3 from the
+    step-2 checkpoint and ends bit for bit like the uninterrupted run."""
+    import signal
+
+    from lab import checkpoint
+
+    mgr = manager(tmp_path, slow_cli)
+    job = mgr.submit("tiny-test", RESUME_FAST)
+    _wait_step(mgr, job, 3)
+    os.killpg(job.proc.pid, signal.SIGKILL)
+    mgr.wait(job.run_id, timeout=60)
+    assert job.state == "failed" and "code -9" in job.error
+    assert checkpoint.read_state(job.run_dir)["step"] == 2
+    assert max(e["step"] for e in runs.read_events(job.run_dir / "events.jsonl")) >= 3
+    mgr.resume(job.run_id)
+    mgr.wait(job.run_id, timeout=240)
+    assert mgr.status(job.run_id)["state"] == "done"
+    assert runs.read_summary(job.run_dir)["resumed_from"] == 2
+    assert _same_adapters(job.run_dir, uninterrupted)
+    assert _train_lines(job.run_dir) == _train_lines(uninterrupted)
+
+
+def test_resume_refuses_runs_that_cannot_continue(tmp_path, fake_python, uninterrupted):
+    import shutil
+
+    from lab.checkpoint import ResumeError
+
+    mgr = manager(tmp_path, fake_python)
+    root = tmp_path / "runs"
+
+    def copy(name: str, status: str | None = None) -> Path:
+        dst = root / name
+        shutil.copytree(uninterrupted, dst)
+        if status:
+            summary = json.loads((dst / "summary.json").read_text())
+            summary["status"] = status
+            (dst / "summary.json").write_text(json.dumps(summary))
+        return dst
+
+    copy("done-run")
+    with pytest.raises(ResumeError, match="run done-run is done"):
+        mgr.resume("done-run")
+    shutil.rmtree(copy("no-ck", "stopped") / "checkpoint")
+    with pytest.raises(ResumeError, match="run no-ck has no checkpoint to resume from"):
+        mgr.resume("no-ck")
+    (copy("bad-ck", "stopped") / "checkpoint" / "state.json").write_text("{not json")
+    with pytest.raises(ResumeError, match="the checkpoint of run bad-ck is unreadable"):
+        mgr.resume("bad-ck")
+    (copy("bad-summary") / "summary.json").write_text("[[[")
+    with pytest.raises(ResumeError, match="the summary of run bad-summary is unreadable"):
+        mgr.resume("bad-summary")
+    copy("at-end", "stopped")  # stopped after its last step: only a new total continues it
+    with pytest.raises(ResumeError, match="already trained 6 of 6 steps: give a new total"):
+        mgr.resume("at-end")
+    with pytest.raises(ConfigError, match="train.steps: 9 is over the limit of 8"):
+        manager(tmp_path, fake_python, hosting=_steps_limited()).resume("at-end", 9)
+    with pytest.raises(jobs.JobError, match="unknown run id"):
+        mgr.resume("nothing-here")
+    with pytest.raises(ValueError, match="not a run id"):
+        mgr.resume("../outside")
+    job = mgr.resume("at-end", 8)  # a new total: queued as a resume job
+    assert job.resume and job.total_steps == 8
+    assert job.command("py")[-2:] == ["--set", "train.steps=8"]
+
+
+def _steps_limited():
+    import dataclasses
+
+    from lab import hosting
+
+    h = hosting.make("local")
+    return dataclasses.replace(h, limits=dataclasses.replace(h.limits, steps=8))

@@ -176,3 +176,83 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
         list(trainer.run(_cfg(), out, resume=True))
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+# ---- the Runs tab's Resume button ---------------------------------------------------------------
+
+
+def _runs_root():
+    from lab.ui import common
+
+    return common.runs_root()
+
+
+def _copy_run(src, name, status=None):
+    import shutil
+
+    dst = _runs_root() / name
+    shutil.copytree(src, dst)
+    if status:
+        summary = json.loads((dst / "summary.json").read_text())
+        summary["status"] = status
+        (dst / "summary.json").write_text(json.dumps(summary))
+    return dst
+
+
+def test_resume_button_refuses_clearly(reference, monkeypatch):
+    from lab.ui import runs as runs_tab
+
+    _copy_run(reference, "finished")
+    msg, followed, _ = runs_tab.on_resume("finished", None)
+    assert msg.startswith("❌") and "run finished is done" in msg
+    assert followed is not None and not isinstance(followed, str)  # gr.skip(): nothing followed
+    nock = _copy_run(reference, "nock", "stopped")
+    import shutil
+
+    shutil.rmtree(nock / "checkpoint")
+    assert "has no checkpoint to resume from" in runs_tab.on_resume("nock", None)[0]
+    (_copy_run(reference, "torn", "failed") / "checkpoint" / "state.json").write_text("{")
+    assert "checkpoint of run torn is unreadable" in runs_tab.on_resume("torn", None)[0]
+    assert "'abc' is not a number" in runs_tab.on_resume("torn", "abc")[0]
+    assert "a whole number of 1 or more" in runs_tab.on_resume("torn", 2.5)[0]
+    assert "no run selected" in runs_tab.on_resume(None, None)[0]
+    assert "unknown run" in runs_tab.on_resume("no-such-run", None)[0]
+    assert "example run cannot be resumed" in runs_tab.on_resume("example", None)[0]
+    import gradio as gr
+
+    from lab.ui import layout
+
+    with pytest.raises(gr.Error, match="run finished is done"):  # the same rules by the API
+        layout.api_resume("finished")
+
+
+def test_resume_button_is_owner_checked_in_public_mode(reference, monkeypatch):
+    from lab import hosting
+    from lab.ui import runs as runs_tab
+
+    monkeypatch.setenv("BALORA_MODE", "public")
+    _copy_run(reference, "theirs", "stopped")
+    hosting.record_owner(_runs_root(), "theirs", "owner-token-aaaaaaaaaaaa")
+    msg = runs_tab.on_resume("theirs", 8, "someone-else-bbbbbbbbbbbb")[0]
+    assert "started by another visitor" in msg and "resume" in msg
+    # the owner passes the ownership check and meets the next rule (6 of 6 steps trained)
+    msg = runs_tab.on_resume("theirs", None, "owner-token-aaaaaaaaaaaa")[0]
+    assert "already trained 6 of 6 steps" in msg
+
+
+def test_resume_button_continues_a_stopped_run_to_a_new_total(reference):
+    from lab.ui import common
+    from lab.ui import runs as runs_tab
+
+    out = _runs_root() / "halted"
+    _stopped_at(out, 3)
+    msg, followed, _ = runs_tab.on_resume("halted", 8)
+    assert msg.startswith("✅") and "to 8 steps" in msg and followed == "halted"
+    job = common.manager().wait("halted", timeout=300)
+    assert job.state == "done", job.error
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps_done"] == 8 and summary["resumed_from"] == 3
+    assert [e["step"] for e in _train_events(out) if e["arm"] == "lora"] == list(range(1, 9))
+    # the first N steps are those of the uninterrupted run
+    first = [e for e in _train_events(out) if e["step"] <= 3]
+    assert first == [e for e in _train_events(reference) if e["step"] <= 3]

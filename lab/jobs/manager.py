@@ -10,6 +10,15 @@ is not cut short, but a hung worker is).
 The manager is one object per app (see :func:`get_manager`); a supervisor thread starts the next
 queued job when the running one ends, so the queue moves even when no page is open.
 
+Resume (:meth:`JobManager.resume`) queues a job that continues a stopped, crashed or paused
+run from its checkpoint (``python -m lab train --resume RUN_DIR``), optionally to a new total of
+steps.
+
+Chunked mode (a ZeroGPU Space, or ``BALORA_ZEROGPU=sim``; see :mod:`lab.chunks`): no worker
+process; a job is driven call by call by the page that follows it (:meth:`JobManager.drive`),
+several jobs at once (the GPU calls are scheduled by the platform). A job whose page stops
+driving it for ``idle_s`` is "paused" and continues with Resume.
+
 Crashes: the worker dies with the app (it watches its parent, see :mod:`lab.jobs.worker`) and
 holds the runs folder's worker lock while it lives. A new manager marks every run that was
 left "running" failed when no worker holds the lock, and starts a worker only while the lock is
@@ -30,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab import chunks, runs
 from lab import hosting as hosting_mod
-from lab import runs
+from lab.checkpoint import ResumeError, read_state
 from lab.config import RunConfig, load_preset
 from lab.jobs import worker
 from lab.jobs.checks import PROJECT_ROOT, preflight, train_argv
@@ -41,6 +51,7 @@ from lab.jobs.status import (
     FAILED,
     FINISHED,
     LOG_NAME,
+    PAUSED,
     QUEUED,
     RUNNING,
     STOPPED,
@@ -70,6 +81,11 @@ class Job:
     owner: str | None = field(default=None, repr=False)  # digest of the owner token
     estimate_s: float | None = None  # the Setup tab's measured estimate of the whole run
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    resume: bool = False  # continues the run in run_dir from its checkpoint
+    total_steps: int | None = None  # resume: the new total of steps, when one was given
+    chunked: bool = False  # driven call by call (lab.chunks), no worker process
+    beat: float = 0.0  # chunked: when a page last asked for the next call
+    calling: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def pending_log(self) -> Path:
@@ -81,6 +97,10 @@ class Job:
         pending = self.pending_log
         return pending if pending.exists() else self.run_dir / LOG_NAME
 
+    def log_target(self) -> Path:
+        """Where the worker writes: a resumed run appends to its own log."""
+        return self.run_dir / LOG_NAME if self.resume else self.pending_log
+
     def settle_log(self, final: bool = False) -> None:
         """Move the pending log into the run directory once the worker has written there."""
         pending = self.pending_log
@@ -89,6 +109,11 @@ class Job:
             os.replace(pending, self.run_dir / LOG_NAME)  # the worker's open file moves along
 
     def command(self, python: str) -> list[str]:
+        if self.resume:
+            argv = ["train", "--resume", str(self.run_dir), "--quiet"]
+            for item in self.overrides:
+                argv += ["--set", item]
+            return [python, "-m", "lab", *argv]
         return [python, "-m", "lab", *train_argv(self.preset, self.overrides, self.run_dir)]
 
 
@@ -104,9 +129,14 @@ class JobManager:
         python: str = sys.executable,
         env: dict[str, str] | None = None,
         hosting: hosting_mod.Hosting | None = None,
+        chunked: chunks.Settings | None = None,
+        idle_s: float = 60.0,
     ):
         self.runs_root = Path(runs_root).resolve()
         self.hosting = hosting or hosting_mod.current()
+        self.chunked = chunked if chunked is not None and chunked.on else None
+        self.idle_s = idle_s
+        self._gpu_used: dict[str | None, float] = {}  # simulated quota: GPU seconds per owner
         self.grace_s = grace_s
         self.poll_s = poll_s
         self.python = python
@@ -164,22 +194,9 @@ class JobManager:
         admin) may read or stop it.
         """
         cfg, overrides, _ = self.check(preset, overrides, owner)
-        if self._closed:
-            raise JobError("the job manager is shut down")
-        lim = self.hosting.limits
         mine = hosting_mod.digest(owner) if owner else None
         with self._cond:
-            live = [j for j in self._jobs.values() if j.state in (QUEUED, RUNNING)]
-            if len(live) >= lim.jobs_total:
-                raise JobError(
-                    f"the app's queue is full ({len(live)} jobs, limit {lim.jobs_total}); "
-                    "try again when a job has finished"
-                )
-            if sum(1 for j in live if j.owner == mine) >= lim.jobs_per_owner:
-                raise JobError(
-                    f"you already have {lim.jobs_per_owner} jobs queued or running (the limit "
-                    "on this app); wait for one to finish or stop it"
-                )
+            self._check_capacity(mine)
             run_dir = Path(runs.new_run_dir(self.runs_root, name or cfg.name))
             hosting_mod.record_owner(self.runs_root, run_dir.name, owner)
             job = Job(
@@ -190,12 +207,140 @@ class JobManager:
                 owner=mine,
                 estimate_s=estimate_s,
             )
-            self._jobs[job.run_id] = job
+            self._enqueue(job)
+        return job
+
+    def _check_capacity(self, mine: str | None) -> None:
+        if self._closed:
+            raise JobError("the job manager is shut down")
+        lim = self.hosting.limits
+        live = [j for j in self._jobs.values() if j.state in (QUEUED, RUNNING)]
+        if len(live) >= lim.jobs_total:
+            raise JobError(
+                f"the app's queue is full ({len(live)} jobs, limit {lim.jobs_total}); "
+                "try again when a job has finished"
+            )
+        if sum(1 for j in live if j.owner == mine) >= lim.jobs_per_owner:
+            raise JobError(
+                f"you already have {lim.jobs_per_owner} jobs queued or running (the limit "
+                "on this app); wait for one to finish or stop it"
+            )
+
+    def _enqueue(self, job: Job) -> None:
+        self._jobs[job.run_id] = job
+        if self.chunked is not None:  # driven by its page from now on
+            job.chunked = True
+            job.state, job.started, job.beat = RUNNING, time.time(), time.time()
+        else:
             self._queue.append(job.run_id)
             self._tick()  # starts it now when nothing else is running
-            self._ensure_thread()
-            self._cond.notify_all()
+        self._ensure_thread()
+        self._cond.notify_all()
+
+    def resume(self, run_id: str, total_steps: int | None = None, owner: str | None = None) -> Job:
+        """Queue a job that continues run ``run_id`` from its checkpoint, to ``total_steps``
+        (default: the run's own total). Only stopped, failed (crashed), paused or interrupted
+        runs with a readable checkpoint; each refusal says why in one line."""
+        from lab.__main__ import resume_config
+
+        run_id = hosting_mod.check_run_id(run_id)
+        hosting_mod.check_access(self.hosting, self.runs_root, run_id, owner, "resume")
+        run_dir = self.runs_root / run_id
+        if not (run_dir / "config.yaml").is_file():
+            raise JobError(f"unknown run id {hosting_mod.snippet(run_id)}")
+        if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
+            raise ResumeError(f"total steps: a whole number of 1 or more, not {total_steps!r}")
+        with self._cond:
+            old = self._jobs.get(run_id)
+            if old is not None and old.state in (QUEUED, RUNNING):
+                raise ResumeError(f"run {run_id} is {old.state}: there is nothing to resume yet")
+        try:
+            summary = runs.read_summary(run_dir) or {}
+        except runs.RunReadError:
+            raise ResumeError(f"the summary of run {run_id} is unreadable") from None
+        status = summary.get("status")
+        if status == DONE:
+            raise ResumeError(f"run {run_id} is done: it trained all its steps")
+        if status not in (STOPPED, FAILED, PAUSED, RUNNING):
+            raise ResumeError(f"run {run_id} is {status or 'not started'}: it cannot be resumed")
+        if status == RUNNING and time.time() - max(mtimes(run_dir), default=0.0) < self.idle_s:
+            raise ResumeError(
+                f"run {run_id} is still being written by a training process; stop it first"
+            )
+        state = read_state(run_dir)  # no checkpoint, unreadable, unknown format: ResumeError
+        if not any(a.get("status") == RUNNING for a in state["arms"].values()):
+            raise ResumeError(f"every arm of run {run_id} failed: there is nothing to resume")
+        cfg = resume_config(run_dir, [f"train.steps={total_steps}"] if total_steps else [])
+        hosting_mod.check_limits(cfg, self.hosting.limits)
+        done = int(state["step"])
+        final_pending = self.chunked is not None and status == PAUSED
+        if cfg.train.steps <= done and not (final_pending and cfg.train.steps == done):
+            raise ResumeError(
+                f"run {run_id} already trained {done} of {cfg.train.steps} steps: give a new "
+                f"total above {done} to continue it"
+            )
+        mine = hosting_mod.digest(owner) if owner else None
+        with self._cond:
+            self._check_capacity(mine)
+            if self.chunked is not None:  # the calls go on from the checkpoint
+                write_final_summary(run_dir, PAUSED, None)
+            job = Job(
+                run_id=run_id,
+                run_dir=run_dir,
+                preset=str(run_dir / "config.yaml"),
+                overrides=[f"train.steps={total_steps}"] if total_steps else [],
+                owner=mine,
+                resume=True,
+                total_steps=total_steps,
+            )
+            self._enqueue(job)
         return job
+
+    def drive(self, run_id: str, call_fn) -> dict | None:
+        """Make the next call of chunked job ``run_id`` with ``call_fn`` and return what
+        :func:`lab.chunks.drive_once` recorded; None when the job is not a running chunked job
+        or a call of it is already under way (the page asks again on its next tick)."""
+        with self._cond:
+            job = self._jobs.get(run_id)
+            if job is None or not job.chunked or job.state != RUNNING:
+                return None
+            if not job.calling.acquire(blocking=False):
+                job.beat = time.time()
+                return None
+            job.beat = time.time()
+            settings = self.chunked
+            left = None
+            if settings.mode == "sim" and settings.quota_s is not None:
+                left = settings.quota_s - self._gpu_used.get(job.owner, 0.0)
+        try:
+            entry = chunks.drive_once(
+                job.run_dir,
+                call_fn,
+                settings,
+                preset=job.preset,
+                overrides=job.overrides,
+                total_steps=job.total_steps,
+                stop=job.stop_requested is not None,
+                quota_left=left,
+            )
+        finally:
+            job.beat = time.time()  # before the lock opens: a long call is not "idle"
+            job.calling.release()
+        with self._cond:
+            if entry is not None:
+                self._gpu_used[job.owner] = self._gpu_used.get(job.owner, 0.0) + entry["seconds"]
+            status = (runs.read_summary(job.run_dir) or {}).get("status")
+            if entry is None or entry["outcome"] in ("quota", "error") or status == FAILED:
+                self._finish(job, killed=None)
+            self._cond.notify_all()
+        return entry
+
+    def chunk_progress(self, run_id: str) -> dict[str, Any] | None:
+        """Progress across the calls of a chunked run (None for other runs)."""
+        path = self.runs_root / hosting_mod.check_run_id(run_id)
+        if self.chunked is None or not (path / chunks.FILE).is_file():
+            return None
+        return chunks.progress(path, self.chunked)
 
     def stop(self, run_id: str) -> Job:
         """Cancel a queued job, or ask the running one to stop at its next step."""
@@ -205,10 +350,15 @@ class JobManager:
                 self._queue.remove(run_id)
                 job.state, job.ended = CANCELLED, time.time()
                 _remove_if_empty(job.run_dir)
+            elif job.state == RUNNING and job.chunked:
+                if job.stop_requested is None:  # the next call ends it (final evaluation)
+                    job.stop_requested = time.time()
+                    if (job.run_dir / "config.yaml").exists():
+                        runs.request_stop(job.run_dir)  # a chunk under way stops at its next step
             elif job.state == RUNNING:
                 if job.stop_requested is None:
                     job.stop_requested = time.time()
-                    if (job.run_dir / "config.yaml").exists():
+                    if not self._loading(job):
                         runs.request_stop(job.run_dir)
                     else:  # still loading: nothing trained yet, nothing to save
                         _kill_group(job.proc)
@@ -218,6 +368,15 @@ class JobManager:
                 raise JobError(f"run {run_id} has already finished ({job.state})")
             self._cond.notify_all()
             return job
+
+    @staticmethod
+    def _loading(job: Job) -> bool:
+        """True while the worker has not yet taken the run over (a new run: no config yet; a
+        resumed one: no summary written since the job started)."""
+        if not job.resume:
+            return not (job.run_dir / "config.yaml").exists()
+        path = job.run_dir / "summary.json"
+        return not path.exists() or path.stat().st_mtime < (job.started or 0.0)
 
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())
@@ -229,6 +388,9 @@ class JobManager:
             mine = self._visible_jobs(owner)
             if self._running is not None and self._running in mine:
                 return mine[self._running]
+            for job in mine.values():
+                if job.chunked and job.state == RUNNING:
+                    return job
             for run_id in self._queue:
                 if run_id in mine:
                     return mine[run_id]
@@ -245,7 +407,8 @@ class JobManager:
     def queue_position(self, run_id: str) -> int | None:
         """0 for the running job, 1 for the first waiting one, ...; None when not in line."""
         with self._cond:
-            if run_id == self._running:
+            job = self._jobs.get(run_id)
+            if run_id == self._running or (job and job.chunked and job.state == RUNNING):
                 return 0
             if run_id in self._queue:
                 return list(self._queue).index(run_id) + 1
@@ -262,7 +425,7 @@ class JobManager:
             if not ok or not path.is_dir():
                 raise JobError(f"unknown run id {hosting_mod.snippet(run_id)}")
             out = run_status(path, run)
-            out.update(queue_position=None, log_tail="")
+            out.update(queue_position=None, log_tail="", chunks=self.chunk_progress(run_id))
             return out
         if job.state in (QUEUED, CANCELLED):
             out = {
@@ -286,6 +449,7 @@ class JobManager:
         out["returncode"] = job.returncode
         show_log = job.state != QUEUED and not self.hosting.public  # logs stay on the server
         out["log_tail"] = log_tail(job.log_path(), 12) if show_log else ""
+        out["chunks"] = self.chunk_progress(run_id)
         return out
 
     def wait(self, run_id: str, timeout: float = 300.0) -> Job:
@@ -310,6 +474,9 @@ class JobManager:
                 job = self._jobs[self._running]
                 _kill_group(job.proc)
                 self._finish(job, killed="the worker was killed when the app shut down")
+            for job in self._jobs.values():
+                if job.chunked and job.state == RUNNING:
+                    self._pause(job, "the app shut down between two calls of this run")
             self._cond.notify_all()
 
     # ---- supervisor -----------------------------------------------------------------------
@@ -334,6 +501,11 @@ class JobManager:
                 self._cond.wait(self.poll_s)
 
     def _tick(self) -> None:
+        now = time.time()
+        for job in self._jobs.values():
+            if job.chunked and job.state == RUNNING and now - job.beat > self.idle_s:
+                if not job.calling.locked():
+                    self._pause(job, "the page driving this run was closed; press Resume")
         if self._running is not None:
             job = self._jobs[self._running]
             rc = job.proc.poll() if job.proc is not None else -1
@@ -352,6 +524,14 @@ class JobManager:
         if self._running is None and self._queue and worker.lock_free(self.lock_path):
             self._start(self._jobs[self._queue.popleft()])
 
+    def _pause(self, job: Job, why: str) -> None:
+        """A chunked job nobody drives any more: paused (or stopped, when asked to stop)."""
+        state = STOPPED if job.stop_requested is not None else PAUSED
+        if (job.run_dir / "config.yaml").exists():
+            write_final_summary(job.run_dir, state, why)
+        job.state, job.error, job.ended = state, why, time.time()
+        self._cond.notify_all()
+
     def _stalled(self, job: Job) -> bool:
         """True when nothing in the run directory changed for ``grace_s`` since the stop."""
         last = max([job.stop_requested or 0.0, *(mtimes(job.run_dir))])
@@ -366,7 +546,7 @@ class JobManager:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
         )
-        log = open(job.pending_log, "ab")  # noqa: SIM115 - handed to the child
+        log = open(job.log_target(), "ab")  # noqa: SIM115 - handed to the child
         try:
             job.proc = subprocess.Popen(
                 job.command(self.python),
@@ -399,11 +579,14 @@ class JobManager:
         except runs.RunReadError:  # a worker killed mid-write leaves no half file (atomic
             summary = None  # renames), but a summary damaged on disk is rewritten below
         status = (summary or {}).get("status")
-        if status in (DONE, STOPPED, FAILED) and not killed:
+        if status in (DONE, STOPPED, FAILED, PAUSED) and not killed:
             job.state = status
             job.error = summary.get("error")
             if status == DONE and job.returncode not in (0, None):
                 job.error = f"worker exited with code {job.returncode} after a done summary"
+        elif job.chunked and summary is None:  # stopped before its first call wrote anything
+            job.state = CANCELLED if job.stop_requested is not None else FAILED
+            _remove_if_empty(job.run_dir)
         elif killed:
             job.state = STOPPED if job.stop_requested is not None else FAILED
             job.error = killed

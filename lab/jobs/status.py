@@ -14,15 +14,17 @@ from typing import Any
 
 from lab import runs
 
-QUEUED, RUNNING, DONE, STOPPED, FAILED, CANCELLED = (
+QUEUED, RUNNING, DONE, STOPPED, FAILED, CANCELLED, PAUSED = (
     "queued",
     "running",
     "done",
     "stopped",
     "failed",
     "cancelled",
+    "paused",  # a chunked run between calls, with no page driving it (see lab.chunks)
 )
-FINISHED = (DONE, STOPPED, FAILED, CANCELLED)
+FINISHED = (DONE, STOPPED, FAILED, CANCELLED, PAUSED)
+RESUMABLE = (STOPPED, FAILED, PAUSED, RUNNING)  # RUNNING: only when no worker is on it
 LOG_NAME = "worker.log"
 
 

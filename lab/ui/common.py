@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import html
-import importlib.util
 import inspect
 import logging
 import os
@@ -22,8 +21,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from lab import chunks, jobs, runs
 from lab import hosting as hosting_mod
-from lab import jobs, runs
 
 log = logging.getLogger("lab.ui")
 MESSAGE_CHARS = 300  # an error shown on the page is cut to this length
@@ -59,8 +58,12 @@ def hosting() -> hosting_mod.Hosting:
 
 
 def manager() -> jobs.JobManager:
+    """The app's job manager; on ZeroGPU (or its simulation) it runs jobs in chunks."""
     grace = float(os.environ.get("BALORA_STOP_GRACE_S", "120"))
-    return jobs.get_manager(runs_root(), grace_s=grace, hosting=hosting())
+    idle = float(os.environ.get("BALORA_ZEROGPU_IDLE_S", "60"))
+    return jobs.get_manager(
+        runs_root(), grace_s=grace, hosting=hosting(), chunked=chunks.settings(), idle_s=idle
+    )
 
 
 def state_secret() -> str:
@@ -142,8 +145,9 @@ def guarded(fn):
 
 
 def zerogpu() -> bool:
-    """True on a Hugging Face ZeroGPU Space (the ``spaces`` package is importable)."""
-    return importlib.util.find_spec("spaces") is not None
+    """True on a Hugging Face ZeroGPU Space (the platform sets ``SPACES_ZERO_GPU``) or when
+    ``BALORA_ZEROGPU=sim`` forces its chunked training on this machine (see ``lab.chunks``)."""
+    return chunks.settings().on
 
 
 def ok(text: str) -> str:

@@ -1,8 +1,8 @@
 """The Blocks of the app: one tab per module, the cross-tab wiring, and the API endpoints.
 
 ``build_app()`` creates widgets only (no model is loaded, no run is read beyond the listing).
-The documented API endpoints (``start``, ``status``, ``stop``, ``generate``) are plain
-functions of this module, so the HTTP API and the tests call the same code.
+The documented API endpoints (``start``, ``status``, ``stop``, ``resume``, ``generate``) are
+plain functions of this module, so the HTTP API and the tests call the same code.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import gradio as gr
 
-from lab import hosting
-from lab.ui import bias, classroom, common, compare, runs, setup, train, tune
+from lab import chunks, hosting
+from lab.ui import bias, classroom, common, compare, runs, setup, train, tune, zerogpu
 
 TITLE = "BA-LoRA Lab"
 INTRO = (
@@ -21,11 +21,6 @@ INTRO = (
     "Fine-tune **LoRA**, **PiSSA** and **BA-LoRA** side by side on the same batches and see what "
     "each does to what the model inherited: its drift from the original, the spread of its "
     "predictions, its bias scores. Start with the **Classroom** example, then try **Setup**."
-)
-ZEROGPU_NOTE = (
-    "⚠️ **ZeroGPU is not supported yet.** This Space runs on ZeroGPU, where a GPU is lent to one "
-    "call at a time; training runs in a long-lived worker process, so it would run on the CPU "
-    "here. Use a Space with a dedicated GPU, or run `python app.py` locally."
 )
 
 
@@ -80,6 +75,14 @@ def api_generate(
     return rows
 
 
+@common.guarded
+def api_resume(run_id: str, total_steps: int | None = None, owner_token: str = "") -> dict:
+    """Continue a stopped, crashed or paused run from its last checkpoint (optionally to a new
+    total of steps); returns its status. Runs that cannot continue raise saying why."""
+    runs.resume_run(run_id, total_steps, owner_token)
+    return common.manager().status(run_id)
+
+
 def mode_banner() -> str:
     h = common.hosting()
     if not h.public:
@@ -107,7 +110,7 @@ def build_app() -> gr.Blocks:
         # the visitor's owner token, kept (encrypted) in the browser across reloads
         ui.owner = gr.BrowserState("", storage_key="balora_owner", secret=common.state_secret())
         if common.zerogpu():
-            gr.Markdown(ZEROGPU_NOTE, elem_id="zerogpu-note")
+            gr.Markdown(zerogpu.note(chunks.settings()), elem_id="zerogpu-note")
         with gr.Tabs() as ui.tabs:
             with gr.Tab("Classroom", id="classroom"):
                 classroom.build(ui)
@@ -127,6 +130,12 @@ def build_app() -> gr.Blocks:
             train.on_start,
             [ui.owner, ui.estimate, ui.preset] + ui.form,
             [ui.setup_msg, ui.followed, ui.tabs] + ui.form,
+            api_visibility="private",
+        )
+        ui.runs_resume_btn.click(
+            runs.on_resume,
+            [ui.runs_pick, ui.runs_resume_steps, ui.owner],
+            [ui.runs_msg, ui.followed, ui.tabs],
             api_visibility="private",
         )
         tune.wire(ui)
@@ -159,5 +168,6 @@ def build_app() -> gr.Blocks:
         gr.api(api_start, api_name="start")
         gr.api(api_status, api_name="status")
         gr.api(api_stop, api_name="stop")
+        gr.api(api_resume, api_name="resume")
         gr.api(api_generate, api_name="generate")
     return demo

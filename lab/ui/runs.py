@@ -1,4 +1,5 @@
-"""Runs tab: every run on disk, reopened without a model: figures, config and its diff, downloads.
+"""Runs tab: every run on disk, reopened without a model: figures, config and its diff, downloads,
+and Resume for a run that was stopped, crashed or paused (it continues from its checkpoint).
 
 Reopening redraws every figure from the run directory alone. Downloads (the adapters as a zip,
 the self-contained HTML report) are built in a temporary folder, never inside the run.
@@ -15,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from lab import runs
+from lab import hosting, jobs, runs
 from lab.ui import common, figures
 
 FIGURES = figures.ALL_FIGURES
@@ -92,6 +93,28 @@ def html_report_file(run_id: str, owner: str | None = None) -> Path:
     return path
 
 
+def total_steps(value: Any) -> int | None:
+    """The optional "new total steps" field: empty (keep the run's own) or a whole number."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"new total steps: {str(value)[:40]!r} is not a number") from None
+    if not number.is_integer() or number < 1:
+        raise ValueError(f"new total steps: a whole number of 1 or more, not {value}")
+    return int(number)
+
+
+def resume_run(run_id: str, steps: Any = None, owner: str | None = None) -> jobs.Job:
+    """Queue the job that continues ``run_id`` from its checkpoint (owner-checked)."""
+    n = total_steps(steps)
+    if run_id == hosting.EXAMPLE_ID:
+        raise ValueError("the shipped example run cannot be resumed; start a run in Setup")
+    common.resolve_run(run_id, owner, "resume")
+    return common.manager().resume(run_id, n, owner)
+
+
 def reopen(run_id: str, owner: str | None = None) -> dict[str, Any]:
     """Everything the tab shows about a run, read from disk: figures, config text, summary."""
     run_dir = common.resolve_run(run_id, owner)
@@ -149,6 +172,23 @@ def _download(build, run_id: str, owner: str | None, done: str):
 
 
 @common.guarded
+def on_resume(run_id: str, steps: Any = None, owner: str | None = None):
+    """-> [message, followed run, tab]: the Train tab follows the resumed run."""
+    try:
+        job = resume_run(run_id, steps, owner)
+    except common.USER_ERRORS as e:
+        return common.err(e), gr.skip(), gr.skip()
+    pos = common.manager().queue_position(job.run_id)
+    where = "continues now" if pos == 0 else f"waits in the queue at position {pos}"
+    to = f" to {job.total_steps} steps" if job.total_steps else ""
+    return (
+        common.ok(f"run **{job.run_id}** {where} from its last checkpoint{to}"),
+        job.run_id,
+        gr.Tabs(selected="train"),
+    )
+
+
+@common.guarded
 def on_zip(run_id: str, owner: str | None = None):
     return _download(adapters_zip, run_id, owner, "adapters zipped: click the file to download")
 
@@ -186,6 +226,17 @@ def build(ui) -> None:
         ui.runs_diff_btn = gr.Button("Diff configs")
         ui.runs_zip_btn = gr.Button("Zip adapters", elem_id="runs-zip")
         ui.runs_report_btn = gr.Button("HTML report", elem_id="runs-report")
+    with gr.Row():
+        ui.runs_resume_steps = gr.Number(
+            None,
+            label="New total steps (optional)",
+            info="Empty: the run's own total. Resume continues a stopped, crashed or paused "
+            "run from its last checkpoint.",
+            precision=0,
+            minimum=1,
+            elem_id="runs-resume-steps",
+        )
+        ui.runs_resume_btn = gr.Button("Resume", elem_id="runs-resume", scale=0)
     ui.runs_msg = gr.Markdown(elem_id="runs-msg")
     # the result of "Diff configs" shows right here, not inside a collapsed section
     ui.runs_diff_table = gr.Dataframe(

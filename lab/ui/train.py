@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from lab import hosting, jobs, runs
-from lab.ui import common, figures, form, setup
+from lab.ui import common, figures, form, setup, zerogpu
 
 FIGURES = figures.RUN_FIGURES
 STATE_ICON = {
@@ -24,6 +24,7 @@ STATE_ICON = {
     "stopped": "⏹️",
     "failed": "❌",
     "cancelled": "🚫",
+    "paused": "⏸️",
 }
 
 
@@ -35,9 +36,15 @@ def status_markdown(st: dict[str, Any]) -> str:
         lines.append(f"waiting in the queue: position **{pos}** (one training job runs at a time)")
     if st.get("stop_requested") and st["state"] in ("running", "starting"):
         lines.append("stop requested: the arms stop at their next step and save their adapters")
-    if st.get("error"):
+    if st["state"] == jobs.PAUSED:
+        lines.append("paused at its last checkpoint: continue it with **Resume** in the Runs tab")
+        if st.get("error"):
+            lines.append(f"**Why:** {st['error']}")
+    elif st.get("error"):
         first, _, rest = str(st["error"]).partition("\n")
         lines.append(f"**Error:** {first}" + (f"\n```text\n{rest}\n```" if rest else ""))
+    if st.get("chunks"):
+        lines.append(zerogpu.progress_markdown(st["chunks"]))
     return "\n\n".join(lines)
 
 
@@ -197,3 +204,5 @@ def build(ui) -> None:
         api_visibility="private",
     )
     ui.stop_btn.click(on_stop, [ui.followed, ui.owner], ui.stop_msg, api_visibility="private")
+    if common.zerogpu():
+        zerogpu.wire(ui)
