@@ -463,6 +463,24 @@ def test_a_run_with_items_opens_on_its_verdicts_in_the_page_and_the_report(runs_
     assert "What changed" in page and page.count("<li>") == len(lines)
     opened = runs_tab.reopen("r-items")
     assert "What changed" in opened["summary"]
+    # the Train tab says the same when the run it follows ends, worked out once
+    status, *_, seen = train.on_tick("r-items", {})
+    assert "**done**" in status and "What changed" in status
+    assert all(x in status for x in lines)
+    assert seen["verdicts_of"] == "r-items"
+    seen["verdicts"] = "cached verdicts"  # a later tick reuses them instead of recomputing
+    assert "cached verdicts" in train.on_tick("r-items", seen)[0]
+
+
+def test_train_status_line_while_running_is_the_labs_own(runs_dir):
+    path = fake_run(runs_dir, "r-live")
+    train.on_tick("r-live", {})  # the app's manager exists before the run turns "running"
+    summary = json.loads((path / "summary.json").read_text())
+    summary.update(status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    (path / "summary.json").write_text(json.dumps(summary))
+    status = train.on_tick("r-live", {})[0]
+    assert "step 3/3" in status and "elapsed" in status
+    assert "What changed" not in status  # verdicts only once the run is done
 
 
 def test_errors_name_the_visible_field_and_outline_it(runs_dir):

@@ -356,10 +356,10 @@ def run_progress_line(
         return None
     train = config.get("train") or {}
     steps, every = int(train.get("steps") or 0), int(train.get("eval_every") or 0)
-    done: dict[str, int] = {a: 0 for a in config.get("arms") or []}
+    done: dict[str, int] = {}  # every arm that has trained (a seeded run's lora#s1 included)
     for ev in events:
-        if ev.get("kind") == "train" and ev.get("arm") in done:
-            done[ev["arm"]] = max(done[ev["arm"]], int(ev.get("step", 0)))
+        if ev.get("kind") == "train" and ev.get("arm"):
+            done[ev["arm"]] = max(done.get(ev["arm"], 0), int(ev.get("step", 0)))
     step = min(done.values(), default=0)
     elapsed = (time.time() if now is None else now) - t0
     return progress_line(step, steps, elapsed, time_left(events, steps, every))

@@ -131,6 +131,7 @@ def build_app() -> gr.Blocks:
             [ui.owner, ui.estimate, ui.preset] + ui.form,
             [ui.setup_msg, ui.followed, ui.tabs] + ui.form,
             api_visibility="private",
+            show_progress="hidden",  # the message line says what happens, not Gradio's timer
         )
         ui.runs_resume_btn.click(
             runs.on_resume,

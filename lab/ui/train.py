@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from lab import hosting, jobs, runs
+from lab.jobs import checks
 from lab.ui import common, figures, form, setup, zerogpu
 
 FIGURES = figures.RUN_FIGURES
@@ -138,8 +139,18 @@ def on_tick(
         keys = FIGURES if eval_sig != seen.get("eval") else ("loss",)
         made = figures.run_figures(run, keys=keys, weighted=bool(weighted))
         figs = figures.panel_values(made, FIGURES)
-        seen = {"sig": sig, "eval": eval_sig}
-    return [status_markdown(st), progress_html(st), queue_html(mgr, owner), stop, *figs, seen]
+        seen = {**seen, "sig": sig, "eval": eval_sig}
+    text = status_markdown(st)
+    if run is not None and st["state"] == jobs.RUNNING:
+        line = checks.run_progress_line(run.events, run.config or {}, run.summary)
+        if line:
+            text += f"\n\n{line}"
+    if run is not None and st["state"] == "done":  # the verdicts, worked out once per run
+        if seen.get("verdicts_of") != followed:
+            seen["verdicts"], _ = figures.evidence(run.path)
+            seen["verdicts_of"] = followed
+        text += "\n\n" + seen["verdicts"]
+    return [text, progress_html(st), queue_html(mgr, owner), stop, *figs, seen]
 
 
 @common.guarded
