@@ -134,6 +134,7 @@ def test_tiny_run_writes_one_row_per_item_per_arm(tiny_run):
             "pronoun_logodds": ev["bias"]["pronoun_abs_logodds"]["n"],
             "pronoun_abs_logodds": ev["bias"]["pronoun_abs_logodds"]["n"],
             "kl_to_base": cfg.train.probe_size,
+            "heldout_ce": cfg.train.probe_size,  # NLG with the analysis on: forgetting
         }
         if "flip_rate" in ev["bias"]:
             expect["flip_rate"] = ev["bias"]["flip_rate"]["n"]
@@ -167,6 +168,8 @@ def test_tiny_run_items_agree_with_the_events(tiny_run):
         assert mean("pronoun_abs_logodds") == pytest.approx(bias["pronoun_abs_logodds"]["value"], abs=1e-12)  # fmt: skip
         if "flip_rate" in bias:
             assert mean("flip_rate") == pytest.approx(bias["flip_rate"]["value"], abs=1e-12)
+        if "heldout_ce" in ev:
+            assert mean("heldout_ce") == pytest.approx(ev["heldout_ce"], rel=1e-9)
         pref = select(t, metric="stereo_pref")["value"]
         llr = select(t, metric="stereo_llr")["value"]
         assert np.array_equal(pref, (llr > 0) + 0.5 * (llr == 0))
