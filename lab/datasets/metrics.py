@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from lab.data import DataError, collate_nlg, collate_nlu, encode_nlg, prompt_ids
 
@@ -83,15 +84,16 @@ def heldout_ce(
     out = []
     for i in range(0, len(texts), batch_size):
         ids = [
-            tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_len)["input_ids"]
+            torch.tensor(
+                tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_len)[
+                    "input_ids"
+                ],
+                dtype=torch.long,
+            )
             for t in texts[i : i + batch_size]
         ]
-        T = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
-        attention = torch.zeros((len(ids), T), dtype=torch.long)
-        for b, x in enumerate(ids):
-            input_ids[b, : len(x)] = torch.tensor(x, dtype=torch.long)
-            attention[b, : len(x)] = 1
+        input_ids = pad_sequence(ids, batch_first=True, padding_value=pad)  # right padding
+        attention = pad_sequence([torch.ones_like(x) for x in ids], batch_first=True)
         score = torch.roll(attention, shifts=-1, dims=1).bool()  # t scored when t + 1 is a token
         score[:, -1] = False
         total = sequence_logprobs(model, input_ids, attention, score).double().cpu()
