@@ -235,6 +235,11 @@ def test_resume_button_is_owner_checked_in_public_mode(reference, monkeypatch):
     hosting.record_owner(_runs_root(), "theirs", "owner-token-aaaaaaaaaaaa")
     msg = runs_tab.on_resume("theirs", 8, "someone-else-bbbbbbbbbbbb")[0]
     assert "started by another visitor" in msg and "resume" in msg
+    # a path for a run id, or a step count far past the public limits, is refused by name
+    traversal = runs_tab.on_resume("../../etc", None, "owner-token-aaaaaaaaaaaa")[0]
+    assert traversal.startswith("❌") and "/etc" not in traversal.replace("../../etc", "")
+    huge = runs_tab.on_resume("theirs", 10**12, "owner-token-aaaaaaaaaaaa")[0]
+    assert huge.startswith("❌") and "steps" in huge
     # the owner passes the ownership check and meets the next rule (6 of 6 steps trained)
     msg = runs_tab.on_resume("theirs", None, "owner-token-aaaaaaaaaaaa")[0]
     assert "already trained 6 of 6 steps" in msg
