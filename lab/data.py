@@ -55,6 +55,11 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def response_ids(tokenizer, response: str) -> list[int]:
+    """The response's token ids as ``encode_nlg`` scores them, end-of-turn text included."""
+    return _ids(tokenizer, response_text(tokenizer, response))
+
+
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
     """The prompt's token ids, with BOS first when there is no chat template to add one."""
     ids = _ids(tokenizer, prompt_text(tokenizer, prompt))
@@ -73,7 +78,7 @@ class EncodedNLG:
 def encode_nlg(tokenizer, example: dict, seq_len: int) -> EncodedNLG:
     """Tokenize one prompt/response pair; the prompt is cut from the left if too long."""
     p = prompt_ids(tokenizer, example["prompt"])
-    r = _ids(tokenizer, response_text(tokenizer, example["response"]))
+    r = response_ids(tokenizer, example["response"])
     if not r:
         raise DataError("an example has an empty response")
     if len(r) >= seq_len:

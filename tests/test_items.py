@@ -89,7 +89,8 @@ def test_evaluate_task_items_agree_with_its_metrics(tiny_llama, tiny_bert):
         tiny_llama.model, tiny_llama.tokenizer, [r["prompt"] for r in rows],
         [d.label_names[r["label"]] for r in rows],
     )  # fmt: skip
-    assert lp == pytest.approx(want.double().numpy(), rel=1e-6) and (lp < 0).all()
+    # label scores share each prompt's KV cache: equal to one sequence per label up to rounding
+    assert lp == pytest.approx(want.double().numpy(), rel=1e-4) and (lp < 0).all()
     d = load_task_data("arithmetic", max_eval=3)
     m, items = evaluate_task(tiny_llama.model, tiny_llama.tokenizer, d, max_examples=3, max_new_tokens=4, return_items=True)  # fmt: skip
     assert items["accuracy"][1].mean() == pytest.approx(m["exact_match"])

@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from lab.data import DataError, collate_nlg, collate_nlu, encode_nlg, prompt_ids
+from lab.data import (
+    DataError,
+    collate_nlg,
+    collate_nlu,
+    encode_nlg,
+    prompt_ids,
+    response_ids,
+)
 
 from .arithmetic import numbers_match, parse_final_number
 from .loading import TaskData
@@ -38,8 +45,7 @@ def _pad_id(tokenizer) -> int:
 
 
 def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return _accepts(model, "logits_to_keep")
 
 
 def sequence_logprobs(
@@ -137,6 +143,93 @@ def score_responses(
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def _accepts(model, *names: str) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return all(n in params for n in names)
+
+
+@torch.inference_mode()
+def _label_scores_shared_prompt(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    label_names: Sequence[str],
+    *,
+    batch_size: int,
+    seq_len: int,
+) -> torch.Tensor | None:
+    """(N, K) log P(label k | prompt), the sums ``score_responses`` gives, with each prompt run
+    once: its KV cache is repeated for the K label continuations. Scoring every label as its
+    own sequence runs each prompt K times, and the prompt is nearly all of the tokens, so this
+    is why it is hand-written. Prompts are left-padded with explicit position ids, so the
+    scores equal the one-sequence-per-label ones up to float rounding.
+
+    Returns None when it cannot give the same tokens or the model has no cache interface: a
+    prompt that ``encode_nlg`` would cut, a model without position ids or a cache.
+    """  # fmt: skip
+    if not _accepts(model, "position_ids", "use_cache"):
+        return None
+    # the cache's keyword: ``cache`` in current transformers, ``past_key_values`` before
+    cache_kw = next((n for n in ("cache", "past_key_values") if _accepts(model, n)), None)
+    if cache_kw is None:
+        return None
+    labels = [response_ids(tokenizer, name) for name in label_names]
+    if any(not r or len(r) >= seq_len for r in labels):
+        return None
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    longest_label = max(len(r) for r in labels)
+    if any(len(p) + longest_label > seq_len for p in encoded):
+        return None  # encode_nlg would cut this prompt from the left
+    dev, pad, K, L = _device(model), _pad_id(tokenizer), len(labels), longest_label
+    first = torch.tensor([r[0] for r in labels], device=dev)  # (K,)
+    # the continuation: label k's tokens but its last as inputs, each scored on the next one
+    cont = torch.full((K, max(L - 1, 1)), pad, dtype=torch.long)
+    cont_mask = torch.zeros((K, max(L - 1, 1)), dtype=torch.long)
+    target = torch.full((K, max(L - 1, 1)), -1, dtype=torch.long)
+    for k, r in enumerate(labels):
+        cont[k, : len(r) - 1] = torch.tensor(r[:-1], dtype=torch.long)
+        cont_mask[k, : len(r) - 1] = 1
+        target[k, : len(r) - 1] = torch.tensor(r[1:], dtype=torch.long)
+    cont, cont_mask, target = cont.to(dev), cont_mask.to(dev), target.to(dev)
+    keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    out = []
+    for i in range(0, len(encoded), batch_size):
+        chunk = encoded[i : i + batch_size]
+        B, P = len(chunk), max(len(p) for p in chunk)
+        ids = torch.full((B, P), pad, dtype=torch.long)
+        mask = torch.zeros((B, P), dtype=torch.long)
+        for b, p in enumerate(chunk):  # left padding: every prompt ends at column P - 1
+            ids[b, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[b, P - len(p) :] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)  # (B, P): each prompt's own positions from 0
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)
+        last = res.logits[:, -1].float().log_softmax(-1)  # (B, V)
+        score = last[:, first]  # (B, K): each label's first token
+        if L > 1:
+            cache = getattr(res, cache_kw, None)
+            if not hasattr(cache, "batch_repeat_interleave"):
+                return None
+            cache.batch_repeat_interleave(K)  # row b -> rows b*K .. b*K + K - 1
+            c_ids = cont.repeat(B, 1)  # (B*K, L-1)
+            c_mask = cont_mask.repeat(B, 1)
+            c_pos = pos[:, -1:].repeat_interleave(K, 0) + 1 + torch.arange(L - 1, device=dev)
+            logits = model(
+                input_ids=c_ids,
+                attention_mask=torch.cat([mask.repeat_interleave(K, 0), c_mask], dim=1),
+                position_ids=c_pos,
+                use_cache=False,
+                **{cache_kw: cache},
+            ).logits.float()  # (B*K, L-1, V)
+            lp = logits.log_softmax(-1)
+            t = target.repeat(B, 1)  # (B*K, L-1), -1 where label k has no more tokens
+            picked = lp.gather(2, t.clamp(min=0)[..., None]).squeeze(2) * (t >= 0)
+            score = score + picked.sum(dim=1).view(B, K)
+        out.append(score.cpu())
+    return torch.cat(out) if out else torch.zeros((0, K))
+
+
 @torch.inference_mode()
 def class_scores(
     model,
@@ -154,6 +247,12 @@ def class_scores(
     if not rows:
         return torch.zeros((0, K))
     if task == "nlg":
+        shared = _label_scores_shared_prompt(
+            model, tokenizer, [r["prompt"] for r in rows], label_names,
+            batch_size=batch_size, seq_len=_seq_len(model, seq_len),
+        )  # fmt: skip
+        if shared is not None:
+            return shared
         prompts = [r["prompt"] for r in rows for _ in range(K)]
         responses = [name for _ in rows for name in label_names]
         scores = score_responses(
