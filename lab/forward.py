@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from lab import adapters
+from lab import adapters, losses
 from lab.config import RunConfig
 from lab.head import head_loss, logits_svd_loss
 from lab.models import teacher_dtype
@@ -205,13 +205,10 @@ def step_loss(
         if need_terms:
             scale = m / n  # mean over these rows -> sum / norm
             terms = {
-                "consistency": (
-                    l1,
-                    lambda: consistency_loss(logits, teacher, None, reg.temperature),
-                ),
-                "diversity": (l2, lambda: diversity_loss(logits, None, reg.top_k)),
+                "consistency": lambda: consistency_loss(logits, teacher, None, reg.temperature),
+                "diversity": lambda: diversity_loss(logits, None, reg.top_k),
             }
-            out.total = _add_terms(out, terms, scale)
+            out.total = _add_terms(out, terms, lambdas, scale)
             out.rows = h if reg.svd_target == "features" else logits
         return out
     logits, feats = _nlu_forward(model, batch, need_terms and reg.svd_target == "features")
@@ -221,25 +218,24 @@ def step_loss(
     if need_terms:
         scale = logits.shape[0] / n
         terms = {
-            "consistency": (
-                l1,
-                lambda: consistency_loss(logits, teacher.float(), None, reg.temperature),
-            ),
+            "consistency": lambda: consistency_loss(logits, teacher.float(), None, reg.temperature)
         }
-        out.total = _add_terms(out, terms, scale)
+        out.total = _add_terms(out, terms, lambdas, scale)
         out.rows = logits if feats is None else torch.cat([logits, feats.float()], 1)
     return out
 
 
-def _add_terms(out: MicroLoss, terms: dict, scale: float) -> torch.Tensor:
-    total = out.total
-    for name, (weight, fn) in terms.items():
-        with nullcontext() if weight > 0 else torch.no_grad():
-            value = fn() * scale
-        if weight > 0:
-            total = total + weight * value
-        out.values[name] = value.detach()
-    return total
+def _add_terms(out: MicroLoss, terms: dict, lambdas, scale: float) -> torch.Tensor:
+    """``out.total`` plus the weighted per-token terms ``{name: fn}`` (each a mean over the
+    micro-batch's rows, times ``scale``); logs them raw in ``out.values``. A term with weight 0
+    is computed without a graph."""
+    w = losses.weights(lambdas)
+    values = {}
+    for name, fn in terms.items():
+        with nullcontext() if w[name] > 0 else torch.no_grad():
+            values[name] = fn() * scale
+        out.values[name] = values[name].detach()
+    return losses.weigh(out.total, values, lambdas).total
 
 
 def batch_terms(
@@ -251,34 +247,30 @@ def batch_terms(
     covariance diversity and the svd term. The weighted sum carries the gradient to ``rows`` for
     terms with a non-zero weight. ``generator`` seeds a randomized SVD (large matrices), so
     every process computes the same value from the same rows."""
-    _, l2, l3 = (float(x) for x in lambdas)
+    w = losses.weights(lambdas)
     reg = cfg.reg
-    weighted = rows.new_zeros((), dtype=torch.float32)
     raw: dict[str, torch.Tensor] = {}
     inactive: dict[str, str] = {}
     if cfg.task == "nlg":
-        fns = {"svd": (l3, lambda: _nlg_svd(model, rows, cfg, generator))}
+        fns = {"svd": lambda: _nlg_svd(model, rows, cfg, generator)}
     else:
         d = model.get_base_model().config.num_labels
         logits, feats = rows[:, :d], rows[:, d:]
         target = feats if reg.svd_target == "features" else logits
         fns = {
-            "diversity": (l2, lambda: covariance_diversity_loss(logits)),
-            "svd": (
-                l3,
-                lambda: svd_loss(target, reg.svd_k, norm=reg.svd_norm, generator=generator),
-            ),
+            "diversity": lambda: covariance_diversity_loss(logits),
+            "svd": lambda: svd_loss(target, reg.svd_k, norm=reg.svd_norm, generator=generator),
         }
-    for name, (weight, fn) in fns.items():
+    values: dict[str, torch.Tensor] = {}
+    for name, fn in fns.items():
         try:
-            with nullcontext() if weight > 0 else torch.no_grad():
-                value = fn()
+            with nullcontext() if w[name] > 0 else torch.no_grad():
+                values[name] = fn()
         except DegenerateTermError as err:
             inactive[name] = str(err)
             continue
-        if weight > 0:
-            weighted = weighted + weight * value
-        raw[name] = value.detach()
+        raw[name] = values[name].detach()
+    weighted = losses.weigh(rows.new_zeros((), dtype=torch.float32), values, lambdas).total
     return weighted, raw, inactive
 
 

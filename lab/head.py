@@ -17,13 +17,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lab.regularizers import DegenerateTermError
+from lab import losses
+from lab.regularizers import DegenerateTermError, kl_chunk
 
 CHUNK_ROWS = 64  # rows per chunk: (64, 49152) float32 is 12.6 MB per buffer
 
 
 class _HeadLoss(torch.autograd.Function):
-    """(total, ce, kl, neg_entropy): total = ce + l1 * kl + l2 * neg_entropy, all over M rows."""
+    """(total, ce, kl, neg_entropy) over M rows; total = ce + l1 * kl + l2 * neg_entropy is
+    weighed by :func:`lab.losses.weigh`, and the chunk loop mixes the terms' gradients with the
+    same weights (one (M, H) gradient buffer, whatever the number of terms)."""
 
     @staticmethod
     def forward(
@@ -33,8 +36,7 @@ class _HeadLoss(torch.autograd.Function):
         bias: torch.Tensor | None,
         teacher_h: torch.Tensor | None,  # (M, H) teacher rows, any float dtype
         targets: torch.Tensor,  # (M,) token ids
-        lam1: float,
-        lam2: float,
+        lambdas: tuple[float, float, float],
         temperature: float,
         top_k: int,
         terms: bool,
@@ -42,6 +44,7 @@ class _HeadLoss(torch.autograd.Function):
         norm: float,
     ):
         need_grad = ctx.needs_input_grad[0]
+        lam1, lam2, _ = lambdas  # the weights of the gradient mix; the value via lab.losses
         ctx.h_dtype = h.dtype
         dh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need_grad else None
         sums = torch.zeros(3, dtype=torch.float32, device=h.device)  # ce, kl, -entropy
@@ -63,18 +66,13 @@ class _HeadLoss(torch.autograd.Function):
             if g is not None:
                 g[torch.arange(g.shape[0], device=g.device), tgt] -= 1.0
             if terms and teacher_h is not None:
-                zt = F.linear(teacher_h[rows], t_weight, t_bias).float().div_(temp)
-                log_t = F.log_softmax(zt, dim=-1)
+                zt = F.linear(teacher_h[rows], t_weight, t_bias).float()  # (c, V)
+                kl, dz = kl_chunk(z, zt, temp, g is not None and lam1 > 0)
                 del zt
-                log_s = F.log_softmax(z / temp, dim=-1)
-                p_t = log_t.exp()
-                # KL = sum p_t (log p_t - log p_s); entries with p_t == 0 contribute exactly 0.
-                diff = torch.where(p_t > 0, log_t - log_s, 0.0)
-                sums[1] += (p_t * diff).sum()
-                del diff, log_t
-                if g is not None and lam1 > 0:  # d (T^2 KL) / dz = T (p_s - p_t)
-                    g.add_(log_s.exp_().sub_(p_t), alpha=lam1 * temp)
-                del log_s, p_t
+                sums[1] += kl
+                if dz is not None:  # d (T^2 KL) / dz = T (p_s - p_t)
+                    g.add_(dz, alpha=lam1 * temp)
+                del dz
             if terms:
                 top, idx = z.topk(k, dim=-1)  # (c, K)
                 lp = F.log_softmax(top, dim=-1)
@@ -94,7 +92,9 @@ class _HeadLoss(torch.autograd.Function):
         ce = sums[0] / norm
         kl = sums[1] * (temp * temp / norm)
         neg_entropy = sums[2] / norm
-        total = ce + lam1 * kl + lam2 * neg_entropy
+        # The total is a tensor of its own (ce is marked non-differentiable below).
+        parts = {"consistency": kl, "diversity": neg_entropy}
+        total = losses.weigh(ce.clone(), parts, lambdas).total
         ctx.mark_non_differentiable(ce, kl, neg_entropy)
         return total, ce, kl, neg_entropy
 
@@ -102,7 +102,7 @@ class _HeadLoss(torch.autograd.Function):
     def backward(ctx, g_total, *_):
         (dh,) = ctx.saved_tensors
         grad = None if dh is None else (dh * g_total).to(ctx.h_dtype)
-        return (grad, *([None] * 11))
+        return (grad, *([None] * 10))
 
 
 def head_loss(
@@ -147,8 +147,7 @@ def head_loss(
         head.bias,
         teacher_h.detach() if teacher_h is not None else None,
         targets,
-        lam1 if terms else 0.0,
-        lam2 if terms else 0.0,
+        (lam1, lam2, 0.0) if terms else (0.0, 0.0, 0.0),
         temperature,
         top_k,
         terms,

@@ -4,7 +4,8 @@
 - ``diversity_loss`` (NLG): minus the entropy of the renormalized top-K distribution.
 - ``covariance_diversity_loss`` (NLU): squared off-diagonal covariance of the batch logits.
 - ``svd_loss``: minus the share of the top-k singular values in the matrix norm.
-- ``ba_lora_loss``: task loss + the weighted terms, with every term logged raw and weighted.
+- ``ba_lora_loss``: task loss + the weighted terms (weighted by :mod:`lab.losses`), with every
+  term logged raw and weighted.
 
 Every term is computed in float32 whatever the input dtype, and every term is a loss: it is
 minimised. An undefined or constant term raises :class:`DegenerateTermError`; ``ba_lora_loss``
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-TERMS = ("consistency", "diversity", "svd")
+from lab import losses
+from lab.losses import TERMS
+
 EXACT_SVD_MAX_DIM = 64  # "auto": exact SVD up to this min(shape) ...
 EXACT_SVD_MAX_ELEMS = 1 << 21  # ... or this many entries; randomized above (e.g. 512 x 49152)
 
@@ -79,6 +82,26 @@ def consistency_loss(
     return _ChunkedKL.apply(s, t, float(temperature))
 
 
+def kl_chunk(
+    s: torch.Tensor, t: torch.Tensor, temperature: float, grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk of rows of the consistency term, shared by every chunked loop over rows.
+
+    ``s``, ``t``: (c, V) float32 student and teacher logits. Returns the sum over the rows of
+    KL(softmax(t / T) || softmax(s / T)) and, when ``grad``, softmax(s / T) - softmax(t / T)
+    (c, V), from which d (T^2 KL) / ds = T (p_s - p_t). Entries with p_t == 0 contribute
+    exactly 0 (log_softmax on both sides, never log of softmax).
+    """
+    log_s = F.log_softmax(s / temperature, dim=-1)
+    log_t = F.log_softmax(t / temperature, dim=-1)
+    p_t = log_t.exp()
+    # KL = sum p_t (log p_t - log p_s); entries with p_t == 0 contribute exactly 0.
+    diff = torch.where(p_t > 0, log_t - log_s, torch.zeros_like(log_s))
+    kl = (p_t * diff).sum()
+    del diff, log_t
+    return kl, (log_s.exp_().sub_(p_t) if grad else None)
+
+
 class _ChunkedKL(torch.autograd.Function):
     """T^2 * mean_rows KL(softmax(t/T) || softmax(s/T)), computed over row chunks.
 
@@ -95,14 +118,10 @@ class _ChunkedKL(torch.autograd.Function):
         total = s.new_zeros(())
         grad = torch.empty_like(s) if ctx.needs_input_grad[0] else None
         for i in range(0, m, chunk):
-            log_s = F.log_softmax(s[i : i + chunk] / temperature, dim=-1)
-            log_t = F.log_softmax(t[i : i + chunk] / temperature, dim=-1)
-            p_t = log_t.exp()
-            # KL = sum p_t (log p_t - log p_s); entries with p_t == 0 contribute exactly 0.
-            diff = torch.where(p_t > 0, log_t - log_s, torch.zeros_like(log_s))
-            total = total + (p_t * diff).sum()
+            kl, dz = kl_chunk(s[i : i + chunk], t[i : i + chunk], temperature, grad is not None)
+            total = total + kl
             if grad is not None:
-                grad[i : i + chunk] = (log_s.exp() - p_t) * (temperature / m)
+                grad[i : i + chunk] = dz * (temperature / m)
         ctx.save_for_backward(grad)
         return total * (temperature**2 / m)
 
@@ -297,12 +316,7 @@ def ba_lora_loss(
         raise ValueError(f"mode must be 'nlg' or 'nlu', got {mode!r}")
     if svd_target not in ("logits", "features"):
         raise ValueError(f"svd_target must be 'logits' or 'features', got {svd_target!r}")
-    if len(lambdas) != 3:
-        raise ValueError(f"lambdas must be 3 numbers (consistency, diversity, svd), got {lambdas}")
-    weights = dict(zip(TERMS, (float(x) for x in lambdas)))
-    for term, w in weights.items():
-        if not (math.isfinite(w) and w >= 0):
-            raise ValueError(f"the {term} weight must be a finite number >= 0, got {w}")
+    weights = losses.weights(lambdas)
     if teacher_logits is None and weights["consistency"] > 0:
         raise ValueError("consistency has a non-zero weight but no teacher logits were given")
     if svd_target == "features" and features is None:
@@ -343,12 +357,9 @@ def ba_lora_loss(
         for (term, value), ok in zip(values.items(), finite):
             if not ok:
                 raise FloatingPointError(f"the {term} term is not finite: {value.item()}")
-    total = task_loss
+    out = losses.weigh(task_loss, values, lambdas)
+    result.total = out.total
     for term, value in values.items():
-        w = weights[term]
-        if w > 0:
-            total = total + w * value
         result.raw[term] = value.detach()
-        result.weighted[term] = w * value.detach()
-    result.total = total
+        result.weighted[term] = out.weighted[term].detach()
     return result

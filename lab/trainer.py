@@ -38,7 +38,7 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from lab import adapters, checkpoint, data, evaluation, forward, runs, tuning
+from lab import adapters, checkpoint, data, evaluation, forward, losses, runs, tuning
 from lab.arms import ArmSpec, run_seeds, spec_of, specs
 from lab.config import RunConfig, dump_yaml
 from lab.datasets import TaskData, load_task_data
@@ -100,9 +100,7 @@ def lambdas_at(cfg: RunConfig, arm: str | ArmSpec, step: int) -> tuple[float, fl
     return (l1, 0.0 if warm else l2, 0.0 if warm else l3)
 
 
-_LOGGED = ("loss", "task_loss", "consistency", "diversity", "svd")  # the values of a train event
-_PARTS = ("task_loss", "consistency", "diversity", "svd")  # summed over micro-batches, processes
-_TERMS = ("consistency", "diversity", "svd")
+_PARTS = ("task_loss", *losses.TERMS)  # summed over micro-batches and processes
 
 
 def needs_terms(arm: Arm | ArmSpec, cfg: RunConfig) -> bool:
@@ -220,7 +218,7 @@ def train_arm_step(
         raw, inactive, _ = _global_terms(model, kept, cfg, lambdas, dist, step, arm.seed)
         del kept
     values = dict(zip(per_token, dist.sum_tensor(sums).tolist()))  # the one host sync
-    for term in _TERMS:
+    for term in losses.TERMS:
         if term in raw:
             values[term] = float(raw[term])
     present = {"task_loss"} | ({"consistency", "diversity"} if need_terms else set())
@@ -270,18 +268,10 @@ def _count_tokens(batch: dict, task: str) -> int:
 
 
 def _train_event(arm, step, values, present, lambdas, inactive, need_terms) -> dict:
+    logged = losses.train_values(values, present, lambdas, inactive, need_terms)
     ev = {"arm": arm, "step": step, "kind": "train"}
-    lam = dict(zip(_TERMS, lambdas))
-    for k in _PARTS:
-        ev[k] = values.get(k) if k in present else None
-    ev["loss"] = ev["task_loss"] + sum(
-        lam[t] * ev[t] for t in _TERMS if ev[t] is not None and lam[t] > 0
-    )
-    ev["weighted"] = {t: (None if ev[t] is None else lam[t] * ev[t]) for t in lam}
-    ev["lambdas"] = {"lambda1": lambdas[0], "lambda2": lambdas[1], "lambda3": lambdas[2]}
-    if not need_terms:
-        inactive = {t: "not computed for this arm (train.log_terms is false)" for t in lam}
-    ev["inactive"] = dict(inactive)
+    ev.update({k: logged[k] for k in _PARTS})  # the key order of events.jsonl
+    ev.update({k: logged[k] for k in ("loss", "weighted", "lambdas", "inactive")})
     return ev
 
 
