@@ -38,7 +38,7 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from lab import adapters, checkpoint, data, evaluation, forward, losses, runs, tuning
+from lab import adapters, checkpoint, data, evaluation, events, forward, losses, runs, tuning
 from lab.arms import ArmSpec, run_seeds, spec_of, specs
 from lab.config import RunConfig, dump_yaml
 from lab.datasets import TaskData, load_task_data
@@ -226,13 +226,12 @@ def train_arm_step(
         present.discard("diversity")
     present |= set(raw)
     present -= set(inactive)
-    ev = _train_event(arm.name, step, values, present, lambdas, inactive, need_terms)
-    ev["seed"] = arm.seed
+    logged = losses.train_values(values, present, lambdas, inactive, need_terms)
     bad = next(
         (
             k
             for k in ("svd", "diversity", "consistency", "task_loss", "loss")
-            if ev.get(k) is not None and not math.isfinite(ev[k])
+            if logged[k] is not None and not math.isfinite(logged[k])
         ),
         None,
     )
@@ -241,15 +240,24 @@ def train_arm_step(
         what = {"loss": "loss", "task_loss": "task loss"}.get(bad, f"{bad} term")
         raise FloatingPointError(f"arm {arm.name}: the {what} is not finite at step {step}")
     dist.sum_grads(params)
+    clipped = {}
     if cfg.train.max_grad_norm > 0:
-        ev["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+        clipped["grad_norm"] = float(grad_norm)
     arm.optimizer.step()
     arm.scheduler.step()
     arm.optimizer.zero_grad(set_to_none=True)
     arm.rng = _get_rng()
     arm.tokens += step_tokens(micro, cfg, dist) if tokens is None else tokens
-    ev.update(
-        lr=arm.scheduler.get_last_lr()[0], tokens=arm.tokens, seconds=time.perf_counter() - t0
+    ev = events.train_event(
+        arm=arm.name,
+        step=step,
+        **logged,
+        seed=arm.seed,
+        **clipped,
+        lr=arm.scheduler.get_last_lr()[0],
+        tokens=arm.tokens,
+        seconds=time.perf_counter() - t0,
     )
     arm.last = ev
     return ev
@@ -265,14 +273,6 @@ def _count_tokens(batch: dict, task: str) -> int:
     if task == "nlg":
         return int(batch["reg_mask"].sum())
     return int(batch["attention_mask"].sum())
-
-
-def _train_event(arm, step, values, present, lambdas, inactive, need_terms) -> dict:
-    logged = losses.train_values(values, present, lambdas, inactive, need_terms)
-    ev = {"arm": arm, "step": step, "kind": "train"}
-    ev.update({k: logged[k] for k in _PARTS})  # the key order of events.jsonl
-    ev.update({k: logged[k] for k in ("loss", "weighted", "lambdas", "inactive")})
-    return ev
 
 
 def _micro_batches(
@@ -588,13 +588,9 @@ def train_step(
             )
         except FloatingPointError as e:
             arm.status, arm.error = "failed", str(e)
-            ev = {
-                "arm": arm.name,
-                "step": step,
-                "kind": "failed",
-                "error": str(e),
-                "seed": arm.seed,
-            }
+            ev = events.FailedEvent(
+                arm=arm.name, step=step, kind="failed", error=str(e), seed=arm.seed
+            ).dump()
         yield ev
 
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import lab.trainer as trainer
+from lab import events as schema
 from lab.config import load_preset
 from lab.data import DataError
 from lab.runs import load_run, request_stop
@@ -25,6 +26,12 @@ def _train(events, arm):
     return [e for e in events if e["kind"] == "train" and e["arm"] == arm]
 
 
+def _check_schema(lines: list[dict]) -> None:
+    """Every line is an event of its declared kind, and validating it changes nothing."""
+    for line in lines:
+        assert schema.validate(line).dump() == line, line
+
+
 def test_run_directory_contract(tmp_path):
     cfg, events, out = _run(tmp_path)
     for name in ("config.yaml", "events.jsonl", "summary.json"):
@@ -32,6 +39,8 @@ def test_run_directory_contract(tmp_path):
     lines = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     assert lines == events
     assert all({"arm", "step", "kind"} <= set(e) for e in lines)
+    _check_schema(lines)
+    assert {e["kind"] for e in lines} == {"train", "eval"}
     for e in (e for e in lines if e["kind"] == "train"):
         assert {
             "loss",
@@ -60,6 +69,32 @@ def test_run_directory_contract(tmp_path):
         assert (out / "adapters" / arm / "adapter_config.json").exists()
         assert (out / "adapters" / arm / "adapter_model.safetensors").exists()
     assert load_run(out).status == "done"
+
+
+def test_the_event_schema_rejects_a_dropped_renamed_or_mistyped_key(tmp_path):
+    _, events, _ = _run(tmp_path, [*FAST, "train.steps=1"])
+    train = next(e for e in events if e["kind"] == "train" and e["arm"] == "balora")
+    evals = next(e for e in events if e["kind"] == "eval" and e["arm"] == "balora")
+    schema.validate(train)
+    schema.validate(evals)
+    optional = {"grad_norm"}
+    for key in set(train) - optional:
+        with pytest.raises(ValueError):
+            schema.validate({k: v for k, v in train.items() if k != key})
+    for key in ("seconds", "arm", "step", "kind"):  # the keys every eval event has
+        with pytest.raises(ValueError):
+            schema.validate({k: v for k, v in evals.items() if k != key})
+    for ev, key in ((train, "task_loss"), (evals, "task_metric")):
+        with pytest.raises(ValueError):  # a misspelt key
+            schema.validate({(k + "s" if k == key else k): v for k, v in ev.items()})
+        with pytest.raises(ValueError):  # a number written as text
+            schema.validate({**ev, "seconds": str(ev["seconds"])})
+    with pytest.raises(ValueError):
+        schema.validate({**train, "weighted": {**train["weighted"], "svd": "0.1"}})
+    with pytest.raises(ValueError):
+        schema.validate({**train, "tokens": float(train["tokens"])})
+    with pytest.raises(ValueError, match="kind"):
+        schema.validate({**train, "kind": "trian"})
 
 
 def test_saved_adapters_reproduce_the_final_eval(tmp_path):
@@ -147,6 +182,7 @@ def test_nan_fails_one_arm_and_the_others_go_on(tmp_path, monkeypatch):
     _, events, out = _run(tmp_path, FAST)
     failed = [e for e in events if e["kind"] == "failed"]
     assert [e["arm"] for e in failed] == ["balora"] and "not finite" in failed[0]["error"]
+    _check_schema([json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()])
     assert len(_train(events, "lora")) == 8 and len(_train(events, "balora")) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["arms"]["balora"]["status"] == "failed"
@@ -197,6 +233,8 @@ def test_nlu_path_reports_degenerate_svd(tmp_path):
         [*FAST, "task=nlu", "model.name=tiny-bert", "data.name=topics", "train.steps=3"],
     )
     events = list(trainer.run(cfg, tmp_path / "nlu"))
+    _check_schema(events)
+    assert any(k.startswith("recall/") for e in events if e["kind"] == "eval" for k in e)
     balora = _train(events, "balora")
     assert balora and all("svd" in e["inactive"] for e in balora)  # k=5 >= min(N=4, D)
     assert all(e["svd"] is None and e["consistency"] is not None for e in balora)
