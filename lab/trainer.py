@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,14 +37,15 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from lab import adapters, checkpoint, data, evaluation, events, forward, losses, runs, tuning
+from lab import adapters, checkpoint, data, evaluation, events, forward, losses, tuning
 from lab.arms import ArmSpec, run_seeds, spec_of, specs
-from lab.config import RunConfig, dump_yaml
+from lab.config import RunConfig
 from lab.datasets import TaskData, load_task_data
 from lab.dist import Dist
 from lab.forward import step_loss
-from lab.models import ModelBundle, load_model, teacher_dtype
-from lab.provenance import provenance
+from lab.models import ModelBundle, load_model
+from lab.run_writer import RunWriter
+from lab.run_writer import arm_summary as _arm_summary  # noqa: F401  (lab.chunks uses it)
 
 
 @dataclass
@@ -404,73 +404,28 @@ def run(
     torch.manual_seed(cfg.train.seed)
     task_data, bundle = prepare(cfg)
     val_rows = None
-    if cfg.train.lr_mode == "tuned":  # the carved rows are never trained on, resumed or not
+    tuned = cfg.train.lr_mode == "tuned"
+    if tuned:  # the carved rows are never trained on, resumed or not
         task_data.train, val_rows = tuning.carve(
             task_data.train, cfg.train.val_fraction, cfg.train.seed
         )
-    run_dir = None
-    if dist.main:
-        run_dir = Path(out_dir) if out_dir else runs.new_run_dir(name=cfg.name)
-        if resume:
-            (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-        elif (run_dir / "config.yaml").exists() or (run_dir / "events.jsonl").exists():
-            raise FileExistsError(f"--out {run_dir} already holds a run; pick a new directory")
-        run_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(dist.broadcast(str(run_dir)))
-    stop = should_stop or (lambda: runs.stop_requested(run_dir))
-    summary = {
-        "name": cfg.name,
-        "status": "running",
-        "error": None,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "steps_total": cfg.train.steps,
-        "steps_done": 0,
-        "processes": dist.n,
-        "teacher_dtype": str(
-            teacher_dtype(cfg.reg.teacher_dtype, bundle.dtype, bundle.device)
-        ).replace("torch.", ""),
-        "teacher": _teacher_label(cfg, bundle),
-        "provenance": provenance(bundle, processes=dist.n),
-        "seeds": seeds,
-        "arm_specs": _spec_summary(specs(cfg)),
-        "run_dir": str(run_dir),
-        "resumed_from": start if resume else None,
-        "warnings": list(task_data.warnings),
-        "data_info": task_data.info,
-        "arms": {},
-    }
-    if resume:
-        old = runs.read_summary(run_dir) or {}
-        summary["started"] = old.get("started", summary["started"])
-        summary["steps_done"] = start
-        if "base" in old:
-            summary["base"] = old["base"]
-        if val_rows is not None:
-            summary["lr_tuning"] = tuning.recorded(old, cfg)
-    log = None
-    if dist.main:
-        if resume:
-            checkpoint.truncate_events(run_dir / "events.jsonl", start)
-        runs.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        runs.write_json(run_dir / "summary.json", summary)
-        log = runs.EventLog(run_dir / "events.jsonl")
-
-    def emit(ev: dict):
-        if log is not None:
-            log.write(ev)
-        return ev
-
+    sweep = tuned and not resume  # a resumed run keeps the rates it chose
+    writer = RunWriter(
+        cfg, out_dir, dist, bundle, task_data, start=start if resume else None, tuned=tuned
+    )
+    run_dir = writer.run_dir
+    stop = should_stop or writer.stop_requested
+    emit = writer.emit
     try:
-        tuned = val_rows is not None and not resume
-        arms = build_arms(cfg, bundle, candidates=tuning.candidates(cfg) if tuned else [])
-        if tuned:  # before anything reads the test split
-            summary["lr_tuning"] = tune_lrs(arms, task_data.train, val_rows, cfg, bundle, dist)
-            for ev in tuning.events(summary["lr_tuning"]):
+        arms = build_arms(cfg, bundle, candidates=tuning.candidates(cfg) if sweep else [])
+        if sweep:  # before anything reads the test split
+            writer.record_lr_tuning(tune_lrs(arms, task_data.train, val_rows, cfg, bundle, dist))
+            for ev in tuning.events(writer.summary["lr_tuning"]):
                 yield emit(ev)
-        if "lr_tuning" in summary:
+        if tuned:
             for arm in arms.values():
-                set_lr(cfg, arm, summary["lr_tuning"][arm.spec.plain]["chosen"])
-            summary["arm_specs"] = _spec_summary([a.spec for a in arms.values()])
+                set_lr(cfg, arm, writer.summary["lr_tuning"][arm.spec.plain]["chosen"])
+            writer.record_arm_specs([a.spec for a in arms.values()])
         probes = evaluation.Probes.from_data(task_data, bundle.tokenizer, cfg)
         if dist.main:
             probes.save(run_dir)
@@ -483,7 +438,7 @@ def run(
                 else evaluation.evaluate(first, "base", 0, cfg, task_data, bundle, probes, run_dir)
             ):
                 yield emit(ev)
-                summary["base"] = ev
+                writer.record_base(ev)
             if cfg.train.analysis and evaluate:
                 for arm in arms.values():
                     evaluation.warm_intruder_cache([arm.activate()], probes)
@@ -506,7 +461,7 @@ def run(
                 step -= 1
                 break
             if not dist.all_true(not stop()):
-                summary["status"] = "stopped"
+                writer.stopped()
                 step -= 1
                 break
             for seed, indices in zip(seeds, batches):
@@ -514,7 +469,7 @@ def run(
                     groups[seed], task_data.train, indices, step, cfg, dist, bundle
                 ):
                     yield emit(ev)
-            summary["steps_done"] = step
+            writer.steps_done(step)
             if not any(a.status == "running" for a in arms.values()):
                 break
             due = (
@@ -525,44 +480,26 @@ def run(
                     emit(ev)
                     for ev in _eval_all(arms, step, cfg, task_data, bundle, probes, run_dir, dist)
                 )
-                _checkpoint(arms, step, cfg, run_dir, dist, _get_rng())
-            if dist.main:
-                runs.write_json(run_dir / "summary.json", summary)
+                writer.checkpoint(arms, step, _get_rng())
+            writer.write_summary()
         loop_rng = _get_rng()  # where the next step would start, before the final evaluation
         live = any(a.status == "running" for a in arms.values())
-        if stop_after_step is not None and summary["status"] == "running" and live:
-            _checkpoint(arms, step, cfg, run_dir, dist, loop_rng)
-            summary["status"] = "paused"
+        if stop_after_step is not None and writer.status == "running" and live:
+            writer.pause(arms, step, loop_rng)
             return
-        yield from (
-            emit(ev)
-            for ev in (
-                _eval_all(arms, step, cfg, task_data, bundle, probes, run_dir, dist, final=True)
-                if evaluate
-                else []
+        if evaluate:
+            yield from (
+                emit(ev)
+                for ev in _eval_all(
+                    arms, step, cfg, task_data, bundle, probes, run_dir, dist, final=True
+                )
             )
-        )
-        _checkpoint(arms, step, cfg, run_dir, dist, loop_rng)
-        if dist.main:
-            for arm in arms.values():
-                adapters.save_adapter(arm.model, run_dir / "adapters" / arm.spec.folder, arm.name)
-                summary["arms"][arm.name] = _arm_summary(arm)
-        if summary["status"] == "running":
-            failed = [a for a in arms.values() if a.status == "failed"]
-            summary["status"] = "failed" if len(failed) == len(arms) else "done"
-            if failed:
-                summary["error"] = "; ".join(a.error for a in failed)
+        writer.finish(arms, step, loop_rng)
     except BaseException as e:
-        summary["status"] = "failed"
-        summary["error"] = f"{type(e).__name__}: {e}"
-        summary["traceback"] = traceback.format_exc(limit=8)
+        writer.failed(e)
         raise
     finally:
-        summary["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        if dist.main:
-            runs.write_json(run_dir / "summary.json", summary)
-            if log is not None:
-                log.close()
+        writer.close()
 
 
 def train_step(
@@ -616,30 +553,6 @@ def tune_lrs(arms: dict[str, Arm], rows, val_rows, cfg: RunConfig, bundle, dist)
     return tuning.record(cfg, losses, len(val_rows))
 
 
-def _spec_summary(arm_specs: list[ArmSpec]) -> dict:
-    return {
-        a.name: {
-            "folder": a.folder,
-            "arm": a.plain,
-            "seed": a.seed,
-            "init": a.init,
-            "regularized": a.regularized,
-            "lambdas": list(a.lambdas),
-            "lr": a.lr,
-        }
-        for a in arm_specs
-    }
-
-
-def _checkpoint(arms, step, cfg, run_dir, dist, rng: tuple) -> None:
-    """Save what it takes to continue after ``step`` (the main process writes it)."""
-    if dist.main:
-        world = cfg.train.batch_size * dist.n
-        cursor = checkpoint.cursor(run_seeds(cfg), world, step)
-        checkpoint.save(run_dir, arms, step, cursor, rng)
-    dist.barrier()
-
-
 def _eval_all(arms, step, cfg, task_data, bundle, probes, run_dir, dist, final=False):
     dist.barrier()
     if dist.main:
@@ -654,27 +567,3 @@ def _eval_all(arms, step, cfg, task_data, bundle, probes, run_dir, dist, final=F
                     yield ev
         evaluation.embed(run_dir, step, cfg)
     dist.barrier()
-
-
-def _teacher_label(cfg: RunConfig, bundle: ModelBundle) -> str:
-    """How the teacher computes, in words for the summary and the UI."""
-    want = teacher_dtype(cfg.reg.teacher_dtype, bundle.dtype, bundle.device)
-    if want == bundle.dtype:
-        return "exact: the loaded model's own forward (" + str(want).replace("torch.", "") + ")"
-    return f"{str(want).replace('torch.', '')} autocast (opt-in speed setting, not exact)"
-
-
-def _arm_summary(arm: Arm) -> dict:
-    out = {
-        "folder": arm.spec.folder,
-        "lr": arm.spec.lr,  # the rate it trained at (the tuned one in lr_mode tuned)
-        "status": "done" if arm.status == "running" else arm.status,
-        "error": arm.error,
-        "tokens": arm.tokens,
-    }
-    train = arm.last or {}
-    out["final_loss"] = train.get("loss")
-    out["final_task_loss"] = train.get("task_loss")
-    ev = arm.last_eval
-    out.update({k: v for k, v in ev.items() if k not in ("arm", "step", "kind")})
-    return out
