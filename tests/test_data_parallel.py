@@ -93,13 +93,37 @@ def _unequal_shards(cfg, parts: int, strided: bool = True) -> list[int]:
     ]
 
 
-def test_grad_accumulation_gives_the_full_batch_adapters(tmp_path, uneven):
+def _record_grads(monkeypatch) -> list[list[torch.Tensor]]:
+    """Every arm step's gradients as the optimizer receives them, in call order."""
+    seen: list[list[torch.Tensor]] = []
+    real = Dist.sum_grads
+
+    def recording(self, params):
+        real(self, params)
+        seen.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params])
+
+    monkeypatch.setattr(Dist, "sum_grads", recording)
+    return seen
+
+
+def test_grad_accumulation_gives_the_full_batch_adapters(tmp_path, monkeypatch, uneven):
+    """The step's gradient itself, not only the adapters: AdamW's update hardly changes when
+    the gradient is scaled, so two micro-batches whose losses were not divided by the step's
+    global count would still train nearly the same adapters."""
     full_cfg = load_preset("tiny-test", [*uneven, "train.batch_size=6"])
     counts = _unequal_shards(full_cfg, 2, strided=False)
     assert counts[0] != counts[1], counts  # otherwise a per-micro-batch mean would pass too
+    grads = _record_grads(monkeypatch)
     list(trainer.run(full_cfg, tmp_path / "full"))
+    full_grads = list(grads)
+    grads.clear()
     acc = load_preset("tiny-test", [*uneven, "train.batch_size=6", "train.grad_accum=2"])
     list(trainer.run(acc, tmp_path / "acc"))
+    assert len(grads) == len(full_grads) == 2 * full_cfg.train.steps  # lora, balora per step
+    for want, got in zip(full_grads[:2], grads[:2]):  # step 1: the same weights in both runs
+        assert max(float(g.abs().max()) for g in want) > 1e-4  # a gradient to compare
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
     zero = load_preset(
         "tiny-test", [*uneven, "train.batch_size=6", "train.steps=1", "train.lr=1e-12"]
     )

@@ -178,6 +178,31 @@ def test_randomized_svd_matches_exact_and_is_not_constant():
     assert s.shape == (20,) and torch.all(s[:-1] >= s[1:])
 
 
+def test_top_singular_values_match_svdvals():
+    """The randomized values against torch.linalg.svdvals and against a spectrum known by
+    construction: a slowly decaying one (where the power iterations matter: without them the
+    top values are 15% low), an exactly low-rank one, a tall matrix and the exact path."""
+    g = gen(21)
+    m, n = 48, 3000
+    u = torch.linalg.qr(torch.randn(m, m, generator=g)).Q
+    v = torch.linalg.qr(torch.randn(n, m, generator=g)).Q
+    known = 1.0 / torch.arange(1, m + 1, dtype=torch.float32).sqrt()  # s_i = 1 / sqrt(i)
+    slow = u @ torch.diag(known) @ v.T  # (48, 3000)
+    exact = torch.linalg.svdvals(slow)
+    torch.testing.assert_close(exact, known, rtol=1e-4, atol=1e-6)
+    for a in (slow, slow.T):
+        s = top_singular_values(a, 20)
+        assert s.shape == (20,) and torch.all(s[:-1] >= s[1:])
+        torch.testing.assert_close(s[:10], exact[:10], rtol=0.02, atol=0.0)
+        assert torch.all(s <= exact[:20] * (1 + 1e-5))  # a projection never adds energy
+    low = torch.zeros(m)
+    low[:15] = 2.0 ** -torch.arange(15, dtype=torch.float32)  # rank 15 < q = 20
+    s = top_singular_values(u @ torch.diag(low) @ v.T, 20)
+    torch.testing.assert_close(s[:15], low[:15], rtol=1e-4, atol=0.0)
+    small = torch.randn(6, 40, generator=g)  # q >= min(shape): every value, exactly
+    torch.testing.assert_close(top_singular_values(small, 8), torch.linalg.svdvals(small))
+
+
 # gradients, dtypes, failures
 
 
