@@ -151,7 +151,11 @@ def test_weights_change_the_balora_arm(tmp_path):
 
 
 def test_consistency_starts_at_zero_and_arms_share_batches(tmp_path):
-    _, events, _ = _run(tmp_path, FAST)
+    """At step 1 every student is still the base model, so the consistency term is 0 when the
+    teacher is exact: the loaded model's own forward, in its own dtype (pinned here; an opt-in
+    cheaper teacher such as bf16 autocast would make it clearly positive)."""
+    cfg, events, _ = _run(tmp_path, [*FAST, "reg.teacher_dtype=model"])
+    assert cfg.reg.teacher_dtype == "model"
     first = {e["arm"]: e for e in events if e["kind"] == "train" and e["step"] == 1}
     assert first["balora"]["consistency"] < 1e-6
     assert first["lora"]["consistency"] < 1e-6
