@@ -4,7 +4,7 @@ Token weighting. Every per-token term (task cross-entropy, consistency, NLG dive
 micro-batch is its *sum* over the micro-batch's rows divided by ``norm``, the step's global
 count of response tokens (NLU: rows) over all micro-batches and processes. Summing the
 micro-batches' losses and the processes' gradients then gives exactly the full-batch mean and
-its gradient, however the batch is split.
+its gradient, however the batch is split. The terms are weighed by :func:`lab.losses.weigh`.
 
 Batch terms. The svd term (and the NLU covariance diversity) is a function of the whole
 step's batch: it is computed over the global batch. Each micro-batch returns the rows it feeds

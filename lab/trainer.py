@@ -5,7 +5,9 @@
 batch, runs the teacher (the base with every adapter off) once on it for all the arms that need
 it, and trains each arm on it in turn, so all curves advance together. Every step yields a
 ``train`` event per arm; eval points yield ``eval`` events (the untouched model as arm ``base``
-first). Everything is written to the run directory as it happens (see ``lab.runs``).
+first). Everything is written to the run directory as it happens by a
+:class:`lab.run_writer.RunWriter`; the events are declared in :mod:`lab.events` and the loss
+fields of a train event come from :mod:`lab.losses`.
 
 Seeds: with several ``train.seeds`` every arm is trained once per seed (arms ``lora#s0``,
 ``lora#s1``, ... on the same base, see :mod:`lab.arms`). Each step draws one batch per seed,

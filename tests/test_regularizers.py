@@ -341,3 +341,37 @@ def test_chunked_consistency_matches_plain_autograd(monkeypatch):
     (ref_grad,) = torch.autograd.grad(ref, s2)
     assert torch.allclose(out, ref, atol=1e-6)
     assert torch.allclose(grad, ref_grad, atol=1e-7)
+
+
+# the loss contract (lab.losses)
+
+
+def test_weigh_known_values_and_zero_weights():
+    from lab import losses
+
+    out = losses.weigh(2.0, {"consistency": 1.5, "diversity": -3.0, "svd": None}, (0.1, 0.0, 0.5))
+    assert out.total == 2.0 + 0.1 * 1.5  # diversity has weight 0, svd is not there
+    assert out.weighted == {"consistency": 0.1 * 1.5, "diversity": 0.0, "svd": None}
+    assert out.raw == {"consistency": 1.5, "diversity": -3.0, "svd": None}
+    assert out.lambdas == {"lambda1": 0.1, "lambda2": 0.0, "lambda3": 0.5}
+    task = torch.tensor(1.0, requires_grad=True)
+    assert losses.weigh(task, {"svd": torch.tensor(float("nan"))}, (0, 0, 0)).total is task
+    for bad in ((0.1, 0.2), (0.1, -1.0, 0.0), (0.1, math.inf, 0.0)):
+        with pytest.raises(ValueError):
+            losses.weigh(task, {}, bad)
+
+
+def test_train_values_of_an_event():
+    from lab import losses
+
+    values = {"task_loss": 2.0, "consistency": 0.5, "diversity": -1.0, "svd": -2.0}
+    lambdas = (0.2, 0.1, 0.0)
+    got = losses.train_values(values, {"task_loss", "consistency", "diversity"}, lambdas, {}, True)
+    assert got["loss"] == 2.0 + (0.2 * 0.5 + 0.1 * -1.0) and got["task_loss"] == 2.0
+    assert (got["consistency"], got["diversity"], got["svd"]) == (0.5, -1.0, None)
+    assert got["weighted"] == {"consistency": 0.2 * 0.5, "diversity": 0.1 * -1.0, "svd": None}
+    assert got["lambdas"] == {"lambda1": 0.2, "lambda2": 0.1, "lambda3": 0.0}
+    assert got["inactive"] == {}
+    plain = losses.train_values(values, {"task_loss"}, (0.0, 0.0, 0.0), {}, False)
+    assert plain["loss"] == 2.0 and plain["consistency"] is None
+    assert set(plain["inactive"]) == set(losses.TERMS)
