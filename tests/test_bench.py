@@ -151,14 +151,29 @@ def test_rss_meter_sees_a_large_allocation(bench):
     assert small < 16 * common.MB
 
 
+def _train_event(arm: str, step: int, seconds: float) -> dict:
+    from lab import events, losses
+
+    values = losses.train_values({"task_loss": 1.0}, {"task_loss"}, (0.0, 0.0, 0.0), {}, False)
+    return events.train_event(
+        arm=arm, step=step, **values, seed=0, lr=1e-3, tokens=8 * step, seconds=seconds
+    )
+
+
+def _eval_event(arm: str, step: int, seconds: float) -> dict:
+    from lab import events
+
+    return events.EvalEvent(arm=arm, step=step, kind="eval", seconds=seconds).dump()
+
+
 def test_e2e_breakdown_adds_up(bench):
     events = [
-        {"arm": "base", "step": 0, "kind": "eval", "seconds": 2.0},
-        {"arm": "lora", "step": 1, "kind": "train", "seconds": 1.0},
-        {"arm": "balora", "step": 1, "kind": "train", "seconds": 3.0},
-        {"arm": "lora", "step": 2, "kind": "train", "seconds": 2.0},
-        {"arm": "balora", "step": 2, "kind": "train", "seconds": 5.0},
-        {"arm": "lora", "step": 2, "kind": "eval", "seconds": 4.0},
+        _eval_event("base", 0, 2.0),
+        _train_event("lora", 1, 1.0),
+        _train_event("balora", 1, 3.0),
+        _train_event("lora", 2, 2.0),
+        _train_event("balora", 2, 5.0),
+        _eval_event("lora", 2, 4.0),
     ]
     phases = {"imports_s": 1.5, "model_load_s": 2.5, "eval_task_s": 3.0}
     out = bench["e2e"].breakdown(30.0, phases, events)
