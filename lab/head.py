@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lab import losses
-from lab.regularizers import DegenerateTermError, kl_chunk
+from lab.regularizers import DegenerateTermError, kl_rows
 
 CHUNK_ROWS = 64  # rows per chunk: (64, 49152) float32 is 12.6 MB per buffer
 
@@ -66,9 +66,12 @@ class _HeadLoss(torch.autograd.Function):
             if g is not None:
                 g[torch.arange(g.shape[0], device=g.device), tgt] -= 1.0
             if terms and teacher_h is not None:
-                zt = F.linear(teacher_h[rows], t_weight, t_bias).float()  # (c, V)
-                kl, dz = kl_chunk(z, zt, temp, g is not None and lam1 > 0)
+                zt = F.linear(teacher_h[rows], t_weight, t_bias).float().div_(temp)  # (c, V)
+                log_t = F.log_softmax(zt, dim=-1)
                 del zt
+                log_s = F.log_softmax(z / temp, dim=-1)
+                kl, dz = kl_rows(log_s, log_t, g is not None and lam1 > 0)
+                del log_t, log_s
                 sums[1] += kl
                 if dz is not None:  # d (T^2 KL) / dz = T (p_s - p_t)
                     g.add_(dz, alpha=lam1 * temp)

@@ -82,23 +82,20 @@ def consistency_loss(
     return _ChunkedKL.apply(s, t, float(temperature))
 
 
-def kl_chunk(
-    s: torch.Tensor, t: torch.Tensor, temperature: float, grad: bool
+def kl_rows(
+    log_s: torch.Tensor, log_t: torch.Tensor, grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One chunk of rows of the consistency term, shared by every chunked loop over rows.
+    """One chunk of the consistency term, shared by every loop over row chunks.
 
-    ``s``, ``t``: (c, V) float32 student and teacher logits. Returns the sum over the rows of
-    KL(softmax(t / T) || softmax(s / T)) and, when ``grad``, softmax(s / T) - softmax(t / T)
-    (c, V), from which d (T^2 KL) / ds = T (p_s - p_t). Entries with p_t == 0 contribute
-    exactly 0 (log_softmax on both sides, never log of softmax).
+    ``log_s``, ``log_t``: (c, V) float32 log_softmax(z / T) of the student and the teacher.
+    Returns the sum over the rows of KL(p_t || p_s) and, when ``grad``, p_s - p_t (c, V),
+    from which d (T^2 KL) / dz_s = T (p_s - p_t); it is formed in place in ``log_s``.
     """
-    log_s = F.log_softmax(s / temperature, dim=-1)
-    log_t = F.log_softmax(t / temperature, dim=-1)
     p_t = log_t.exp()
     # KL = sum p_t (log p_t - log p_s); entries with p_t == 0 contribute exactly 0.
-    diff = torch.where(p_t > 0, log_t - log_s, torch.zeros_like(log_s))
+    diff = torch.where(p_t > 0, log_t - log_s, 0.0)
     kl = (p_t * diff).sum()
-    del diff, log_t
+    del diff
     return kl, (log_s.exp_().sub_(p_t) if grad else None)
 
 
@@ -118,7 +115,9 @@ class _ChunkedKL(torch.autograd.Function):
         total = s.new_zeros(())
         grad = torch.empty_like(s) if ctx.needs_input_grad[0] else None
         for i in range(0, m, chunk):
-            kl, dz = kl_chunk(s[i : i + chunk], t[i : i + chunk], temperature, grad is not None)
+            log_s = F.log_softmax(s[i : i + chunk] / temperature, dim=-1)
+            log_t = F.log_softmax(t[i : i + chunk] / temperature, dim=-1)
+            kl, dz = kl_rows(log_s, log_t, grad is not None)
             total = total + kl
             if grad is not None:
                 grad[i : i + chunk] = dz * (temperature / m)
