@@ -161,7 +161,9 @@ class BaseForwardDrift:
 
     head = None  # no head input needed
 
-    def __init__(self, model: torch.nn.Module, context, task: str):
+    def __init__(
+        self, model: torch.nn.Module, context: Callable[[], AbstractContextManager], task: str
+    ):
         self.model, self.context, self.task = model, context, task
 
     def __call__(self, batch: Batch) -> np.ndarray:
