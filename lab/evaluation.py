@@ -88,22 +88,25 @@ def evaluate(
                 runs.save_arrays(Path(run_dir) / "bias_items" / f"step_{step:06d}" / f"{label}.npz",
                                  records)  # fmt: skip
         if cfg.train.analysis:
+            request = analysis.SnapshotRequest(
+                cfg.task, probes.texts, probes.labels, max_len=cfg.train.seq_len
+            )
+            base = analysis.DriftBase(probes.reference, lambda: adapters.teacher_mode(model))
+            adapter = analysis.AdapterSpec(
+                adapters.active_arm(model).trainable,
+                initial=None if is_base else adapters.initial_adapter(model),
+                base_is_pretrained=True,
+                svd_cache=probes.svd_cache,
+            )
             snap = analysis.snapshot(
                 model,
                 tok,
+                request,
                 arm=label,
                 step=step,
-                task=cfg.task,
-                texts=probes.texts,
-                labels=probes.labels,
-                base_context=None if is_base else (lambda: adapters.teacher_mode(model)),
-                initial=None if is_base else adapters.initial_adapter(model),
-                adapter_name=adapters.active_arm(model).trainable,
-                base_is_pretrained=True,
-                max_len=cfg.train.seq_len,
-                reference=None if is_base else probes.reference,
+                base=None if is_base else base,
+                adapter=adapter,
                 keep_reference=is_base,
-                svd_cache=probes.svd_cache,
             )
             if is_base:
                 probes.reference = snap.reference
