@@ -24,6 +24,7 @@ import torch
 from lab import runs
 from lab.config import ARMS
 from lab.data import prompt_ids as data_prompt_ids
+from lab.datasets.metrics import continuation_logprobs
 from lab.models import load_model
 
 
@@ -115,18 +116,12 @@ def _label_names(run_dir: Path) -> list[str] | None:
     return json.loads(path.read_text(encoding="utf-8")).get("label_names")
 
 
-@torch.no_grad()
 def base_token_logprobs(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> list[float]:
     """log p_base of each continuation token given the prompt and the tokens before it
-    (float32); empty for an empty continuation."""
-    if not cont_ids:
-        return []
-    ids = torch.tensor([prompt_ids + cont_ids], device=arm_set.device)  # (1, P + C)
+    (float32, :func:`lab.datasets.metrics.continuation_logprobs`); empty for an empty
+    continuation."""
     with arm_set.model.disable_adapter():
-        logits = arm_set.model(input_ids=ids).logits.float()  # (1, P + C, V)
-    logp = torch.log_softmax(logits[0, len(prompt_ids) - 1 : -1], dim=-1)  # (C, V): predicts C
-    target = torch.tensor(cont_ids, device=arm_set.device)
-    return logp.gather(1, target[:, None])[:, 0].tolist()
+        return continuation_logprobs(arm_set.model, prompt_ids, cont_ids)
 
 
 def base_loglik(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> tuple[float, int]:

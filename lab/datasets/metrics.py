@@ -48,14 +48,12 @@ def _accepts_logits_to_keep(model) -> bool:
     return _accepts(model, "logits_to_keep")
 
 
-def sequence_logprobs(
+def _scored_token_logprobs(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor
-) -> torch.Tensor:
-    """Per row, sum over t with ``score_mask[b, t]`` of log P(input_ids[b, t+1] | ..t). (B,)
-
-    ``score_mask`` has the shape of ``input_ids`` (B, T) and the shift of ``lab.data``'s
-    ``reg_mask``: the logits at t are scored against the token at t + 1.
-    """
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token log-probs (M,), their rows (M,)) of the M positions ``score_mask`` selects, in
+    row-major order: log P(input_ids[b, t+1] | ..t) in float32, the logits computed only from
+    the first scored position on."""
     dev = _device(model)
     input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
     score_mask = score_mask.to(dev).clone()
@@ -63,7 +61,8 @@ def sequence_logprobs(
     B, T = input_ids.shape
     cols = score_mask.any(dim=0).nonzero()
     if len(cols) == 0:
-        return torch.zeros(B, dtype=torch.float32, device=dev)
+        empty = torch.zeros(0, dtype=torch.float32, device=dev)
+        return empty, torch.zeros(0, dtype=torch.long, device=dev)
     start = int(cols[0])
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if start > 0 and _accepts_logits_to_keep(model):
@@ -75,8 +74,33 @@ def sequence_logprobs(
     picked = logits[mask].float()  # (M, V): only the scored positions, in float32
     targets = next_ids[mask]  # (M,)
     token_lp = picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
-    rows = mask.nonzero()[:, 0]  # (M,) row of each scored position
-    return torch.zeros(B, dtype=torch.float32, device=dev).index_add_(0, rows, token_lp)
+    return token_lp, mask.nonzero()[:, 0]  # (M,), (M,) row of each scored position
+
+
+def sequence_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor
+) -> torch.Tensor:
+    """Per row, sum over t with ``score_mask[b, t]`` of log P(input_ids[b, t+1] | ..t). (B,)
+
+    ``score_mask`` has the shape of ``input_ids`` (B, T) and the shift of ``lab.data``'s
+    ``reg_mask``: the logits at t are scored against the token at t + 1.
+    """
+    token_lp, rows = _scored_token_logprobs(model, input_ids, attention_mask, score_mask)
+    B = input_ids.shape[0]
+    return torch.zeros(B, dtype=torch.float32, device=token_lp.device).index_add_(0, rows, token_lp)
+
+
+@torch.inference_mode()
+def continuation_logprobs(model, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
+    """log P(each continuation token | the prompt and the tokens before it), float32, for one
+    prompt of token ids; empty for an empty continuation."""
+    if not continuation:
+        return []
+    ids = torch.tensor([[*prompt, *continuation]], dtype=torch.long)  # (1, P + C)
+    score = torch.zeros_like(ids, dtype=torch.bool)
+    score[0, len(prompt) - 1 : -1] = True  # the logits at P - 1 .. P + C - 2 predict C
+    token_lp, _ = _scored_token_logprobs(model, ids, torch.ones_like(ids), score)
+    return token_lp.tolist()
 
 
 @torch.inference_mode()
