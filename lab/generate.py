@@ -24,7 +24,7 @@ import torch
 from lab import runs
 from lab.config import ARMS
 from lab.data import prompt_ids as data_prompt_ids
-from lab.datasets.metrics import continuation_logprobs
+from lab.datasets.metrics import token_logprobs
 from lab.models import load_model
 
 
@@ -118,10 +118,10 @@ def _label_names(run_dir: Path) -> list[str] | None:
 
 def base_token_logprobs(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> list[float]:
     """log p_base of each continuation token given the prompt and the tokens before it
-    (float32, :func:`lab.datasets.metrics.continuation_logprobs`); empty for an empty
+    (float32, :func:`lab.datasets.metrics.token_logprobs`); empty for an empty
     continuation."""
     with arm_set.model.disable_adapter():
-        return continuation_logprobs(arm_set.model, prompt_ids, cont_ids)
+        return token_logprobs(arm_set.model, prompt_ids, cont_ids)
 
 
 def base_loglik(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> tuple[float, int]:

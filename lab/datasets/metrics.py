@@ -19,13 +19,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from lab.data import (
     DataError,
     collate_nlg,
     collate_nlu,
     encode_nlg,
+    pad_batch,
     prompt_ids,
     response_ids,
 )
@@ -91,7 +91,7 @@ def sequence_logprobs(
 
 
 @torch.inference_mode()
-def continuation_logprobs(model, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
+def token_logprobs(model, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
     """log P(each continuation token | the prompt and the tokens before it), float32, for one
     prompt of token ids; empty for an empty continuation."""
     if not continuation:
@@ -114,16 +114,10 @@ def heldout_ce(
     out = []
     for i in range(0, len(texts), batch_size):
         ids = [
-            torch.tensor(
-                tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_len)[
-                    "input_ids"
-                ],
-                dtype=torch.long,
-            )
+            tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_len)["input_ids"]
             for t in texts[i : i + batch_size]
         ]
-        input_ids = pad_sequence(ids, batch_first=True, padding_value=pad)  # right padding
-        attention = pad_sequence([torch.ones_like(x) for x in ids], batch_first=True)
+        input_ids, attention = pad_batch(ids, pad)  # (B, T), right padding
         score = torch.roll(attention, shifts=-1, dims=1).bool()  # t scored when t + 1 is a token
         score[:, -1] = False
         total = sequence_logprobs(model, input_ids, attention, score).double().cpu()
@@ -326,12 +320,8 @@ def generate(
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
         ids = [prompt_ids(tokenizer, p) for p in prompts[i : i + batch_size]]
-        T = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
-        attention = torch.zeros((len(ids), T), dtype=torch.long)
-        for b, x in enumerate(ids):  # left padding: every prompt ends at column T - 1
-            input_ids[b, T - len(x) :] = torch.tensor(x)
-            attention[b, T - len(x) :] = 1
+        input_ids, attention = pad_batch(ids, pad, side="left")  # every prompt ends at T - 1
+        T = input_ids.shape[1]
         out = model.generate(
             input_ids=input_ids.to(dev), attention_mask=attention.to(dev), max_new_tokens=max_new_tokens,
             do_sample=False, pad_token_id=pad,
