@@ -124,12 +124,6 @@ def base_token_logprobs(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[i
         return token_logprobs(arm_set.model, prompt_ids, cont_ids)
 
 
-def base_loglik(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> tuple[float, int]:
-    """(sum of log p_base(continuation | prompt), number of continuation tokens), in float32."""
-    per_token = base_token_logprobs(arm_set, prompt_ids, cont_ids)
-    return float(sum(per_token)), len(per_token)
-
-
 @torch.no_grad()
 def _generate_one(
     arm_set: ArmSet,
