@@ -42,6 +42,8 @@ from lab.analysis.spectra import (
 )
 
 TASKS = ("nlg", "nlu")
+REFERENCE_BYTES = 1 << 29  # 512 MiB: a kept base reference over this keeps hidden states
+MAX_LOGIT_ELEMS = 1 << 25  # B x T x V logits per forward pass: 128 MiB in float32
 
 
 def _pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -231,12 +233,12 @@ def snapshot(
     base_is_pretrained: bool = False,
     reference: BaseReference | None = None,
     keep_reference: bool = False,
-    reference_bytes: int = 1 << 29,
+    reference_bytes: int = REFERENCE_BYTES,
     reference_moments: bool = True,
     intruders: bool = True,
     svd_cache: dict | None = None,
     spectrum_rows: int = 256,
-    max_logit_elems: int = 1 << 25,
+    max_logit_elems: int = MAX_LOGIT_ELEMS,
 ) -> Snapshot:
     """Measure ``model`` on the probe ``texts``.
 
