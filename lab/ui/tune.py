@@ -23,6 +23,7 @@ from lab.ui import common, figures, form
 from lab.ui import runs as runs_tab
 
 MAX_POINTS = 12
+POLL_S = 3.0  # seconds between two reads of the sweep table
 SWEEP = re.compile(r"^tune-[0-9a-f]{4}$")
 
 
@@ -224,7 +225,7 @@ def build(ui) -> None:
             waiting, label="Task metric vs drift (KL(base‖arm) on held-out texts)"
         )
     ui.tune_seen = gr.State(None)
-    ui.tune_timer = gr.Timer(3.0)
+    ui.tune_timer = gr.Timer(POLL_S)
 
 
 def wire(ui) -> None:
