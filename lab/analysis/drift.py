@@ -51,9 +51,13 @@ def kl_from_log_probs(log_arm: Tensor, log_base: Tensor, mask: Tensor | None = N
 @dataclass
 class BaseReference:
     """The base model's outputs on the probe texts, kept in memory (never saved) so each arm's
-    drift needs no second base forward. Per text: the logits (NLU (D,), NLG (L_i, V)), or for
-    NLG when those would exceed the memory budget, the last hidden states (L_i, H) that the base
-    model's output head turns into logits on use."""
+    drift needs no second base forward. Per text, one of four kinds:
+
+    - NLU: the class logits (D,);
+    - NLG with a plain linear head: the moments [u, c] (L_i, H + 1) (``moments``, see the
+      module doc);
+    - other NLG: the log-probabilities (L_i, V) (``log_probs``), or, when those would exceed the
+      memory budget, the last hidden states (L_i, H) that ``head`` turns into logits on use."""
 
     key: str  # fingerprint of the tokenized probe texts
     per_text: list[Tensor]
