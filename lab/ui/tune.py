@@ -98,8 +98,8 @@ def list_sweeps(owner: str | None = None) -> list[str]:
 
 
 def sweep_table(run_ids: list[str]) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    """(table rows, the Pareto points of the finished runs): one row and one point per arm,
-    each run read once."""
+    """(table rows, the Pareto points of the finished runs): one row and one point per arm.
+    A finished run is read twice: by its status and by its Pareto points."""
     mgr = common.manager()
     rows, points = [], []
     for rid in run_ids:
