@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint format bench example setup browser clean
+.PHONY: run test test-fast lint format bench example datasets setup browser clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,10 @@ bench: setup
 # train a preset (PRESET=classroom-cpu by default) and ship it as assets/example_run
 example: setup
 	$(BIN)/python scripts/make_example.py --preset $(or $(PRESET),classroom-cpu)
+
+# rebuild the shipped datasets in assets/datasets/ from scripts/dataset_generators/ (fixed seeds)
+datasets: setup
+	$(BIN)/python scripts/make_datasets.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts

@@ -20,9 +20,9 @@ from lab.datasets import (
     validate_upload,
 )
 from lab.datasets.arithmetic import corrupt_responses, equations, safe_eval
-from lab.datasets.generate import BUILDERS, build, render
 from lab.datasets.knobs import flip_labels, imbalance_indices
 from lab.datasets.metrics import classification_metrics
+from scripts.dataset_generators import BUILDERS, build, render
 
 
 def _rows(name: str, split: str) -> list[dict]:
