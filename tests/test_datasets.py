@@ -9,7 +9,6 @@ import types
 import pytest
 import torch
 
-from lab.data import DataError
 from lab.datasets import (
     DATASETS_DIR,
     evaluate_task,
@@ -22,6 +21,7 @@ from lab.datasets import (
 from lab.datasets.arithmetic import corrupt_responses, equations, safe_eval
 from lab.datasets.knobs import flip_labels, imbalance_indices
 from lab.datasets.metrics import classification_metrics
+from lab.encoding import DataError
 from scripts.dataset_generators import BUILDERS, build, render
 
 

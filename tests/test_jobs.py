@@ -203,7 +203,7 @@ def test_get_manager_is_one_object_per_runs_root(tmp_path):
 
 def test_preflight_names_the_problem(tmp_path):
     from lab.config import load_preset
-    from lab.data import DataError
+    from lab.encoding import DataError
     from lab.models import ModelError
 
     with pytest.raises(ModelError, match="supports task nlu, not nlg"):

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from scipy import stats
 
-from lab.data import DataError, pad_batch
 from lab.datasets import TaskData, predict_labels, sequence_logprobs
 from lab.datasets.knobs import seeded_subset
+from lab.encoding import DataError, pad_batch
 from lab.stats import mean_interval
 
 from .probes import (

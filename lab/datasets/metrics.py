@@ -1,14 +1,15 @@
 """Task metrics on the clean test split: label scoring, classification heads, exact match.
 
 - classification + NLG: each label word is scored as the response (sum of the log-probs of the
-  response tokens after ``lab.data.prompt_text``, built by ``lab.data.encode_nlg`` exactly as in
-  training); the best-scoring label is the prediction.
+  response tokens after ``lab.encoding.prompt_text``, built by ``lab.encoding.encode_nlg``
+  exactly as in training); the best-scoring label is the prediction.
 - classification + NLU: argmax of the classification head's logits.
 - generation: greedy decoding, then exact match on the final number ("The answer is: N"), or
   on the whole normalised text when the reference has no number.
 
 ``sequence_logprobs`` is the shared primitive: the sum of log P(token t+1 | ..t) over the
-positions a mask selects, in float32, computing logits only from the first scored position.
+positions a mask selects, in float32, computing logits only from the first scored position;
+``token_logprobs`` gives the same log-probabilities token by token for one continuation.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lab.data import (
+from lab.encoding import (
     DataError,
     collate_nlg,
     collate_nlu,
@@ -82,7 +83,7 @@ def sequence_logprobs(
 ) -> torch.Tensor:
     """Per row, sum over t with ``score_mask[b, t]`` of log P(input_ids[b, t+1] | ..t). (B,)
 
-    ``score_mask`` has the shape of ``input_ids`` (B, T) and the shift of ``lab.data``'s
+    ``score_mask`` has the shape of ``input_ids`` (B, T) and the shift of ``lab.encoding``'s
     ``reg_mask``: the logits at t are scored against the token at t + 1.
     """
     token_lp, rows = _scored_token_logprobs(model, input_ids, attention_mask, score_mask)
@@ -311,7 +312,7 @@ def predict_labels(
 
 
 @torch.inference_mode()
-def generate(
+def greedy_completions(
     model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 16
 ) -> list[str]:
     """Greedy continuations of each prompt (left-padded batches), special tokens removed."""
@@ -452,7 +453,7 @@ def evaluate_task(
                 len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) for r in rows
             )
             max_new_tokens = min(longest + 16, 512)
-        outs = generate(
+        outs = greedy_completions(
             model,
             tokenizer,
             [r["prompt"] for r in rows],

@@ -58,10 +58,10 @@ def preflight(cfg: RunConfig, *, max_classes: int = 1000) -> list[str]:
     """Checks that catch the usual mistakes before a worker starts; returns warnings.
 
     Raises ``lab.models.ModelError`` (unknown model, a model of the other task, a hub id that
-    cannot be fetched) or ``lab.data.DataError`` (an unknown dataset, a malformed file).
+    cannot be fetched) or ``lab.encoding.DataError`` (an unknown dataset, a malformed file).
     """
-    from lab.data import DataError
     from lab.datasets import list_datasets, validate_upload
+    from lab.encoding import DataError
     from lab.models import EMBEDDED, ModelError, check_task, resolve_source
 
     warnings: list[str] = []

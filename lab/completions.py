@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lab import runs
+from lab import encoding, runs
 from lab.config import ARMS
-from lab.data import prompt_ids as data_prompt_ids
 from lab.datasets.metrics import token_logprobs
 from lab.models import load_model
 
 
-class GenerateError(ValueError):
+class CompletionError(ValueError):
     """A run that cannot be used for generation (no adapters, empty prompt, unknown arm)."""
 
 
@@ -75,7 +74,7 @@ def load_arm_set(run_dir: str | Path, config: dict, device: str = "auto") -> Arm
     run_dir = Path(run_dir)
     arms = saved_arms(run_dir)
     if not arms:
-        raise GenerateError(
+        raise CompletionError(
             f"run {run_dir.name} has no saved adapters yet (it saves them when training ends or stops)"
         )
     m = config.get("model") or {}
@@ -224,12 +223,12 @@ def side_by_side(
     ``loglik`` is the base model's log-likelihood of that model's output given the prompt.
     """
     if not prompt or not prompt.strip():
-        raise GenerateError("the prompt is empty: type a prompt or pick a counterfactual pair")
+        raise CompletionError("the prompt is empty: type a prompt or pick a counterfactual pair")
     if max_new_tokens < 1:
-        raise GenerateError(f"max new tokens must be at least 1, got {max_new_tokens}")
+        raise CompletionError(f"max new tokens must be at least 1, got {max_new_tokens}")
     if arm_set.task == "nlu":
         return _classify(arm_set, prompt)
-    prompt_ids = data_prompt_ids(arm_set.tokenizer, prompt)
+    prompt_ids = encoding.prompt_ids(arm_set.tokenizer, prompt)
     settings = dict(
         max_new_tokens=max_new_tokens,
         seed=seed,
