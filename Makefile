@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint format bench example setup browser clean
+.PHONY: run test test-fast lint format bench example datasets setup browser clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ EXAMPLE_SET ?= train.bias_eval=true train.bias_items=0
 example: setup
 	$(BIN)/python scripts/make_example.py --preset $(or $(PRESET),$(EXAMPLE_PRESET)) \
 		$(foreach s,$(if $(PRESET),$(SET),$(EXAMPLE_SET)),--set $(s))
+
+# rebuild the shipped datasets in assets/datasets/ from scripts/dataset_generators/ (fixed seeds)
+datasets: setup
+	$(BIN)/python scripts/make_datasets.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts

@@ -9,7 +9,7 @@ import yaml
 
 import lab.trainer as trainer
 from lab.config import load_preset
-from lab.data import DataError
+from lab.encoding import DataError
 from lab.runs import load_run, request_stop
 
 FAST = ["train.bias_eval=false", "train.analysis=false", "data.max_eval=4"]

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.data import DataError
+from lab.encoding import DataError
 
 from .knobs import flip_labels, imbalance_indices, largest_remainder, seeded_subset
 from .uploads import SUFFIXES, check_labels, records_to_rows, validate_upload

@@ -27,47 +27,41 @@ from lab.jobs.status import JobError
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def hub_model_check(repo_id: str, timeout: float = 5.0) -> None:
-    """Raise ``ModelError`` unless ``repo_id`` is in the local hub cache or the hub answers."""
-    from huggingface_hub import HfApi, try_to_load_from_cache
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HTTPError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
+def hub_model_check(repo_id: str) -> None:
+    """Raise ``ModelError`` unless ``repo_id`` is in the local hub cache or the hub has it
+    (:func:`lab.models.probe_hub`)."""
+    from huggingface_hub import try_to_load_from_cache
 
-    from lab.models import ModelError
+    from lab.models import HUB_GATED, HUB_MISSING, HUB_OFFLINE, ModelError, probe_hub
 
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return
-    try:
-        HfApi().model_info(repo_id, timeout=timeout)
-    except GatedRepoError:
+    state, reason = probe_hub(repo_id)
+    if state == HUB_GATED:
         raise ModelError(
             f"model '{repo_id}' is gated on the Hugging Face hub: accept its license and log in "
             "(huggingface-cli login), or pass a local directory"
-        ) from None
-    except RepositoryNotFoundError:
+        )
+    if state == HUB_MISSING:
         raise ModelError(
             f"model '{repo_id}' was not found on the Hugging Face hub (a typo, or a private repo)"
-        ) from None
-    except (HTTPError, OfflineModeIsEnabled) as e:
+        )
+    if state == HUB_OFFLINE:
         raise ModelError(
             f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be "
-            f"reached (no network here?): {str(e).splitlines()[0][:120]}. Download it where a "
+            f"reached (no network here?): {reason}. Download it where a "
             "network exists and give its local directory instead"
-        ) from None
+        )
 
 
 def preflight(cfg: RunConfig, *, max_classes: int = 1000) -> list[str]:
     """Checks that catch the usual mistakes before a worker starts; returns warnings.
 
     Raises ``lab.models.ModelError`` (unknown model, a model of the other task, a hub id that
-    cannot be fetched) or ``lab.data.DataError`` (an unknown dataset, a malformed file).
+    cannot be fetched) or ``lab.encoding.DataError`` (an unknown dataset, a malformed file).
     """
-    from lab.data import DataError
     from lab.datasets import list_datasets, validate_upload
+    from lab.encoding import DataError
     from lab.models import EMBEDDED, ModelError, check_task, resolve_source
 
     warnings: list[str] = []

@@ -17,6 +17,7 @@ from lab.jobs import checks
 from lab.ui import common, figures, form, setup, zerogpu
 
 FIGURES = figures.RUN_FIGURES
+POLL_S = 1.5  # seconds between two reads of the followed run
 STATE_ICON = {
     "queued": "⏳",
     "starting": "🚀",
@@ -201,7 +202,7 @@ def build(ui) -> None:
         info="Off: each regularizer term as computed. On: as added to the loss (λ × term).",
     )
     ui.train_fig = figures.plot_panel(FIGURES)
-    ui.timer = gr.Timer(1.5)
+    ui.timer = gr.Timer(POLL_S)
     outs = [
         ui.train_status, ui.progress, ui.queue, ui.stop_btn,
         *ui.train_fig.outputs(), ui.seen,
