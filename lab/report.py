@@ -3,7 +3,9 @@
 ``render_run(run_dir, out_dir)`` writes one HTML file per figure (plotly.js written once beside
 them) plus ``report.html``; ``html_report(run_dir)`` returns that one self-contained page:
 figures with plotly.js inlined once, the summary table, the bias table with confidence
-intervals, the most drifted probe texts, the resolved config and the package versions.
+intervals, the most drifted probe texts, the resolved config and the package versions. The
+figures are those of the app's tabs, drawn by the one builder (:mod:`lab.plots.run`); the
+tables by :func:`lab.plots.tables.html_table`.
 """
 
 from __future__ import annotations
