@@ -94,13 +94,12 @@ def dataset_check(cfg: RunConfig, *, max_classes: int = 1000) -> list[str]:
 
     shipped = {d["name"]: d for d in list_datasets()}
     name = cfg.data.name
-    path = Path(name).expanduser()
     if name in shipped:
         tasks = shipped[name].get("tasks") or []
         if cfg.task not in tasks:
             raise DataError(f"dataset '{name}' is for task {'/'.join(tasks)}, not {cfg.task}")
         return []
-    if path.exists() or path.suffix.lower() in SUFFIXES:  # a local file or folder
+    if _local_path(name, SUFFIXES):
         data = load_task_data(name, task=cfg.task, columns=cfg.data.columns or None)
         classes = len(data.label_names or [])
         if classes > max_classes:
@@ -112,6 +111,15 @@ def dataset_check(cfg: RunConfig, *, max_classes: int = 1000) -> list[str]:
             "or a .jsonl/.csv file or a folder of them, or a hub dataset id org/name)"
         )
     return []  # a hub dataset id: read when the run starts
+
+
+def _local_path(name: str, suffixes: tuple[str, ...]) -> bool:
+    """Whether a dataset name is a local file or folder (one that exists, or a file name)."""
+    try:
+        path = Path(name).expanduser()
+        return path.suffix.lower() in suffixes or path.exists()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, an unknown ~user, a long name
+        return False
 
 
 def train_argv(preset: str, overrides: list[str], out: str | Path) -> list[str]:
