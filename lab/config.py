@@ -82,14 +82,15 @@ SEED_MAX = 2**31 - 1  # a training seed: 0 to this
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **rules):
-    """A dataclass field with its declared constraints (see above) in ``metadata``."""
+def setting(default: Any, **rules: Any) -> Any:
+    """A dataclass field with its default and its declared constraints (see above) in
+    ``metadata``."""
     unknown = set(rules) - {"ge", "gt", "le", "lt", "choices", "zero"}
     if unknown:
         raise TypeError(f"unknown constraint(s): {', '.join(sorted(unknown))}")
     if "choices" in rules:
         rules["choices"] = tuple(rules["choices"])
-    return field(default=default, default_factory=factory, metadata=rules)
+    return field(default=default, metadata=rules)
 
 
 def _num(x: float) -> str:
