@@ -1,7 +1,9 @@
 """The Setup form as data: widget values keyed by config path -> ``--set`` overrides -> a config.
 
 Only the fields that differ from the chosen preset become overrides, so a preset's other
-settings stay. Validation is the library's own (``lab.config``, ``lab.jobs.preflight``).
+settings stay. Validation is the library's own (``lab.config``, ``lab.jobs.preflight``), and
+the sliders' ranges and the choices come from the constraints ``lab.config`` declares. The
+widgets are matched to fields by name (:func:`ordered`), never by their position on the page.
 """
 
 from __future__ import annotations
