@@ -14,6 +14,7 @@ import gradio as gr
 
 from lab import hosting, jobs, runs
 from lab.jobs import checks
+from lab.plots.tables import html_table
 from lab.ui import common, figures, form, setup, zerogpu
 
 FIGURES = figures.RUN_FIGURES
@@ -82,7 +83,7 @@ def queue_html(mgr: jobs.JobManager, owner: str | None = None) -> str:
          j.state]
         for j in order
     ]  # fmt: skip
-    return common.table_html(["position", "run", "state"], rows)
+    return html_table(["position", "run", "state"], rows)
 
 
 @common.guarded
