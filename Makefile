@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint format bench example setup browser clean
+.PHONY: run test test-fast lint format bench example datasets setup browser clean
 
 setup: $(STAMP)
 
@@ -44,9 +44,17 @@ bench: setup
 	$(BIN)/python bench/analysis.py
 	$(BIN)/python bench/e2e.py
 
-# train a preset (PRESET=classroom-cpu by default) and ship it as assets/example_run
+# train a preset and ship it as assets/example_run. The default is the shipped example: the
+# imbalance scenario (its clearest measured difference) with the full bias probe sets.
+EXAMPLE_PRESET ?= imbalance
+EXAMPLE_SET ?= train.bias_eval=true train.bias_items=0
 example: setup
-	$(BIN)/python scripts/make_example.py --preset $(or $(PRESET),classroom-cpu)
+	$(BIN)/python scripts/make_example.py --preset $(or $(PRESET),$(EXAMPLE_PRESET)) \
+		$(foreach s,$(if $(PRESET),$(SET),$(EXAMPLE_SET)),--set $(s))
+
+# rebuild the shipped datasets in assets/datasets/ from scripts/dataset_generators/ (fixed seeds)
+datasets: setup
+	$(BIN)/python scripts/make_datasets.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts

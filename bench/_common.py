@@ -222,7 +222,7 @@ def synthetic_batch(
 ) -> dict[str, torch.Tensor]:
     """Random token ids, exactly batch x seq: prompt half (labels -100), response half.
 
-    ``reg_mask`` follows ``lab.data.collate_nlg``: logits at t are scored against label t+1.
+    ``reg_mask`` follows ``lab.encoding.collate_nlg``: logits at t are scored against label t+1.
     """
     if seq < 4:
         raise ValueError(f"--seq must be at least 4, got {seq}")

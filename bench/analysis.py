@@ -136,18 +136,11 @@ def main() -> None:
 
     forward_before = plain_forward_s(model, tok, texts, args.max_len)
     seconds: dict = {"arms": {}, "intruders": {}}
+    request = analysis.SnapshotRequest("nlg", texts, labels, max_len=args.max_len)
     t = time.perf_counter()
     with model.disable_adapter():
         base = analysis.snapshot(
-            model,
-            tok,
-            arm="base",
-            step=0,
-            task="nlg",
-            texts=texts,
-            labels=labels,
-            max_len=args.max_len,
-            keep_reference=not args.base_context,
+            model, tok, request, arm="base", step=0, keep_reference=not args.base_context
         )
     cache: dict = {}
     if not args.no_intruders:  # as a run does at step 0: the base weights' SVDs, for every arm
@@ -160,19 +153,19 @@ def main() -> None:
     for arm in arms:
         model.set_adapter(arm)
         t = time.perf_counter()
+        drift_base = (
+            analysis.DriftBase(context=model.disable_adapter)
+            if args.base_context
+            else analysis.DriftBase(base.reference)
+        )
         snaps[arm] = analysis.snapshot(
             model,
             tok,
+            request,
             arm=arm,
             step=10,
-            task="nlg",
-            texts=texts,
-            labels=labels,
-            max_len=args.max_len,
-            adapter_name=arm,
-            intruders=False,
-            base_context=(lambda: model.disable_adapter()) if args.base_context else None,
-            reference=None if args.base_context else base.reference,
+            base=drift_base,
+            adapter=analysis.AdapterSpec(arm, intruders=False),
         )
         seconds["arms"][arm] = time.perf_counter() - t
         print(f"{arm}: {seconds['arms'][arm]:.1f} s", file=sys.stderr)
@@ -191,15 +184,9 @@ def main() -> None:
 
     drift_via = "base_context (a second forward per arm)"
     if not args.base_context:
-        ref = base.reference
-        kept = (
-            "moments [p W, sum p log p] per position"
-            if ref.moments
-            else "hidden states + head"
-            if ref.head is not None
-            else "log-probabilities"
+        drift_via = (
+            "base reference (moments [p W, sum p log p] per position kept by the base snapshot)"
         )
-        drift_via = f"base reference ({kept} kept by the base snapshot)"
     out = {
         "bench": "analysis",
         "model": "smollm2-135m",

@@ -16,7 +16,7 @@ from pathlib import Path
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from lab.checkpoint import ResumeError
     from lab.config import ConfigError
-    from lab.data import DataError
+    from lab.encoding import DataError
     from lab.jobs.worker import WorkerLockHeld
     from lab.models import ModelError
     from lab.runs import RunReadError

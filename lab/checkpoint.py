@@ -11,7 +11,7 @@ only the latest is kept):
                         generator states (``global/rng/...``) as uint8 tensors
 
 The data cursor is the next step: the batch order is a pure function of the seed and the step
-(:func:`lab.data.batch_order`), so skipping that many batches draws the same next batches. A
+(:func:`lab.encoding.batch_order`), so skipping that many batches draws the same next batches. A
 run with several seeds draws one batch order per seed, all at the same step; the cursor lists
 them (``batch_order_seeds``), and :func:`check_cursor` refuses a config that would draw others.
 """

@@ -151,7 +151,7 @@ def evaluate_checkpoint(run_dir: str | Path, *, final: bool, stopped: bool = Fal
     torch.manual_seed(cfg.train.seed)
     task_data, bundle = trainer.prepare(cfg)
     arms = trainer.build_arms(cfg, bundle)
-    probes = evaluation.Probes.from_data(task_data, bundle.tokenizer, cfg)
+    probes = evaluation.HeldOut.from_data(task_data, bundle.tokenizer, cfg)
     if cfg.train.analysis:  # the step-0 caches are taken on the arms' initial adapters
         for arm in arms.values():
             evaluation.warm_intruder_cache([arm.activate()], probes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -69,12 +70,75 @@ def safe_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+# ---- declared constraints ----------------------------------------------------------------------
+# Each field's bounds and choices are declared once, in its dataclass field's metadata:
+#   ge / gt: lower bound (inclusive / exclusive); le / lt: upper bound (inclusive / exclusive);
+#   choices: the allowed values; zero: what 0 means, in the message ("0 (off) or more").
+# ``validate`` checks them, and the Setup form reads them for its slider ranges and choices
+# (``rules(path)``); the data loader reads the same bound (``check_value``). Rules that relate
+# several fields stay as code in ``validate``.
+
+SEED_MAX = 2**31 - 1  # a training seed: 0 to this
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def setting(default: Any, **rules: Any) -> Any:
+    """A dataclass field with its default and its declared constraints (see above) in
+    ``metadata``."""
+    unknown = set(rules) - {"ge", "gt", "le", "lt", "choices", "zero"}
+    if unknown:
+        raise TypeError(f"unknown constraint(s): {', '.join(sorted(unknown))}")
+    if "choices" in rules:
+        rules["choices"] = tuple(rules["choices"])
+    return field(default=default, metadata=rules)
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def rule_text(rules: Mapping[str, Any]) -> str | None:
+    """What the declared ``rules`` ask of a value, as an error message says it ("must be ...")."""
+    if "choices" in rules:
+        return f"must be one of {', '.join(map(str, rules['choices']))}"
+    lo = rules.get("ge", rules.get("gt"))
+    hi = rules.get("le", rules.get("lt"))
+    if lo is not None and hi is not None:
+        left = "[" if "ge" in rules else "("
+        right = "]" if "le" in rules else ")"
+        return f"must be in {left}{_num(lo)}, {_num(hi)}{right}"
+    if "gt" in rules:
+        return "must be positive" if rules["gt"] == 0 else f"must be more than {_num(rules['gt'])}"
+    if "ge" in rules:
+        if rules["ge"] == 0:
+            zero = f" ({rules['zero']})" if "zero" in rules else ""
+            return f"must be 0{zero} or more"
+        return f"must be at least {_num(rules['ge'])}"
+    if hi is not None:
+        return f"must be at most {_num(hi)}" if "le" in rules else f"must be below {_num(hi)}"
+    return None
+
+
+def broken(value: Any, rules: Mapping[str, Any]) -> str | None:
+    """The message for a ``value`` that breaks its declared ``rules`` (None when it keeps them)."""
+    if "choices" in rules:
+        ok = value in rules["choices"]
+        return None if ok else f"{rule_text(rules)}, got {short_repr(value)}"
+    ok = (
+        ("ge" not in rules or value >= rules["ge"])
+        and ("gt" not in rules or value > rules["gt"])
+        and ("le" not in rules or value <= rules["le"])
+        and ("lt" not in rules or value < rules["lt"])
+    )
+    return None if ok else rule_text(rules)
+
+
 @dataclass
 class ModelConfig:
     name: str = (
         "smollm2-135m"  # embedded name, hub id, local directory, or "tiny-llama"/"tiny-bert"
     )
-    dtype: str = "auto"  # auto (CUDA: bf16, CPU: fp32) | float32 | bfloat16 | float16
+    dtype: str = setting("auto", choices=DTYPES)  # auto (CUDA: bf16, CPU: fp32) | float32 | ...
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     load_in_4bit: bool = False  # QLoRA-style NF4 base weights through bitsandbytes (CPU or CUDA)
     seed: int = 0  # seed of the weights of tiny random models
@@ -84,64 +148,70 @@ class ModelConfig:
 class DataConfig:
     name: str = "sentiment"  # shipped set, a .jsonl/.csv path, or a hub dataset id
     columns: dict[str, str] = field(default_factory=dict)  # e.g. {"prompt": "question"}
-    label_noise: float = 0.0  # fraction of training labels flipped (seeded)
-    minority_fraction: float = 0.0  # 0 = keep the balance; else the minority share in training
+    label_noise: float = setting(0.0, ge=0, lt=1)  # fraction of training labels flipped (seeded)
+    # 0 = keep the balance; else the minority share in training (below one half: a minority)
+    minority_fraction: float = setting(0.0, ge=0, lt=0.5)
     minority_class: str = ""  # the class made rare by minority_fraction ("" = the last class)
-    max_train: int = 2000
-    max_eval: int = 64  # test examples scored at each eval point
+    max_train: int = setting(2000, ge=1)
+    max_eval: int = setting(64, ge=1)  # test examples scored at each eval point
 
 
 @dataclass
 class LoraConfig:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    rank: int = setting(8, ge=1)
+    alpha: float = setting(16.0, gt=0)
+    dropout: float = setting(0.0, ge=0, lt=1)
     target_modules: list[str] = field(default_factory=lambda: ["auto"])  # auto: per architecture
-    pissa_niter: int = 4  # power iterations of the fast randomized PiSSA init (0 = exact SVD)
+    # power iterations of the fast randomized PiSSA init (0 = exact SVD)
+    pissa_niter: int = setting(4, ge=0)
 
 
 @dataclass
 class RegConfig:
-    lambda1: float = 0.025  # consistency weight
-    lambda2: float = 0.005  # diversity weight
-    lambda3: float = 0.005  # svd weight
-    temperature: float = 2.0
-    top_k: int = 20
-    svd_k: int = 10
-    svd_norm: str = "frobenius"  # frobenius | nuclear
-    svd_target: str = "logits"  # logits | features
-    lambda1_schedule: str = "constant"  # constant | cosine (decays to 0.1 * lambda1)
-    lambda23_warmup: float = 0.0  # fraction of steps with lambda2 = lambda3 = 0 (two-phase)
+    lambda1: float = setting(0.025, ge=0)  # consistency weight
+    lambda2: float = setting(0.005, ge=0)  # diversity weight
+    lambda3: float = setting(0.005, ge=0)  # svd weight
+    temperature: float = setting(2.0, gt=0)
+    top_k: int = setting(20, ge=2)
+    svd_k: int = setting(10, ge=1)
+    svd_norm: str = setting("frobenius", choices=("frobenius", "nuclear"))
+    svd_target: str = setting("logits", choices=("logits", "features"))
+    # constant | cosine (decays to 0.1 * lambda1)
+    lambda1_schedule: str = setting("constant", choices=("constant", "cosine"))
+    # fraction of steps with lambda2 = lambda3 = 0 (two-phase)
+    lambda23_warmup: float = setting(0.0, ge=0, lt=1)
     # model: the teacher is exactly the loaded model (default). bfloat16 / auto are opt-in speed
     # settings: bf16 autocast always / for an fp32 model on native-bf16 hardware (not exact).
-    teacher_dtype: str = "model"
+    teacher_dtype: str = setting("model", choices=TEACHER_CHOICES)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 30
-    batch_size: int = 4
-    grad_accum: int = 1
-    seq_len: int = 128
-    lr: float = 2e-4
+    steps: int = setting(30, ge=1)
+    batch_size: int = setting(4, ge=1)
+    grad_accum: int = setting(1, ge=1)
+    seq_len: int = setting(128, ge=8)
+    lr: float = setting(2e-4, gt=0)
     lr_by_arm: dict[str, float] = field(default_factory=dict)  # e.g. {pissa: 1e-4}
     # fixed: train.lr / lr_by_arm. tuned: a short sweep of lr_grid per arm first, each arm's
     # rate chosen by its loss on a validation split carved from the training data
-    lr_mode: str = "fixed"
+    lr_mode: str = setting("fixed", choices=("fixed", "tuned"))
     lr_grid: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
-    tune_steps: int = 10  # steps of each candidate rate in lr_mode tuned
-    val_fraction: float = 0.1  # share of the training rows held out (never trained on) to choose
-    max_grad_norm: float = 0.0  # clip each arm's adapter gradient norm to this (0 = off)
-    scheduler: str = "cosine"  # constant | linear | cosine
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
+    tune_steps: int = setting(10, ge=0)  # steps of each candidate rate in lr_mode tuned
+    # share of the training rows held out (never trained on) to choose the rate
+    val_fraction: float = setting(0.1, ge=0, lt=1)
+    # clip each arm's adapter gradient norm to this (0 = off)
+    max_grad_norm: float = setting(0.0, ge=0, zero="off")
+    scheduler: str = setting("cosine", choices=("constant", "linear", "cosine"))
+    warmup_ratio: float = setting(0.03, ge=0, lt=1)
+    weight_decay: float = setting(0.0, ge=0)
     seed: int = 0
     seeds: list[int] = field(default_factory=list)  # every arm once per seed ([] = [seed])
-    eval_every: int = 0  # 0 = evaluate at the start and the end only
+    eval_every: int = setting(0, ge=0)  # 0 = evaluate at the start and the end only
     bias_eval: bool = True  # bias probes at each eval point
-    bias_items: int = 0  # items per bias probe at eval points (0 = all)
+    bias_items: int = setting(0, ge=0)  # items per bias probe at eval points (0 = all)
     analysis: bool = True  # spectra, hidden states and drift at each eval point
-    probe_size: int = 64  # held-out texts for drift, spectra and t-SNE
+    probe_size: int = setting(64, ge=2)  # held-out texts for drift, spectra and t-SNE
     log_terms: bool = True  # also log the (unweighted) terms of the lora and pissa arms
 
 
@@ -158,7 +228,7 @@ class BiasConfig:
 @dataclass
 class RunConfig:
     name: str = "custom"
-    task: str = "nlg"  # nlg (causal LM) | nlu (sequence classification)
+    task: str = setting("nlg", choices=TASKS)  # nlg (causal LM) | nlu (sequence classification)
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -179,18 +249,6 @@ NLU_REG_DEFAULTS = {
     "svd_k": 5,
     "svd_norm": "nuclear",
 }
-
-_CHOICES = {
-    "task": TASKS,
-    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "reg.svd_norm": ("frobenius", "nuclear"),
-    "reg.svd_target": ("logits", "features"),
-    "reg.lambda1_schedule": ("constant", "cosine"),
-    "reg.teacher_dtype": ("model", "bfloat16", "auto"),
-    "train.scheduler": ("constant", "linear", "cosine"),
-    "train.lr_mode": ("fixed", "tuned"),
-}
-SEED_MAX = 2**31 - 1  # a training seed: 0 to this
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -266,18 +324,55 @@ def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], where))
 
 
+def _field(path: str) -> dataclasses.Field:
+    """The dataclass field of a config path such as ``data.minority_fraction``."""
+    cls: Any = RunConfig
+    *sections, name = path.split(".")
+    for part in sections:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields or not dataclasses.is_dataclass(get_type_hints(cls)[part]):
+            raise KeyError(f"no config section {path!r}")
+        cls = get_type_hints(cls)[part]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        raise KeyError(f"no config field {path!r}")
+    return fields[name]
+
+
+def rules(path: str) -> dict[str, Any]:
+    """The declared constraints of one field (``{"ge": 0, "lt": 0.5}``, ``{"choices": ...}``,
+    or ``{}``), by its config path."""
+    return dict(_field(path).metadata)
+
+
+def check_value(path: str, value: Any) -> str | None:
+    """``"must be in [0, 0.5)"`` when ``value`` breaks the declared constraints of ``path``,
+    else None: the same rule for every reader of the field."""
+    return broken(value, rules(path))
+
+
+def declared(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any, Mapping[str, Any]]]:
+    """(path, value, constraints) of every field of ``obj`` that declares some, sections
+    included, in declaration order."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from declared(value, f"{prefix}{f.name}.")
+        elif f.metadata:
+            yield f"{prefix}{f.name}", value, f.metadata
+
+
 def validate(cfg: RunConfig) -> RunConfig:
-    """Check every value that has a range or a fixed set of choices; raise naming the field."""
+    """Check every field against its declared constraints, then the rules that relate several
+    fields; raise naming the field."""
 
     def need(cond: bool, where: str, msg: str) -> None:
         if not cond:
             raise ConfigError(f"{where}: {msg}")
 
-    for where, choices in _CHOICES.items():
-        obj = cfg
-        for part in where.split("."):
-            obj = getattr(obj, part)
-        need(obj in choices, where, f"must be one of {', '.join(choices)}, got {short_repr(obj)}")
+    for where, value, declared_rules in declared(cfg):
+        msg = broken(value, declared_rules)
+        need(msg is None, where, str(msg))
     need(len(cfg.arms) > 0, "arms", "at least one arm is needed")
     for arm in cfg.arms:
         need(
@@ -302,35 +397,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         f"must be auto, cpu, cuda, cuda:N or mps, got {short_repr(cfg.model.device)}",
     )
     need(bool(cfg.data.name.strip()), "data.name", "must not be empty")
-    need(0.0 <= cfg.data.label_noise < 1.0, "data.label_noise", "must be in [0, 1)")
-    need(0.0 <= cfg.data.minority_fraction < 0.5, "data.minority_fraction", "must be in [0, 0.5)")
-    need(cfg.data.max_train >= 1, "data.max_train", "must be at least 1")
-    need(cfg.data.max_eval >= 1, "data.max_eval", "must be at least 1")
-    need(cfg.lora.rank >= 1, "lora.rank", "must be at least 1")
-    need(cfg.lora.alpha > 0, "lora.alpha", "must be positive")
-    need(0.0 <= cfg.lora.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
     need(len(cfg.lora.target_modules) > 0, "lora.target_modules", "must name at least one module")
-    need(cfg.lora.pissa_niter >= 0, "lora.pissa_niter", "must be 0 or more")
-    for name in ("lambda1", "lambda2", "lambda3"):
-        need(getattr(cfg.reg, name) >= 0, f"reg.{name}", "must be 0 or more")
-    need(cfg.reg.temperature > 0, "reg.temperature", "must be positive")
-    need(cfg.reg.top_k >= 2, "reg.top_k", "must be at least 2")
-    need(cfg.reg.svd_k >= 1, "reg.svd_k", "must be at least 1")
-    need(0.0 <= cfg.reg.lambda23_warmup < 1.0, "reg.lambda23_warmup", "must be in [0, 1)")
-    t = cfg.train
     _validate_seeds(cfg, need)
     _validate_lr_tuning(cfg, need)
-    need(t.steps >= 1, "train.steps", "must be at least 1")
-    need(t.batch_size >= 1, "train.batch_size", "must be at least 1")
-    need(t.grad_accum >= 1, "train.grad_accum", "must be at least 1")
-    need(t.seq_len >= 8, "train.seq_len", "must be at least 8")
-    need(t.lr > 0, "train.lr", "must be positive")
-    need(t.max_grad_norm >= 0, "train.max_grad_norm", "must be 0 (off) or more")
-    need(0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)")
-    need(t.weight_decay >= 0, "train.weight_decay", "must be 0 or more")
-    need(t.eval_every >= 0, "train.eval_every", "must be 0 or more")
-    need(t.bias_items >= 0, "train.bias_items", "must be 0 or more")
-    need(t.probe_size >= 2, "train.probe_size", "must be at least 2")
     uses_bias = any(dataclasses.astuple(cfg.bias))
     need(cfg.task == "nlg" or not uses_bias, "bias", "the benchmarks need task nlg (an LM head)")
     need(bool(cfg.bias.winogender) or not cfg.bias.winogender_stats, "bias.winogender_stats",
@@ -363,8 +432,6 @@ def _validate_lr_tuning(cfg: RunConfig, need) -> None:
     for i, lr in enumerate(t.lr_grid):
         need(lr > 0, f"train.lr_grid[{i}]", f"a learning rate must be positive, got {lr}")
     need(len(set(t.lr_grid)) == len(t.lr_grid), "train.lr_grid", "a learning rate is listed twice")
-    need(t.tune_steps >= 0, "train.tune_steps", "must be 0 or more")
-    need(0.0 <= t.val_fraction < 1.0, "train.val_fraction", "must be in [0, 1)")
     if t.lr_mode != "tuned":
         return
     need(len(t.lr_grid) > 0, "train.lr_grid", "lr_mode tuned needs at least one learning rate")

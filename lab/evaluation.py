@@ -24,8 +24,10 @@ from lab.datasets.metrics import heldout_ce
 
 
 @dataclass
-class Probes:
-    """The fixed held-out texts (never training data) used for drift, spectra and t-SNE."""
+class HeldOut:
+    """The fixed held-out texts (never training data) used for drift, spectra and t-SNE, with
+    what the eval points keep between calls (the base reference, base-weight SVDs, the bias
+    benchmark files). Not the bias probe sets of :mod:`lab.bias.probes`."""
 
     texts: list[str]
     labels: np.ndarray  # (n,) label ids, 0 where the set has none
@@ -35,7 +37,7 @@ class Probes:
     bias_sets: dict | None = None  # the user's bias benchmark files, read at the first eval
 
     @classmethod
-    def from_data(cls, task_data: TaskData, tokenizer, cfg: RunConfig) -> Probes:
+    def from_data(cls, task_data: TaskData, tokenizer, cfg: RunConfig) -> HeldOut:
         rows = task_data.test[: cfg.train.probe_size]
         if cfg.task == "nlg":  # plain text: a chat template would add its system prompt to each
             texts = [f"{r['prompt']}\n{r['response']}" for r in rows]
@@ -49,7 +51,14 @@ class Probes:
 
 
 def evaluate(
-    arm, label: str, step: int, cfg: RunConfig, task_data: TaskData, bundle, probes: Probes, run_dir
+    arm,
+    label: str,
+    step: int,
+    cfg: RunConfig,
+    task_data: TaskData,
+    bundle,
+    held_out: HeldOut,
+    run_dir,
 ):
     """Yield one ``eval`` event for ``arm`` (or for the base model when label is "base")."""
     t0 = time.perf_counter()
@@ -77,42 +86,45 @@ def evaluate(
             )
             per_item.update(bias_items)
             if any(vars(cfg.bias).values()):  # the user's benchmark files, per-item records kept
-                if probes.bias_sets is None:
-                    probes.bias_sets = load_benchmarks(vars(cfg.bias))
+                if held_out.bias_sets is None:
+                    held_out.bias_sets = load_benchmarks(vars(cfg.bias))
                 scores, records = evaluate_benchmarks(
-                    model, tok, probes.bias_sets, max_items=cfg.train.bias_items or None,
+                    model, tok, held_out.bias_sets, max_items=cfg.train.bias_items or None,
                     seed=cfg.train.seed,
                 )  # fmt: skip
                 ev["bias"].update(scores)
-                per_item.update(benchmark_items(probes.bias_sets, records))
+                per_item.update(benchmark_items(held_out.bias_sets, records))
                 runs.save_arrays(Path(run_dir) / "bias_items" / f"step_{step:06d}" / f"{label}.npz",
                                  records)  # fmt: skip
         if cfg.train.analysis:
+            request = analysis.SnapshotRequest(
+                cfg.task, held_out.texts, held_out.labels, max_len=cfg.train.seq_len
+            )
+            base = analysis.DriftBase(held_out.reference, lambda: adapters.teacher_mode(model))
+            adapter = analysis.AdapterSpec(
+                adapters.active_arm(model).trainable,
+                initial=None if is_base else adapters.initial_adapter(model),
+                base_is_pretrained=True,
+                svd_cache=held_out.svd_cache,
+            )
             snap = analysis.snapshot(
                 model,
                 tok,
+                request,
                 arm=label,
                 step=step,
-                task=cfg.task,
-                texts=probes.texts,
-                labels=probes.labels,
-                base_context=None if is_base else (lambda: adapters.teacher_mode(model)),
-                initial=None if is_base else adapters.initial_adapter(model),
-                adapter_name=adapters.active_arm(model).trainable,
-                base_is_pretrained=True,
-                max_len=cfg.train.seq_len,
-                reference=None if is_base else probes.reference,
+                base=None if is_base else base,
+                adapter=adapter,
                 keep_reference=is_base,
-                svd_cache=probes.svd_cache,
             )
             if is_base:
-                probes.reference = snap.reference
+                held_out.reference = snap.reference
             analysis.save_snapshot(run_dir, snap)
             ev.update(snap.summary())
-            drift = np.zeros(len(probes.texts)) if is_base else snap.drift_per_text
+            drift = np.zeros(len(held_out.texts)) if is_base else snap.drift_per_text
             per_item["kl_to_base"] = ([str(i) for i in range(len(drift))], drift)
             if cfg.task == "nlg":  # forgetting: held-out cross-entropy, compared with the base
-                ce = heldout_ce(model, tok, probes.texts, max_len=cfg.train.seq_len)
+                ce = heldout_ce(model, tok, held_out.texts, max_len=cfg.train.seq_len)
                 ev["heldout_ce"] = float(ce.mean())
                 per_item["heldout_ce"] = ([str(i) for i in range(len(ce))], ce)
     if is_base:
@@ -123,15 +135,15 @@ def evaluate(
     yield ev
 
 
-def warm_intruder_cache(models: list, probes: Probes) -> None:
+def warm_intruder_cache(models: list, held_out: HeldOut) -> None:
     """Take the SVDs of the base weights behind every arm's intruder count now (step 0, where
-    only the base is analysed), so the arms' eval points reuse them from ``probes.svd_cache``."""
+    only the base is analysed), so the arms' eval points reuse them from ``held_out.svd_cache``."""
     for model in models:
         analysis.model_intruders(
             model,
             adapters.initial_adapter(model),
             adapters.active_arm(model).trainable,
-            cache=probes.svd_cache,
+            cache=held_out.svd_cache,
             base_is_pretrained=True,
         )
 

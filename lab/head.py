@@ -21,6 +21,7 @@ from lab import losses
 from lab.regularizers import DegenerateTermError, kl_rows
 
 CHUNK_ROWS = 64  # rows per chunk: (64, 49152) float32 is 12.6 MB per buffer
+EIG_FLOOR = 1e-12  # svd term: eigenvalues of the normalized Gram matrix clamped here before sqrt
 
 
 class _HeadLoss(torch.autograd.Function):
@@ -203,6 +204,6 @@ def logits_svd_loss(h: torch.Tensor, head: torch.nn.Linear, k: int) -> torch.Ten
     ok = torch.isfinite(gram).all()
     eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
     eig = torch.linalg.eigvalsh(torch.where(ok, gram, eye))  # ascending
-    top = eig[-k:].clamp_min(1e-12).sqrt().sum()
+    top = eig[-k:].clamp_min(EIG_FLOOR).sqrt().sum()
     value = -top / gram.diagonal().sum().sqrt()
     return torch.where(ok, value, torch.full_like(value, float("nan")))

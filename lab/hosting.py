@@ -192,9 +192,14 @@ def digest(token: str) -> str:
     return hashlib.sha256(str(token).encode("utf-8")).hexdigest()
 
 
+def is_run_id(run_id: object) -> bool:
+    """Whether ``run_id`` is one folder name of safe characters (never "." or "..")."""
+    return isinstance(run_id, str) and bool(RUN_ID.match(run_id)) and run_id not in (".", "..")
+
+
 def check_run_id(run_id: object) -> str:
     """A run id is one folder name of safe characters; anything else is refused."""
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id) or run_id in (".", ".."):
+    if not is_run_id(run_id):
         raise ValueError(f"not a run id: {snippet(run_id)}")
     return run_id
 
@@ -240,7 +245,7 @@ def visible(hosting: Hosting, root: Path, run_ids: list[str], token: str | None)
     """The run ids this visitor may see (all of them in local mode)."""
     if not hosting.public or hosting.is_admin(token):
         return list(run_ids)
-    return [r for r in run_ids if RUN_ID.match(r) and owns(root, r, token)]
+    return [r for r in run_ids if is_run_id(r) and owns(root, r, token)]
 
 
 # ---- uploads ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from lab.losses import TERMS
 
 EXACT_SVD_MAX_DIM = 64  # "auto": exact SVD up to this min(shape) ...
 EXACT_SVD_MAX_ELEMS = 1 << 21  # ... or this many entries; randomized above (e.g. 512 x 49152)
+RESCALE_ABOVE = 1e15  # svd term: a matrix whose largest entry is above this is divided by it
 
 
 class DegenerateTermError(ValueError):
@@ -241,7 +242,7 @@ def svd_loss(
         raise FloatingPointError("the svd term's matrix has non-finite entries")
     if largest == 0:
         raise DegenerateTermError("the svd term's matrix is all zeros (norm 0)")
-    if largest > 1e15:  # only then: a rescaled copy of a large matrix costs time and memory
+    if largest > RESCALE_ABOVE:  # only then: a rescaled copy costs time and memory
         a = a / scale
     if method == "auto":
         exact = norm == "nuclear" or small <= EXACT_SVD_MAX_DIM or a.numel() <= EXACT_SVD_MAX_ELEMS

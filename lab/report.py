@@ -3,14 +3,15 @@
 ``render_run(run_dir, out_dir)`` writes one HTML file per figure (plotly.js written once beside
 them) plus ``report.html``; ``html_report(run_dir)`` returns that one self-contained page:
 figures with plotly.js inlined once, the summary table, the bias table with confidence
-intervals, the most drifted probe texts, the resolved config and the package versions.
+intervals, the most drifted probe texts, the resolved config and the package versions. The
+figures are those of the app's tabs, drawn by the one builder (:mod:`lab.plots.run`); the
+tables by :func:`lab.plots.tables.html_table`.
 """
 
 from __future__ import annotations
 
 import html
 import platform
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -19,16 +20,9 @@ import yaml
 from plotly.offline import get_plotlyjs
 
 from lab import plots, runs, verdicts
-from lab.analysis import (
-    AnalysisError,
-    analysis_steps,
-    joint_embedding,
-    load_embedding,
-    load_probe_texts,
-    load_snapshots_with_base,
-    top_drifted,
-)
-from lab.plots.evidence import forest_figure
+from lab.plots import run as run_plots
+from lab.plots.run import RunData
+from lab.plots.tables import dict_rows, html_table
 
 PACKAGES = (
     "torch",
@@ -42,88 +36,13 @@ PACKAGES = (
 )
 
 
-def latest_snapshots(run_dir: str | Path) -> tuple[int | None, dict]:
-    """(step, {arm: Snapshot}) at the latest analysed step, with the base model's snapshot
-    taken from the latest step that has one (it is measured once, at step 0)."""
-    steps = analysis_steps(run_dir)
-    if not steps:
-        return None, {}
-    return steps[-1], load_snapshots_with_base(run_dir, steps[-1])
-
-
-def run_embedding(run_dir: str | Path, step: int | None, snaps: dict, seed: int = 0) -> dict | None:
-    """The joint embedding saved at ``step``, or one computed from the snapshots' features."""
-    if step is None or not snaps:
-        return None
-    saved = load_embedding(run_dir, step)
-    if saved is not None:
-        return saved
-    first = next(iter(snaps.values()))
-    return joint_embedding({arm: s.features for arm, s in snaps.items()}, first.labels, seed=seed)
-
-
-def _pareto_points(events: list[dict]) -> list[dict]:
-    last: dict[str, dict] = {}
-    for e in events:
-        if e.get("kind") == "eval" and e.get("arm") != "base":
-            last[e["arm"]] = e
-    return [
-        {
-            "arm": arm,
-            "label": f"{arm} @ step {e['step']}",
-            **{k: e.get(k) for k in ("kl_to_base", "task_metric")},
-        }
-        for arm, e in last.items()
-    ]
-
-
-@dataclass
-class _RunData:
-    """Everything the figures and the page read from a run directory, read once."""
-
-    run: runs.Run
-    step: int | None
-    snaps: dict
-    probes: dict
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> _RunData:
-        step, snaps = latest_snapshots(run_dir)
-        return cls(runs.load_run(run_dir), step, snaps, load_probe_texts(run_dir) or {})
-
-
 def run_figures(run_dir: str | Path) -> dict[str, go.Figure]:
-    """{name: figure} for every figure of the run."""
-    return _figures(_RunData.load(run_dir))
+    """{name: figure} for every figure of the run (:data:`lab.plots.run.FIGURES`)."""
+    return _figures(RunData(run_dir))
 
 
-def _figures(data: _RunData) -> dict[str, go.Figure]:
-    run, step, snaps, probes = data.run, data.step, data.snaps, data.probes
-    run_dir = run.path
-    events = run.events
-    figs = {
-        "loss": plots.loss_figure(events),
-        "loss_weighted": plots.loss_figure(events, weighted=True),
-        "task_metric": plots.metric_figure(events, "task_metric"),
-        "drift": plots.drift_figure(events),
-        "spectra": plots.spectra_figure(snaps),
-        "intruders": plots.intruders_figure(snaps),
-    }
-    try:
-        emb = run_embedding(
-            run_dir, step, snaps, seed=int((run.config.get("train") or {}).get("seed", 0))
-        )
-    except AnalysisError as e:
-        figs["tsne"] = plots.empty_figure(f"No joint embedding: {e}")
-    else:
-        labels = next(iter(snaps.values())).labels if snaps else None
-        figs["tsne"] = plots.tsne_figure(emb, labels, probes.get("label_names"))
-    ev = verdicts.run_evidence(run_dir)
-    if ev is not None:
-        figs["differences"] = forest_figure(ev["versus_arm"] or ev["versus_base"])
-    figs["bias"] = plots.bias_figure(plots.bias_rows(events))
-    figs["pareto"] = plots.pareto_figure(_pareto_points(events), x="kl_to_base", y="task_metric")
-    return figs
+def _figures(data: RunData) -> dict[str, go.Figure]:
+    return run_plots.run_figures(data, run_plots.FIGURES, compute_embedding=True)
 
 
 def render_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
@@ -131,7 +50,7 @@ def render_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    data = _RunData.load(run_dir)
+    data = RunData(run_dir)
     figs = _figures(data)
     for name, fig in figs.items():
         path = out / f"{name}.html"
@@ -143,22 +62,8 @@ def render_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (dict, list)):
-        return html.escape(yaml.safe_dump(v, default_flow_style=True, width=80).strip())
-    return html.escape("" if v is None else str(v))
-
-
 def _table(rows: list[dict], columns: list[str]) -> str:
-    if not rows:
-        return "<p class='none'>none</p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return html_table(columns, dict_rows(rows, columns), missing="", empty="none")
 
 
 def _summary_rows(summary: dict | None) -> tuple[list[dict], list[str]]:
@@ -182,6 +87,8 @@ def _versions() -> list[dict]:
 
 
 def _drift_rows(probes: dict, snaps: dict) -> list[dict]:
+    from lab.analysis import top_drifted
+
     if not probes:
         return []
     rows = []
@@ -207,7 +114,7 @@ def html_report(run_dir: str | Path, figures: dict[str, go.Figure] | None = None
 
     ``figures``: the run's figures when already drawn (``run_figures``), else drawn here.
     """
-    data = _RunData.load(run_dir)
+    data = RunData(run_dir)
     return _page(data, figures if figures is not None else _figures(data))
 
 
@@ -243,7 +150,7 @@ def _verdicts_html(run_dir: Path) -> str:
     return f"<ul>{items}</ul>" if items else "<p>No comparable items in this run.</p>"
 
 
-def _page(data: _RunData, figs: dict[str, go.Figure]) -> str:
+def _page(data: RunData, figs: dict[str, go.Figure]) -> str:
     run, step = data.run, data.step
     summary = run.summary or {}
     parts = [

@@ -33,6 +33,7 @@ POWER = 0.8
 N_BOOT = 2000  # bootstrap resamples: enough for a 95% BCa interval (Efron & Tibshirani, ch. 14)
 N_FLIPS = 9999  # Monte Carlo sign flips when the exact null distribution is too large
 EXACT_LIMIT = 1 << 16  # most sign-count patterns enumerated for an exact p-value
+TIE_TOL = 1e-12  # relative: a bootstrap mean this close to theta is a tie (another summation order)
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def bca_interval(
     -(d_i - mean of its stratum) / (N - 1), so with w_j = (n_j - 1) / n_j and dev the
     within-stratum deviations, a = sum_j w_j^3 sum dev^3 / (6 (sum_j w_j^2 sum dev^2)^1.5).
     None when z0 is infinite (every resample on one side of theta)."""
-    tol = 1e-12 * max(1.0, abs(theta))  # a resample mean equal to theta, summed in another order
+    tol = TIE_TOL * max(1.0, abs(theta))  # a resample mean equal to theta, summed in another order
     share = (np.count_nonzero(boot < theta - tol) + np.count_nonzero(boot <= theta + tol)) / (
         2 * len(boot)
     )

@@ -39,7 +39,7 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from lab import adapters, checkpoint, data, evaluation, events, forward, losses, tuning
+from lab import adapters, checkpoint, encoding, evaluation, events, forward, losses, tuning
 from lab.arms import ArmSpec, run_seeds, spec_of, specs
 from lab.config import RunConfig
 from lab.datasets import TaskData, load_task_data
@@ -285,7 +285,7 @@ def _micro_batches(
     per = math.ceil(len(mine) / cfg.train.grad_accum)
     out = []
     for i in range(0, len(mine), per):
-        b = data.make_batch(tok, mine[i : i + per], cfg.task, cfg.train.seq_len)
+        b = encoding.make_batch(tok, mine[i : i + per], cfg.task, cfg.train.seq_len)
         out.append({k: v.to(device) for k, v in b.items()})
     return out
 
@@ -303,7 +303,7 @@ def prepare(cfg: RunConfig) -> tuple[TaskData, ModelBundle]:
         max_train=cfg.data.max_train,
         max_eval=max(cfg.data.max_eval, cfg.train.probe_size),
     )
-    task_data.train = data.usable_examples(task_data.train, cfg.task)
+    task_data.train = encoding.usable_examples(task_data.train, cfg.task)
     num_labels = len(task_data.label_names) if task_data.label_names else None
     bundle = load_model(
         cfg.model.name,
@@ -314,7 +314,7 @@ def prepare(cfg: RunConfig) -> tuple[TaskData, ModelBundle]:
         seed=cfg.model.seed,
         load_in_4bit=cfg.model.load_in_4bit,
     )
-    data.check_seq_len(cfg.train.seq_len, bundle.max_len)
+    encoding.check_seq_len(cfg.train.seq_len, bundle.max_len)
     return task_data, bundle
 
 
@@ -428,7 +428,7 @@ def run(
             for arm in arms.values():
                 set_lr(cfg, arm, writer.summary["lr_tuning"][arm.spec.plain]["chosen"])
             writer.record_arm_specs([a.spec for a in arms.values()])
-        probes = evaluation.Probes.from_data(task_data, bundle.tokenizer, cfg)
+        probes = evaluation.HeldOut.from_data(task_data, bundle.tokenizer, cfg)
         if dist.main:
             probes.save(run_dir)
         first = next(iter(arms.values()))
@@ -450,7 +450,8 @@ def run(
         dist.barrier()
         world = cfg.train.batch_size * dist.n
         orders = [  # one batch order per seed; the arms of a seed share its batches
-            data.batch_order(len(task_data.train), world, cfg.train.steps, seed) for seed in seeds
+            encoding.batch_order(len(task_data.train), world, cfg.train.steps, seed)
+            for seed in seeds
         ]
         groups = {seed: [a for a in arms.values() if a.seed == seed] for seed in seeds}
         step = start
@@ -542,7 +543,7 @@ def tune_lrs(arms: dict[str, Arm], rows, val_rows, cfg: RunConfig, bundle, dist)
     steps = cfg.train.tune_steps
     group = [new_arm(cfg, model, spec, steps) for spec in tuning.candidates(cfg)]
     world = cfg.train.batch_size * dist.n
-    order = data.batch_order(len(rows), world, steps, group[0].seed)
+    order = encoding.batch_order(len(rows), world, steps, group[0].seed)
     for step, indices in enumerate(order, start=1):
         for _ in train_step(group, rows, indices, step, cfg, dist, bundle):
             pass  # the candidates' train events are not part of the run's log

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import torch
 
-from lab import data, forward
+from lab import encoding, forward
 from lab.arms import ArmSpec, make_spec, run_seeds
 from lab.config import RunConfig
 
@@ -39,7 +39,7 @@ def carve(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], lis
     n = len(rows)
     n_val = max(1, round(fraction * n))
     if n - n_val < 1:
-        raise data.DataError(
+        raise encoding.DataError(
             f"train.val_fraction={fraction} leaves no training rows (the set has {n})"
         )
     g = torch.Generator().manual_seed(int(seed) + VAL_SALT)
@@ -71,7 +71,7 @@ def val_batches(rows: list[dict], cfg: RunConfig, tokenizer, device) -> list[dic
     size = cfg.train.batch_size
     out = []
     for i in range(0, len(rows), size):
-        b = data.make_batch(tokenizer, rows[i : i + size], cfg.task, cfg.train.seq_len)
+        b = encoding.make_batch(tokenizer, rows[i : i + size], cfg.task, cfg.train.seq_len)
         out.append({k: v.to(device) for k, v in b.items()})
     return out
 

@@ -1,6 +1,6 @@
 """Write the shipped datasets in assets/datasets/ from their generators (fixed seeds).
 
-The generators live in ``lab/datasets/generate/``; running this script again recreates the
+The generators live in ``scripts/dataset_generators/``; running this script again recreates the
 committed files byte for byte. ``--check`` compares without writing and exits 1 when a file
 differs.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.datasets.generate import BUILDERS, build, render  # noqa: E402
+from scripts.dataset_generators import BUILDERS, build, render  # noqa: E402
 
 OUT = ROOT / "assets" / "datasets"
 

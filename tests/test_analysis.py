@@ -11,7 +11,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from lab import analysis
-from lab.analysis import AnalysisError, Snapshot
+from lab.analysis import AdapterSpec, AnalysisError, DriftBase, Snapshot, SnapshotRequest
+from lab.analysis.request import EncodedTexts
 from lab.analysis.spectra import top_left_vectors
 from lab.models import load_model
 
@@ -186,59 +187,71 @@ def test_token_kl_known_values_and_mask():
 
 def test_drift_is_zero_for_identical_models_and_positive_after_a_change(tiny):
     model = lora_model(tiny)  # B = 0: the arm is the base model
-    kw = dict(step=1, task="nlg", texts=TEXTS, labels=LABELS, batch_size=5)
-    same = analysis.snapshot(
-        model, tiny.tokenizer, arm="lora", base_context=model.disable_adapter, **kw
-    )
+    req = SnapshotRequest("nlg", TEXTS, LABELS, batch_size=5)
+    base = DriftBase(context=model.disable_adapter)
+    same = analysis.snapshot(model, tiny.tokenizer, req, arm="lora", step=1, base=base)
     assert same.summary()["kl_to_base"] == 0.0
     assert np.all(same.drift_per_text == 0.0)
     perturb_b(model)
-    moved = analysis.snapshot(
-        model, tiny.tokenizer, arm="lora", base_context=model.disable_adapter, **kw
-    )
+    moved = analysis.snapshot(model, tiny.tokenizer, req, arm="lora", step=1, base=base)
     assert moved.summary()["kl_to_base"] > 1e-6
     assert np.all(moved.drift_per_text > 0)
     assert moved.features.shape == (len(TEXTS), tiny.model.config.hidden_size)
     assert not np.allclose(moved.features, same.features)
 
 
-@pytest.mark.parametrize(
-    "budget,moments",
-    [(0, False), (1 << 29, False), (0, True)],  # hidden states + head; log-probs; moments
-)
-def test_base_reference_gives_the_same_drift_as_a_second_forward(tiny, budget, moments):
+def test_batched_drift_is_the_mean_token_kl_of_each_text_alone(tiny):
     model = lora_model(tiny)
-    kw = dict(task="nlg", texts=TEXTS, labels=LABELS, batch_size=4)
+    perturb_b(model, scale=0.2)
+    req = SnapshotRequest("nlg", TEXTS, LABELS, batch_size=4)
+    snap = analysis.snapshot(
+        model,
+        tiny.tokenizer,
+        req,
+        arm="lora",
+        step=1,
+        base=DriftBase(context=model.disable_adapter),
+    )
+    for i, text in enumerate(TEXTS):
+        ids = torch.tensor([tiny.tokenizer(text)["input_ids"]])
+        with torch.inference_mode():
+            arm = model(input_ids=ids).logits
+            with model.disable_adapter():
+                base = model(input_ids=ids).logits
+        want = analysis.token_kl(arm, base).mean().item()
+        assert snap.drift_per_text[i] == pytest.approx(want, rel=1e-4, abs=1e-8)
+        assert snap.drift_positions[i] == ids.shape[1]
+
+
+def test_base_reference_gives_the_same_drift_as_a_second_forward(tiny):
+    model = lora_model(tiny)
+    req = SnapshotRequest("nlg", TEXTS, LABELS, batch_size=4)
     with model.disable_adapter():
         base = analysis.snapshot(
-            model,
-            tiny.tokenizer,
-            arm="base",
-            step=0,
-            keep_reference=True,
-            reference_bytes=budget,
-            reference_moments=moments,
-            **kw,
+            model, tiny.tokenizer, req, arm="base", step=0, keep_reference=True
         )
     assert base.drift_per_text is None and base.adapter_spectra == {} and base.reference is not None
-    assert base.reference.moments == moments
-    assert (base.reference.head is None) == (budget > 0 or moments)
+    hidden = tiny.model.config.hidden_size
+    lengths = [len(tiny.tokenizer(t)["input_ids"]) for t in TEXTS]
+    assert [tuple(r.shape) for r in base.reference.rows] == [(n, hidden + 1) for n in lengths]
     perturb_b(model)
     via_ctx = analysis.snapshot(
-        model, tiny.tokenizer, arm="lora", step=2, base_context=model.disable_adapter, **kw
+        model,
+        tiny.tokenizer,
+        req,
+        arm="lora",
+        step=2,
+        base=DriftBase(context=model.disable_adapter),
     )
     via_ref = analysis.snapshot(
-        model, tiny.tokenizer, arm="lora", step=2, reference=base.reference, **kw
+        model, tiny.tokenizer, req, arm="lora", step=2, base=DriftBase(base.reference)
     )
+    assert via_ref.summary()["kl_to_base"] > 1e-6
     np.testing.assert_allclose(via_ref.drift_per_text, via_ctx.drift_per_text, rtol=1e-4, atol=1e-7)
-    with pytest.raises(AnalysisError):
+    shorter = SnapshotRequest("nlg", TEXTS, LABELS, batch_size=4, max_len=5)
+    with pytest.raises(AnalysisError, match="other probe texts"):
         analysis.snapshot(
-            model,
-            tiny.tokenizer,
-            arm="lora",
-            step=2,
-            reference=base.reference,
-            **{**kw, "max_len": 5},
+            model, tiny.tokenizer, shorter, arm="lora", step=2, base=DriftBase(base.reference)
         )
 
 
@@ -258,38 +271,62 @@ def test_moments_give_the_token_kl():
 
 
 def test_moments_reference_falls_back_when_the_arm_head_differs(tiny):
-    kw = dict(task="nlg", texts=TEXTS, labels=LABELS)
+    req = SnapshotRequest("nlg", TEXTS, LABELS)
     model = lora_model(tiny)
     with model.disable_adapter():
         base = analysis.snapshot(
-            model, tiny.tokenizer, arm="base", step=0, keep_reference=True, **kw
+            model, tiny.tokenizer, req, arm="base", step=0, keep_reference=True
         )
-    assert base.reference.moments
+    assert base.reference.serves(model)
     perturb_b(model)
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(1.01)  # the arm's head is no longer the base's
+    assert not base.reference.serves(model)
     with pytest.raises(AnalysisError, match="head differs"):
-        analysis.snapshot(model, tiny.tokenizer, arm="lora", step=1, reference=base.reference, **kw)
+        analysis.snapshot(
+            model, tiny.tokenizer, req, arm="lora", step=1, base=DriftBase(base.reference)
+        )
     fallback = analysis.snapshot(
         model,
         tiny.tokenizer,
+        req,
         arm="lora",
         step=1,
-        reference=base.reference,
-        base_context=model.disable_adapter,
-        **kw,
+        base=DriftBase(base.reference, model.disable_adapter),
     )
     second = analysis.snapshot(
-        model, tiny.tokenizer, arm="lora", step=1, base_context=model.disable_adapter, **kw
+        model,
+        tiny.tokenizer,
+        req,
+        arm="lora",
+        step=1,
+        base=DriftBase(context=model.disable_adapter),
     )
     assert fallback.summary()["kl_to_base"] > 0
     np.testing.assert_array_equal(fallback.drift_per_text, second.drift_per_text)
     adapted = lora_model(tiny, targets=("q_proj", "lm_head"))
     with adapted.disable_adapter():
         ref = analysis.snapshot(
-            adapted, tiny.tokenizer, arm="base", step=0, keep_reference=True, **kw
+            adapted, tiny.tokenizer, req, arm="base", step=0, keep_reference=True
         )
-    assert not ref.reference.moments  # a PEFT-wrapped head: log-probabilities are kept
+    assert ref.reference is None  # a PEFT-wrapped head: no moments; arms use a base forward
+
+
+def test_drift_base_needs_a_reference_or_a_context(tiny):
+    with pytest.raises(AnalysisError, match="reference or a base context"):
+        DriftBase()
+    model = lora_model(tiny)
+    req = SnapshotRequest("nlg", TEXTS[:2], LABELS[:2])
+    with pytest.raises(AnalysisError, match="keep_reference"):
+        analysis.snapshot(
+            model,
+            tiny.tokenizer,
+            req,
+            arm="lora",
+            step=1,
+            base=DriftBase(context=model.disable_adapter),
+            keep_reference=True,
+        )
 
 
 def test_snapshot_summary_is_finite_json(tiny):
@@ -298,12 +335,10 @@ def test_snapshot_summary_is_finite_json(tiny):
     snap = analysis.snapshot(
         model,
         tiny.tokenizer,
+        SnapshotRequest("nlg", TEXTS, LABELS),
         arm="lora",
         step=3,
-        task="nlg",
-        texts=TEXTS,
-        labels=LABELS,
-        base_context=model.disable_adapter,
+        base=DriftBase(context=model.disable_adapter),
     )
     summary = snap.summary()
     for key in (
@@ -321,39 +356,77 @@ def test_snapshot_summary_is_finite_json(tiny):
     assert snap.output_spectrum[0] == pytest.approx(1.0)
 
 
+def test_adapter_spec_picks_the_adapter_and_the_intruder_count(tiny):
+    model = lora_model(tiny, rank=2)
+    perturb_b(model, scale=0.3)
+    req = SnapshotRequest("nlg", TEXTS[:3], LABELS[:3])
+    base = DriftBase(context=model.disable_adapter)
+    full = analysis.snapshot(model, tiny.tokenizer, req, arm="lora", step=1, base=base)
+    assert full.intruders == analysis.model_intruders(model)
+    assert full.adapter_spectra.keys() == analysis.adapter_update_spectra(model).keys()
+    no_intruders = AdapterSpec(intruders=False)
+    plain = analysis.snapshot(
+        model, tiny.tokenizer, req, arm="lora", step=1, base=base, adapter=no_intruders
+    )
+    assert plain.intruders == {} and plain.adapter_spectra.keys() == full.adapter_spectra.keys()
+    model.add_adapter("other", LoraConfig(r=1, target_modules=["q_proj"], init_lora_weights=False))
+    other = AdapterSpec("other", intruders=False)
+    picked = analysis.snapshot(
+        model, tiny.tokenizer, req, arm="other", step=1, base=base, adapter=other
+    )
+    assert len(picked.adapter_spectra) == 2  # 2 layers x q_proj, rank 1
+    assert all(len(v) == 1 and v[0] > 0 for v in picked.adapter_spectra.values())
+
+
 def test_snapshot_of_a_classifier(tmp_path):
     bundle = load_model("tiny-bert", task="nlu", num_labels=3, seed=0)
     cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], task_type="SEQ_CLS")
     model = get_peft_model(bundle.model, cfg).eval()
+    req = SnapshotRequest("nlu", TEXTS, LABELS)
+    with model.disable_adapter():
+        base = analysis.snapshot(
+            model, bundle.tokenizer, req, arm="base", step=0, keep_reference=True
+        )
+    assert base.reference is None  # a classifier keeps no reference: arms use a base forward
     snap = analysis.snapshot(
         model,
         bundle.tokenizer,
+        req,
         arm="lora",
         step=1,
-        task="nlu",
-        texts=TEXTS,
-        labels=LABELS,
-        base_context=model.disable_adapter,
+        base=DriftBase(base.reference, model.disable_adapter),
     )
     assert snap.features.shape == (len(TEXTS), 64)
     assert len(snap.output_spectrum) == 3  # (n, D = 3) class logits
     assert snap.summary()["kl_to_base"] == 0.0  # B = 0
+    np.testing.assert_array_equal(snap.drift_positions, np.ones(len(TEXTS)))
 
 
-def test_snapshot_rejects_bad_input(tiny):
-    model = tiny.model
+def test_snapshot_request_rejects_bad_input():
     with pytest.raises(AnalysisError, match="labels"):
-        analysis.snapshot(
-            model, tiny.tokenizer, arm="base", step=0, task="nlg", texts=TEXTS, labels=LABELS[:3]
-        )
+        SnapshotRequest("nlg", TEXTS, LABELS[:3])
     with pytest.raises(AnalysisError, match="task"):
-        analysis.snapshot(
-            model, tiny.tokenizer, arm="base", step=0, task="seq", texts=TEXTS, labels=LABELS
-        )
+        SnapshotRequest("seq", TEXTS, LABELS)
     with pytest.raises(AnalysisError, match="at least one"):
-        analysis.snapshot(
-            model, tiny.tokenizer, arm="base", step=0, task="nlg", texts=[], labels=[]
-        )
+        SnapshotRequest("nlg", [], [])
+    with pytest.raises(AnalysisError, match="at least 1"):
+        SnapshotRequest("nlg", TEXTS, LABELS, batch_size=0)
+
+
+def test_encoded_texts_batch_longest_first_within_the_memory_cap(tiny):
+    req = SnapshotRequest("nlg", [*TEXTS, "a b"], [*LABELS, 0], batch_size=4)
+    texts = EncodedTexts.encode(tiny.tokenizer, req)
+    lengths = texts.lengths
+    batches = list(texts.batches(4, 3 * max(lengths)))  # room for 3 of the longest
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    order = [i for b in batches for i in b]
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+    assert all(len(b) * lengths[b[0]] <= 3 * max(lengths) for b in batches)
+    rows = texts.spectrum_rows(16)
+    assert sum(len(p) for p in rows.values()) == 16
+    assert all(int(p.max()) < lengths[i] for i, p in rows.items())
+    other = SnapshotRequest("nlg", TEXTS, LABELS, max_len=5)
+    assert EncodedTexts.encode(tiny.tokenizer, other).key != texts.key
 
 
 # --- joint embedding -----------------------------------------------------------------------

@@ -17,8 +17,8 @@ from lab.bias import (
     swap_group_words,
 )
 from lab.bias import scores as scores_mod
-from lab.data import DataError
 from lab.datasets import load_task_data
+from lab.encoding import DataError
 
 SCORE_KEYS = {"value", "ci_low", "ci_high", "n"}
 

@@ -17,7 +17,7 @@ from scipy import stats
 from lab.bias import benchmarks as bm
 from lab.bias import formats
 from lab.bias.scores import _encode_pair, ci_score, continuation_logprobs, pearson_score
-from lab.data import DataError
+from lab.encoding import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "bias"

@@ -79,3 +79,44 @@ def test_unknown_preset_lists_known_ones():
 def test_section_must_be_a_mapping():
     with pytest.raises(ConfigError, match="train"):
         from_dict({"train": 3})
+
+
+def test_declared_constraints_give_the_messages():
+    from lab.config import broken, check_value, rules
+
+    assert rules("data.minority_fraction") == {"ge": 0, "lt": 0.5}
+    assert check_value("data.minority_fraction", 0.5) == "must be in [0, 0.5)"
+    assert check_value("data.minority_fraction", 0.49) is None
+    assert check_value("train.max_grad_norm", -1.0) == "must be 0 (off) or more"
+    assert check_value("reg.svd_norm", "spectral") == (
+        "must be one of frobenius, nuclear, got 'spectral'"
+    )
+    assert broken(0, {"gt": 0}) == "must be positive" and broken(1e-9, {"gt": 0}) is None
+    assert rules("model.name") == {}  # no declared constraint: checked as code, if at all
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.minority_fraction=0.5", "data.minority_fraction: must be in [0, 0.5)"),
+        ("train.max_grad_norm=-1", "train.max_grad_norm: must be 0 (off) or more"),
+        ("reg.top_k=1", "reg.top_k: must be at least 2"),
+        ("lora.alpha=0", "lora.alpha: must be positive"),
+        ("model.dtype=int8", "model.dtype: must be one of auto, float32, bfloat16, float16"),
+    ],
+)
+def test_validation_reads_the_declared_constraints(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_preset("tiny-test", [override])
+    assert str(e.value).startswith(message)
+
+
+def test_the_data_loader_takes_the_declared_minority_bound():
+    from lab.config import check_value
+    from lab.datasets import load_task_data
+    from lab.encoding import DataError
+
+    # refused before any data is read, with the config's own bound
+    with pytest.raises(DataError, match=r"minority_fraction must be in \[0, 0\.5\), got 0\.5"):
+        load_task_data("sentiment", minority_fraction=0.5)
+    assert check_value("data.minority_fraction", 0.5) is not None

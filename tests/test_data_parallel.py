@@ -78,7 +78,7 @@ def _moved(out: Path, fresh: Path) -> float:
 
 def _unequal_shards(cfg, parts: int, strided: bool = True) -> list[int]:
     """Response tokens of each of ``parts`` shards of the first step's batch."""
-    from lab.data import batch_order, make_batch
+    from lab.encoding import batch_order, make_batch
 
     task_data, bundle = trainer.prepare(cfg)
     first = next(iter(batch_order(len(task_data.train), cfg.train.batch_size, 1, cfg.train.seed)))

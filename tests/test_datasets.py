@@ -9,7 +9,6 @@ import types
 import pytest
 import torch
 
-from lab.data import DataError
 from lab.datasets import (
     DATASETS_DIR,
     evaluate_task,
@@ -20,9 +19,10 @@ from lab.datasets import (
     validate_upload,
 )
 from lab.datasets.arithmetic import corrupt_responses, equations, safe_eval
-from lab.datasets.generate import BUILDERS, build, render
 from lab.datasets.knobs import flip_labels, imbalance_indices
 from lab.datasets.metrics import classification_metrics
+from lab.encoding import DataError
+from scripts.dataset_generators import BUILDERS, build, render
 
 
 def _rows(name: str, split: str) -> list[dict]:
@@ -364,6 +364,25 @@ def test_sequence_logprobs_matches_a_full_log_softmax(tiny_llama):
         sum(lp[1, t, ids[1, t + 1]] for t in range(1, 3)),
     ]
     assert torch.allclose(got, torch.stack(want), atol=1e-4)
+
+
+def test_token_logprobs_are_the_continuation_tokens_of_a_full_log_softmax(tiny_llama):
+    from lab.datasets.metrics import token_logprobs
+
+    model = tiny_llama.model
+    prompt, cont = [5, 6, 7], [8, 9, 10, 11]
+    got = token_logprobs(model, prompt, cont)
+    with torch.inference_mode():
+        lp = model(input_ids=torch.tensor([prompt + cont])).logits[0].float().log_softmax(-1)
+    want = [float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(cont)]
+    assert len(got) == len(cont) and got == pytest.approx(want, abs=1e-5)
+    assert token_logprobs(model, prompt, []) == []
+    score = torch.tensor([[False, False, True, True, True, True, False]])  # t predicts t + 1
+    with torch.inference_mode():
+        total = sequence_logprobs(
+            model, torch.tensor([prompt + cont]), torch.ones(1, 7).long(), score
+        )
+    assert sum(got) == pytest.approx(float(total[0]), abs=1e-5)
 
 
 def test_evaluate_task_on_tiny_models(tiny_llama, tiny_bert):

@@ -68,9 +68,9 @@ def test_compare_generates_from_the_example_without_training(example, runs_dir, 
 
 
 def test_fp16_adapters_load_onto_the_base_models_precision(example):
-    from lab import generate, runs
+    from lab import completions, runs
 
-    arm_set = generate.load_arm_set(example, runs.load_run(example).config, device="cpu")
+    arm_set = completions.load_arm_set(example, runs.load_run(example).config, device="cpu")
     dtypes = {p.dtype for n, p in arm_set.model.named_parameters() if "lora_" in n}
     assert {str(d) for d in dtypes} == {"torch.float32"}  # cast to the base model's dtype
     assert arm_set.arms == ["lora", "pissa", "balora"]
@@ -102,7 +102,7 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
 def test_grid_arms_show_their_names_in_compare(tmp_path):
     """A lambda-grid arm is saved under a folder name (no dots) but shown and activated by the
     name the config gives it."""
-    from lab import generate, runs, trainer
+    from lab import completions, runs, trainer
     from lab.config import load_preset
 
     cfg = load_preset(
@@ -113,7 +113,7 @@ def test_grid_arms_show_their_names_in_compare(tmp_path):
     out = tmp_path / "grid"
     list(trainer.run(cfg, out))
     assert (out / "adapters" / "balora-0p05_0p005_0p005").is_dir()
-    arm_set = generate.load_arm_set(out, runs.load_run(out).config, device="cpu")
+    arm_set = completions.load_arm_set(out, runs.load_run(out).config, device="cpu")
     assert arm_set.arms == ["lora", "balora@0.05,0.005,0.005"]
-    rows = generate.side_by_side(arm_set, "Say something.", max_new_tokens=3, seed=0)
+    rows = completions.side_by_side(arm_set, "Say something.", max_new_tokens=3, seed=0)
     assert [r["arm"] for r in rows] == ["base", "lora", "balora@0.05,0.005,0.005"]

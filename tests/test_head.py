@@ -149,11 +149,11 @@ def _arm():
 
 
 def _batch(bundle, cfg):
-    from lab import data
+    from lab import encoding
     from lab.datasets import load_task_data
 
     td = load_task_data("sentiment", task="nlg", seed=0, max_train=8, max_eval=2)
-    return data.make_batch(bundle.tokenizer, td.train[:4], "nlg", cfg.train.seq_len)
+    return encoding.make_batch(bundle.tokenizer, td.train[:4], "nlg", cfg.train.seq_len)
 
 
 @pytest.mark.parametrize("teacher", ["model", "bfloat16"])

@@ -203,7 +203,7 @@ def test_get_manager_is_one_object_per_runs_root(tmp_path):
 
 def test_preflight_names_the_problem(tmp_path):
     from lab.config import load_preset
-    from lab.data import DataError
+    from lab.encoding import DataError
     from lab.models import ModelError
 
     with pytest.raises(ModelError, match="supports task nlu, not nlg"):
@@ -435,3 +435,19 @@ def _steps_limited():
 
     h = hosting.make("local")
     return dataclasses.replace(h, limits=dataclasses.replace(h.limits, steps=8))
+
+
+def test_one_run_id_rule_for_checks_status_and_listing(tmp_path):
+    from lab import hosting
+
+    good = ["example", "20260101-120000-tiny-ab12", "a.b_c-d", "a" * 120]
+    bad = ["", ".", "..", "../outside", "a/b", ".hidden", "-x", "a" * 121, None, 5]
+    assert all(hosting.is_run_id(r) for r in good)
+    assert not any(hosting.is_run_id(r) for r in bad)
+    for r in bad:
+        with pytest.raises(ValueError, match="not a run id"):
+            hosting.check_run_id(r)
+    mgr = manager(tmp_path)
+    (mgr.runs_root / "..x").mkdir(parents=True)  # a folder, but no run id
+    with pytest.raises(jobs.JobError, match="unknown run id"):
+        mgr.status("..x")

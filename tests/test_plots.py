@@ -347,3 +347,57 @@ def test_report_names_each_scored_benchmark_its_limitation_and_convention(tmp_pa
     page = html_report(run)
     assert "CrowS-Pairs (Nangia et al., 2020)" in page and "Blodgett" in page
     assert "Scoring convention:" in page and "BBQ (Parrish" not in page
+
+
+def test_the_app_and_the_report_draw_a_run_with_one_builder(tmp_path):
+    from lab import report
+    from lab.plots import run as run_plots
+    from lab.ui import figures
+
+    run = make_run(tmp_path)
+    page_figs = report.run_figures(run)
+    ui_figs = figures.run_figures(runs.load_run(run), keys=("loss", "metric", "drift", "spectra"))
+    weighted = figures.run_figures(runs.load_run(run), keys=("loss",), weighted=True)
+    for ui_key, report_key in (("loss", "loss"), ("metric", "task_metric"), ("drift", "drift"),
+                               ("spectra", "spectra")):  # fmt: skip
+        assert ui_figs[ui_key].to_json() == page_figs[report_key].to_json(), ui_key
+    assert weighted["loss"].to_json() == page_figs["loss_weighted"].to_json()
+    assert weighted["loss"].to_json() != ui_figs["loss"].to_json()  # the flag reaches the builder
+    # the report's Pareto plot is drawn from the points the Tune tab uses, one per trained arm
+    points = run_plots.pareto_points(run)
+    assert sorted(p["arm"] for p in points) == sorted(ARMS)
+    pareto = page_figs["pareto"]
+    assert {t.name for t in pareto.data} >= set(ARMS)
+    assert "drift" in pareto.layout.xaxis.title.text
+    with pytest.raises(KeyError, match="unknown figure"):
+        run_plots.run_figures(run, ("losses",))
+
+
+def test_a_cut_run_draws_only_its_past(tmp_path):
+    from lab.plots import run as run_plots
+
+    run = make_run(tmp_path)
+    early = run_plots.run_figures(run, ("loss",), upto_step=2)["loss"]
+    full = run_plots.run_figures(run, ("loss",))["loss"]
+    assert max(max(t.x) for t in early.data if t.x) == 2
+    assert max(max(t.x) for t in full.data if t.x) == 4
+
+
+def test_html_table_escapes_cells_and_marks_missing_values():
+    from lab.plots.tables import html_table
+
+    out = html_table(["arm", "<score>"], [["lora", 0.123456], ["pissa <b>", None]])
+    assert "<th>&lt;score&gt;</th>" in out and "<td>0.1235</td>" in out
+    assert "<td>pissa &lt;b&gt;</td>" in out and "<td>–</td>" in out
+    assert "<td></td>" in html_table(["a"], [[None]], missing="")
+    assert html_table(["a"], [], empty="none") == "<p class='none'>none</p>"
+    assert "<tbody></tbody>" in html_table(["a"], [])
+    assert "<td>{k: 1}</td>" in html_table(["a"], [[{"k": 1}]])
+
+
+def test_arm_colours_are_plotlys_d3_sequence():
+    import plotly.colors
+
+    d3 = [c.lower() for c in plotly.colors.qualitative.D3]
+    assert set(plots.ARM_COLORS.values()) <= set(d3)
+    assert plots.arm_color("lora#s1") == plots.ARM_COLORS["lora"] == d3[0]

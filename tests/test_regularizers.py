@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lab import regularizers as R
-from lab.data import IGNORE_INDEX, EncodedNLG, collate_nlg
+from lab.encoding import IGNORE_INDEX, EncodedNLG, collate_nlg
 from lab.regularizers import (
     DegenerateTermError,
     ba_lora_loss,

@@ -10,7 +10,7 @@ import yaml
 import lab.trainer as trainer
 from lab import events as schema
 from lab.config import load_preset
-from lab.data import DataError
+from lab.encoding import DataError
 from lab.runs import load_run, request_stop
 
 FAST = ["train.bias_eval=false", "train.analysis=false", "data.max_eval=4"]
@@ -101,7 +101,7 @@ def test_saved_adapters_reproduce_the_final_eval(tmp_path):
     """Each saved adapter, loaded on a fresh base, gives the same metrics and drift as the run."""
     from peft import PeftModel
 
-    from lab.analysis import snapshot
+    from lab.analysis import DriftBase, SnapshotRequest, snapshot
     from lab.datasets import evaluate_task, load_task_data
     from lab.models import load_model
 
@@ -121,13 +121,10 @@ def test_saved_adapters_reproduce_the_final_eval(tmp_path):
         snap = snapshot(
             model,
             load_model("tiny-llama").tokenizer,
+            SnapshotRequest("nlg", probes["texts"], probes["labels"], max_len=cfg.train.seq_len),
             arm=arm,
             step=0,
-            task="nlg",
-            texts=probes["texts"],
-            labels=probes["labels"],
-            base_context=model.disable_adapter,
-            max_len=cfg.train.seq_len,
+            base=DriftBase(context=model.disable_adapter),
         )
         assert snap.summary()["kl_to_base"] == pytest.approx(
             final[arm]["kl_to_base"], rel=1e-3, abs=1e-6

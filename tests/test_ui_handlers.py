@@ -507,7 +507,7 @@ def test_config_diff_shows_its_table_outside_the_collapsed_config(runs_dir):
 def test_counterfactual_difference_carries_a_welch_interval():
     from scipy import stats
 
-    from lab.generate import delta_interval
+    from lab.completions import delta_interval
 
     a, b = [-1.0, -1.2, -0.8, -1.1], [-2.0, -2.4, -1.9, -2.2, -2.1]
     low, high = delta_interval(a, b)

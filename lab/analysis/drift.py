@@ -1,5 +1,5 @@
-"""Drift from the base model: per-position KL(base || arm) in float32, and the base model's
-outputs kept in memory so that each arm needs one forward pass instead of two.
+"""Drift from the base model: per-position KL(base || arm) in float32, and the moments that let
+an arm measure it without a second base forward pass.
 
 For a causal LM whose frozen output head is a plain linear map z = h W^T + b, the base keeps,
 per position, only u = p_base W (H,) and c = sum_v p_base log p_base - p_base . b, because
@@ -8,13 +8,11 @@ per position, only u = p_base W (H,) and c = sum_v p_base log p_base - p_base . 
                     = c - h_arm . u + logsumexp(z_arm)
 
 (sum_v p_base = 1). That is H numbers per position instead of V, and an arm's drift costs one
-logsumexp over its logits. Otherwise the base keeps its log-probabilities, or its last hidden
-states when those would not fit the memory budget."""
+logsumexp over its logits. These moments are the only form in which the base's outputs are
+kept (:class:`lab.analysis.reference.BaseReference`); every other model measures its drift from
+a second, base forward pass (:func:`drift_per_text` on the two logits)."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,51 +46,13 @@ def kl_from_log_probs(log_arm: Tensor, log_base: Tensor, mask: Tensor | None = N
     return kl
 
 
-@dataclass
-class BaseReference:
-    """The base model's outputs on the probe texts, kept in memory (never saved) so each arm's
-    drift needs no second base forward. Per text: the logits (NLU (D,), NLG (L_i, V)), or for
-    NLG when those would exceed the memory budget, the last hidden states (L_i, H) that the base
-    model's output head turns into logits on use."""
-
-    key: str  # fingerprint of the tokenized probe texts
-    per_text: list[Tensor]
-    head: torch.nn.Module | None = None  # set when per_text holds hidden states
-    softcap: float | None = None
-    log_probs: bool = False  # per_text holds log-softmax outputs rather than raw logits
-    moments: bool = False  # per_text holds (L_i, H + 1) rows [u, c] (see the module doc)
-    head_key: tuple | None = None  # fingerprint of the head the moments were taken with
-
-    def logits(self, idx: Sequence[int], width: int) -> Tensor:
-        """Base logits of the texts ``idx``: (B, D) or right-padded (B, width, V)."""
-        rows = [self.per_text[i] for i in idx]
-        if rows[0].ndim == 1:
-            return torch.stack(rows)  # (B, D)
-        out = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))  # (B, T, V or H)
-        for r, x in enumerate(rows):
-            out[r, : x.shape[0]] = x
-        return out if self.head is None else head_logits(self.head, out, self.softcap)
-
-
-def head_logits(head: torch.nn.Module, hidden: Tensor, softcap: float | None) -> Tensor:
-    logits = head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits
-
-
-def drift_per_text(
-    logits: Tensor, base: Tensor, mask: Tensor, task: str, base_log_probs: bool = False
-) -> np.ndarray:
-    """Mean KL(base || arm) per text: over its non-pad positions (NLG, logits (B, T, V), mask
-    (B, T)) or of its class distribution (NLU, logits (B, D)). ``base_log_probs``: ``base``
-    holds log-softmax outputs (a kept reference) rather than logits."""
+def drift_per_text(logits: Tensor, base: Tensor, mask: Tensor, task: str) -> np.ndarray:
+    """Mean KL(base || arm) per text (float64), from the arm's and the base's logits: over its
+    non-pad positions (NLG, logits (B, T, V), mask (B, T)) or of its class distribution (NLU,
+    logits (B, D))."""
     if task == "nlu":
         return token_kl(logits, base).double().cpu().numpy()  # (B,)
-    if base_log_probs:
-        kl = kl_from_log_probs(F.log_softmax(logits.float(), dim=-1), base, mask)  # (B, T)
-    else:
-        kl = token_kl(logits, base, mask)  # (B, T)
+    kl = token_kl(logits, base, mask)  # (B, T)
     return (kl.sum(1) / mask.sum(1).clamp_min(1)).double().cpu().numpy()  # (B,)
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lab.data import DataError
 from lab.datasets.knobs import seeded_subset
+from lab.encoding import DataError
 
 from .formats import LOADERS, PRONOUNS, fill_template
 from .scores import ITEM_SEED, ci_score, continuation_logprobs, pearson_score
@@ -370,7 +370,7 @@ def score_target(
     """
     import yaml
 
-    from lab.generate import GenerateError, load_arm_set
+    from lab.completions import CompletionError, load_arm_set
     from lab.models import load_model
 
     run_dir = Path(target)
@@ -392,7 +392,7 @@ def score_target(
     if is_run:
         try:
             arm_set = load_arm_set(run_dir, config, device=device)
-        except GenerateError as e:
+        except CompletionError as e:
             raise DataError(str(e)) from None
         chosen = arms or ["base", *arm_set.arms]
         unknown = [a for a in chosen if a != "base" and a not in arm_set.arms]

@@ -15,7 +15,7 @@
   The occupation statistics are a CSV in the format of the shipped ``occupations.csv``
   (``occupation``, ``women_pct``, optional ``source``).
 
-Every reader raises :class:`lab.data.DataError` naming the file, the line and the problem.
+Every reader raises :class:`lab.encoding.DataError` naming the file, the line and the problem.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import json
 import re
 from pathlib import Path
 
-from lab.data import DataError
+from lab.encoding import DataError
 
 from .probes import load_occupations
 

@@ -15,7 +15,7 @@ import io
 import re
 from pathlib import Path
 
-from lab.data import DataError
+from lab.encoding import DataError
 
 PROBES_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "probes"
 PAIR_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from scipy import stats
 
-from lab.data import DataError
 from lab.datasets import TaskData, predict_labels, sequence_logprobs
 from lab.datasets.knobs import seeded_subset
+from lab.encoding import DataError, pad_batch
 from lab.stats import mean_interval
 
 from .probes import (
@@ -101,12 +101,7 @@ def sentence_logprob(model, tokenizer, texts: Sequence[str], *, batch_size: int 
     out = np.zeros(len(ids), dtype=np.float64)
     for s in range(0, len(order), batch_size):
         chunk = order[s : s + batch_size]
-        T = max(len(ids[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-        attention = torch.zeros((len(chunk), T), dtype=torch.long)
-        for b, i in enumerate(chunk):
-            input_ids[b, : len(ids[i])] = torch.tensor(ids[i])
-            attention[b, : len(ids[i])] = 1
+        input_ids, attention = pad_batch([ids[i] for i in chunk], pad)  # (B, T), right padding
         score = attention.bool().clone()  # (B, T): logits at t score token t + 1
         score[:, :-1] &= attention[:, 1:].bool()
         score[:, -1] = False
@@ -402,15 +397,10 @@ def continuation_logprobs(
     out = np.zeros(len(seqs), dtype=np.float64)
     for s in range(0, len(order), batch_size):
         chunk = order[s : s + batch_size]
-        T = max(len(seqs[i]) for i in chunk)
-        ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-        attention = torch.zeros((len(chunk), T), dtype=torch.long)
-        score = torch.zeros((len(chunk), T), dtype=torch.bool)  # logits at t score token t+1
+        ids, attention = pad_batch([seqs[i] for i in chunk], pad)  # (B, T), right padding
+        score = torch.zeros(ids.shape, dtype=torch.bool)  # logits at t score token t+1
         for b, i in enumerate(chunk):
-            n_ctx, n = len(pairs[i][0]), len(seqs[i])
-            ids[b, :n] = torch.tensor(seqs[i])
-            attention[b, :n] = 1
-            score[b, n_ctx - 1 : n - 1] = True
+            score[b, len(pairs[i][0]) - 1 : len(seqs[i]) - 1] = True
         if parts is None:
             lp = sequence_logprobs(model, ids, attention, score)
             out[chunk] = lp.double().cpu().numpy()

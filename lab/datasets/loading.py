@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.data import DataError
+from lab.config import check_value
+from lab.encoding import DataError
 
 from .knobs import flip_labels, imbalance_indices, largest_remainder, seeded_subset
 from .uploads import SUFFIXES, check_labels, records_to_rows, validate_upload
@@ -221,8 +222,8 @@ def load_task_data(
         raise DataError(f"task must be 'nlg' or 'nlu', got {task!r}")
     if not 0.0 <= label_noise < 1.0:
         raise DataError(f"label_noise must be in [0, 1), got {label_noise}")
-    if not 0.0 <= minority_fraction < 1.0:
-        raise DataError(f"minority_fraction must be in [0, 1), got {minority_fraction}")
+    if (bad := check_value("data.minority_fraction", minority_fraction)) is not None:
+        raise DataError(f"minority_fraction {bad}, got {minority_fraction}")
     for knob, v in (("max_train", max_train), ("max_eval", max_eval)):
         if v is not None and v < 1:
             raise DataError(f"{knob} must be at least 1, got {v}")

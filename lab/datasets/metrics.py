@@ -1,14 +1,15 @@
 """Task metrics on the clean test split: label scoring, classification heads, exact match.
 
 - classification + NLG: each label word is scored as the response (sum of the log-probs of the
-  response tokens after ``lab.data.prompt_text``, built by ``lab.data.encode_nlg`` exactly as in
-  training); the best-scoring label is the prediction.
+  response tokens after ``lab.encoding.prompt_text``, built by ``lab.encoding.encode_nlg``
+  exactly as in training); the best-scoring label is the prediction.
 - classification + NLU: argmax of the classification head's logits.
 - generation: greedy decoding, then exact match on the final number ("The answer is: N"), or
   on the whole normalised text when the reference has no number.
 
 ``sequence_logprobs`` is the shared primitive: the sum of log P(token t+1 | ..t) over the
-positions a mask selects, in float32, computing logits only from the first scored position.
+positions a mask selects, in float32, computing logits only from the first scored position;
+``token_logprobs`` gives the same log-probabilities token by token for one continuation.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
-from lab.data import (
+from lab.encoding import (
     DataError,
     collate_nlg,
     collate_nlu,
     encode_nlg,
+    pad_batch,
     prompt_ids,
     response_ids,
 )
@@ -48,14 +49,12 @@ def _accepts_logits_to_keep(model) -> bool:
     return _accepts(model, "logits_to_keep")
 
 
-def sequence_logprobs(
+def _scored_token_logprobs(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor
-) -> torch.Tensor:
-    """Per row, sum over t with ``score_mask[b, t]`` of log P(input_ids[b, t+1] | ..t). (B,)
-
-    ``score_mask`` has the shape of ``input_ids`` (B, T) and the shift of ``lab.data``'s
-    ``reg_mask``: the logits at t are scored against the token at t + 1.
-    """
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token log-probs (M,), their rows (M,)) of the M positions ``score_mask`` selects, in
+    row-major order: log P(input_ids[b, t+1] | ..t) in float32, the logits computed only from
+    the first scored position on."""
     dev = _device(model)
     input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
     score_mask = score_mask.to(dev).clone()
@@ -63,7 +62,8 @@ def sequence_logprobs(
     B, T = input_ids.shape
     cols = score_mask.any(dim=0).nonzero()
     if len(cols) == 0:
-        return torch.zeros(B, dtype=torch.float32, device=dev)
+        empty = torch.zeros(0, dtype=torch.float32, device=dev)
+        return empty, torch.zeros(0, dtype=torch.long, device=dev)
     start = int(cols[0])
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if start > 0 and _accepts_logits_to_keep(model):
@@ -75,8 +75,33 @@ def sequence_logprobs(
     picked = logits[mask].float()  # (M, V): only the scored positions, in float32
     targets = next_ids[mask]  # (M,)
     token_lp = picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
-    rows = mask.nonzero()[:, 0]  # (M,) row of each scored position
-    return torch.zeros(B, dtype=torch.float32, device=dev).index_add_(0, rows, token_lp)
+    return token_lp, mask.nonzero()[:, 0]  # (M,), (M,) row of each scored position
+
+
+def sequence_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor
+) -> torch.Tensor:
+    """Per row, sum over t with ``score_mask[b, t]`` of log P(input_ids[b, t+1] | ..t). (B,)
+
+    ``score_mask`` has the shape of ``input_ids`` (B, T) and the shift of ``lab.encoding``'s
+    ``reg_mask``: the logits at t are scored against the token at t + 1.
+    """
+    token_lp, rows = _scored_token_logprobs(model, input_ids, attention_mask, score_mask)
+    B = input_ids.shape[0]
+    return torch.zeros(B, dtype=torch.float32, device=token_lp.device).index_add_(0, rows, token_lp)
+
+
+@torch.inference_mode()
+def token_logprobs(model, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
+    """log P(each continuation token | the prompt and the tokens before it), float32, for one
+    prompt of token ids; empty for an empty continuation."""
+    if not continuation:
+        return []
+    ids = torch.tensor([[*prompt, *continuation]], dtype=torch.long)  # (1, P + C)
+    score = torch.zeros_like(ids, dtype=torch.bool)
+    score[0, len(prompt) - 1 : -1] = True  # the logits at P - 1 .. P + C - 2 predict C
+    token_lp, _ = _scored_token_logprobs(model, ids, torch.ones_like(ids), score)
+    return token_lp.tolist()
 
 
 @torch.inference_mode()
@@ -90,16 +115,10 @@ def heldout_ce(
     out = []
     for i in range(0, len(texts), batch_size):
         ids = [
-            torch.tensor(
-                tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_len)[
-                    "input_ids"
-                ],
-                dtype=torch.long,
-            )
+            tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_len)["input_ids"]
             for t in texts[i : i + batch_size]
         ]
-        input_ids = pad_sequence(ids, batch_first=True, padding_value=pad)  # right padding
-        attention = pad_sequence([torch.ones_like(x) for x in ids], batch_first=True)
+        input_ids, attention = pad_batch(ids, pad)  # (B, T), right padding
         score = torch.roll(attention, shifts=-1, dims=1).bool()  # t scored when t + 1 is a token
         score[:, -1] = False
         total = sequence_logprobs(model, input_ids, attention, score).double().cpu()
@@ -293,7 +312,7 @@ def predict_labels(
 
 
 @torch.inference_mode()
-def generate(
+def greedy_completions(
     model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 16
 ) -> list[str]:
     """Greedy continuations of each prompt (left-padded batches), special tokens removed."""
@@ -302,12 +321,8 @@ def generate(
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
         ids = [prompt_ids(tokenizer, p) for p in prompts[i : i + batch_size]]
-        T = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
-        attention = torch.zeros((len(ids), T), dtype=torch.long)
-        for b, x in enumerate(ids):  # left padding: every prompt ends at column T - 1
-            input_ids[b, T - len(x) :] = torch.tensor(x)
-            attention[b, T - len(x) :] = 1
+        input_ids, attention = pad_batch(ids, pad, side="left")  # every prompt ends at T - 1
+        T = input_ids.shape[1]
         out = model.generate(
             input_ids=input_ids.to(dev), attention_mask=attention.to(dev), max_new_tokens=max_new_tokens,
             do_sample=False, pad_token_id=pad,
@@ -438,7 +453,7 @@ def evaluate_task(
                 len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) for r in rows
             )
             max_new_tokens = min(longest + 16, 512)
-        outs = generate(
+        outs = greedy_completions(
             model,
             tokenizer,
             [r["prompt"] for r in rows],

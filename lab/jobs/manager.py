@@ -420,7 +420,7 @@ class JobManager:
         ``run``: the run directory already loaded by the caller, passed to :func:`run_status`."""
         job = self._jobs.get(run_id)
         if job is None:
-            ok = isinstance(run_id, str) and hosting_mod.RUN_ID.match(run_id)
+            ok = hosting_mod.is_run_id(run_id)
             path = self.runs_root / str(run_id)
             if not ok or not path.is_dir():
                 raise JobError(f"unknown run id {hosting_mod.snippet(run_id)}")

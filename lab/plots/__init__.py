@@ -2,12 +2,16 @@
 
 Every builder works from the run's events and saved analysis arrays alone (no model) and
 returns a figure for any input: with nothing to draw yet it returns ``empty_figure(message)``.
-Arms have fixed colours (base grey, lora blue, pissa orange, balora green) in every figure.
+Arms have fixed colours from plotly's D3 sequence (base grey, lora blue, pissa orange, balora
+green) in every figure.
 
 - ``common``    colours, the empty figure
 - ``training``  loss decomposition (raw and weighted), eval metrics, drift from the base model
 - ``spectra``   singular value spectra, intruder dimensions, joint t-SNE panels
 - ``bias``      bias scores with confidence intervals, Pareto plots
+- ``evidence``  paired differences between arms (forest plot)
+- ``run``       a run directory -> all its figures: the builder of the app's tabs and the report
+- ``tables``    rows -> an HTML table
 """
 
 from lab.plots.bias import (

@@ -12,10 +12,15 @@ import plotly.graph_objects as go
 from lab.arms import kind_of, unseeded
 from lab.config import ARM_ORDER, arm_key  # noqa: F401  (re-exported for the figure modules)
 
-ARM_COLORS = {"base": "#7f7f7f", "lora": "#1f77b4", "pissa": "#ff7f0e", "balora": "#2ca02c"}
-# Regularized grid arms (balora@L1,L2,L3): distinct colours of the balora family.
-_GRID = ["#98df8a", "#17becf", "#bcbd22", "#9467bd", "#8c564b", "#e377c2", "#d62728", "#0b5d1e"]
-_EXTRA = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728"]
+# Arm colours come from plotly's own D3 (category10) sequence: base grey, lora blue, pissa
+# orange, balora green.
+_D3 = [c.lower() for c in plotly.colors.qualitative.D3]
+ARM_COLORS = {"base": _D3[7], "lora": _D3[0], "pissa": _D3[1], "balora": _D3[2]}
+# Other arms take the D3 colours the plain arms leave free.
+_EXTRA = [_D3[i] for i in (4, 5, 6, 8, 9, 3)]
+# Regularized grid arms (balora@L1,L2,L3): the free D3 colours between a light and a dark
+# green of the balora family.
+_GRID = ["#98df8a", *(_D3[i] for i in (9, 8, 4, 5, 6, 3)), "#0b5d1e"]
 # Classes (t-SNE) take a palette disjoint from the arm colours above, plus a symbol each, so a
 # class is never read as an arm: plotly's Dark2 without its orange, green and grey.
 LABEL_COLORS = [plotly.colors.qualitative.Dark2[i] for i in (2, 3, 5, 6, 0)]

@@ -13,7 +13,7 @@ import gradio as gr
 from lab import plots, runs
 from lab.bias.benchmarks import BENCHMARKS, score_target
 from lab.bias.formats import LOADERS
-from lab.data import DataError
+from lab.encoding import DataError
 from lab.ui import common, figures
 
 HEADERS = ["arm", "score", "value", "CI low", "CI high", "n"]

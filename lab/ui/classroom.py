@@ -10,6 +10,7 @@ from lab import plots, runs
 from lab.ui import common, figures
 
 FIGURES = figures.ALL_FIGURES
+REPLAY_TICK_S = 0.8  # seconds between two replayed steps
 INTRO = (
     "A finished run of the **classroom-cpu** preset (SmolLM2-135M on the sentiment set, LoRA vs "
     "PiSSA vs BA-LoRA, 2 CPU cores), shipped with the app. Press **Replay** to watch it train "
@@ -121,7 +122,7 @@ def build(ui) -> None:
         ui.cls_play = gr.Button("▶ Replay", scale=0, elem_id="cls-play")
         ui.cls_pause = gr.Button("⏸ Pause", scale=0, elem_id="cls-pause")
     ui.cls_fig = figures.plot_panel(FIGURES, prefix="cls-")
-    ui.cls_timer = gr.Timer(0.8, active=False)
+    ui.cls_timer = gr.Timer(REPLAY_TICK_S, active=False)
     ui.cls_playing = gr.State(False)
     figs = ui.cls_fig.outputs()
     private = {"api_visibility": "private"}

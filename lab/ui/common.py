@@ -11,7 +11,6 @@ applies the hosting mode's ownership rule (``lab.hosting``).
 from __future__ import annotations
 
 import functools
-import html
 import inspect
 import logging
 import os
@@ -185,22 +184,6 @@ def resolve_run(run_id: str | None, owner: str | None = None, action: str = "rea
     return path
 
 
-def table_html(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f'<table class="lab-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
 def rounded(row: list) -> list:
     """A table row with its floats rounded to 4 digits for display."""
     return [round(v, 4) if isinstance(v, float) else v for v in row]
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

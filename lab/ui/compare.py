@@ -2,7 +2,7 @@
 
 Same seed and decoding for every model; beside each output, its log-likelihood under the base
 model; for a counterfactual pair (one group word swapped), both answers and the difference.
-The generation itself lives in :mod:`lab.generate`; the handlers here pick, call and format.
+The generation itself lives in :mod:`lab.completions`; the handlers here pick, call and format.
 """
 
 from __future__ import annotations
@@ -36,16 +36,16 @@ def pairs() -> list[tuple[str, str, str, str]]:
 
 def adapter_run_choices(owner: str | None = None) -> list[tuple[str, str]]:
     """Runs this visitor may see that have saved adapters (only those can generate)."""
-    from lab import generate  # torch: imported on first use, not when the app starts
+    from lab import completions  # torch: imported on first use, not when the app starts
 
     root = common.runs_root()
     example = (
-        [(EXAMPLE_LABEL, hosting.EXAMPLE_ID)] if generate.saved_arms(common.EXAMPLE_RUN) else []
+        [(EXAMPLE_LABEL, hosting.EXAMPLE_ID)] if completions.saved_arms(common.EXAMPLE_RUN) else []
     )
     return example + [
         (label, rid)
         for label, rid in common.run_choices(owner=owner)
-        if generate.saved_arms(root / rid)
+        if completions.saved_arms(root / rid)
     ]
 
 
@@ -125,7 +125,7 @@ def compare(
 ) -> tuple[str, list[dict[str, Any]]]:
     """-> (HTML, rows). A pair index, when given, wins over the prompt box. Sizes are checked
     against the hosting mode's limits before any model is loaded."""
-    from lab import generate
+    from lab import completions
 
     lim = common.hosting().limits
     max_new_tokens, seed = _whole(max_new_tokens, "max new tokens"), _whole(seed, "seed")
@@ -136,7 +136,7 @@ def compare(
     run_dir = common.resolve_run(run_id, owner)
     run = runs.load_run(run_dir)
     failed = failed_arms(run)
-    arm_set = generate.load_arm_set(run_dir, run.config)
+    arm_set = completions.load_arm_set(run_dir, run.config)
     arm_set.arms = [a for a in arm_set.arms if a not in failed]
     kwargs = {"max_new_tokens": max_new_tokens, "seed": seed, "do_sample": bool(sample)}
     if pair_index not in (None, ""):
@@ -145,9 +145,9 @@ def compare(
         if not 0 <= i < len(all_pairs):
             raise ValueError(f"no counterfactual pair number {i}")
         pair = all_pairs[i]
-        rows = generate.pair_side_by_side(arm_set, pair[0], pair[1], **kwargs)
+        rows = completions.pair_side_by_side(arm_set, pair[0], pair[1], **kwargs)
         return random_model_note(run) + render_pair(pair, rows) + render_failed(failed), rows
-    rows = generate.side_by_side(arm_set, prompt, **kwargs)
+    rows = completions.side_by_side(arm_set, prompt, **kwargs)
     return random_model_note(run) + render_single(prompt, rows) + render_failed(failed), rows
 
 

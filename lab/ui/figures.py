@@ -1,6 +1,8 @@
-"""A run on disk -> the figures and tables the tabs show (through ``lab.plots``, no model).
+"""A run on disk -> the plot panels and tables the tabs show (no model).
 
-``upto_step`` cuts a run at a step, which is how the classroom replay redraws the past.
+The figures come from :mod:`lab.plots.run`, the builder the HTML report uses too; this module
+lays them out in Gradio panels, each with a text summary. ``upto_step`` cuts a run at a step,
+which is how the classroom replay redraws the past.
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ from typing import Any
 import gradio as gr
 
 from lab import plots, runs
+from lab.plots import run as run_plots
+from lab.plots.run import (
+    headline_bias,
+    last_evals,
+    pareto_points,  # noqa: F401  (the Tune tab's points)
+)
 
 LABELS = {
     "loss": "Loss and each regularizer term",
@@ -86,19 +94,9 @@ def panel_skip(keys: tuple[str, ...]) -> list:
     return [gr.skip(), gr.skip()] * sum(1 for k in ORDER if k in keys)
 
 
-# The headline bias score of a task, and how far it is from "no bias".
-HEADLINE = {"nlg": ("stereo_pref", 0.5), "nlu": ("flip_rate", 0.0)}
-
-
-def cut(run: runs.Run, upto_step: int | None) -> runs.Run:
-    if upto_step is None:
-        return run
-    events = [e for e in run.events if int(e.get("step", 0)) <= upto_step]
-    return runs.Run(path=run.path, config=run.config, events=events, summary=run.summary)
-
-
 RUN_FIGURES = ("loss", "metric", "drift", "spectra", "tsne")  # what the Train tab follows
 ALL_FIGURES = (*RUN_FIGURES, "bias")  # a finished run (Classroom, Runs)
+BUILDER_NAMES = {"metric": "task_metric"}  # a panel's name -> the builder's, where they differ
 
 
 def run_figures(
@@ -109,56 +107,19 @@ def run_figures(
     weighted: bool = False,
 ) -> dict[str, Any]:
     """The figures named in ``keys`` (loss, metric, drift, spectra, tsne, bias) from the run's
-    files.
+    files, drawn by :func:`lab.plots.run.run_figures` (the HTML report's builder too).
 
     ``weighted`` draws the regularizer terms as added to the loss (lambda x raw).
     """
-    from lab import analysis  # torch and scikit-learn: loaded on first use, not at app start
-
-    run = cut(run, upto_step)
-    out: dict[str, Any] = {}
-    if "loss" in keys:
-        out["loss"] = plots.loss_figure(run.events, weighted=weighted)
-    if "metric" in keys:
-        out["metric"] = plots.metric_figure(run.events)
-    if "drift" in keys:
-        out["drift"] = plots.drift_figure(run.events)
-    if "bias" in keys:
-        out["bias"] = plots.bias_figure(plots.bias_rows(run.events))
-    if "spectra" not in keys and "tsne" not in keys:
-        return out
-    steps = [s for s in analysis.analysis_steps(run.path) if upto_step is None or s <= upto_step]
-    if "spectra" in keys:
-        out["spectra"] = spectra_figure(run.path, steps)
-    if "tsne" in keys:
-        out["tsne"] = tsne_figure(run.path, [s for s in steps if s > 0])
-    return out
-
-
-def spectra_figure(run_dir: Path, steps: list[int]) -> Any:
-    """Spectra of the latest analysed step, with the base model's (measured at step 0)."""
-    from lab import analysis
-
-    if not steps:
-        return plots.empty_figure("spectra appear at the first eval point")
-    return plots.spectra_figure(analysis.load_snapshots_with_base(run_dir, steps[-1]))
-
-
-def tsne_figure(run_dir: Path, steps: list[int]) -> Any:
-    """The joint t-SNE of the latest eval point that has one."""
-    from lab import analysis
-
-    for step in reversed(steps):
-        emb = analysis.load_embedding(run_dir, step)
-        if emb is not None:
-            probes = analysis.load_probe_texts(run_dir) or {}
-            labels = probes.get("labels")
-            return plots.tsne_figure(emb, labels, probes.get("label_names"))
-    return plots.empty_figure("t-SNE appears at the first eval point after step 0")
+    names = {k: BUILDER_NAMES.get(k, k) for k in keys}
+    if weighted and "loss" in names:
+        names["loss"] = "loss_weighted"
+    made = run_plots.run_figures(run, tuple(names.values()), upto_step=upto_step)
+    return {k: made[name] for k, name in names.items() if name in made}
 
 
 def pareto_figures(points: list[dict[str, Any]]) -> tuple[Any, Any]:
-    """Task metric against bias and against drift, one :func:`pareto_point` per finished run."""
+    """Task metric against bias and against drift, one point per trained arm of each finished run (:func:`pareto_points`)."""
     points = [p for p in points if p]
     if not points:
         empty = plots.empty_figure("points appear as the sweep's runs finish")
@@ -167,15 +128,6 @@ def pareto_figures(points: list[dict[str, Any]]) -> tuple[Any, Any]:
         plots.pareto_figure(points, x="bias", y="task_metric"),
         plots.pareto_figure(points, x="drift", y="task_metric"),
     )
-
-
-def last_evals(run: runs.Run) -> dict[str, dict]:
-    """The latest eval event of each arm (``base`` included)."""
-    out: dict[str, dict] = {}
-    for e in run.events:
-        if e.get("kind") == "eval":
-            out[e["arm"]] = e
-    return out
 
 
 BIAS_KEYS = ("arm", "score", "value", "ci_low", "ci_high", "n")
@@ -212,68 +164,6 @@ def summary_markdown(run: runs.Run) -> str:
 
 def _num(x: Any) -> str:
     return "–" if x is None else f"{x:.4g}"
-
-
-def headline_bias(ev: dict, config: dict) -> float | None:
-    """|score - neutral| of the task's headline bias score (0 = no bias), or None."""
-    name, neutral = HEADLINE.get(config.get("task", "nlg"), HEADLINE["nlg"])
-    s = (ev.get("bias") or {}).get(name)
-    return None if s is None else abs(float(s["value"]) - neutral)
-
-
-def pareto_points(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every trained arm of a run as a point: its task metric, bias and drift, labelled with
-    its lambdas (``balora@L1,L2,L3``) or its name."""
-    from lab import arms as arm_specs
-
-    run = runs.load_run(run_dir)
-    reg = (run.config or {}).get("reg") or {}
-    out = []
-    for arm, ev in sorted(last_evals(run).items(), key=lambda kv: arm_specs.order_key(kv[0])):
-        if arm == "base":
-            continue
-        _, lambdas = arm_specs.split(arm)
-        if lambdas is None and arm == "balora":
-            lambdas = (reg.get("lambda1"), reg.get("lambda2"), reg.get("lambda3"))
-        label = f"λ=({', '.join(str(x) for x in lambdas)})" if lambdas else ARM_LABELS.get(arm, arm)
-        out.append(
-            {
-                "run_id": run.path.name,
-                "arm": arm_specs.kind_of(arm) or arm,
-                "label": label,
-                "task_metric": ev.get("task_metric"),
-                "bias": headline_bias(ev, run.config or {}),
-                "drift": ev.get("kl_to_base"),
-            }
-        )
-    return out
-
-
-ARM_LABELS = {"lora": "LoRA", "pissa": "PiSSA", "balora": "BA-LoRA"}
-
-
-def pareto_point(run_dir: str | Path) -> dict[str, Any]:
-    """One run of a sweep as a point: its regularized arm's metric, bias and drift."""
-    run = runs.load_run(run_dir)
-    evs = last_evals(run)
-    arm = next((a for a in ("balora", "pissa", "lora") if a in evs), None)
-    if arm is None:
-        return {}
-    ev = evs[arm]
-    reg = (run.config or {}).get("reg") or {}
-    label = (
-        "LoRA"
-        if arm == "lora"
-        else f"λ=({reg.get('lambda1')}, {reg.get('lambda2')}, {reg.get('lambda3')})"
-    )
-    return {
-        "run_id": run.path.name,
-        "arm": arm,
-        "label": label,
-        "task_metric": ev.get("task_metric"),
-        "bias": headline_bias(ev, run.config or {}),
-        "drift": ev.get("kl_to_base"),
-    }
 
 
 # ---- evidence: paired differences between arms, read from the per-item records --------------

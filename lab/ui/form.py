@@ -1,7 +1,9 @@
 """The Setup form as data: widget values keyed by config path -> ``--set`` overrides -> a config.
 
 Only the fields that differ from the chosen preset become overrides, so a preset's other
-settings stay. Validation is the library's own (``lab.config``, ``lab.jobs.preflight``).
+settings stay. Validation is the library's own (``lab.config``, ``lab.jobs.preflight``), and
+the sliders' ranges and the choices come from the constraints ``lab.config`` declares. The
+widgets are matched to fields by name (:func:`ordered`), never by their position on the page.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import arms as arm_specs
-from lab import hosting, jobs
+from lab import config, hosting, jobs
 from lab.config import ConfigError, RunConfig, list_presets, load_preset, preset_path
 
 EMBEDDED_MODELS = ["smollm2-135m", "gemma3-270m", "minilm-l6", "tiny-llama", "tiny-bert"]
@@ -74,6 +76,65 @@ FIELD_LABELS = {
     "bias.winogender": "WinoGender file",
     "bias.winogender_stats": "Occupation statistics file",
 }
+# Sliders: each end comes from the field's declared constraints (``lab.config``); an exclusive
+# bound moves in by one step, and a field without an upper bound shows a useful range up to
+# the number here. path -> (the largest value shown where the field has no upper bound, step)
+SLIDERS: dict[str, tuple[float | None, float]] = {
+    "data.label_noise": (0.5, 0.05),
+    "data.minority_fraction": (None, 0.05),
+    "reg.lambda1": (0.5, 0.005),
+    "reg.lambda2": (0.1, 0.001),
+    "reg.lambda3": (0.1, 0.001),
+    "reg.temperature": (5, 0.5),
+    "reg.top_k": (100, 1),
+    "reg.svd_k": (32, 1),
+    "train.batch_size": (32, 1),
+    "lora.rank": (64, 1),
+}
+
+
+def slider_range(path: str) -> dict[str, float]:
+    """``minimum``, ``maximum`` and ``step`` of the slider of config field ``path``, read from
+    its declared constraints: every value the slider offers passes validation."""
+    shown_max, step = SLIDERS[path]
+    rules = config.rules(path)
+    if "ge" in rules:
+        low = rules["ge"]
+    elif "gt" in rules:
+        low = rules["gt"] + step
+    else:
+        raise KeyError(f"{path}: declares no lower bound for a slider")
+    if "le" in rules:
+        high = rules["le"]
+    elif "lt" in rules:
+        high = rules["lt"] - step
+    else:
+        high = None
+    if shown_max is not None:
+        high = shown_max if high is None else min(high, shown_max)
+    if high is None:
+        raise KeyError(f"{path}: needs a largest value to show (SLIDERS)")
+    return {"minimum": round(low, 10), "maximum": round(high, 10), "step": step}
+
+
+def choices(path: str) -> tuple:
+    """The allowed values of config field ``path``, as declared."""
+    return config.rules(path)["choices"]
+
+
+def ordered(components: dict[str, Any]) -> list:
+    """The form's components in ``FIELDS`` order, from ``{config path: component}``: the
+    handlers' values are matched to fields by name, so a widget can never fill another field."""
+    missing = [f for f in FIELDS if f not in components]
+    extra = [k for k in components if k not in FIELDS]
+    if missing or extra:
+        raise ValueError(
+            f"the form's widgets do not match its fields: missing {missing or 'none'}, "
+            f"not fields {extra or 'none'}"
+        )
+    return [components[f] for f in FIELDS]
+
+
 ERROR_CLASS = "field-error"
 # The mapping dropdowns shown when an upload's columns do not match the task: one per role.
 UPLOAD_LABEL = "Upload your own data"

@@ -164,7 +164,7 @@ def build_app() -> gr.Blocks:
         )
         owned.then(tune.on_refresh, ui.owner, ui.tune_pick, **private)
         owned.then(bias.on_refresh_targets, ui.owner, ui.bias_target, **private)
-        demo.load(setup.on_page_load, ui.dataset, ui.dataset, **private)
+        demo.load(setup.on_page_load, ui.fields["data.name"], ui.fields["data.name"], **private)
         demo.load(classroom.on_open, None, classroom.outputs(ui), **private)
         gr.api(api_start, api_name="start")
         gr.api(api_status, api_name="status")

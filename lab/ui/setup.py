@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from lab import hosting, jobs
-from lab.config import TEACHER_CHOICES, ConfigError, list_presets, load_preset
+from lab.config import TEACHER_CHOICES, ConfigError, check_value, list_presets, load_preset
 from lab.ui import common
 from lab.ui.form import (
     ARM_CHOICES,
@@ -26,6 +26,7 @@ from lab.ui.form import (
     UPLOAD_LABEL,
     USER_ERRORS,
     check_form,
+    choices,
     columns_text,
     config_value,
     dataset_choices,
@@ -35,9 +36,11 @@ from lab.ui.form import (
     form_values,
     highlight,
     name_the_field,
+    ordered,
     preset_note,
     preset_values,
     role_error,
+    slider_range,
 )
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_-]+")
@@ -241,8 +244,8 @@ def on_upload(path: str | None, task: str, owner: str | None = None):
 def _roles(task: str) -> tuple[str, str]:
     from lab.datasets.uploads import ROLES
 
-    if task not in ROLES:
-        raise ValueError(f"task: must be nlg or nlu, got {task!r}")
+    if (bad := check_value("task", task)) is not None:
+        raise ValueError(f"task: {bad}")
     return ROLES[task]
 
 
@@ -361,9 +364,12 @@ def on_page_load(current: str | None):
 
 
 def build(ui) -> None:
-    """Create the Setup tab's widgets on ``ui`` (a namespace shared by the tabs) and wire them."""
+    """Create the Setup tab's widgets and wire them. The form's widgets are kept by config path
+    in ``ui.fields`` (``ui.form``: the same widgets in ``FIELDS`` order, for the handlers); the
+    namespace shared by the tabs holds no other name for them."""
     preset = default_preset()
     v = preset_values(preset)
+    f: dict[str, Any] = {}  # config path -> its widget: the form is matched to fields by name
     with gr.Row():
         ui.preset = gr.Dropdown(
             list_presets(),
@@ -385,26 +391,26 @@ def build(ui) -> None:
         ui.estimate_btn = gr.Button("Measure time per step", elem_id="estimate-btn")
     ui.setup_msg = gr.Markdown(elem_id="setup-msg")
     with gr.Row():
-        ui.task = gr.Radio(
-            ["nlg", "nlu"],
+        f["task"] = gr.Radio(
+            list(choices("task")),
             value=v["task"],
             label="Task type",
             info="nlg: the model writes an answer (causal LM). nlu: it picks a class (classifier head).",
         )
-        ui.model = gr.Dropdown(
+        f["model.name"] = gr.Dropdown(
             EMBEDDED_MODELS,
             value=v["model.name"],
             label="Base model",
             info="Embedded models work offline; tiny-* are random toy models for quick tries.",
         )
-        ui.model_custom = gr.Textbox(
+        f["model.custom"] = gr.Textbox(
             value=v["model.custom"],
             label="…or a hub id / local folder",
             placeholder="org/model-name or /path/to/model",
             info="When filled, this is used instead of the dropdown (a hub id needs a network).",
         )
     with gr.Row():
-        ui.dataset = gr.Dropdown(
+        f["data.name"] = gr.Dropdown(
             [v["data.name"]],  # the full list is filled in on page load (see on_page_load)
             value=v["data.name"],
             allow_custom_value=True,
@@ -433,25 +439,21 @@ def build(ui) -> None:
         ui.map_btn = gr.Button("Use these columns", elem_id="map-btn")
     ui.map_pending = gr.State(None)  # the upload waiting for its mapping: path and columns
     ui.mapped = gr.State({})  # dataset path -> its mapping, for a dataset picked again by hand
-    ui.columns = gr.Textbox(v["data.columns"], visible=False)  # the data.columns field
+    f["data.columns"] = gr.Textbox(v["data.columns"], visible=False)
     with gr.Row():
-        ui.noise = gr.Slider(
-            0,
-            0.5,
+        f["data.label_noise"] = gr.Slider(
+            **slider_range("data.label_noise"),
             value=v["data.label_noise"],
-            step=0.05,
             label="Label noise",
             info="Fraction of training labels flipped on purpose: does the method resist noisy data?",
         )
-        ui.minority = gr.Slider(
-            0,
-            0.45,
+        f["data.minority_fraction"] = gr.Slider(
+            **slider_range("data.minority_fraction"),
             value=v["data.minority_fraction"],
-            step=0.05,
             label="Minority share",
             info="0 keeps the classes as they are; 0.1 makes one class only 10% of training data.",
         )
-    ui.arms = gr.CheckboxGroup(
+    f["arms"] = gr.CheckboxGroup(
         ARM_CHOICES,
         value=v["arms"],
         label="Arms",
@@ -459,91 +461,75 @@ def build(ui) -> None:
     )
     with gr.Accordion("BA-LoRA regularizers", open=True):
         with gr.Row():
-            ui.l1 = gr.Slider(
-                0,
-                0.5,
+            f["reg.lambda1"] = gr.Slider(
+                **slider_range("reg.lambda1"),
                 value=v["reg.lambda1"],
-                step=0.005,
                 label="λ1 consistency",
                 info="Pulls the model's outputs toward the original model's (limits forgetting).",
             )
-            ui.l2 = gr.Slider(
-                0,
-                0.1,
+            f["reg.lambda2"] = gr.Slider(
+                **slider_range("reg.lambda2"),
                 value=v["reg.lambda2"],
-                step=0.001,
                 label="λ2 diversity",
                 info="Rewards spread-out predictions (fights collapse onto a few answers).",
             )
-            ui.l3 = gr.Slider(
-                0,
-                0.1,
+            f["reg.lambda3"] = gr.Slider(
+                **slider_range("reg.lambda3"),
                 value=v["reg.lambda3"],
-                step=0.001,
                 label="λ3 SVD",
                 info="Rewards outputs dominated by a few strong directions (keeps what generalises).",
             )
         with gr.Row():
-            ui.temperature = gr.Slider(
-                0.5,
-                5,
+            f["reg.temperature"] = gr.Slider(
+                **slider_range("reg.temperature"),
                 value=v["reg.temperature"],
-                step=0.5,
                 label="T (temperature)",
                 info="Softens both models' outputs before comparing them in the consistency term.",
             )
-            ui.top_k = gr.Slider(
-                2,
-                100,
+            f["reg.top_k"] = gr.Slider(
+                **slider_range("reg.top_k"),
                 value=v["reg.top_k"],
-                step=1,
                 label="top-K",
                 info="The diversity term looks at the K most likely next tokens (NLG).",
             )
-            ui.svd_k = gr.Slider(
-                1,
-                32,
+            f["reg.svd_k"] = gr.Slider(
+                **slider_range("reg.svd_k"),
                 value=v["reg.svd_k"],
-                step=1,
                 label="SVD k",
                 info="How many top singular values the SVD term rewards.",
             )
-            ui.teacher_dtype = gr.Dropdown(
-                [(f"{key}: {label}", key) for key, label in TEACHER_CHOICES.items()],
+            f["reg.teacher_dtype"] = gr.Dropdown(
+                [(f"{key}: {TEACHER_CHOICES[key]}", key) for key in choices("reg.teacher_dtype")],
                 value=v["reg.teacher_dtype"],
                 label="Teacher precision",
                 info="model (default): the exact pre-trained outputs. The bf16 choices are "
                 "opt-in speed settings; the run summary records which one was used.",
             )
     with gr.Row():
-        ui.steps = gr.Number(
+        f["train.steps"] = gr.Number(
             value=v["train.steps"],
             precision=0,
             label="Steps",
             info="Optimizer steps per arm; each step sees one batch.",
         )
-        ui.batch = gr.Slider(
-            1,
-            32,
+        f["train.batch_size"] = gr.Slider(
+            **slider_range("train.batch_size"),
             value=v["train.batch_size"],
-            step=1,
             label="Batch size",
             info="Examples per step; larger is steadier but slower.",
         )
-        ui.lr = gr.Number(
+        f["train.lr"] = gr.Number(
             value=v["train.lr"],
             label="Learning rate",
             info="Step size of the adapter updates (around 1e-4 to 1e-3 for LoRA).",
         )
-        ui.rank = gr.Slider(
-            1,
-            64,
+        f["lora.rank"] = gr.Slider(
+            **slider_range("lora.rank"),
             value=v["lora.rank"],
-            step=1,
             label="Rank",
             info="Width of the low-rank update: more capacity, more parameters.",
         )
-        ui.eval_every = gr.Number(
+        f["train.eval_every"] = gr.Number(
             value=v["train.eval_every"],
             precision=0,
             label="Evaluate every",
@@ -557,52 +543,49 @@ def build(ui) -> None:
             "the run scores it the way lm-evaluation-harness does. The **Bias** tab explains "
             "each benchmark's limitation and scoring convention."
         )
-        ui.bench_paths = {}
         with gr.Row():
             for kind in BENCH_KINDS:
                 label = FIELD_LABELS[f"bias.{kind}"]
-                ui.bench_paths[kind] = gr.Textbox(v[f"bias.{kind}"], visible=False)
+                f[f"bias.{kind}"] = gr.Textbox(v[f"bias.{kind}"], visible=False)
                 btn = gr.UploadButton(
                     f"Upload {label}", file_count="single", type="filepath",
                     elem_id=f"setup-upload-{kind.replace('_', '-')}",
                 )  # fmt: skip
                 ui.bench_buttons = getattr(ui, "bench_buttons", {}) | {kind: btn}
         ui.bench_msg = gr.Markdown(elem_id="setup-bench-msg")
-    ui.form = [
-        ui.model, ui.model_custom, ui.task, ui.dataset, ui.columns, ui.noise, ui.minority, ui.arms,
-        ui.l1, ui.l2, ui.l3, ui.temperature, ui.top_k, ui.svd_k, ui.teacher_dtype,
-        ui.steps, ui.batch, ui.lr, ui.rank, ui.eval_every,
-        *(ui.bench_paths[k] for k in BENCH_KINDS),
-    ]  # fmt: skip
+    ui.fields = f
+    ui.form = ordered(f)  # the widgets in FIELDS order, each found by its field's name
 
     # our own status text in the message lines, never Gradio's timer over them
     private = {"api_visibility": "private", "show_progress": "hidden"}
     ui.preset.change(on_preset, ui.preset, ui.form + [ui.preset_note, ui.setup_msg], **private)
-    ui.task.input(
+    f["task"].input(
         on_task,
-        [ui.preset, ui.task, ui.model],
-        [ui.model, ui.l1, ui.l2, ui.l3, ui.svd_k, ui.setup_msg],
+        [ui.preset, f["task"], f["model.name"]],
+        [*(f[k] for k in TASK_FIELDS), ui.setup_msg],  # by name, as on_task returns them
         **private,
     )
-    ui.task.input(on_mapping_task, [ui.task, ui.map_pending], [ui.map_first, ui.map_second],
+    f["task"].input(on_mapping_task, [f["task"], ui.map_pending], [ui.map_first, ui.map_second],
                   **private)  # fmt: skip
     ui.upload.upload(
         on_upload,
-        [ui.upload, ui.task, ui.owner],
-        [ui.upload_msg, ui.dataset, ui.columns, ui.map_box, ui.map_first, ui.map_second,
+        [ui.upload, f["task"], ui.owner],
+        [ui.upload_msg, f["data.name"], f["data.columns"], ui.map_box, ui.map_first, ui.map_second,
          ui.map_pending],
         **private,
     )  # fmt: skip
     ui.map_btn.click(
         on_map,
-        [ui.map_pending, ui.task, ui.map_first, ui.map_second, ui.owner, ui.mapped],
-        [ui.upload_msg, ui.dataset, ui.columns, ui.map_box, ui.mapped],
+        [ui.map_pending, f["task"], ui.map_first, ui.map_second, ui.owner, ui.mapped],
+        [ui.upload_msg, f["data.name"], f["data.columns"], ui.map_box, ui.mapped],
         **private,
     )
-    ui.dataset.input(on_dataset_input, [ui.dataset, ui.mapped], ui.columns, **private)
+    f["data.name"].input(
+        on_dataset_input, [f["data.name"], ui.mapped], f["data.columns"], **private
+    )
     for kind, btn in ui.bench_buttons.items():
         btn.upload(
-            ON_BENCH_UPLOAD[kind], [btn, ui.owner], [ui.bench_msg, ui.bench_paths[kind]], **private
+            ON_BENCH_UPLOAD[kind], [btn, ui.owner], [ui.bench_msg, f[f"bias.{kind}"]], **private
         )
     ui.check_btn.click(
         on_check, [ui.owner, ui.preset] + ui.form, [ui.setup_msg] + ui.form, **private

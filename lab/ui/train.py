@@ -14,9 +14,11 @@ import gradio as gr
 
 from lab import hosting, jobs, runs
 from lab.jobs import checks
+from lab.plots.tables import html_table
 from lab.ui import common, figures, form, setup, zerogpu
 
 FIGURES = figures.RUN_FIGURES
+POLL_S = 1.5  # seconds between two reads of the followed run
 STATE_ICON = {
     "queued": "⏳",
     "starting": "🚀",
@@ -81,7 +83,7 @@ def queue_html(mgr: jobs.JobManager, owner: str | None = None) -> str:
          j.state]
         for j in order
     ]  # fmt: skip
-    return common.table_html(["position", "run", "state"], rows)
+    return html_table(["position", "run", "state"], rows)
 
 
 @common.guarded
@@ -201,7 +203,7 @@ def build(ui) -> None:
         info="Off: each regularizer term as computed. On: as added to the loss (λ × term).",
     )
     ui.train_fig = figures.plot_panel(FIGURES)
-    ui.timer = gr.Timer(1.5)
+    ui.timer = gr.Timer(POLL_S)
     outs = [
         ui.train_status, ui.progress, ui.queue, ui.stop_btn,
         *ui.train_fig.outputs(), ui.seen,

@@ -23,6 +23,7 @@ from lab.ui import common, figures, form
 from lab.ui import runs as runs_tab
 
 MAX_POINTS = 12
+POLL_S = 3.0  # seconds between two reads of the sweep table
 SWEEP = re.compile(r"^tune-[0-9a-f]{4}$")
 
 
@@ -97,8 +98,8 @@ def list_sweeps(owner: str | None = None) -> list[str]:
 
 
 def sweep_table(run_ids: list[str]) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    """(table rows, the Pareto points of the finished runs): one row and one point per arm,
-    each run read once."""
+    """(table rows, the Pareto points of the finished runs): one row and one point per arm.
+    A finished run is read twice: by its status and by its Pareto points."""
     mgr = common.manager()
     rows, points = [], []
     for rid in run_ids:
@@ -224,7 +225,7 @@ def build(ui) -> None:
             waiting, label="Task metric vs drift (KL(base‖arm) on held-out texts)"
         )
     ui.tune_seen = gr.State(None)
-    ui.tune_timer = gr.Timer(3.0)
+    ui.tune_timer = gr.Timer(POLL_S)
 
 
 def wire(ui) -> None:

@@ -18,6 +18,8 @@ import spaces
 from lab import chunks, hosting
 from lab.ui import common
 
+DRIVE_S = 1.0  # seconds between two checks that start the next chunk
+
 
 def _duration(call: dict) -> int:
     """The GPU seconds asked for: the call's budget (``BALORA_ZEROGPU_BUDGET_S``)."""
@@ -85,7 +87,7 @@ def note(settings: chunks.Settings) -> str:
 
 def wire(ui) -> None:
     """The chunk timer of the Train tab (built only in chunked mode)."""
-    ui.chunk_timer = gr.Timer(1.0)
+    ui.chunk_timer = gr.Timer(DRIVE_S)
     ui.chunk_timer.tick(
         on_drive,
         [ui.followed, ui.owner],

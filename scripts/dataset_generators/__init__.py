@@ -3,6 +3,7 @@
 ``build(name)`` returns ``{"info": dict, "train": rows, "test": rows}``; ``render`` turns that
 into the exact text of each file in ``assets/datasets/<name>/``. ``scripts/make_datasets.py``
 writes the files; a test checks that the committed files are what the generators produce.
+Build-time only: the lab reads the shipped files and never imports this package.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 IGNORE_INDEX = -100
 
@@ -89,22 +90,27 @@ def encode_nlg(tokenizer, example: dict, seq_len: int) -> EncodedNLG:
     return EncodedNLG(input_ids=p + r, labels=[IGNORE_INDEX] * len(p) + r)
 
 
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists padded with ``pad_id`` to the longest: (ids, attention_mask), both (B, T)
+    long, the mask 1 on the tokens. ``side``: "right" (training, scoring) or "left" (decoding,
+    every row ending in the last column)."""
+    rows = [torch.tensor(x, dtype=torch.long) for x in seqs]
+    ids = pad_sequence(rows, batch_first=True, padding_value=pad_id, padding_side=side)
+    mask = pad_sequence([torch.ones_like(x) for x in rows], batch_first=True, padding_side=side)
+    return ids, mask
+
+
 def collate_nlg(items: Sequence[EncodedNLG], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch. Returns input_ids, attention_mask, labels (B, T) and reg_mask (B, T).
 
     ``reg_mask[b, t]`` is True when ``labels[b, t + 1]`` is a response token: the logits at t
     are the ones scored against label t+1, exactly as in the shifted cross-entropy.
     """
-    T = max(len(x.input_ids) for x in items)
-    B = len(items)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    attention = torch.zeros((B, T), dtype=torch.long)
-    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
-    for i, x in enumerate(items):
-        n = len(x.input_ids)
-        input_ids[i, :n] = torch.tensor(x.input_ids)
-        attention[i, :n] = 1
-        labels[i, :n] = torch.tensor(x.labels)
+    input_ids, attention = pad_batch([x.input_ids for x in items], pad_id)  # (B, T)
+    labels, _ = pad_batch([x.labels for x in items], IGNORE_INDEX)  # (B, T)
+    B, T = input_ids.shape
     reg_mask = torch.zeros((B, T), dtype=torch.bool)
     reg_mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # (B, T): logits at t predict label t+1
     return {

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lab import runs
+from lab import encoding, runs
 from lab.config import ARMS
-from lab.data import prompt_ids as data_prompt_ids
+from lab.datasets.metrics import token_logprobs
 from lab.models import load_model
 
 
-class GenerateError(ValueError):
+class CompletionError(ValueError):
     """A run that cannot be used for generation (no adapters, empty prompt, unknown arm)."""
 
 
@@ -74,7 +74,7 @@ def load_arm_set(run_dir: str | Path, config: dict, device: str = "auto") -> Arm
     run_dir = Path(run_dir)
     arms = saved_arms(run_dir)
     if not arms:
-        raise GenerateError(
+        raise CompletionError(
             f"run {run_dir.name} has no saved adapters yet (it saves them when training ends or stops)"
         )
     m = config.get("model") or {}
@@ -115,24 +115,12 @@ def _label_names(run_dir: Path) -> list[str] | None:
     return json.loads(path.read_text(encoding="utf-8")).get("label_names")
 
 
-@torch.no_grad()
 def base_token_logprobs(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> list[float]:
     """log p_base of each continuation token given the prompt and the tokens before it
-    (float32); empty for an empty continuation."""
-    if not cont_ids:
-        return []
-    ids = torch.tensor([prompt_ids + cont_ids], device=arm_set.device)  # (1, P + C)
+    (float32, :func:`lab.datasets.metrics.token_logprobs`); empty for an empty
+    continuation."""
     with arm_set.model.disable_adapter():
-        logits = arm_set.model(input_ids=ids).logits.float()  # (1, P + C, V)
-    logp = torch.log_softmax(logits[0, len(prompt_ids) - 1 : -1], dim=-1)  # (C, V): predicts C
-    target = torch.tensor(cont_ids, device=arm_set.device)
-    return logp.gather(1, target[:, None])[:, 0].tolist()
-
-
-def base_loglik(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> tuple[float, int]:
-    """(sum of log p_base(continuation | prompt), number of continuation tokens), in float32."""
-    per_token = base_token_logprobs(arm_set, prompt_ids, cont_ids)
-    return float(sum(per_token)), len(per_token)
+        return token_logprobs(arm_set.model, prompt_ids, cont_ids)
 
 
 @torch.no_grad()
@@ -235,12 +223,12 @@ def side_by_side(
     ``loglik`` is the base model's log-likelihood of that model's output given the prompt.
     """
     if not prompt or not prompt.strip():
-        raise GenerateError("the prompt is empty: type a prompt or pick a counterfactual pair")
+        raise CompletionError("the prompt is empty: type a prompt or pick a counterfactual pair")
     if max_new_tokens < 1:
-        raise GenerateError(f"max new tokens must be at least 1, got {max_new_tokens}")
+        raise CompletionError(f"max new tokens must be at least 1, got {max_new_tokens}")
     if arm_set.task == "nlu":
         return _classify(arm_set, prompt)
-    prompt_ids = data_prompt_ids(arm_set.tokenizer, prompt)
+    prompt_ids = encoding.prompt_ids(arm_set.tokenizer, prompt)
     settings = dict(
         max_new_tokens=max_new_tokens,
         seed=seed,
