@@ -401,3 +401,16 @@ def test_arm_colours_are_plotlys_d3_sequence():
     d3 = [c.lower() for c in plotly.colors.qualitative.D3]
     assert set(plots.ARM_COLORS.values()) <= set(d3)
     assert plots.arm_color("lora#s1") == plots.ARM_COLORS["lora"] == d3[0]
+
+
+def test_tsne_panels_of_many_seeded_arms_wrap_onto_rows():
+    arms = ["base"] + [f"{a}#s{s}" for s in (0, 1) for a in ("lora", "pissa", "balora")]
+    rng = np.random.default_rng(0)
+    emb = {"coords": {a: rng.normal(size=(6, 2)).tolist() for a in arms}}
+    fig = plots.tsne_figure(emb, np.arange(6) % 2, ["neg", "pos"])
+    layout = fig.to_plotly_json()["layout"]
+    x_domains = {tuple(v["domain"]) for k, v in layout.items() if k.startswith("xaxis")}
+    y_domains = {tuple(v["domain"]) for k, v in layout.items() if k.startswith("yaxis")}
+    assert len(x_domains) == 4 and len(y_domains) == 2  # 7 panels: 4 columns, 2 rows
+    one_row = plots.tsne_figure({"coords": {a: emb["coords"][a] for a in arms[:4]}}, None)
+    assert fig.layout.height > one_row.layout.height

@@ -153,6 +153,10 @@ def intruders_figure(snaps: Mapping[str, object]) -> go.Figure:
     return fig
 
 
+TSNE_MAX_COLS = 4  # panels per row: four stacked titles still fit side by side at 420 px
+TSNE_ROW_PX = 300  # the height each further row of panels adds
+
+
 def tsne_figure(
     embedding: Mapping | None,
     labels: Sequence[int] | np.ndarray | None,
@@ -184,12 +188,15 @@ def tsne_figure(
             bits.append(f"eff. rank {eff[arm]:.1f}")
         return f"<b>{arm}</b>" + "".join(f"<br>{b}" for b in bits)  # stacked: fits 420 px
 
+    cols = min(len(arms), TSNE_MAX_COLS)
+    rows = -(-len(arms) // cols)  # several seeds: the panels wrap onto more rows
     fig = make_subplots(
-        rows=1,
-        cols=len(arms),
+        rows=rows,
+        cols=cols,
         subplot_titles=[title(a) for a in arms],
         shared_yaxes=True,
         horizontal_spacing=0.03,
+        vertical_spacing=0.3 / rows if rows > 1 else 0.0,
     )
     groups = [v.item() for v in np.unique(labels)]
     for k, arm in enumerate(arms):
@@ -216,8 +223,8 @@ def tsne_figure(
                         "opacity": 0.8,
                     },
                 ),
-                row=1,
-                col=k + 1,
+                row=k // cols + 1,
+                col=k % cols + 1,
             )
     fig.update_annotations(font_size=11)  # the stacked panel titles
     fig.update_xaxes(matches="x")  # one coordinate system for every panel
@@ -225,7 +232,7 @@ def tsne_figure(
     method = "joint t-SNE" if (embedding or {}).get("method", "tsne") == "tsne" else "joint PCA"
     fig.update_layout(
         title=f"Hidden states of the probe texts ({method})",
-        height=440,
+        height=440 + TSNE_ROW_PX * (rows - 1),
         **LAYOUT,
     )
     return fig
