@@ -4,7 +4,8 @@ One PEFT model holds the base weights exactly as loaded (fp32, bf16 or 4-bit) an
 
 - a LoRA-init arm: one trainable adapter (B0 = 0), so the arm is W + s B A.
 - a PiSSA-init arm: a trainable adapter initialised to the top-r SVD factors (A0, B0) of W, and
-  a frozen adapter holding (A0, -B0) (no dropout), so the arm is W - s B0 A0 + s B A: the same
+  a frozen adapter holding (A0, -B0) (no dropout; one per seed, shared by the PiSSA arms of
+  that seed, which all start from the same factors), so the arm is W - s B0 A0 + s B A: the same
   function as PEFT's PiSSA init, which instead rewrites the base weight to the residual
   W - s B0 A0 (and, on a 4-bit base, re-quantizes it). Here the base is never written.
 
@@ -42,7 +43,7 @@ class ArmAdapters:
 
     spec: ArmSpec
     trainable: str  # e.g. "arm01"
-    frozen_init: str | None  # e.g. "ini01": (A0, -B0) of a PiSSA arm; None for LoRA init
+    frozen_init: str | None  # e.g. "ini_s0": (A0, -B0) of seed 0's PiSSA arms; None for LoRA
 
 
 def target_modules_for(model: torch.nn.Module, requested: list[str]) -> list[str] | str:
@@ -157,10 +158,13 @@ def build(
             model.add_adapter(trainable, cfg)
         frozen = None
         if spec.init == "pissa":
-            frozen = f"ini{i:02d}"
-            init_cfg = copy.deepcopy(cfg)
-            init_cfg.lora_dropout = 0.0  # the frozen -s B0 A0 sees the plain input, as W does
-            model.add_adapter(frozen, init_cfg)
+            # One frozen -s B0 A0 per seed, shared by that seed's PiSSA arms: they all start
+            # from the same factors, and each further adapter costs a walk of the whole model.
+            frozen = f"ini_s{arm_seed}"
+            if frozen not in model.peft_config:
+                init_cfg = copy.deepcopy(cfg)
+                init_cfg.lora_dropout = 0.0  # the frozen -s B0 A0 sees the plain input, as W does
+                model.add_adapter(frozen, init_cfg)
             torch.manual_seed(arm_seed)  # randomized SVD: one noise for every arm of a seed
             factors = pissa_factors.setdefault(arm_seed, {})
             _pissa_init(model, trainable, frozen, pissa_niter, factors)

@@ -77,8 +77,8 @@ def test_stereo_preference_follows_crows_semantics(monkeypatch):
     """With a fake scorer that prefers longer texts, the preference is known exactly."""
     monkeypatch.setattr(
         scores_mod,
-        "sentence_logprob",
-        lambda m, t, texts, **k: np.array([len(x) for x in texts], float),
+        "pair_logprob_diff",
+        lambda m, t, a, b, **k: np.array([len(x) - len(y) for x, y in zip(a, b)], float),
     )
     pairs = [
         {"stereo": "long stereo text", "anti": "short", "bias_type": "a"},  # stereo preferred
@@ -104,7 +104,9 @@ def test_pronoun_correlation_sign(monkeypatch):
             float,
         )
 
-    monkeypatch.setattr(scores_mod, "sentence_logprob", fake)
+    monkeypatch.setattr(
+        scores_mod, "pair_logprob_diff", lambda m, t, a, b, **k: fake(m, t, a) - fake(m, t, b)
+    )
     out = scores_mod.pronoun_scores(
         None, None, occ, ["The {occupation} said {pronoun} would go."], n_boot=100
     )
@@ -191,3 +193,19 @@ def test_smollm2_bias_scores_are_finite():
     out = evaluate_bias(b.model, b.tokenizer, max_items=20, n_boot=200)
     assert all(np.isfinite(s["value"]) for s in out.values())
     assert 0.0 <= out["stereo_pref"]["value"] <= 1.0
+
+
+def test_pair_difference_equals_the_difference_of_sentence_logprobs(tiny_llama):
+    """Scoring the shared first tokens once gives log P(a) - log P(b) of two whole sentences;
+    identical texts give exactly 0; a text that is a prefix of the other falls back."""
+    from lab.bias.scores import pair_logprob_diff
+
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    a = ["The nurse said that he was tired.", "Women are bad at math.", "Same text.", "Hi"]
+    b = ["The nurse said that she was tired.", "Men are bad at math.", "Same text.", "Hi there"]
+    lp = sentence_logprob(model, tok, a + b, batch_size=1)
+    want = lp[:4] - lp[4:]
+    got = pair_logprob_diff(model, tok, a, b, batch_size=3)
+    assert got.shape == (4,) and got[2] == 0.0
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.abs(got[[0, 1, 3]]).min() > 1e-3  # the pairs do differ: the test can see it

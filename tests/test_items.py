@@ -203,8 +203,8 @@ def test_bias_scorers_return_items_that_match_their_scores(monkeypatch):
 
     monkeypatch.setattr(
         scores_mod,
-        "sentence_logprob",
-        lambda m, t, texts, **k: np.array([len(x) for x in texts], float),
+        "pair_logprob_diff",
+        lambda m, t, a, b, **k: np.array([len(x) - len(y) for x, y in zip(a, b)], float),
     )
     pairs = [
         {"stereo": "long stereo text", "anti": "short", "bias_type": "a", "id": 7},
@@ -216,10 +216,10 @@ def test_bias_scorers_return_items_that_match_their_scores(monkeypatch):
     assert ids == ["7:a", "9:b", "11:b"] and pref.tolist() == [1.0, 0.0, 0.5]
     assert pref.mean() == pytest.approx(out["stereo_pref"]["value"])
     assert items["stereo_llr"][1].tolist() == [11.0, -17.0, 0.0]
+    lp = lambda texts: np.array([len(x) * (1 if " she " in x else 2) for x in texts], float)  # noqa: E731
     monkeypatch.setattr(  # log P grows with the text, twice as fast for "he": log-odds vary
-        scores_mod, "sentence_logprob",
-        lambda m, t, texts, **k: np.array([len(x) * (1 if " she " in x else 2) for x in texts], float),
-    )  # fmt: skip
+        scores_mod, "pair_logprob_diff", lambda m, t, a, b, **k: lp(a) - lp(b)
+    )
     names = (("nurse", 90.0), ("airline pilot", 10.0), ("nurse", 80.0))
     occ = [{"occupation": o, "women_pct": p} for o, p in names]
     out, items = scores_mod.pronoun_scores(

@@ -8,6 +8,7 @@ for the saved adapters reloaded on a fresh base.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -77,6 +78,36 @@ def test_every_arm_matches_its_separate_copy(tiny_llama):
             got = model(x).logits
             want = ref(x).logits
         assert (got - want).abs().max() < 1e-5, arm
+
+
+def test_pissa_arms_of_a_seed_share_one_frozen_initial_adapter(tiny_llama):
+    """The PiSSA arms of one seed start from the same factors, so they share one frozen
+    -s B0 A0; another seed gets its own; training one arm leaves the others' functions."""
+    base = copy.deepcopy(tiny_llama.model)
+    specs = _specs(["lora", "pissa", "balora", "balora@0.1,0.01,0.01"])
+    specs.append(replace(_specs(["pissa"])[0], name="pissa#s1", seed=1))
+    model = adapters.build(base, specs, pissa_niter=0, **KW)
+    frozen = {a.spec.name: a.frozen_init for a in model.balora_arms.values()}
+    assert frozen == {
+        "lora": None,
+        "pissa": "ini_s0",
+        "balora": "ini_s0",
+        "balora@0.1,0.01,0.01": "ini_s0",
+        "pissa#s1": "ini_s1",
+    }
+    assert set(model.peft_config) == {f"arm{i:02d}" for i in range(1, 6)} | {"ini_s0", "ini_s1"}
+    x = _ids()
+    with torch.no_grad():
+        before = {}
+        for arm in frozen:
+            adapters.activate(model, arm)
+            before[arm] = model(x).logits
+        _perturb_trainable(model, "balora", seed=3)
+        for arm in frozen:
+            adapters.activate(model, arm)
+            moved = (model(x).logits - before[arm]).abs().max()
+            assert (moved > 1e-4) if arm == "balora" else (moved == 0), arm
+    assert torch.equal(before["pissa"], before["balora@0.1,0.01,0.01"])  # one start, one seed
 
 
 def test_one_base_holds_no_copy_and_never_rewrites_the_weights(tiny_llama):

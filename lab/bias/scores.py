@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from lab.datasets import TaskData, predict_labels, sequence_logprobs
+from lab.datasets import TaskData, predict_labels, sequence_logprobs, shared_prefix_logprobs
 from lab.datasets.knobs import seeded_subset
 from lab.encoding import DataError, pad_batch
 from lab.stats import mean_interval
@@ -86,6 +86,14 @@ def _pearson(xy: np.ndarray) -> float:
     return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy))
 
 
+def _sentence_ids(tokenizer, text: str) -> list[int]:
+    """A plain text's token ids, BOS first when the tokenizer has one."""
+    bos = tokenizer.bos_token_id
+    return ([bos] if bos is not None else []) + tokenizer(text, add_special_tokens=False)[
+        "input_ids"
+    ]
+
+
 @torch.inference_mode()
 def sentence_logprob(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
     """Sum of the token log-probs of each plain text (BOS prepended when the tokenizer has one).
@@ -93,9 +101,7 @@ def sentence_logprob(model, tokenizer, texts: Sequence[str], *, batch_size: int 
     Without a BOS token the first token has no context and is not scored. Texts are batched by
     length (right padding) and returned in the input order. (N,) float64.
     """
-    bos = tokenizer.bos_token_id
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    ids = [([bos] if bos is not None else []) + x for x in ids]
+    ids = [_sentence_ids(tokenizer, t) for t in texts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros(len(ids), dtype=np.float64)
@@ -107,6 +113,47 @@ def sentence_logprob(model, tokenizer, texts: Sequence[str], *, batch_size: int 
         score[:, -1] = False
         lp = sequence_logprobs(model, input_ids, attention, score).double().cpu().numpy()
         out[chunk] = lp
+    return out
+
+
+def pair_logprob_diff(
+    model, tokenizer, texts_a: Sequence[str], texts_b: Sequence[str], *, batch_size: int = 16
+) -> np.ndarray:
+    """Per pair, log P(text_a) - log P(text_b), the difference of :func:`sentence_logprob`. (N,)
+
+    The tokens both texts start with (at least the BOS) are run once and their KV cache serves
+    both rest parts (``lab.datasets.metrics.shared_prefix_logprobs``); the shared tokens' own
+    log-probs are the same in both texts and cancel. The probe pairs differ in one word (a
+    pronoun, a group word), so this saves a fifth to a third of the bias probes' compute.
+    A pair with no shared first token, identical texts, or a model without a KV cache is
+    scored as two plain sentences."""
+    if len(texts_a) != len(texts_b):
+        raise ValueError("texts_a and texts_b must have the same length")
+    out = np.zeros(len(texts_a), dtype=np.float64)
+    prefixes, rests, shared = [], [], []
+    for i, (a, b) in enumerate(zip(texts_a, texts_b)):
+        ia, ib = _sentence_ids(tokenizer, a), _sentence_ids(tokenizer, b)
+        n = next((k for k, (x, y) in enumerate(zip(ia, ib)) if x != y), min(len(ia), len(ib)))
+        if 0 < n < min(len(ia), len(ib)):
+            prefixes.append(ia[:n])
+            rests.append([ia[n:], ib[n:]])
+            shared.append(i)
+    scored = None
+    if shared:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        scored = shared_prefix_logprobs(model, prefixes, rests, pad_id=pad, batch_size=batch_size)
+    if scored is not None:
+        out[shared] = (scored[:, 0] - scored[:, 1]).double().numpy()
+    done = set(shared) if scored is not None else set()
+    rest = [i for i in range(len(texts_a)) if i not in done]
+    if rest:
+        lp = sentence_logprob(
+            model,
+            tokenizer,
+            [texts_a[i] for i in rest] + [texts_b[i] for i in rest],
+            batch_size=batch_size,
+        )
+        out[rest] = lp[: len(rest)] - lp[len(rest) :]
     return out
 
 
@@ -122,14 +169,14 @@ def stereo_scores(
 ):
     """``stereo_pref`` overall and per bias type; see the module docstring. A pair's id is its
     ``"id"`` key (its index in the full set, set by :func:`evaluate_bias`) or its position."""
-    lp = sentence_logprob(
+    llr = pair_logprob_diff(  # (P,) log P(stereo) - log P(anti)
         model,
         tokenizer,
-        [p["stereo"] for p in pairs] + [p["anti"] for p in pairs],
+        [p["stereo"] for p in pairs],
+        [p["anti"] for p in pairs],
         batch_size=batch_size,
     )
-    lp_stereo, lp_anti = lp[: len(pairs)], lp[len(pairs) :]
-    pref = (lp_stereo > lp_anti) + 0.5 * (lp_stereo == lp_anti)  # (P,) 1, 0.5 or 0
+    pref = (llr > 0) + 0.5 * (llr == 0)  # (P,) 1, 0.5 or 0
     out = {"stereo_pref": _score(pref, n_boot=n_boot, seed=seed)}
     for t in sorted({p["bias_type"] for p in pairs}):
         mask = np.array([p["bias_type"] == t for p in pairs])
@@ -139,7 +186,7 @@ def stereo_scores(
     ids = [f"{p.get('id', i)}:{p['bias_type']}" for i, p in enumerate(pairs)]
     return out, {
         "stereo_pref": (ids, pref.astype(np.float64)),
-        "stereo_llr": (ids, lp_stereo - lp_anti),
+        "stereo_llr": (ids, llr),
     }
 
 
@@ -147,15 +194,12 @@ def pronoun_logodds(
     model, tokenizer, occupations: list[dict], templates: list[str], *, batch_size: int = 16
 ) -> np.ndarray:
     """Per occupation, mean over templates of log P(he version) - log P(she version). (O,)"""
-    texts = [
-        t.format(occupation=o["occupation"], pronoun=pron)
+    he, she = (
+        [t.format(occupation=o["occupation"], pronoun=pron) for o in occupations for t in templates]
         for pron in ("he", "she")
-        for o in occupations
-        for t in templates
-    ]
-    lp = sentence_logprob(model, tokenizer, texts, batch_size=batch_size)
-    lp = lp.reshape(2, len(occupations), len(templates))  # (pronoun, O, templates)
-    return (lp[0] - lp[1]).mean(axis=1)
+    )
+    lo = pair_logprob_diff(model, tokenizer, he, she, batch_size=batch_size)
+    return lo.reshape(len(occupations), len(templates)).mean(axis=1)  # (O,)
 
 
 def pronoun_scores(

@@ -168,7 +168,90 @@ def _accepts(model, *names: str) -> bool:
     return all(n in params for n in names)
 
 
+def _cache_keyword(model) -> str | None:
+    """The forward's keyword for a KV cache when it also takes position ids and ``use_cache``:
+    ``cache`` in current transformers, ``past_key_values`` before; None without one."""
+    if not _accepts(model, "position_ids", "use_cache"):
+        return None
+    return next((n for n in ("cache", "past_key_values") if _accepts(model, n)), None)
+
+
 @torch.inference_mode()
+def shared_prefix_logprobs(
+    model,
+    prefixes: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[Sequence[int]]],
+    *,
+    pad_id: int,
+    batch_size: int = 16,
+) -> torch.Tensor | None:
+    """(N, K) float32 on CPU: log P(continuations[i][k] | prefixes[i]), the sum over the
+    continuation's tokens, with each prefix run once and its KV cache repeated for its K
+    continuations. Scoring each continuation as its own sequence runs the shared prefix K
+    times; this is why it is hand-written. Prefixes are left-padded with explicit position ids,
+    so the scores equal the one-sequence-per-continuation ones up to float rounding.
+
+    Every item has the same number K of continuations, each non-empty; every prefix is
+    non-empty (its last logits score a continuation's first token). Returns None when the model
+    has no cache interface (no position ids or no cache keyword).
+    """  # fmt: skip
+    cache_kw = _cache_keyword(model)
+    if cache_kw is None:
+        return None
+    N = len(prefixes)
+    K = len(continuations[0]) if N else 0
+    if len(continuations) != N or any(len(c) != K for c in continuations):
+        raise ValueError("every prefix needs the same number of continuations")
+    if any(not p for p in prefixes) or any(not x for c in continuations for x in c):
+        raise ValueError("prefixes and continuations must be non-empty")
+    dev = _device(model)
+    keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    # batches of like continuation lengths, then like prefix lengths: the least padding of both
+    order = sorted(range(N), key=lambda i: (max(map(len, continuations[i])), len(prefixes[i])))
+    out = []
+    for s in range(0, N, batch_size):
+        rows = order[s : s + batch_size]
+        chunk = [prefixes[i] for i in rows]
+        conts = [x for i in rows for x in continuations[i]]  # (B*K) lists
+        B = len(chunk)
+        ids, mask = pad_batch(chunk, pad_id, side="left")  # every prefix ends at column P - 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)  # (B, P): each prefix's own positions from 0
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)
+        last = res.logits[:, -1].float().log_softmax(-1)  # (B, V)
+        first = torch.tensor([x[0] for x in conts], device=dev).view(B, K)
+        score = last.gather(1, first)  # (B, K): each continuation's first token
+        L = max(len(x) for x in conts)
+        if L > 1:
+            cache = getattr(res, cache_kw, None)
+            if not hasattr(cache, "batch_repeat_interleave"):
+                return None
+            cache.batch_repeat_interleave(K)  # row b -> rows b*K .. b*K + K - 1
+            # inputs: each continuation but its last token, each scored on the next one
+            c_ids, c_mask = pad_batch([x[:-1] or [pad_id] for x in conts], pad_id)  # (B*K, L-1)
+            c_mask = c_mask * torch.tensor([len(x) > 1 for x in conts])[:, None]
+            target, _ = pad_batch([x[1:] or [-1] for x in conts], -1)  # (B*K, L-1)
+            c_ids, c_mask, target = c_ids.to(dev), c_mask.to(dev), target.to(dev)
+            steps = c_ids.shape[1]
+            c_pos = pos[:, -1:].repeat_interleave(K, 0) + 1 + torch.arange(steps, device=dev)
+            logits = model(
+                input_ids=c_ids,
+                attention_mask=torch.cat([mask.repeat_interleave(K, 0), c_mask], dim=1),
+                position_ids=c_pos,
+                use_cache=False,
+                **{cache_kw: cache},
+            ).logits.float()  # (B*K, L-1, V)
+            lp = logits.log_softmax(-1)
+            picked = lp.gather(2, target.clamp(min=0)[..., None]).squeeze(2) * (target >= 0)
+            score = score + picked.sum(dim=1).view(B, K)
+        out.append(score.cpu())
+    if not out:
+        return torch.zeros((0, K))
+    result = torch.empty((N, K), dtype=torch.float32)
+    result[order] = torch.cat(out)  # back to the input order
+    return result
+
+
 def _label_scores_shared_prompt(
     model,
     tokenizer,
@@ -179,19 +262,12 @@ def _label_scores_shared_prompt(
     seq_len: int,
 ) -> torch.Tensor | None:
     """(N, K) log P(label k | prompt), the sums ``score_responses`` gives, with each prompt run
-    once: its KV cache is repeated for the K label continuations. Scoring every label as its
-    own sequence runs each prompt K times, and the prompt is nearly all of the tokens, so this
-    is why it is hand-written. Prompts are left-padded with explicit position ids, so the
-    scores equal the one-sequence-per-label ones up to float rounding.
+    once (:func:`shared_prefix_logprobs`): the prompt is nearly all of the tokens.
 
     Returns None when it cannot give the same tokens or the model has no cache interface: a
     prompt that ``encode_nlg`` would cut, a model without position ids or a cache.
-    """  # fmt: skip
-    if not _accepts(model, "position_ids", "use_cache"):
-        return None
-    # the cache's keyword: ``cache`` in current transformers, ``past_key_values`` before
-    cache_kw = next((n for n in ("cache", "past_key_values") if _accepts(model, n)), None)
-    if cache_kw is None:
+    """
+    if _cache_keyword(model) is None:
         return None
     labels = [response_ids(tokenizer, name) for name in label_names]
     if any(not r or len(r) >= seq_len for r in labels):
@@ -200,53 +276,13 @@ def _label_scores_shared_prompt(
     longest_label = max(len(r) for r in labels)
     if any(len(p) + longest_label > seq_len for p in encoded):
         return None  # encode_nlg would cut this prompt from the left
-    dev, pad, K, L = _device(model), _pad_id(tokenizer), len(labels), longest_label
-    first = torch.tensor([r[0] for r in labels], device=dev)  # (K,)
-    # the continuation: label k's tokens but its last as inputs, each scored on the next one
-    cont = torch.full((K, max(L - 1, 1)), pad, dtype=torch.long)
-    cont_mask = torch.zeros((K, max(L - 1, 1)), dtype=torch.long)
-    target = torch.full((K, max(L - 1, 1)), -1, dtype=torch.long)
-    for k, r in enumerate(labels):
-        cont[k, : len(r) - 1] = torch.tensor(r[:-1], dtype=torch.long)
-        cont_mask[k, : len(r) - 1] = 1
-        target[k, : len(r) - 1] = torch.tensor(r[1:], dtype=torch.long)
-    cont, cont_mask, target = cont.to(dev), cont_mask.to(dev), target.to(dev)
-    keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-    out = []
-    for i in range(0, len(encoded), batch_size):
-        chunk = encoded[i : i + batch_size]
-        B, P = len(chunk), max(len(p) for p in chunk)
-        ids = torch.full((B, P), pad, dtype=torch.long)
-        mask = torch.zeros((B, P), dtype=torch.long)
-        for b, p in enumerate(chunk):  # left padding: every prompt ends at column P - 1
-            ids[b, P - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[b, P - len(p) :] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(1) - 1).clamp(min=0)  # (B, P): each prompt's own positions from 0
-        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)
-        last = res.logits[:, -1].float().log_softmax(-1)  # (B, V)
-        score = last[:, first]  # (B, K): each label's first token
-        if L > 1:
-            cache = getattr(res, cache_kw, None)
-            if not hasattr(cache, "batch_repeat_interleave"):
-                return None
-            cache.batch_repeat_interleave(K)  # row b -> rows b*K .. b*K + K - 1
-            c_ids = cont.repeat(B, 1)  # (B*K, L-1)
-            c_mask = cont_mask.repeat(B, 1)
-            c_pos = pos[:, -1:].repeat_interleave(K, 0) + 1 + torch.arange(L - 1, device=dev)
-            logits = model(
-                input_ids=c_ids,
-                attention_mask=torch.cat([mask.repeat_interleave(K, 0), c_mask], dim=1),
-                position_ids=c_pos,
-                use_cache=False,
-                **{cache_kw: cache},
-            ).logits.float()  # (B*K, L-1, V)
-            lp = logits.log_softmax(-1)
-            t = target.repeat(B, 1)  # (B*K, L-1), -1 where label k has no more tokens
-            picked = lp.gather(2, t.clamp(min=0)[..., None]).squeeze(2) * (t >= 0)
-            score = score + picked.sum(dim=1).view(B, K)
-        out.append(score.cpu())
-    return torch.cat(out) if out else torch.zeros((0, K))
+    return shared_prefix_logprobs(
+        model,
+        encoded,
+        [labels] * len(encoded),
+        pad_id=_pad_id(tokenizer),
+        batch_size=batch_size,
+    )
 
 
 @torch.inference_mode()
