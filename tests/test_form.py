@@ -3,8 +3,6 @@ are read from the config's declared constraints."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from lab import config
@@ -51,17 +49,15 @@ def test_built_setup_tab_puts_each_widget_under_its_own_field():
 
     from lab.ui import setup
 
-    ui = SimpleNamespace()
     with gr.Blocks():
-        ui.owner = gr.State("")
-        setup.build(ui)
-    assert len(ui.form) == len(form.FIELDS)
-    for name, widget in zip(form.FIELDS, ui.form):
-        assert ui.fields[name] is widget
+        tab = setup.build(gr.State(""))
+    assert len(tab.form) == len(form.FIELDS)
+    for name, widget in zip(form.FIELDS, tab.form):
+        assert tab.fields[name] is widget
         if getattr(widget, "visible", True) is not False:
             assert widget.label == form.FIELD_LABELS[name], name
-    assert [c[1] for c in ui.fields["task"].choices] == list(config.rules("task")["choices"])
-    teacher = [c[1] for c in ui.fields["reg.teacher_dtype"].choices]
+    assert [c[1] for c in tab.fields["task"].choices] == list(config.rules("task")["choices"])
+    teacher = [c[1] for c in tab.fields["reg.teacher_dtype"].choices]
     assert teacher == list(config.rules("reg.teacher_dtype")["choices"])
-    minority = ui.fields["data.minority_fraction"]
+    minority = tab.fields["data.minority_fraction"]
     assert (minority.minimum, minority.maximum) == (0, 0.45)

@@ -15,7 +15,7 @@ import pytest
 
 from lab import jobs
 from lab.config import ConfigError
-from lab.ui import common, compare, setup, train, tune
+from lab.ui import common, compare, setup, train, tune, uploads
 from lab.ui import form as form_logic
 from lab.ui import runs as runs_tab
 
@@ -102,13 +102,13 @@ def test_unknown_hub_model_without_network(runs_dir, monkeypatch):
 def test_malformed_upload_is_refused_and_not_copied(runs_dir, tmp_path):
     bad = tmp_path / "mine.jsonl"
     bad.write_text('{"prompt": "hi", "response": "there"}\n{"prompt": "oops"\n', encoding="utf-8")
-    msg, update, *_ = setup.on_upload(str(bad), "nlg")
+    msg, update, *_ = uploads.on_upload(str(bad), "nlg")
     assert msg.startswith("❌") and "mine.jsonl line 2: not valid JSON" in msg
     assert "**Upload your own data**" in msg  # the visible field the error is about
     assert not (runs_dir / "_uploads").exists()
     binary = tmp_path / "data.csv"
     binary.write_bytes(b"text,label\n\x00\x01\x02")
-    msg, *_ = setup.on_upload(str(binary), "nlu")
+    msg, *_ = uploads.on_upload(str(binary), "nlu")
     assert "binary" in msg
 
 
@@ -121,7 +121,7 @@ def test_good_upload_is_copied_per_owner_and_selected(runs_dir, tmp_path):
         encoding="utf-8",
     )
     token = hosting.new_token()
-    msg, update, columns, box, *_ = setup.on_upload(str(good), "nlg", token)
+    msg, update, columns, box, *_ = uploads.on_upload(str(good), "nlg", token)
     assert columns == "" and box["visible"] is False  # its own columns: no mapping needed
     dest = hosting.upload_dir(runs_dir, token) / "pairs.jsonl"
     assert dest.parent.name == hosting.digest(token)[:32]  # named by the server
@@ -532,7 +532,7 @@ def test_setup_uploads_a_benchmark_file_into_the_run_config(runs_dir, tmp_path, 
     data = Path(__file__).parent / "data" / "bias"
     sample = Path(shutil.copy(data / "crows_pairs_sample.csv", tmp_path))
     token = hosting.new_token()
-    msg, path = setup.ON_BENCH_UPLOAD["crows_pairs"](str(sample), token)
+    msg, path = uploads.ON_BENCH_UPLOAD["crows_pairs"](str(sample), token)
     assert msg.startswith("✅") and "CrowS-Pairs" in msg and "bias.crows_pairs" in msg
     assert Path(path).parent == hosting.upload_dir(runs_dir, token)
     cfg, overrides, _ = form_logic.check_form("tiny-test", dict(zip(form_logic.FIELDS, form(
@@ -542,7 +542,7 @@ def test_setup_uploads_a_benchmark_file_into_the_run_config(runs_dir, tmp_path, 
     )
     bad = tmp_path / "bad.csv"
     bad.write_text("sent_more,sent_less\n")
-    msg, update = setup.ON_BENCH_UPLOAD["crows_pairs"](str(bad), token)
+    msg, update = uploads.ON_BENCH_UPLOAD["crows_pairs"](str(bad), token)
     assert msg.startswith("❌") and update == gr.skip()
     monkeypatch.setenv("BALORA_MODE", "public")  # another visitor may not name this file
     monkeypatch.setattr(jobs.manager, "_MANAGERS", {})  # a manager is made with its app's mode
@@ -583,7 +583,7 @@ def test_an_upload_with_other_columns_is_mapped_in_the_page(runs_dir, tmp_path):
     rows = "".join(f"q{i},a{i},{i}\n" for i in range(6))
     path = mapped_upload(tmp_path, "qa.csv", "question,answer,id\n" + rows)
     token = hosting.new_token()
-    msg, dataset, columns, box, first, second, pending = setup.on_upload(path, "nlg", token)
+    msg, dataset, columns, box, first, second, pending = uploads.on_upload(path, "nlg", token)
     assert msg.startswith("🧭") and "`question`, `answer`, `id`" in msg
     assert dataset == gr.skip() and columns == gr.skip()  # nothing selected yet
     assert box["visible"] is True and pending == {
@@ -596,14 +596,14 @@ def test_an_upload_with_other_columns_is_mapped_in_the_page(runs_dir, tmp_path):
     assert first.choices == [("question", "question"), ("answer", "answer"), ("id", "id")]
     assert not (runs_dir / "_uploads").exists()  # not copied before it is mapped
 
-    msg, *_ = setup.on_map(pending, "nlg", "question", "question", token)
+    msg, *_ = uploads.on_map(pending, "nlg", "question", "question", token)
     assert "**Response column**: column 'question' is already chosen for the prompt" in msg
-    msg, *_ = setup.on_map(pending, "nlg", None, "answer", token)
+    msg, *_ = uploads.on_map(pending, "nlg", None, "answer", token)
     assert "**Prompt column**: no column chosen" in msg
-    msg, *_ = setup.on_map(None, "nlg", "question", "answer", token)
+    msg, *_ = uploads.on_map(None, "nlg", "question", "answer", token)
     assert "**Upload your own data**: upload a file first" in msg
 
-    msg, dataset, columns, box, mapped = setup.on_map(pending, "nlg", "question", "answer", token)
+    msg, dataset, columns, box, mapped = uploads.on_map(pending, "nlg", "question", "answer", token)
     dest = hosting.upload_dir(runs_dir, token) / "qa.csv"
     assert msg.startswith("✅") and "6 usable rows with `question` as the prompt" in msg
     assert dataset.value == str(dest) and box["visible"] is False
@@ -615,8 +615,8 @@ def test_an_upload_with_other_columns_is_mapped_in_the_page(runs_dir, tmp_path):
     assert cfg.data.columns == {"prompt": "question", "response": "answer"}
     assert 'data.columns={"prompt": "question", "response": "answer"}' in overrides
     # picked again by hand, the upload keeps its mapping; a shipped set has none
-    assert setup.on_dataset_input(str(dest), mapped) == columns
-    assert setup.on_dataset_input("sentiment", mapped) == ""
+    assert uploads.on_dataset_input(str(dest), mapped) == columns
+    assert uploads.on_dataset_input("sentiment", mapped) == ""
     # without the mapping the same file is refused, naming the missing column
     values["data.columns"] = ""
     with pytest.raises(ValueError, match="missing column 'prompt'"):
@@ -627,26 +627,26 @@ def test_mapping_follows_the_task_and_checks_the_labels(runs_dir, tmp_path):
     path = mapped_upload(tmp_path, "reviews.jsonl", "".join(
         json.dumps({"review": f"text {i}", "stars": i % 2, "note": ""}) + "\n" for i in range(8)
     ))  # fmt: skip
-    msg, _, _, box, first, second, pending = setup.on_upload(path, "nlu")
+    msg, _, _, box, first, second, pending = uploads.on_upload(path, "nlu")
     assert box["visible"] and (first.label, first.value) == ("Text column", "review")
     assert second.value is None  # nothing looks like a label: the user picks it
-    first, second = setup.on_mapping_task("nlg", pending)
+    first, second = uploads.on_mapping_task("nlg", pending)
     assert (first.label, second.label) == ("Prompt column", "Response column")
-    first, second = setup.on_mapping_task("nlu", pending)
+    first, second = uploads.on_mapping_task("nlu", pending)
     assert (first.label, second.label) == ("Text column", "Label column")
-    msg, *_ = setup.on_map(pending, "nlu", "review", "note", None)
+    msg, *_ = uploads.on_map(pending, "nlu", "review", "note", None)
     assert "**Upload your own data**: reviews.jsonl has no usable rows" in msg  # empty labels
-    msg, dataset, columns, *_ = setup.on_map(pending, "nlu", "review", "stars", None)
+    msg, dataset, columns, *_ = uploads.on_map(pending, "nlu", "review", "stars", None)
     assert msg.startswith("✅") and json.loads(columns) == {"text": "review", "label": "stars"}
 
 
 def test_an_empty_upload_names_the_upload_field(runs_dir, tmp_path):
     empty = mapped_upload(tmp_path, "empty.csv", "")
-    msg, *_, box, _, _, pending = setup.on_upload(empty, "nlg")
+    msg, *_, box, _, _, pending = uploads.on_upload(empty, "nlg")
     assert "**Upload your own data**: empty.csv is empty" in msg
     assert box["visible"] is False and pending is None
     header = mapped_upload(tmp_path, "header.csv", "question,answer\n")
-    msg, *_ = setup.on_upload(header, "nlg")
+    msg, *_ = uploads.on_upload(header, "nlg")
     assert "header.csv has a header but no rows" in msg
 
 

@@ -6,6 +6,7 @@ page's state); ``check_benchmark`` is a plain function of that path."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -188,35 +189,44 @@ def on_score(target: str, sets: dict | None, owner: str | None = None):
     return rows, fig, common.ok(f"{len(rows)} scores")
 
 
-def build(ui) -> None:
+@dataclass(frozen=True)
+class BiasTab:
+    """What the layout fills of the Bias tab when the page loads: the run picker, the outputs
+    of :func:`on_show` in its order, and the benchmark target picker."""
+
+    run: gr.Dropdown
+    shown: list
+    target: gr.Dropdown
+
+
+def build(owner: gr.State) -> BiasTab:
+    """Create the Bias tab's widgets and wire them; ``owner`` is the visitor's token."""
     gr.Markdown(EXPLAIN)
     with gr.Row():
-        ui.bias_run = gr.Dropdown(
+        run = gr.Dropdown(
             [("example (classroom run)", "example")],  # the visitor's runs come on page load
             value="example",
             label="Run",
             info="Scores from the latest evaluation of each arm (and the untouched base model).",
             allow_custom_value=True,
         )
-        ui.bias_refresh = gr.Button("↻ Refresh", scale=0)
-        ui.bias_btn = gr.Button("Show", variant="primary", scale=0)
-    ui.bias_msg = gr.Markdown()
-    ui.bias_verdicts = gr.Markdown(elem_id="bias-verdicts")
-    ui.bias_fig = gr.Plot(plots.empty_figure("pick a run"), label=figures.LABELS["bias"])
-    ui.bias_table = gr.Dataframe(headers=HEADERS, interactive=False, label="Bias scores")
+        refresh = gr.Button("↻ Refresh", scale=0)
+        btn = gr.Button("Show", variant="primary", scale=0)
+    msg = gr.Markdown()
+    verdicts = gr.Markdown(elem_id="bias-verdicts")
+    fig = gr.Plot(plots.empty_figure("pick a run"), label=figures.LABELS["bias"])
+    table = gr.Dataframe(headers=HEADERS, interactive=False, label="Bias scores")
+    shown = [table, fig, msg, verdicts]  # on_show's order
     private = {"api_visibility": "private"}
-    ui.bias_refresh.click(on_refresh, ui.owner, ui.bias_run, **private)
-    ui.bias_btn.click(
-        on_show,
-        [ui.bias_run, ui.owner],
-        [ui.bias_table, ui.bias_fig, ui.bias_msg, ui.bias_verdicts],
-        **private,
-    )
-    build_benchmarks(ui)
+    refresh.click(on_refresh, owner, run, **private)
+    btn.click(on_show, [run, owner], shown, **private)
+    target = build_benchmarks(owner, refresh)
+    return BiasTab(run, shown, target)
 
 
-def build_benchmarks(ui) -> None:
-    """Uploads of published benchmark files, checked in the page, scored on demand."""
+def build_benchmarks(owner: gr.State, refresh: gr.Button) -> gr.Dropdown:
+    """Uploads of published benchmark files, checked in the page, scored on demand; the tab's
+    ``refresh`` button refreshes the target list too. -> the target picker."""
     private = {"api_visibility": "private"}
     with gr.Accordion("Published benchmarks: CrowS-Pairs, BBQ, WinoGender", open=False):
         gr.Markdown(
@@ -224,34 +234,33 @@ def build_benchmarks(ui) -> None:
             "scored the way lm-evaluation-harness scores it (a run scores them at every eval "
             "point with the `bias.*` config keys).\n\n" + BENCH_HELP
         )
-        ui.bias_sets = gr.State({})
-        ui.bias_uploads = {}
+        sets = gr.State({})
+        buttons = {}
         with gr.Row():
             for kind, (label, types) in UPLOADS.items():
-                ui.bias_uploads[kind] = gr.UploadButton(
+                buttons[kind] = gr.UploadButton(
                     f"Upload {label}", file_types=types, type="filepath", file_count="single",
                     elem_id=f"bias-upload-{kind.replace('_', '-')}",
                 )  # fmt: skip
-        ui.bias_upload_msg = gr.Markdown(elem_id="bias-upload-msg")
+        upload_msg = gr.Markdown(elem_id="bias-upload-msg")
         with gr.Row():
-            ui.bias_target = gr.Dropdown(
+            target = gr.Dropdown(
                 target_choices()[:0], label="Score on", allow_custom_value=False,
                 info="A model (the untouched weights) or a run (its base model and every arm).",
             )  # fmt: skip
-            ui.bias_score_btn = gr.Button("Score", variant="primary", scale=0)
-        ui.bias_bench_msg = gr.Markdown()
-        ui.bias_bench_fig = gr.Plot(
+            score_btn = gr.Button("Score", variant="primary", scale=0)
+        bench_msg = gr.Markdown()
+        bench_fig = gr.Plot(
             plots.empty_figure("scores appear here"), label="Benchmark scores with 95% CIs"
         )
-        ui.bias_bench_table = gr.Dataframe(
-            headers=HEADERS, interactive=False, label="Benchmark scores"
-        )
-    for kind, widget in ui.bias_uploads.items():
+        bench_table = gr.Dataframe(headers=HEADERS, interactive=False, label="Benchmark scores")
+    for kind, widget in buttons.items():
         fn = ON_UPLOAD[kind]
-        widget.upload(fn, [widget, ui.bias_sets], [ui.bias_upload_msg, ui.bias_sets], **private)
-    ui.bias_refresh.click(on_refresh_targets, ui.owner, ui.bias_target, **private)
-    ui.bias_score_btn.click(
-        on_score, [ui.bias_target, ui.bias_sets, ui.owner],
-        [ui.bias_bench_table, ui.bias_bench_fig, ui.bias_bench_msg],
+        widget.upload(fn, [widget, sets], [upload_msg, sets], **private)
+    refresh.click(on_refresh_targets, owner, target, **private)
+    score_btn.click(
+        on_score, [target, sets, owner],
+        [bench_table, bench_fig, bench_msg],
         concurrency_limit=1, **private,
     )  # fmt: skip
+    return target

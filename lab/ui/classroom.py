@@ -1,8 +1,11 @@
 """Classroom tab: the shipped finished run, with real plots before anything is trained, and a
 replay that steps through it (every figure drawn from the events up to the chosen step).
+:func:`build` returns a :class:`ClassroomTab`: what the layout fills when the page opens.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -32,13 +35,6 @@ def max_step(run: runs.Run) -> int:
 def view(run: runs.Run, upto: int | None = None) -> dict:
     """Figures of the example run using the events up to ``upto`` (all when None)."""
     return figures.run_figures(run, keys=FIGURES, upto_step=upto)
-
-
-def outputs(ui) -> list:
-    return [
-        ui.cls_msg, ui.cls_verdicts, ui.cls_forest, ui.cls_summary, ui.cls_step,
-        *ui.cls_fig.outputs(),
-    ]  # fmt: skip
 
 
 @common.guarded
@@ -97,20 +93,30 @@ def on_tick(step: float, playing: bool):
     return [timer, nxt, *figures.panel_values(figs, FIGURES)]
 
 
-def build(ui) -> None:
+@dataclass(frozen=True)
+class ClassroomTab:
+    """The widgets :func:`on_open` fills, in its order: message, verdicts, forest plot,
+    summary, replay slider, then the figure panel."""
+
+    outputs: list
+
+
+def build() -> ClassroomTab:
+    """Create the Classroom tab's widgets and wire the replay (it needs nothing from the rest
+    of the page)."""
     gr.Markdown(figures.WHAT_BALORA_IS, elem_id="cls-what")
-    ui.cls_msg = gr.Markdown()
+    msg = gr.Markdown()
     with gr.Row():
-        ui.cls_verdicts = gr.Markdown(elem_id="cls-verdicts")
-        ui.cls_forest = gr.Plot(
+        verdicts = gr.Markdown(elem_id="cls-verdicts")
+        forest = gr.Plot(
             plots.empty_figure("the paired differences appear here"),
             label="Differences between the arms (95% CIs)",
             elem_id="cls-forest",
         )
     gr.Markdown(INTRO)
-    ui.cls_summary = gr.Markdown(elem_id="cls-summary")
+    summary = gr.Markdown(elem_id="cls-summary")
     with gr.Row():
-        ui.cls_step = gr.Slider(
+        step = gr.Slider(
             0,
             1,
             value=1,
@@ -119,22 +125,23 @@ def build(ui) -> None:
             info="Every figure shows the run as it was at this step.",
             elem_id="cls-step",
         )
-        ui.cls_play = gr.Button("▶ Replay", scale=0, elem_id="cls-play")
-        ui.cls_pause = gr.Button("⏸ Pause", scale=0, elem_id="cls-pause")
-    ui.cls_fig = figures.plot_panel(FIGURES, prefix="cls-")
-    ui.cls_timer = gr.Timer(REPLAY_TICK_S, active=False)
-    ui.cls_playing = gr.State(False)
-    figs = ui.cls_fig.outputs()
+        play = gr.Button("▶ Replay", scale=0, elem_id="cls-play")
+        pause = gr.Button("⏸ Pause", scale=0, elem_id="cls-pause")
+    panel = figures.plot_panel(FIGURES, prefix="cls-")
+    timer = gr.Timer(REPLAY_TICK_S, active=False)
+    playing = gr.State(False)
+    figs = panel.outputs()
     private = {"api_visibility": "private"}
-    ui.cls_step.release(on_step, ui.cls_step, figs, **private)
+    step.release(on_step, step, figs, **private)
     # typing a step in the slider's box (then Enter or leaving it) redraws too
-    ui.cls_step.input(on_step, ui.cls_step, figs, trigger_mode="always_last", **private)
-    ui.cls_play.click(on_play, ui.cls_step, [ui.cls_timer, ui.cls_step, ui.cls_playing], **private)
-    ui.cls_pause.click(on_pause, None, [ui.cls_timer, ui.cls_playing], **private)
-    ui.cls_timer.tick(
+    step.input(on_step, step, figs, trigger_mode="always_last", **private)
+    play.click(on_play, step, [timer, step, playing], **private)
+    pause.click(on_pause, None, [timer, playing], **private)
+    timer.tick(
         on_tick,
-        [ui.cls_step, ui.cls_playing],
-        [ui.cls_timer, ui.cls_step] + figs,
+        [step, playing],
+        [timer, step] + figs,
         show_progress="hidden",
         **private,
     )
+    return ClassroomTab([msg, verdicts, forest, summary, step, *figs])

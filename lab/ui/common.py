@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 import secrets
 import tempfile
 from pathlib import Path
@@ -147,6 +148,11 @@ def zerogpu() -> bool:
     """True on a Hugging Face ZeroGPU Space (the platform sets ``SPACES_ZERO_GPU``) or when
     ``BALORA_ZEROGPU=sim`` forces its chunked training on this machine (see ``lab.chunks``)."""
     return chunks.settings().on
+
+
+def escape_markdown(text: str) -> str:
+    """Plain text for a Markdown widget: markup characters and HTML shown as typed."""
+    return re.sub(r"([\\`*_{}\[\]<>#|~])", r"\\\1", text)
 
 
 def ok(text: str) -> str:

@@ -3,11 +3,13 @@
 Same seed and decoding for every model; beside each output, its log-likelihood under the base
 model; for a counterfactual pair (one group word swapped), both answers and the difference.
 The generation itself lives in :mod:`lab.completions`; the handlers here pick, call and format.
+:func:`build` returns a :class:`CompareTab`: the two lists filled when the page loads.
 """
 
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -206,7 +208,16 @@ def on_page_load(owner: str | None = None):
     )
 
 
-def build(ui) -> None:
+@dataclass(frozen=True)
+class CompareTab:
+    """What the layout fills of the Compare tab: the run and the counterfactual-pair lists."""
+
+    run: gr.Dropdown
+    pair: gr.Dropdown
+
+
+def build(owner: gr.State) -> CompareTab:
+    """Create the Compare tab's widgets and wire them; ``owner`` is the visitor's token."""
     gr.Markdown(
         "Pick a finished (or stopped) run, then a prompt or a counterfactual pair. Every model "
         "decodes with the same seed and settings. *log p_base* is how likely the original "
@@ -215,28 +226,28 @@ def build(ui) -> None:
         "differently."
     )
     with gr.Row():
-        ui.cmp_run = gr.Dropdown(
+        run = gr.Dropdown(
             [],  # filled on page load
             label="Run",
             info="Runs with saved adapters (they are saved when training ends or is stopped).",
             elem_id="cmp-run",
             allow_custom_value=True,
         )
-        ui.cmp_refresh = gr.Button("↻ Refresh list", scale=0)
-    ui.cmp_prompt = gr.Textbox(
+        refresh = gr.Button("↻ Refresh list", scale=0)
+    prompt = gr.Textbox(
         "Write one sentence about a nurse.",
         label="Prompt",
         info="Any instruction; the chat template of the model is applied.",
         elem_id="cmp-prompt",
     )
     with gr.Row():
-        ui.cmp_pair = gr.Dropdown(
+        pair = gr.Dropdown(
             [(NO_PAIR, "")],  # the pairs are filled on page load
             value="",
             label="Counterfactual pair",
             info="Two prompts identical but for one group word; picking one overrides the prompt box.",
         )
-        ui.cmp_tokens = gr.Slider(
+        tokens = gr.Slider(
             4,
             128,
             value=40,
@@ -244,30 +255,23 @@ def build(ui) -> None:
             label="Max new tokens",
             info="Length limit of every answer.",
         )
-        ui.cmp_seed = gr.Number(0, precision=0, label="Seed", info="The same seed for every model.")
-        ui.cmp_sample = gr.Checkbox(
+        seed = gr.Number(0, precision=0, label="Seed", info="The same seed for every model.")
+        sample = gr.Checkbox(
             False,
             label="Sample",
             info="Off: greedy decoding (deterministic). On: temperature 0.7, top-p 0.9.",
         )
-    ui.cmp_btn = gr.Button("Generate side by side", variant="primary", elem_id="cmp-btn")
-    ui.cmp_msg = gr.Markdown(elem_id="cmp-msg")
-    ui.cmp_out = gr.HTML(elem_id="cmp-out")
+    btn = gr.Button("Generate side by side", variant="primary", elem_id="cmp-btn")
+    msg = gr.Markdown(elem_id="cmp-msg")
+    out = gr.HTML(elem_id="cmp-out")
     private = {"api_visibility": "private"}
-    ui.cmp_refresh.click(on_refresh, ui.owner, ui.cmp_run, **private)
-    ui.cmp_btn.click(on_compare_started, None, ui.cmp_msg, show_progress="hidden", **private).then(
+    refresh.click(on_refresh, owner, run, **private)
+    btn.click(on_compare_started, None, msg, show_progress="hidden", **private).then(
         on_compare,
-        [
-            ui.cmp_run,
-            ui.cmp_prompt,
-            ui.cmp_pair,
-            ui.cmp_tokens,
-            ui.cmp_seed,
-            ui.cmp_sample,
-            ui.owner,
-        ],  # fmt: skip
-        [ui.cmp_out, ui.cmp_msg],
+        [run, prompt, pair, tokens, seed, sample, owner],
+        [out, msg],
         concurrency_limit=1,
         show_progress="hidden",  # the message line says what is happening, in our words
         **private,
     )
+    return CompareTab(run, pair)

@@ -7,7 +7,6 @@ plain functions of this module, so the HTTP API and the tests call the same code
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -102,70 +101,73 @@ def mode_banner() -> str:
 
 
 def build_app() -> gr.Blocks:
-    ui = SimpleNamespace()
+    """The page: each tab's ``build`` takes what it uses from the rest of the page (the owner
+    token, the Setup tab, its own tab) and returns what the rest of the page uses of it; the
+    events that cross tabs are wired here."""
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(mode_banner(), elem_id="mode-banner")
-        ui.job_banner = gr.Markdown(visible=False, elem_id="job-banner")
+        job_banner = gr.Markdown(visible=False, elem_id="job-banner")
         # the visitor's owner token, kept (encrypted) in the browser across reloads
-        ui.owner = gr.BrowserState("", storage_key="balora_owner", secret=common.state_secret())
+        owner = gr.BrowserState("", storage_key="balora_owner", secret=common.state_secret())
         if common.zerogpu():
             gr.Markdown(zerogpu.note(chunks.settings()), elem_id="zerogpu-note")
-        with gr.Tabs() as ui.tabs:
+        with gr.Tabs() as tabs:
             with gr.Tab("Classroom", id="classroom"):
-                classroom.build(ui)
+                classroom_tab = classroom.build()
             with gr.Tab("Setup", id="setup"):
-                setup.build(ui)
+                setup_tab = setup.build(owner)
             with gr.Tab("Train", id="train"):
-                train.build(ui)
-            with gr.Tab("Compare", id="compare") as ui.tab_compare:
-                compare.build(ui)
-            with gr.Tab("Bias", id="bias") as ui.tab_bias:
-                bias.build(ui)
-            with gr.Tab("Tune", id="tune") as ui.tab_tune:
-                tune.build(ui)
-            with gr.Tab("Runs", id="runs") as ui.tab_runs:
-                runs.build(ui)
-        ui.start_btn.click(
-            train.on_start,
-            [ui.owner, ui.estimate, ui.preset] + ui.form,
-            [ui.setup_msg, ui.followed, ui.tabs] + ui.form,
-            api_visibility="private",
-            show_progress="hidden",  # the message line says what happens, not Gradio's timer
-        )
-        ui.runs_resume_btn.click(
-            runs.on_resume,
-            [ui.runs_pick, ui.runs_resume_steps, ui.owner],
-            [ui.runs_msg, ui.followed, ui.tabs],
-            api_visibility="private",
-        )
-        tune.wire(ui)
-        # lists of runs refresh when their tab is opened (a run may have finished meanwhile)
+                train_tab = train.build(owner)
+            with gr.Tab("Compare", id="compare") as compare_page:
+                compare_tab = compare.build(owner)
+            with gr.Tab("Bias", id="bias") as bias_page:
+                bias_tab = bias.build(owner)
+            with gr.Tab("Tune", id="tune") as tune_page:
+                tune_tab = tune.build(owner, setup_tab, tune_page)
+            with gr.Tab("Runs", id="runs") as runs_page:
+                runs_tab = runs.build(owner)
         private = {"api_visibility": "private"}
-        listing = [ui.runs_list, ui.runs_pick, ui.runs_other]
-        ui.tab_compare.select(compare.on_refresh, ui.owner, ui.cmp_run, **private)
-        ui.tab_bias.select(bias.on_refresh, ui.owner, ui.bias_run, **private)
-        ui.tab_runs.select(runs.on_refresh, ui.owner, listing, **private)
+        # Start (Setup) and Resume (Runs) hand the run to the Train tab and open it
+        setup_tab.start_btn.click(
+            train.on_start,
+            [owner, setup_tab.estimate, setup_tab.preset] + setup_tab.form,
+            [setup_tab.msg, train_tab.followed, tabs] + setup_tab.form,
+            show_progress="hidden",  # the message line says what happens, not Gradio's timer
+            **private,
+        )
+        runs_tab.resume_btn.click(
+            runs.on_resume,
+            [runs_tab.pick, runs_tab.resume_steps, owner],
+            [runs_tab.msg, train_tab.followed, tabs],
+            **private,
+        )
+        # a sweep point opens in the Runs tab
+        tune_tab.open_btn.click(
+            tune.on_open_run, [tune_tab.run, owner], [runs_tab.pick, tabs], **private
+        ).then(runs.on_open, [runs_tab.pick, owner], runs_tab.open_outputs, **private)
+        # lists of runs refresh when their tab is opened (a run may have finished meanwhile)
+        compare_page.select(compare.on_refresh, owner, compare_tab.run, **private)
+        bias_page.select(bias.on_refresh, owner, bias_tab.run, **private)
+        runs_page.select(runs.on_refresh, owner, runs_tab.listing, **private)
         # the owner token first (a new visitor gets one), then everything that depends on it
-        owned = demo.load(common.guarded(common.ensure_owner), ui.owner, ui.owner, **private)
+        owned = demo.load(common.guarded(common.ensure_owner), owner, owner, **private)
         owned.then(
             train.on_load,
-            [ui.followed, ui.owner],
-            [ui.followed, ui.job_banner, ui.tabs],
+            [train_tab.followed, owner],
+            [train_tab.followed, job_banner, tabs],
             **private,
         )
-        owned.then(compare.on_page_load, ui.owner, [ui.cmp_run, ui.cmp_pair], **private)
-        owned.then(runs.on_refresh, ui.owner, listing, **private)
-        owned.then(bias.on_refresh, ui.owner, ui.bias_run, **private).then(
-            bias.on_show,
-            [ui.bias_run, ui.owner],
-            [ui.bias_table, ui.bias_fig, ui.bias_msg, ui.bias_verdicts],
-            **private,
+        owned.then(compare.on_page_load, owner, [compare_tab.run, compare_tab.pair], **private)
+        owned.then(runs.on_refresh, owner, runs_tab.listing, **private)
+        owned.then(bias.on_refresh, owner, bias_tab.run, **private).then(
+            bias.on_show, [bias_tab.run, owner], bias_tab.shown, **private
         )
-        owned.then(tune.on_refresh, ui.owner, ui.tune_pick, **private)
-        owned.then(bias.on_refresh_targets, ui.owner, ui.bias_target, **private)
-        demo.load(setup.on_page_load, ui.fields["data.name"], ui.fields["data.name"], **private)
-        demo.load(classroom.on_open, None, classroom.outputs(ui), **private)
+        owned.then(tune.on_refresh, owner, tune_tab.pick, **private)
+        owned.then(bias.on_refresh_targets, owner, bias_tab.target, **private)
+        dataset = setup_tab.fields["data.name"]
+        demo.load(setup.on_page_load, dataset, dataset, **private)
+        demo.load(classroom.on_open, None, classroom_tab.outputs, **private)
         gr.api(api_start, api_name="start")
         gr.api(api_status, api_name="status")
         gr.api(api_stop, api_name="stop")

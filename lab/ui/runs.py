@@ -3,6 +3,8 @@ and Resume for a run that was stopped, crashed or paused (it continues from its 
 
 Reopening redraws every figure from the run directory alone. Downloads (the adapters as a zip,
 the self-contained HTML report) are built in a temporary folder, never inside the run.
+:func:`build` returns a :class:`RunsTab`: the lists, the picker and Resume, which the layout wires
+to the other tabs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import difflib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -198,8 +201,24 @@ def on_report(run_id: str, owner: str | None = None):
     return _download(html_report_file, run_id, owner, "report ready: click the file to download")
 
 
-def build(ui) -> None:
-    ui.runs_list = gr.Dataframe(
+@dataclass(frozen=True)
+class RunsTab:
+    """What the rest of the page uses of the Runs tab: ``listing`` (the table, the run picker
+    and the second run, as :func:`on_refresh` fills them), the picker, the outputs of
+    :func:`on_open`, and Resume with its steps box and the tab's message line."""
+
+    listing: list
+    pick: gr.Dropdown
+    open_outputs: list
+    resume_steps: gr.Number
+    resume_btn: gr.Button
+    msg: gr.Markdown
+
+
+def build(owner: gr.State) -> RunsTab:
+    """Create the Runs tab's widgets and wire them; ``owner`` is the visitor's token. Resume
+    is wired by the layout (it opens the Train tab)."""
+    table = gr.Dataframe(
         [],  # filled on page load, with the runs this visitor may see
         headers=["run", "status", "arms", "steps", "started"],
         interactive=False,
@@ -207,27 +226,27 @@ def build(ui) -> None:
         elem_id="runs-table",
     )
     with gr.Row():
-        ui.runs_pick = gr.Dropdown(
+        pick = gr.Dropdown(
             [],
             label="Run",
             info="Open a run: every figure is redrawn from its files.",
             elem_id="runs-pick",
             allow_custom_value=True,
         )
-        ui.runs_other = gr.Dropdown(
+        other = gr.Dropdown(
             [],
             label="Compare config with",
             info="A second run whose settings to diff.",
             allow_custom_value=True,
         )
-        ui.runs_refresh = gr.Button("↻ Refresh", scale=0, elem_id="runs-refresh")
+        refresh = gr.Button("↻ Refresh", scale=0, elem_id="runs-refresh")
     with gr.Row():
-        ui.runs_open = gr.Button("Open", variant="primary", elem_id="runs-open")
-        ui.runs_diff_btn = gr.Button("Diff configs")
-        ui.runs_zip_btn = gr.Button("Zip adapters", elem_id="runs-zip")
-        ui.runs_report_btn = gr.Button("HTML report", elem_id="runs-report")
+        open_btn = gr.Button("Open", variant="primary", elem_id="runs-open")
+        diff_btn = gr.Button("Diff configs")
+        zip_btn = gr.Button("Zip adapters", elem_id="runs-zip")
+        report_btn = gr.Button("HTML report", elem_id="runs-report")
     with gr.Row():
-        ui.runs_resume_steps = gr.Number(
+        resume_steps = gr.Number(
             None,
             label="New total steps (optional)",
             info="Empty: the run's own total. Resume continues a stopped, crashed or paused "
@@ -236,10 +255,10 @@ def build(ui) -> None:
             minimum=1,
             elem_id="runs-resume-steps",
         )
-        ui.runs_resume_btn = gr.Button("Resume", elem_id="runs-resume", scale=0)
-    ui.runs_msg = gr.Markdown(elem_id="runs-msg")
+        resume_btn = gr.Button("Resume", elem_id="runs-resume", scale=0)
+    msg = gr.Markdown(elem_id="runs-msg")
     # the result of "Diff configs" shows right here, not inside a collapsed section
-    ui.runs_diff_table = gr.Dataframe(
+    diff_table = gr.Dataframe(
         headers=["key", "this run", "other run"],
         interactive=False,
         visible=False,
@@ -248,30 +267,26 @@ def build(ui) -> None:
     )
     with gr.Row():
         # hidden until there is a file to download (no empty upload box to tab into)
-        ui.runs_zip = gr.File(
+        zip_file = gr.File(
             label="Adapters (.zip)", elem_id="runs-zip-file", height=100, visible=False
         )
-        ui.runs_report = gr.File(
+        report_file = gr.File(
             label="Report (.html)", elem_id="runs-report-file", height=100, visible=False
         )
-    ui.runs_summary = gr.Markdown()
-    ui.runs_fig = figures.plot_panel(FIGURES, prefix="runs-")
+    summary = gr.Markdown()
+    panel = figures.plot_panel(FIGURES, prefix="runs-")
     with gr.Accordion("Config", open=False):
-        ui.runs_config = gr.Code(language="yaml", label="config.yaml")
+        config = gr.Code(language="yaml", label="config.yaml")
     with gr.Accordion("Unified diff of the two configs", open=False):
-        ui.runs_diff = gr.Markdown()
-    ui.runs_open_outputs = [ui.runs_msg, ui.runs_summary, ui.runs_config] + (ui.runs_fig.outputs())
+        diff = gr.Markdown()
+    open_outputs = [msg, summary, config, *panel.outputs()]
     private = {"api_visibility": "private"}
-    listing = [ui.runs_list, ui.runs_pick, ui.runs_other]
-    pick = [ui.runs_pick, ui.owner]
-    ui.runs_refresh.click(on_refresh, ui.owner, listing, **private)
-    ui.runs_open.click(on_open, pick, ui.runs_open_outputs, **private)
-    ui.runs_pick.input(on_open, pick, ui.runs_open_outputs, **private)
-    ui.runs_diff_btn.click(
-        on_diff,
-        [ui.runs_pick, ui.runs_other, ui.owner],
-        [ui.runs_diff_table, ui.runs_diff],
-        **private,
-    )
-    ui.runs_zip_btn.click(on_zip, pick, [ui.runs_zip, ui.runs_msg], **private)
-    ui.runs_report_btn.click(on_report, pick, [ui.runs_report, ui.runs_msg], **private)
+    listing = [table, pick, other]
+    picked = [pick, owner]
+    refresh.click(on_refresh, owner, listing, **private)
+    open_btn.click(on_open, picked, open_outputs, **private)
+    pick.input(on_open, picked, open_outputs, **private)
+    diff_btn.click(on_diff, [pick, other, owner], [diff_table, diff], **private)
+    zip_btn.click(on_zip, picked, [zip_file, msg], **private)
+    report_btn.click(on_report, picked, [report_file, msg], **private)
+    return RunsTab(listing, pick, open_outputs, resume_steps, resume_btn, msg)

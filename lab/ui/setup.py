@@ -1,22 +1,21 @@
 """Setup tab: preset, model, data and knobs, each explained; check, time and start a run.
 
-The form logic (values -> overrides -> config) is in :mod:`lab.ui.form`. Every check (config,
+The form logic (values -> overrides -> config) is in :mod:`lab.ui.form`, the upload handlers
+(dataset, column mapping, benchmark files) in :mod:`lab.ui.uploads`. Every check (config,
 model, dataset) runs before a worker starts, and nothing is written to the runs directory when
-one fails.
+one fails. :func:`build` returns a :class:`SetupTab`, the part of the tab other tabs use.
 """
 
 from __future__ import annotations
 
-import re
-import shutil
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from lab import hosting, jobs
-from lab.config import TEACHER_CHOICES, ConfigError, check_value, list_presets, load_preset
-from lab.ui import common
+from lab.config import TEACHER_CHOICES, ConfigError, list_presets, load_preset
+from lab.ui import common, uploads
 from lab.ui.form import (
     ARM_CHOICES,
     EMBEDDED_MODELS,
@@ -27,7 +26,6 @@ from lab.ui.form import (
     USER_ERRORS,
     check_form,
     choices,
-    columns_text,
     config_value,
     dataset_choices,
     default_preset,
@@ -39,11 +37,8 @@ from lab.ui.form import (
     ordered,
     preset_note,
     preset_values,
-    role_error,
     slider_range,
 )
-
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
 # ---- handlers ---------------------------------------------------------------------------------
 
@@ -64,12 +59,9 @@ def on_preset(preset: str):
 
 def note_markdown(note: str) -> str:
     """The preset's comment block under the picker (plain text, shown as a quote)."""
-    return "\n>\n".join(f"> {_escape(p)}" for p in note.split("\n\n")) if note else ""
-
-
-def _escape(text: str) -> str:
-    """Plain text for a Markdown widget: markup characters and HTML shown as typed."""
-    return re.sub(r"([\\`*_{}\[\]<>#|~])", r"\\\1", text)
+    return (
+        "\n>\n".join(f"> {common.escape_markdown(p)}" for p in note.split("\n\n")) if note else ""
+    )
 
 
 TASK_FIELDS = ["model.name", "reg.lambda1", "reg.lambda2", "reg.lambda3", "reg.svd_k"]
@@ -177,180 +169,6 @@ def estimate_message(cfg, measured: dict[str, Any]) -> str:
     )
 
 
-def store_upload(path: str, owner: str | None) -> Path:
-    """Copy a checked upload into the visitor's own folder (named by the server from the owner
-    token, never from request data) under a sanitised name; returns where it now lies."""
-    h = common.hosting()
-    dest_dir = hosting.upload_dir(common.runs_root(), owner)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    if len(list(dest_dir.iterdir())) >= h.limits.uploads_per_owner:
-        raise ValueError(
-            f"you have uploaded {h.limits.uploads_per_owner} files, the limit on this app"
-        )
-    src = Path(path)
-    stem = _SAFE_NAME.sub("-", src.stem)[:60].strip(".-") or "data"
-    dest = dest_dir / f"{stem}{src.suffix.lower()}"
-    if not hosting.inside(dest, dest_dir):
-        raise ValueError("the upload's name is not usable")
-    shutil.copyfile(src, dest)
-    return dest
-
-
-MAP_HIDDEN = {"__type__": "update", "visible": False}
-MAP_SHOWN = {"__type__": "update", "visible": True}
-
-
-@common.guarded
-def on_upload(path: str | None, task: str, owner: str | None = None):
-    """Check an uploaded file; when it is usable, copy it to this visitor's folder and select
-    it; when its columns are not the task's, show them for the user to map.
-    -> (message, dataset, data.columns field, mapping box, first role, second role, pending)."""
-    skip = gr.skip()
-    if not path:
-        return "", skip, skip, skip, skip, skip, skip
-    from lab.datasets.uploads import file_columns, guess_mapping, needs_mapping, validate_upload
-
-    lim = common.hosting().limits
-    if not common.is_upload(path):
-        msg = common.err(role_error("the upload was not received as a file"))
-        return msg, skip, skip, MAP_HIDDEN, skip, skip, None
-    name = Path(path).name
-    try:
-        columns = file_columns(path, max_bytes=lim.upload_bytes, max_rows=lim.upload_rows)
-        if needs_mapping(columns, task):
-            pending = {"path": path, "columns": columns}
-            first, second = mapping_dropdowns(columns, task, guess_mapping(columns, task))
-            roles = " and ".join(f"**{ROLE_LABELS[r]}**" for r in _roles(task))
-            msg = (
-                f"🧭 {_escape(name)} has the columns {', '.join(f'`{c}`' for c in columns)}, not "
-                f"the ones task {task} needs. Choose its {roles} below, then **Use these columns**."
-            )
-            return msg, skip, skip, MAP_SHOWN, first, second, pending
-        rows, warnings = validate_upload(
-            path,
-            task=task,
-            max_bytes=lim.upload_bytes,
-            max_rows=lim.upload_rows,
-            max_classes=lim.classes,
-        )
-        dest = store_upload(path, owner)
-    except USER_ERRORS as e:
-        return common.err(role_error(str(e))), skip, skip, MAP_HIDDEN, skip, skip, None
-    note = "".join(f"\n\n⚠️ {w}" for w in warnings)
-    msg = common.ok(f"{name}: {len(rows)} usable rows; selected as the dataset") + note
-    return msg, _select(dest), "", MAP_HIDDEN, skip, skip, None
-
-
-def _roles(task: str) -> tuple[str, str]:
-    from lab.datasets.uploads import ROLES
-
-    if (bad := check_value("task", task)) is not None:
-        raise ValueError(f"task: {bad}")
-    return ROLES[task]
-
-
-def _select(dest: Path):
-    return gr.Dropdown(choices=dataset_choices() + [str(dest)], value=str(dest))
-
-
-def _role_info(role: str) -> str:
-    return f"The file's column that holds the {role}."
-
-
-def mapping_dropdowns(columns: list[str], task: str, guess: dict[str, str | None]):
-    """The two role dropdowns for ``task`` over the file's ``columns`` (guesses preselected)."""
-    return [
-        gr.Dropdown(
-            choices=columns,
-            value=guess.get(role),
-            label=ROLE_LABELS[role],
-            info=_role_info(role),
-        )
-        for role in _roles(task)
-    ]
-
-
-@common.guarded
-def on_mapping_task(task: str, pending: dict | None):
-    """The task changed while a mapping is open: the dropdowns ask for the new task's roles."""
-    if not isinstance(pending, dict):
-        return gr.skip(), gr.skip()
-    from lab.datasets.uploads import guess_mapping
-
-    columns = pending["columns"]
-    return tuple(mapping_dropdowns(columns, task, guess_mapping(columns, task)))
-
-
-@common.guarded
-def on_map(
-    pending: dict | None, task: str, first: str | None, second: str | None, owner=None, mapped=None
-):
-    """Apply the user's column mapping to the pending upload: check it, copy the file, select
-    it and put the mapping in the ``data.columns`` field.
-    -> (message, dataset, data.columns field, mapping box, mappings by dataset)."""
-    from lab.datasets.uploads import check_mapping, validate_upload
-
-    skip = gr.skip()
-    if not isinstance(pending, dict) or not common.is_upload(pending.get("path")):
-        return common.err(role_error("upload a file first")), skip, skip, skip, skip
-    path, lim = pending["path"], common.hosting().limits
-    try:
-        roles = _roles(task)
-        mapping = check_mapping(dict(zip(roles, (first, second))), pending["columns"], task)
-        rows, warnings = validate_upload(
-            path,
-            task=task,
-            columns=mapping,
-            max_bytes=lim.upload_bytes,
-            max_rows=lim.upload_rows,
-            max_classes=lim.classes,
-        )
-        dest = store_upload(path, owner)
-    except USER_ERRORS as e:
-        return common.err(role_error(str(e))), skip, skip, skip, skip
-    text = columns_text(mapping)
-    uses = ", ".join(f"`{c}` as the {r}" for r, c in mapping.items())
-    note = "".join(f"\n\n⚠️ {w}" for w in warnings)
-    msg = common.ok(
-        f"{_escape(Path(path).name)}: {len(rows)} usable rows with {uses}; selected as the dataset"
-    )
-    mapped = {**(mapped if isinstance(mapped, dict) else {}), str(dest): text}
-    return msg + note, _select(dest), text, MAP_HIDDEN, mapped
-
-
-@common.guarded
-def on_dataset_input(name: str | None, mapped: dict | None) -> str:
-    """A dataset picked by hand: its own column mapping (an upload mapped earlier), else none."""
-    return (mapped or {}).get(str(name), "") if isinstance(mapped, dict) else ""
-
-
-def _bench_uploader(kind: str):
-    """The Setup tab's upload of one benchmark file: checked like the Bias tab's, copied into
-    the visitor's own folder, and its path put in the hidden ``bias.<kind>`` field.
-    -> (message, the field's new value)."""
-
-    def on_upload(path, owner=None):
-        from lab.ui import bias as bias_tab
-
-        msg, items = bias_tab.check_benchmark(kind, path)
-        if items is None:
-            return msg, gr.skip()
-        try:
-            dest = store_upload(path, owner)
-        except USER_ERRORS as e:
-            return common.err(e), gr.skip()
-        return msg + f"\n\nIt will be scored at every eval point of the run (`bias.{kind}`).", str(
-            dest
-        )
-
-    on_upload.__name__ = f"on_bench_upload_{kind}"
-    return common.guarded(on_upload)
-
-
-BENCH_KINDS = ("crows_pairs", "bbq", "winogender", "winogender_stats")
-ON_BENCH_UPLOAD = {kind: _bench_uploader(kind) for kind in BENCH_KINDS}
-
-
 @common.guarded
 def on_page_load(current: str | None):
     """Fill the dataset list once the page is up (listing imports the data stack)."""
@@ -363,22 +181,35 @@ def on_page_load(current: str | None):
 # ---- widgets ----------------------------------------------------------------------------------
 
 
-def build(ui) -> None:
-    """Create the Setup tab's widgets and wire them. The form's widgets are kept by config path
-    in ``ui.fields`` (``ui.form``: the same widgets in ``FIELDS`` order, for the handlers); the
-    namespace shared by the tabs holds no other name for them."""
+@dataclass(frozen=True)
+class SetupTab:
+    """What the rest of the page uses of the Setup tab: the preset picker, the form's widgets
+    by config path (``fields``) and in ``FIELDS`` order (``form``, for the handlers), the Start
+    button, the message line under it and the estimate measured for Start."""
+
+    preset: gr.Dropdown
+    fields: dict[str, Any]
+    form: list
+    start_btn: gr.Button
+    msg: gr.Markdown
+    estimate: gr.State
+
+
+def build(owner: gr.State) -> SetupTab:
+    """Create the Setup tab's widgets and wire its own events; ``owner`` is the visitor's token.
+    Start is wired by the layout (it opens the Train tab)."""
     preset = default_preset()
     v = preset_values(preset)
     f: dict[str, Any] = {}  # config path -> its widget: the form is matched to fields by name
     with gr.Row():
-        ui.preset = gr.Dropdown(
+        preset_dd = gr.Dropdown(
             list_presets(),
             value=preset,
             label="Preset",
             info="A ready-made experiment; picking one fills every field below.",
             elem_id="preset",
         )
-    ui.preset_note = gr.Markdown(note_markdown(preset_note(preset)), elem_id="preset-note")
+    preset_note_md = gr.Markdown(note_markdown(preset_note(preset)), elem_id="preset-note")
     gr.Markdown(
         "Change any field below, then **Start** (queues the run; one trains at a time and the "
         "Train tab follows it), **Check** (validates every field, writes nothing) or "
@@ -386,10 +217,10 @@ def build(ui) -> None:
     )
     with gr.Row():
         # Start first: the shortest keyboard path from the tab to the main action
-        ui.start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
-        ui.check_btn = gr.Button("Check settings", elem_id="check-btn")
-        ui.estimate_btn = gr.Button("Measure time per step", elem_id="estimate-btn")
-    ui.setup_msg = gr.Markdown(elem_id="setup-msg")
+        start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
+        check_btn = gr.Button("Check settings", elem_id="check-btn")
+        estimate_btn = gr.Button("Measure time per step", elem_id="estimate-btn")
+    msg = gr.Markdown(elem_id="setup-msg")
     with gr.Row():
         f["task"] = gr.Radio(
             list(choices("task")),
@@ -418,27 +249,27 @@ def build(ui) -> None:
             elem_id="dataset",
             info="A shipped dataset, or your own file uploaded on the right.",
         )
-        ui.upload = gr.UploadButton(
+        upload = gr.UploadButton(
             f"{UPLOAD_LABEL} (.jsonl or .csv: prompt + response, or text + label)",
             file_types=[".jsonl", ".csv"],
             file_count="single",
             type="filepath",
             elem_id="upload-btn",
         )
-    ui.upload_msg = gr.Markdown(elem_id="upload-msg")
+    upload_msg = gr.Markdown(elem_id="upload-msg")
     # shown when an upload's columns are not the task's: which column holds which role
-    with gr.Column(visible=False, variant="panel", elem_id="map-box") as ui.map_box:
+    with gr.Column(visible=False, variant="panel", elem_id="map-box") as map_box:
         with gr.Row():
-            first, second = _roles(v["task"])
-            ui.map_first = gr.Dropdown(
-                [], label=ROLE_LABELS[first], info=_role_info(first), elem_id="map-first"
+            first, second = uploads.task_roles(v["task"])
+            map_first = gr.Dropdown(
+                [], label=ROLE_LABELS[first], info=uploads.role_info(first), elem_id="map-first"
             )
-            ui.map_second = gr.Dropdown(
-                [], label=ROLE_LABELS[second], info=_role_info(second), elem_id="map-second"
+            map_second = gr.Dropdown(
+                [], label=ROLE_LABELS[second], info=uploads.role_info(second), elem_id="map-second"
             )
-        ui.map_btn = gr.Button("Use these columns", elem_id="map-btn")
-    ui.map_pending = gr.State(None)  # the upload waiting for its mapping: path and columns
-    ui.mapped = gr.State({})  # dataset path -> its mapping, for a dataset picked again by hand
+        map_btn = gr.Button("Use these columns", elem_id="map-btn")
+    map_pending = gr.State(None)  # the upload waiting for its mapping: path and columns
+    mapped = gr.State({})  # dataset path -> its mapping, for a dataset picked again by hand
     f["data.columns"] = gr.Textbox(v["data.columns"], visible=False)
     with gr.Row():
         f["data.label_noise"] = gr.Slider(
@@ -543,58 +374,57 @@ def build(ui) -> None:
             "the run scores it the way lm-evaluation-harness does. The **Bias** tab explains "
             "each benchmark's limitation and scoring convention."
         )
+        bench_buttons = {}
         with gr.Row():
-            for kind in BENCH_KINDS:
+            for kind in uploads.BENCH_KINDS:
                 label = FIELD_LABELS[f"bias.{kind}"]
                 f[f"bias.{kind}"] = gr.Textbox(v[f"bias.{kind}"], visible=False)
                 btn = gr.UploadButton(
                     f"Upload {label}", file_count="single", type="filepath",
                     elem_id=f"setup-upload-{kind.replace('_', '-')}",
                 )  # fmt: skip
-                ui.bench_buttons = getattr(ui, "bench_buttons", {}) | {kind: btn}
-        ui.bench_msg = gr.Markdown(elem_id="setup-bench-msg")
-    ui.fields = f
-    ui.form = ordered(f)  # the widgets in FIELDS order, each found by its field's name
+                bench_buttons[kind] = btn
+        bench_msg = gr.Markdown(elem_id="setup-bench-msg")
+    form = ordered(f)  # the widgets in FIELDS order, each found by its field's name
 
     # our own status text in the message lines, never Gradio's timer over them
     private = {"api_visibility": "private", "show_progress": "hidden"}
-    ui.preset.change(on_preset, ui.preset, ui.form + [ui.preset_note, ui.setup_msg], **private)
+    preset_dd.change(on_preset, preset_dd, form + [preset_note_md, msg], **private)
     f["task"].input(
         on_task,
-        [ui.preset, f["task"], f["model.name"]],
-        [*(f[k] for k in TASK_FIELDS), ui.setup_msg],  # by name, as on_task returns them
+        [preset_dd, f["task"], f["model.name"]],
+        [*(f[k] for k in TASK_FIELDS), msg],  # by name, as on_task returns them
         **private,
     )
-    f["task"].input(on_mapping_task, [f["task"], ui.map_pending], [ui.map_first, ui.map_second],
+    f["task"].input(uploads.on_mapping_task, [f["task"], map_pending], [map_first, map_second],
                   **private)  # fmt: skip
-    ui.upload.upload(
-        on_upload,
-        [ui.upload, f["task"], ui.owner],
-        [ui.upload_msg, f["data.name"], f["data.columns"], ui.map_box, ui.map_first, ui.map_second,
-         ui.map_pending],
+    upload.upload(
+        uploads.on_upload,
+        [upload, f["task"], owner],
+        [upload_msg, f["data.name"], f["data.columns"], map_box, map_first, map_second,
+         map_pending],
         **private,
     )  # fmt: skip
-    ui.map_btn.click(
-        on_map,
-        [ui.map_pending, f["task"], ui.map_first, ui.map_second, ui.owner, ui.mapped],
-        [ui.upload_msg, f["data.name"], f["data.columns"], ui.map_box, ui.mapped],
+    map_btn.click(
+        uploads.on_map,
+        [map_pending, f["task"], map_first, map_second, owner, mapped],
+        [upload_msg, f["data.name"], f["data.columns"], map_box, mapped],
         **private,
     )
     f["data.name"].input(
-        on_dataset_input, [f["data.name"], ui.mapped], f["data.columns"], **private
+        uploads.on_dataset_input, [f["data.name"], mapped], f["data.columns"], **private
     )
-    for kind, btn in ui.bench_buttons.items():
+    for kind, btn in bench_buttons.items():
         btn.upload(
-            ON_BENCH_UPLOAD[kind], [btn, ui.owner], [ui.bench_msg, f[f"bias.{kind}"]], **private
+            uploads.ON_BENCH_UPLOAD[kind], [btn, owner], [bench_msg, f[f"bias.{kind}"]], **private
         )
-    ui.check_btn.click(
-        on_check, [ui.owner, ui.preset] + ui.form, [ui.setup_msg] + ui.form, **private
-    )
-    ui.estimate = gr.State(None)
-    ui.estimate_btn.click(
+    check_btn.click(on_check, [owner, preset_dd] + form, [msg] + form, **private)
+    estimate = gr.State(None)
+    estimate_btn.click(
         on_estimate,
-        [ui.owner, ui.preset] + ui.form,
-        [ui.setup_msg, ui.estimate],
+        [owner, preset_dd] + form,
+        [msg, estimate],
         concurrency_limit=1,
         **private,
     )
+    return SetupTab(preset_dd, f, form, start_btn, msg, estimate)

@@ -3,11 +3,13 @@
 A page follows one run id (a per-session ``gr.State``). On load it attaches to the app's
 running (or next queued) job, so a reload finds the same job. A ``gr.Timer`` polls the run
 directory; figures are redrawn only when new events arrive, the t-SNE only at new eval points.
+:func:`build` returns a :class:`TrainTab`: the followed run id, which Start and Resume set.
 """
 
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -181,41 +183,48 @@ def on_stop(followed: str | None, owner: str | None = None) -> str:
     )
 
 
-def build(ui) -> None:
-    ui.followed = gr.State(None)
-    ui.seen = gr.State({})
+@dataclass(frozen=True)
+class TrainTab:
+    """What the rest of the page uses of the Train tab: the run id this page follows."""
+
+    followed: gr.State
+
+
+def build(owner: gr.State) -> TrainTab:
+    """Create the Train tab's widgets and its poll; ``owner`` is the visitor's token."""
+    followed = gr.State(None)
+    seen = gr.State({})
     with gr.Row():
-        ui.train_status = gr.Markdown(
-            "*No run yet: start one in **Setup**.*", elem_id="train-status"
-        )
-        ui.stop_btn = gr.Button("Stop", variant="stop", scale=0, elem_id="stop-btn")
-    ui.stop_msg = gr.Markdown(
+        status = gr.Markdown("*No run yet: start one in **Setup**.*", elem_id="train-status")
+        stop_btn = gr.Button("Stop", variant="stop", scale=0, elem_id="stop-btn")
+    stop_msg = gr.Markdown(
         "*Stop ends the run at the next step; each arm is then evaluated and its adapter saved, "
         "so a stopped run can still be compared and downloaded.*",
         elem_id="stop-msg",
     )
-    ui.progress = gr.HTML(elem_id="train-progress")
+    progress = gr.HTML(elem_id="train-progress")
     with gr.Accordion("Queue (one training job at a time in this app)", open=False):
-        ui.queue = gr.HTML(elem_id="train-queue")
-    ui.weighted = gr.Checkbox(
+        queue = gr.HTML(elem_id="train-queue")
+    weighted = gr.Checkbox(
         False,
         label="Weighted terms",
         info="Off: each regularizer term as computed. On: as added to the loss (λ × term).",
     )
-    ui.train_fig = figures.plot_panel(FIGURES)
-    ui.timer = gr.Timer(POLL_S)
+    panel = figures.plot_panel(FIGURES)
+    timer = gr.Timer(POLL_S)
     outs = [
-        ui.train_status, ui.progress, ui.queue, ui.stop_btn,
-        *ui.train_fig.outputs(), ui.seen,
+        status, progress, queue, stop_btn,
+        *panel.outputs(), seen,
     ]  # fmt: skip
-    ui.timer.tick(
+    timer.tick(
         on_tick,
-        [ui.followed, ui.seen, ui.weighted, ui.owner],
+        [followed, seen, weighted, owner],
         outs,
         show_progress="hidden",
         concurrency_limit=None,
         api_visibility="private",
     )
-    ui.stop_btn.click(on_stop, [ui.followed, ui.owner], ui.stop_msg, api_visibility="private")
+    stop_btn.click(on_stop, [followed, owner], stop_msg, api_visibility="private")
     if common.zerogpu():
-        zerogpu.wire(ui)
+        zerogpu.wire(followed, owner)
+    return TrainTab(followed)

@@ -3,7 +3,8 @@
 A sweep (``tune-XXXX``) is one run whose arms are ``balora@L1,L2,L3`` for every grid point (and
 LoRA and PiSSA when asked), with the Setup tab's other settings: one model load and one teacher
 pass per step serve every point. Two Pareto plots put every finished arm at (bias score, task
-metric) and (drift, task metric); the run opens in the Runs tab.
+metric) and (drift, task metric); the run opens in the Runs tab. :func:`build` takes the Setup
+tab (its preset and form are the sweep's settings) and returns a :class:`TuneTab`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import itertools
 import json
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -20,7 +22,7 @@ from lab import arms as arm_specs
 from lab import hosting, jobs, plots
 from lab.config import ConfigError, load_preset
 from lab.ui import common, figures, form
-from lab.ui import runs as runs_tab
+from lab.ui.setup import SetupTab
 
 MAX_POINTS = 12
 POLL_S = 3.0  # seconds between two reads of the sweep table
@@ -180,74 +182,73 @@ def on_open_run(run_id: str, owner: str | None = None):
     return gr.Dropdown(value=run_id, choices=choices), gr.Tabs(selected="runs")
 
 
-def build(ui) -> None:
+@dataclass(frozen=True)
+class TuneTab:
+    """What the rest of the page uses of the Tune tab: the sweep picker (filled when the page
+    loads), and the sweep point and button that open it in the Runs tab."""
+
+    pick: gr.Dropdown
+    run: gr.Dropdown
+    open_btn: gr.Button
+
+
+def build(owner: gr.State, setup: SetupTab, tab: gr.Tab) -> TuneTab:
+    """Create the Tune tab's widgets and wire them: a sweep takes the Setup tab's preset and
+    form, and opening the tab (``tab``) shows the settings the sweep inherits from them."""
     gr.Markdown(
         "A quick sweep: short BA-LoRA runs over a small grid of λ values (the Setup tab's other "
         "settings apply), then Pareto plots of the task metric against the bias score and against "
         "the drift from the base model. Points on the dotted front are the best trade-offs."
     )
     with gr.Row():
-        ui.tune_l1 = gr.Textbox(
+        l1 = gr.Textbox(
             "0, 0.025, 0.1", label="λ1 values", info="Consistency weights to try, comma-separated."
         )
-        ui.tune_l2 = gr.Textbox("0.005", label="λ2 values", info="Diversity weights to try.")
-        ui.tune_l3 = gr.Textbox("0.005", label="λ3 values", info="SVD weights to try.")
+        l2 = gr.Textbox("0.005", label="λ2 values", info="Diversity weights to try.")
+        l3 = gr.Textbox("0.005", label="λ3 values", info="SVD weights to try.")
     with gr.Row():
-        ui.tune_steps = gr.Number(
+        steps = gr.Number(
             10, precision=0, label="Steps", info="Keep it short: every point is one more arm."
         )
-        ui.tune_baseline = gr.Checkbox(
+        baseline = gr.Checkbox(
             True,
             label="Add LoRA and PiSSA arms",
             info="Reference points without the regularizers, trained on the same batches.",
         )
-        ui.tune_btn = gr.Button("Run sweep", variant="primary", elem_id="tune-btn")
-    ui.tune_msg = gr.Markdown(elem_id="tune-msg")
-    ui.tune_inherited = gr.Markdown(elem_id="tune-inherited")
+        btn = gr.Button("Run sweep", variant="primary", elem_id="tune-btn")
+    msg = gr.Markdown(elem_id="tune-msg")
+    inherited = gr.Markdown(elem_id="tune-inherited")
     with gr.Row():
-        ui.tune_pick = gr.Dropdown(
+        pick = gr.Dropdown(
             [],  # filled on page load with this visitor's sweeps
             label="Sweep",
             info="Sweeps found on disk; the one you start is picked.",
             allow_custom_value=True,
         )
-        ui.tune_run = gr.Dropdown(
-            [], label="Open a point as a run", info="Pick a run of the sweep."
-        )
-        ui.tune_open = gr.Button("Open in Runs", scale=0)
-    ui.tune_table = gr.Dataframe(
+        run = gr.Dropdown([], label="Open a point as a run", info="Pick a run of the sweep.")
+        open_btn = gr.Button("Open in Runs", scale=0)
+    table = gr.Dataframe(
         headers=["run", "state", "λ", "task metric", "bias", "drift"], interactive=False
     )
     with gr.Row():
         waiting = plots.empty_figure("points appear as the sweep's runs finish")
-        ui.tune_fig = gr.Plot(waiting, label="Task metric vs bias score", elem_id="fig-pareto")
-        ui.tune_fig_drift = gr.Plot(
-            waiting, label="Task metric vs drift (KL(base‖arm) on held-out texts)"
-        )
-    ui.tune_seen = gr.State(None)
-    ui.tune_timer = gr.Timer(POLL_S)
-
-
-def wire(ui) -> None:
-    """Events that reach into other tabs (Setup's form, the Runs tab)."""
+        fig = gr.Plot(waiting, label="Task metric vs bias score", elem_id="fig-pareto")
+        fig_drift = gr.Plot(waiting, label="Task metric vs drift (KL(base‖arm) on held-out texts)")
+    seen = gr.State(None)
+    timer = gr.Timer(POLL_S)
     private = {"api_visibility": "private"}
-    ui.tune_btn.click(
+    btn.click(
         on_sweep,
-        [ui.owner, ui.preset, ui.tune_l1, ui.tune_l2, ui.tune_l3, ui.tune_steps, ui.tune_baseline]
-        + ui.form,
-        [ui.tune_msg, ui.tune_pick],
+        [owner, setup.preset, l1, l2, l3, steps, baseline] + setup.form,
+        [msg, pick],
         **private,
     )
-    ui.tab_tune.select(
-        on_show_settings, [ui.owner, ui.preset] + ui.form, ui.tune_inherited, **private
-    )
-    ui.tune_timer.tick(
+    tab.select(on_show_settings, [owner, setup.preset] + setup.form, inherited, **private)
+    timer.tick(
         on_tick,
-        [ui.tune_pick, ui.tune_seen, ui.owner],
-        [ui.tune_table, ui.tune_fig, ui.tune_fig_drift, ui.tune_run, ui.tune_seen],
+        [pick, seen, owner],
+        [table, fig, fig_drift, run, seen],
         show_progress="hidden",
         **private,
     )
-    ui.tune_open.click(
-        on_open_run, [ui.tune_run, ui.owner], [ui.runs_pick, ui.tabs], **private
-    ).then(runs_tab.on_open, [ui.runs_pick, ui.owner], ui.runs_open_outputs, **private)
+    return TuneTab(pick, run, open_btn)

@@ -85,12 +85,12 @@ def note(settings: chunks.Settings) -> str:
     )
 
 
-def wire(ui) -> None:
-    """The chunk timer of the Train tab (built only in chunked mode)."""
-    ui.chunk_timer = gr.Timer(DRIVE_S)
-    ui.chunk_timer.tick(
+def wire(followed: gr.State, owner: gr.State) -> None:
+    """The chunk timer of the Train tab (built only in chunked mode): it drives the
+    ``followed`` run for its ``owner``."""
+    gr.Timer(DRIVE_S).tick(
         on_drive,
-        [ui.followed, ui.owner],
+        [followed, owner],
         None,
         show_progress="hidden",
         concurrency_limit=None,  # each visitor's calls are scheduled by the platform
