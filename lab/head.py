@@ -14,6 +14,9 @@ materialized logits (tests compare them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +25,8 @@ from lab.regularizers import DegenerateTermError, kl_rows, row_chunks
 
 CHUNK_ROWS = 64  # rows per chunk: (64, 49152) float32 is 12.6 MB per buffer
 EIG_FLOOR = 1e-12  # svd term: eigenvalues of the normalized Gram matrix clamped here before sqrt
+
+T = TypeVar("T")
 
 
 class _HeadLoss(torch.autograd.Function):
@@ -167,24 +172,34 @@ def head_loss(
     return total, ce, (kl if teacher_h is not None else None), neg_entropy
 
 
-def head_gram(head: torch.nn.Linear) -> torch.Tensor:
-    """W'^T W' (H', H') in float32 for the frozen head (W' = [W, b] with a bias), cached on it.
+def cached_on_head(head: torch.nn.Module, name: str, compute: Callable[[], T]) -> T:
+    """``compute()``, cached on the frozen ``head`` as the attribute ``name``.
 
-    The cache key holds the weight's storage and version counters, so an in-place change of the
-    head (or a new head) recomputes it.
+    The cache key holds the weight's storage and the version counters of the weight and the
+    bias, so an in-place change of the head (or a new head) recomputes it.
     """
-    weight, bias = head.weight, head.bias
+    weight, bias = head.weight, getattr(head, "bias", None)
     key = (weight.data_ptr(), weight._version, None if bias is None else bias._version)
-    cached = getattr(head, "_balora_gram", None)
+    cached = getattr(head, name, None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    with torch.no_grad():
-        w = weight.detach().double()
-        if bias is not None:
-            w = torch.cat([w, bias.detach().double()[:, None]], dim=1)
-        gram = (w.T @ w).float()
-    head._balora_gram = (key, gram)
-    return gram
+    value = compute()
+    setattr(head, name, (key, value))
+    return value
+
+
+def head_gram(head: torch.nn.Linear) -> torch.Tensor:
+    """W'^T W' (H', H') in float32 for the frozen head (W' = [W, b] with a bias), cached on it
+    (:func:`cached_on_head`)."""
+
+    @torch.no_grad()
+    def gram() -> torch.Tensor:
+        w = head.weight.detach().double()
+        if head.bias is not None:
+            w = torch.cat([w, head.bias.detach().double()[:, None]], dim=1)
+        return (w.T @ w).float()
+
+    return cached_on_head(head, "_balora_gram", gram)
 
 
 def logits_svd_loss(h: torch.Tensor, head: torch.nn.Linear, k: int) -> torch.Tensor:
