@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -128,36 +129,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_rows(rows: list[dict], as_json: bool, line: Callable[[dict], str]) -> int:
+    """A listing: the rows as JSON, or one ``line(row)`` each."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(line(r))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from lab.models import list_models
 
-    rows = list_models()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
+    def line(r: dict) -> str:
         state = "ready" if r["installed"] else f"missing: {r['install']}"
-        print(f"{r['name']:<14} {'/'.join(r['tasks']):<4} {state:<12} {r['description']}")
-    return 0
+        return f"{r['name']:<14} {'/'.join(r['tasks']):<4} {state:<12} {r['description']}"
+
+    return _print_rows(list_models(), args.json, line)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     from lab.datasets import list_datasets
 
-    rows = list_datasets()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
+    def line(r: dict) -> str:
         if "n_items" in r:
             counts = f"items={r['n_items']}"
         else:
             counts = f"train={r.get('n_train', '-')} test={r.get('n_test', '-')}"
         tasks = "/".join(r.get("tasks", []))
-        print(
-            f"{r['name']:<18} {r.get('kind', ''):<15} {tasks:<8} {counts:<22} {r.get('description', '')}"
-        )
-    return 0
+        return f"{r['name']:<18} {r.get('kind', ''):<15} {tasks:<8} {counts:<22} {r.get('description', '')}"
+
+    return _print_rows(list_datasets(), args.json, line)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

@@ -174,33 +174,13 @@ def build(
     return model
 
 
-def make_arm(
-    base: torch.nn.Module,
-    arm: str,
-    *,
-    task: str,
-    rank: int,
-    alpha: float,
-    dropout: float,
-    target_modules: list[str],
-    pissa_niter: int,
-    seed: int,
-) -> PeftModel:
-    """A model holding the one arm ``arm`` (``lora``, ``pissa``, ``balora``, ``balora@...``)."""
+def make_arm(base: torch.nn.Module, arm: str, **settings) -> PeftModel:
+    """A model holding the one arm ``arm`` (``lora``, ``pissa``, ``balora``, ``balora@...``);
+    ``settings`` are the keyword arguments of :func:`build` (task, rank, alpha, ...)."""
     from lab.arms import make_spec
 
     spec = make_spec(arm, lambdas=(0.0, 0.0, 0.0), lr=1.0)
-    return build(
-        base,
-        [spec],
-        task=task,
-        rank=rank,
-        alpha=alpha,
-        dropout=dropout,
-        target_modules=target_modules,
-        pissa_niter=pissa_niter,
-        seed=seed,
-    )
+    return build(base, [spec], **settings)
 
 
 def arm_names(model: PeftModel) -> list[str]:

@@ -14,20 +14,26 @@ materialized logits (tests compare them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 
 from lab import losses
-from lab.regularizers import DegenerateTermError, kl_rows
+from lab.regularizers import DegenerateTermError, kl_rows, row_chunks
 
 CHUNK_ROWS = 64  # rows per chunk: (64, 49152) float32 is 12.6 MB per buffer
 EIG_FLOOR = 1e-12  # svd term: eigenvalues of the normalized Gram matrix clamped here before sqrt
+
+T = TypeVar("T")
 
 
 class _HeadLoss(torch.autograd.Function):
     """(total, ce, kl, neg_entropy) over M rows; total = ce + l1 * kl + l2 * neg_entropy is
     weighed by :func:`lab.losses.weigh`, and the chunk loop mixes the terms' gradients with the
-    same weights (one (M, H) gradient buffer, whatever the number of terms)."""
+    same weights by :func:`lab.losses.mix_into` (one (M, H) gradient buffer, whatever the number
+    of terms)."""
 
     @staticmethod
     def forward(
@@ -45,7 +51,7 @@ class _HeadLoss(torch.autograd.Function):
         norm: float,
     ):
         need_grad = ctx.needs_input_grad[0]
-        lam1, lam2, _ = lambdas  # the weights of the gradient mix; the value via lab.losses
+        weighted = losses.active(lambdas)  # the terms whose gradient the mix needs
         ctx.h_dtype = h.dtype
         dh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need_grad else None
         sums = torch.zeros(3, dtype=torch.float32, device=h.device)  # ce, kl, -entropy
@@ -56,8 +62,7 @@ class _HeadLoss(torch.autograd.Function):
                 t_bias = bias.to(teacher_h.dtype)
         k = min(top_k, weight.shape[0])
         temp = float(temperature)
-        for i in range(0, h.shape[0], chunk):
-            rows = slice(i, i + chunk)
+        for rows in row_chunks(h.shape[0], chunk):
             z = F.linear(h[rows], weight, bias).float()  # (c, V)
             tgt = targets[rows]
             log_p = F.log_softmax(z, dim=-1)
@@ -66,16 +71,17 @@ class _HeadLoss(torch.autograd.Function):
             del log_p
             if g is not None:
                 g[torch.arange(g.shape[0], device=g.device), tgt] -= 1.0
+            grads: dict[str, torch.Tensor | losses.Scattered] = {}
             if terms and teacher_h is not None:
                 zt = F.linear(teacher_h[rows], t_weight, t_bias).float().div_(temp)  # (c, V)
                 log_t = F.log_softmax(zt, dim=-1)
                 del zt
                 log_s = F.log_softmax(z / temp, dim=-1)
-                kl, dz = kl_rows(log_s, log_t, g is not None and lam1 > 0)
+                kl, dz = kl_rows(log_s, log_t, g is not None and "consistency" in weighted)
                 del log_t, log_s
                 sums[1] += kl
                 if dz is not None:  # d (T^2 KL) / dz = T (p_s - p_t)
-                    g.add_(dz, alpha=lam1 * temp)
+                    grads["consistency"] = dz.mul_(temp)
                 del dz
             if terms:
                 top, idx = z.topk(k, dim=-1)  # (c, K)
@@ -84,10 +90,13 @@ class _HeadLoss(torch.autograd.Function):
                 lp = torch.where(torch.isfinite(lp), lp, 0.0)
                 row = (p * lp).sum(-1, keepdim=True)  # (c, 1): minus the entropy
                 sums[2] += row.sum()
-                if g is not None and lam2 > 0:  # d (sum p log p) / d top = p (log p - row)
-                    g.scatter_add_(1, idx, (lam2 * p) * (lp - row))
+                if g is not None and "diversity" in weighted:
+                    # d (sum p log p) / d top = p (log p - row), at the top-K columns
+                    grads["diversity"] = losses.Scattered(idx, p * (lp - row))
             del z
             if g is not None:
+                losses.mix_into(g, grads, lambdas)  # d total / dz of the chunk, in g
+                del grads
                 dh[rows] = (g.to(weight.dtype) @ weight).float()  # (c, V) @ (V, H)
                 del g
         if dh is not None:
@@ -163,24 +172,34 @@ def head_loss(
     return total, ce, (kl if teacher_h is not None else None), neg_entropy
 
 
-def head_gram(head: torch.nn.Linear) -> torch.Tensor:
-    """W'^T W' (H', H') in float32 for the frozen head (W' = [W, b] with a bias), cached on it.
+def cached_on_head(head: torch.nn.Module, name: str, compute: Callable[[], T]) -> T:
+    """``compute()``, cached on the frozen ``head`` as the attribute ``name``.
 
-    The cache key holds the weight's storage and version counters, so an in-place change of the
-    head (or a new head) recomputes it.
+    The cache key holds the weight's storage and the version counters of the weight and the
+    bias, so an in-place change of the head (or a new head) recomputes it.
     """
-    weight, bias = head.weight, head.bias
+    weight, bias = head.weight, getattr(head, "bias", None)
     key = (weight.data_ptr(), weight._version, None if bias is None else bias._version)
-    cached = getattr(head, "_balora_gram", None)
+    cached = getattr(head, name, None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    with torch.no_grad():
-        w = weight.detach().double()
-        if bias is not None:
-            w = torch.cat([w, bias.detach().double()[:, None]], dim=1)
-        gram = (w.T @ w).float()
-    head._balora_gram = (key, gram)
-    return gram
+    value = compute()
+    setattr(head, name, (key, value))
+    return value
+
+
+def head_gram(head: torch.nn.Linear) -> torch.Tensor:
+    """W'^T W' (H', H') in float32 for the frozen head (W' = [W, b] with a bias), cached on it
+    (:func:`cached_on_head`)."""
+
+    @torch.no_grad()
+    def gram() -> torch.Tensor:
+        w = head.weight.detach().double()
+        if head.bias is not None:
+            w = torch.cat([w, head.bias.detach().double()[:, None]], dim=1)
+        return (w.T @ w).float()
+
+    return cached_on_head(head, "_balora_gram", gram)
 
 
 def logits_svd_loss(h: torch.Tensor, head: torch.nn.Linear, k: int) -> torch.Tensor:

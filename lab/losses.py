@@ -6,8 +6,8 @@ over the active terms (a term that is None, inactive or not computed, adds nothi
 the one place where a term is multiplied by its weight, for both the unfused path
 (:func:`lab.regularizers.ba_lora_loss`, the unfused NLG and the NLU micro-batch terms of
 :mod:`lab.forward`), the whole-batch terms (:func:`lab.forward.batch_terms`), the fused NLG head
-(:mod:`lab.head`, whose chunk loop mixes the gradients with the same weights) and the numbers
-of a train event (:func:`train_values`).
+(:mod:`lab.head`, whose chunk loop mixes the terms' gradients through :func:`mix_into`) and
+the numbers of a train event (:func:`train_values`).
 
 A term with weight 0 is logged (raw, and weighted as 0 x raw) but adds nothing to the total,
 not even 0 x value: with all weights 0 the total is the task loss itself. The same rule holds
@@ -19,7 +19,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    import torch
 
 TERMS = ("consistency", "diversity", "svd")
 LAMBDA_NAMES = ("lambda1", "lambda2", "lambda3")  # the weights of TERMS, in that order
@@ -36,6 +39,11 @@ def weights(lambdas: Sequence[float]) -> dict[str, float]:
         if not (math.isfinite(w) and w >= 0):
             raise ValueError(f"the {term} weight must be a finite number >= 0, got {w}")
     return out
+
+
+def active(lambdas: Sequence[float]) -> set[str]:
+    """The terms whose weight is > 0: only they add to the total (value and gradient)."""
+    return {t for t, w in weights(lambdas).items() if w > 0}
 
 
 @dataclass
@@ -61,6 +69,38 @@ def weigh(task: V, raw: Mapping[str, V | None], lambdas: Sequence[float]) -> Wei
     added = [weighted[t] for t in TERMS if weighted[t] is not None and w[t] > 0]
     total = task + sum(added) if added else task  # nothing added: the task loss itself
     return Weighted(total, values, weighted, dict(zip(LAMBDA_NAMES, w.values())))
+
+
+@dataclass(frozen=True)
+class Scattered:
+    """A term's gradient given only at some columns: ``values`` (c, K) belong at ``index`` (c, K)
+    of a (c, V) buffer (the top-K gradient of the diversity term)."""
+
+    index: torch.Tensor
+    values: torch.Tensor
+
+
+def mix_into(
+    acc: torch.Tensor,
+    parts: Mapping[str, torch.Tensor | Scattered | None],
+    lambdas: Sequence[float],
+) -> torch.Tensor:
+    """acc += weight x part for every present part whose weight is > 0, in place; -> ``acc``.
+
+    The gradient twin of :func:`weigh`: ``acc`` holds d task / dz, ``parts`` {term: d term / dz}
+    (a tensor shaped like ``acc``, or :class:`Scattered`), and ``acc`` ends as d total / dz.
+    In place, so a chunk loop mixes any number of terms in one buffer. A part whose weight is 0
+    adds nothing (its gradient need not be computed: see :func:`active`).
+    """
+    w = weights(lambdas)
+    for term, part in parts.items():
+        if part is None or not w[term] > 0:
+            continue
+        if isinstance(part, Scattered):
+            acc.scatter_add_(-1, part.index, w[term] * part.values)
+        else:
+            acc.add_(part, alpha=w[term])
+    return acc
 
 
 def train_values(

@@ -16,6 +16,7 @@ non-finite value) propagates; nothing is ever replaced by 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -83,6 +84,16 @@ def consistency_loss(
     return _ChunkedKL.apply(s, t, float(temperature))
 
 
+def row_chunks(m: int, size: int) -> Iterator[slice]:
+    """The row slices of every loop over row chunks: ``size`` rows each (the last one fewer),
+    covering rows 0 .. m - 1 in order. Only the (c, V) intermediates of one chunk exist at a
+    time, so ``size`` bounds the loop's peak memory."""
+    if size < 1:
+        raise ValueError(f"a chunk must have at least 1 row, got {size}")
+    for start in range(0, m, size):
+        yield slice(start, min(start + size, m))
+
+
 def kl_rows(
     log_s: torch.Tensor, log_t: torch.Tensor, grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -112,16 +123,15 @@ class _ChunkedKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
         m, v = s.shape
-        chunk = max(1, _ChunkedKL.CHUNK_ELEMS // max(1, v))
         total = s.new_zeros(())
         grad = torch.empty_like(s) if ctx.needs_input_grad[0] else None
-        for i in range(0, m, chunk):
-            log_s = F.log_softmax(s[i : i + chunk] / temperature, dim=-1)
-            log_t = F.log_softmax(t[i : i + chunk] / temperature, dim=-1)
+        for rows in row_chunks(m, max(1, _ChunkedKL.CHUNK_ELEMS // max(1, v))):
+            log_s = F.log_softmax(s[rows] / temperature, dim=-1)
+            log_t = F.log_softmax(t[rows] / temperature, dim=-1)
             kl, dz = kl_rows(log_s, log_t, grad is not None)
             total = total + kl
             if grad is not None:
-                grad[i : i + chunk] = dz * (temperature / m)
+                grad[rows] = dz * (temperature / m)
         ctx.save_for_backward(grad)
         return total * (temperature**2 / m)
 

@@ -224,3 +224,45 @@ def test_a_bf16_model_trains_through_the_fused_head(tmp_path):
     for e in train:
         for key in ("loss", "task_loss", "consistency", "diversity", "svd"):
             assert e[key] is not None and math.isfinite(e[key]), (e["arm"], key)
+
+
+def _hand_weighted_grad(h, head, targets, t, l1, l2, top_k):
+    """d (ce + l1 * consistency + l2 * diversity) / dh, the weights applied here by hand."""
+    from lab.regularizers import consistency_loss, diversity_loss
+
+    h = h.clone().requires_grad_()
+    z = head(h)
+    total = F.cross_entropy(z, targets)
+    total = total + l1 * consistency_loss(z, head(t), None, 2.0)
+    total = total + l2 * diversity_loss(z, None, top_k)
+    total.backward()
+    return total.detach(), h.grad
+
+
+def test_the_fused_gradient_takes_its_weights_from_lab_losses(monkeypatch):
+    """The fused head mixes the terms' gradients through lab.losses: doubling the consistency
+    weight there doubles that term's share of the gradient (and of the value)."""
+    from lab import losses
+
+    head = _head(41, 10, True)
+    h, t = _rows(13, 10)
+    targets = torch.randint(0, 41, (13,), generator=torch.Generator().manual_seed(5))
+    kw = dict(lambdas=(0.4, 0.3), temperature=2.0, top_k=6, terms=True, chunk=4)
+
+    def fused():
+        h1 = h.clone().requires_grad_()
+        total, *_ = head_loss(h1, head, targets, t, **kw)
+        total.backward()
+        return total.detach(), h1.grad
+
+    def doubled_consistency(lambdas):
+        w = plain_weights(lambdas)
+        return {**w, "consistency": 2 * w["consistency"]}
+
+    plain_weights = losses.weights
+    for l1 in (0.4, 0.8):  # the second pass: lab.losses doubles the consistency weight
+        total, grad = fused()
+        ref_total, ref_grad = _hand_weighted_grad(h, head, targets, t, l1, 0.3, 6)
+        assert total.item() == pytest.approx(ref_total.item(), rel=1e-5)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+        monkeypatch.setattr(losses, "weights", doubled_consistency)

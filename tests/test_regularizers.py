@@ -375,3 +375,29 @@ def test_train_values_of_an_event():
     plain = losses.train_values(values, {"task_loss"}, (0.0, 0.0, 0.0), {}, False)
     assert plain["loss"] == 2.0 and plain["consistency"] is None
     assert set(plain["inactive"]) == set(losses.TERMS)
+
+
+def test_mix_into_adds_the_weighted_gradients_in_place():
+    from lab import losses
+
+    acc = torch.ones(2, 4)
+    dense = torch.full((2, 4), 2.0)
+    index = torch.tensor([[0, 3], [1, 1]])
+    sparse = losses.Scattered(index, torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    parts = {"consistency": dense, "diversity": sparse, "svd": torch.full((2, 4), 9.0)}
+    out = losses.mix_into(acc, parts, (0.5, 0.25, 0.0))
+    assert out is acc  # in place; svd has weight 0 and adds nothing
+    want = torch.tensor([[2.0 + 0.25, 2.0, 2.0, 2.0 + 0.5], [2.0, 2.0 + 0.25 * 7, 2.0, 2.0]])
+    torch.testing.assert_close(acc, want)
+    assert losses.active((0.5, 0.0, 0.1)) == {"consistency", "svd"}
+    untouched = torch.zeros(3)
+    losses.mix_into(untouched, {"consistency": None, "diversity": torch.ones(3)}, (1, 0, 0))
+    assert untouched.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_row_chunks_cover_the_rows_in_order():
+    assert list(R.row_chunks(5, 2)) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert list(R.row_chunks(4, 10)) == [slice(0, 4)]
+    assert list(R.row_chunks(0, 3)) == []
+    with pytest.raises(ValueError, match="at least 1 row"):
+        list(R.row_chunks(4, 0))

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lab.head import cached_on_head
+
 
 class AnalysisError(ValueError):
     """Inputs an analysis cannot use: mismatched lengths, no texts, an unknown task."""
@@ -59,20 +61,18 @@ def drift_per_text(logits: Tensor, base: Tensor, mask: Tensor, task: str) -> np.
 def head_fingerprint(head: torch.nn.Module) -> tuple:
     """Shape and two float64 sums of a linear head's weight (and bias): equal for equal heads.
 
-    Cached on the module, keyed by the weight's storage and version counter (an in-place change
-    recomputes it)."""
-    b = getattr(head, "bias", None)
-    key = (head.weight.data_ptr(), head.weight._version, None if b is None else b._version)
-    cached = getattr(head, "_balora_fingerprint", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    with torch.no_grad():
+    Cached on the module (:func:`lab.head.cached_on_head`: an in-place change recomputes it)."""
+
+    @torch.no_grad()
+    def fingerprint() -> tuple:
         w = head.weight.detach().double()
         parts = [tuple(w.shape), float(w.sum()), float(w.square().sum())]
+        b = getattr(head, "bias", None)
         if b is not None:
             parts += [float(b.detach().double().sum())]
-    head._balora_fingerprint = (key, tuple(parts))
-    return tuple(parts)
+        return tuple(parts)
+
+    return cached_on_head(head, "_balora_fingerprint", fingerprint)
 
 
 def plain_head(model: torch.nn.Module) -> torch.nn.Linear | None:

@@ -327,24 +327,12 @@ def class_scores(
     return torch.cat(out)
 
 
-def predict_labels(
-    model,
-    tokenizer,
-    rows: Sequence[dict],
-    *,
-    task: str,
-    label_names: Sequence[str],
-    batch_size: int = 16,
-    seq_len: int | None = None,
-) -> list[int]:
-    """Predicted class ids: label-word scoring for NLG rows, the head's argmax for NLU rows."""
+def predict_labels(model, tokenizer, rows: Sequence[dict], **settings) -> list[int]:
+    """Predicted class ids: label-word scoring for NLG rows, the head's argmax for NLU rows;
+    ``settings`` are the keyword arguments of :func:`class_scores` (task, label_names, ...)."""
     if not rows:
         return []
-    scores = class_scores(
-        model, tokenizer, rows, task=task, label_names=label_names, batch_size=batch_size,
-        seq_len=seq_len,
-    )  # fmt: skip
-    return scores.argmax(dim=1).tolist()
+    return class_scores(model, tokenizer, rows, **settings).argmax(dim=1).tolist()
 
 
 @torch.inference_mode()
