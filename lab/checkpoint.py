@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from lab import adapters
+
 CHECKPOINT = "checkpoint"
 VERSION = 1
 
@@ -51,8 +53,7 @@ def _rng_from(prefix: str, tensors: dict[str, torch.Tensor]) -> tuple:
 
 
 def _named_trainable(model, arm) -> dict[str, torch.nn.Parameter]:
-    ad = model.balora_arms[arm]
-    return {n: p for n, p in model.named_parameters() if f".{ad.trainable}." in n}
+    return adapters.trainable_named_parameters(model, arm)
 
 
 def save(run_dir: str | Path, arms: dict, step: int, cursor: dict, global_rng: tuple) -> Path:

@@ -196,3 +196,17 @@ def test_learning_rate_by_arm_reaches_its_optimizer():
         {id(p) for g in arm.optimizer.param_groups for p in g["params"]} for arm in arms.values()
     ]
     assert all(owned) and not (owned[0] & owned[1]) and not (owned[1] & owned[2])
+
+
+def test_adapter_state_equals_peft_state_dict(tiny_llama):
+    """The fast read of an adapter's tensors gives PEFT's own state dict, key for key."""
+    from peft import get_peft_model_state_dict
+
+    model = _shared(copy.deepcopy(tiny_llama.model), ["lora", "pissa"])
+    for ad in model.balora_arms.values():
+        for name in filter(None, (ad.trainable, ad.frozen_init)):
+            mine = adapters.adapter_state(model, name)
+            theirs = get_peft_model_state_dict(model, adapter_name=name)
+            assert mine.keys() == theirs.keys() and len(mine) > 0, name
+            for k in mine:
+                assert torch.equal(mine[k], theirs[k]), k
