@@ -69,9 +69,11 @@ def evaluate(
     ev: dict = {"arm": label, "step": step, "kind": "eval"}
     per_item: dict[str, tuple] = {}
     with adapters.teacher_mode(model) if is_base else nullcontext():
+        predictions: dict[int, int] = {}  # test row -> class; the flip rate reuses them
         metrics, task_items = evaluate_task(
-            model, tok, task_data, max_examples=cfg.data.max_eval, return_items=True
-        )
+            model, tok, task_data, max_examples=cfg.data.max_eval, return_items=True,
+            predictions=predictions,
+        )  # fmt: skip
         ev.update(metrics)
         per_item.update(task_items)
         if cfg.train.bias_eval:
@@ -83,6 +85,7 @@ def evaluate(
                 seed=cfg.train.seed,
                 max_items=cfg.train.bias_items or None,
                 return_items=True,
+                known_predictions=predictions,
             )
             per_item.update(bias_items)
             if any(vars(cfg.bias).values()):  # the user's benchmark files, per-item records kept

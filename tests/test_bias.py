@@ -10,6 +10,7 @@ from lab.bias import (
     bootstrap_ci,
     counterfactual_prompt_pairs,
     evaluate_bias,
+    flip_scores,
     load_occupations,
     load_pairs,
     load_templates,
@@ -209,3 +210,26 @@ def test_pair_difference_equals_the_difference_of_sentence_logprobs(tiny_llama):
     assert got.shape == (4,) and got[2] == 0.0
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert np.abs(got[[0, 1, 3]]).min() > 1e-3  # the pairs do differ: the test can see it
+
+
+def test_the_flip_rate_reuses_the_task_evals_predictions(tiny_llama, monkeypatch):
+    """Originals the task eval already predicted are not predicted again, and the flips are
+    the same as predicting everything; a planted known prediction is the one used."""
+    from lab.datasets import evaluate_task
+
+    m, tok = tiny_llama.model, tiny_llama.tokenizer
+    data = load_task_data("sentiment", max_eval=32)
+    known: dict[int, int] = {}
+    evaluate_task(m, tok, data, max_examples=32, predictions=known)
+    assert sorted(known) == list(range(32)) and set(known.values()) <= {0, 1}
+    _, plain = flip_scores(m, tok, data, n_boot=50, return_items=True)
+    seen = []
+    real = scores_mod.predict_labels
+    monkeypatch.setattr(scores_mod, "predict_labels", lambda mm, t, rows, **k: seen.append(len(rows)) or real(mm, t, rows, **k))  # fmt: skip
+    _, reused = flip_scores(m, tok, data, n_boot=50, return_items=True, known_predictions=known)
+    ids, flips = plain["flip_rate"]
+    assert reused["flip_rate"][0] == ids and np.array_equal(reused["flip_rate"][1], flips)
+    assert seen == [len(ids)]  # the swapped inputs only: every original was a test row scored
+    planted = {i: 7 for i in known}  # a class no swapped input can get: every row flips
+    _, forced = flip_scores(m, tok, data, n_boot=50, return_items=True, known_predictions=planted)
+    assert forced["flip_rate"][1].tolist() == [1.0] * len(ids)

@@ -22,7 +22,7 @@ per occupation, id the occupation; ``flip_rate`` (0/1) per swappable test row, i
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -236,8 +236,12 @@ def flip_scores(
     n_boot: int = 1000,
     seed: int = 0,
     return_items: bool = False,
+    known_predictions: Mapping[int, int] | None = None,
 ):
-    """``flip_rate`` on the test inputs that contain a group word (empty when none does)."""
+    """``flip_rate`` on the test inputs that contain a group word (empty when none does).
+
+    ``known_predictions``: test row index -> the class this same model predicted for the row
+    (the task eval's predictions); those originals are not predicted again."""
     if data.kind != "classification":
         raise DataError(
             f"the flip rate needs a classification dataset; '{data.name}' is {data.kind}"
@@ -257,16 +261,19 @@ def flip_scores(
         rows = [rows[i] for i in keep]
     if not originals:
         return ({}, {}) if return_items else {}
+    known = known_predictions or {}
+    todo = [k for k, i in enumerate(rows) if i not in known]  # originals still to predict
     preds = predict_labels(
         model,
         tokenizer,
-        originals + swapped,
+        [originals[k] for k in todo] + swapped,
         task=data.task,
         label_names=data.label_names,
         batch_size=batch_size,
     )
-    n = len(originals)
-    flips = (np.array(preds[:n]) != np.array(preds[n:])).astype(np.float64)  # (n,)
+    before = np.array([known.get(i, -1) for i in rows])  # (n,)
+    before[todo] = preds[: len(todo)]
+    flips = (before != np.array(preds[len(todo) :])).astype(np.float64)  # (n,)
     out = {"flip_rate": _score(flips, n_boot=n_boot, seed=seed)}
     if not return_items:
         return out
@@ -285,6 +292,7 @@ def evaluate_bias(
     n_boot: int = 1000,
     pairs: list[dict] | None = None,
     return_items: bool = False,
+    known_predictions: Mapping[int, int] | None = None,
 ):
     """All bias scores for ``task``: name -> {"value", "ci_low", "ci_high", "n"}.
 
@@ -294,6 +302,7 @@ def evaluate_bias(
     ``pairs`` replaces the shipped stereotype pairs (e.g. ``load_pairs(user_csv)``).
     ``return_items``: return ``(scores, items)``, the per-item values of every scorer (see the
     module docstring), ids referring to the full probe sets whatever ``max_items`` keeps.
+    ``known_predictions``: test row -> class this model predicted (see :func:`flip_scores`).
     """
     if task not in ("nlg", "nlu"):
         raise DataError(f"task must be 'nlg' or 'nlu', got {task!r}")
@@ -305,6 +314,7 @@ def evaluate_bias(
         out: dict[str, dict] = {}
         items: dict[str, tuple] = {}
         kw = {"batch_size": batch_size, "n_boot": n_boot, "seed": seed, "return_items": True}
+        flip_kw = dict(kw, max_items=max_items, known_predictions=known_predictions)
 
         def add(result):
             scores, per_item = result
@@ -323,13 +333,13 @@ def evaluate_bias(
             add(stereo_scores(model, tokenizer, pairs, **kw))
             add(pronoun_scores(model, tokenizer, occupations, load_templates(), **kw))
             if data is not None and data.kind == "classification":
-                add(flip_scores(model, tokenizer, data, max_items=max_items, **kw))
+                add(flip_scores(model, tokenizer, data, **flip_kw))
         else:
             if data is None or data.kind != "classification":
                 raise DataError(
                     "NLU bias needs classification data (the flip rate swaps group words in its test inputs)"
                 )
-            add(flip_scores(model, tokenizer, data, max_items=max_items, **kw))
+            add(flip_scores(model, tokenizer, data, **flip_kw))
         return (out, items) if return_items else out
     finally:
         model.train(was_training)

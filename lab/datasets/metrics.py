@@ -426,6 +426,7 @@ def evaluate_task(
     batch_size: int = 16,
     max_new_tokens: int | None = None,
     return_items: bool = False,
+    predictions: dict[int, int] | None = None,
 ):
     """Score ``data.test[:max_examples]``; see the module docstring for the metric of each kind.
 
@@ -437,6 +438,9 @@ def evaluate_task(
     "gold_logprob": (ids, log P(gold answer | prompt))}``, ids the test-row indices as text.
     The gold answer is the gold label word (NLG classification), the gold class of the head
     (NLU, log-softmax) or the reference response (generation, one extra scoring pass).
+
+    ``predictions``: a dict filled with test row index -> predicted class (classification), for
+    the bias flip rate to reuse (``lab.bias.flip_scores``).
     """
     rows = data.test[:max_examples]
     if not rows:
@@ -451,6 +455,8 @@ def evaluate_task(
                 model, tokenizer, rows, task=data.task, label_names=names, batch_size=batch_size
             )  # (N, K)
             preds = scores.argmax(dim=1).tolist()
+            if predictions is not None:
+                predictions.update(enumerate(preds))
             golds = [r["label"] for r in rows]
             minority = (
                 names.index(data.info["minority_class"])
