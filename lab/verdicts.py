@@ -281,7 +281,8 @@ def run_evidence(
 
 
 def markdown_table(rows: Sequence[VerdictRow]) -> str:
-    """The rows as a Markdown table: metric, comparison, difference [95% CI], Holm p, n."""
+    """The rows as a Markdown table: metric, comparison, difference [95% CI], Holm p, n (and a
+    warning where a significant difference changes sign between the seeds)."""
     out = [
         "| metric | comparison | difference [95% CI] | p (Holm) | n |",
         "|---|---|---|---|---|",
@@ -293,10 +294,11 @@ def markdown_table(rows: Sequence[VerdictRow]) -> str:
             else ""
         )
         sign = "+" if r.diff >= 0 else "−"
+        warn = "; the seeds disagree in sign" if r.significant and seeds_disagree(r) else ""
         out.append(
             f"| {r.label} ({r.unit}) | {arm_display(r.arm_a)} − {arm_display(r.arm_b)} "
             f"| {sign}{_num(abs(r.diff), r.unit)}{ci} | {_p(r.p_holm).removeprefix('p = ')} "
-            f"| {sample_size(r)} |"
+            f"| {sample_size(r)}{warn} |"
         )
     return "\n".join(out)
 
@@ -344,12 +346,27 @@ def seed_text(row: VerdictRow | Mapping) -> str:
     return f"per seed {diffs} (seeds {seeds}{tail})"
 
 
+def seeds_disagree(row: VerdictRow | Mapping) -> bool:
+    """True when one seed's difference is above 0 and another's below: the paired items of each
+    seed give a tight interval, but which arm wins then depends on the training run."""
+    r = row.to_dict() if isinstance(row, VerdictRow) else row
+    diffs = [d["diff"] for d in r.get("per_seed") or [] if d.get("diff") is not None]
+    return any(d > 0 for d in diffs) and any(d < 0 for d in diffs)
+
+
+SEEDS_DISAGREE = (
+    "but the seeds disagree: the difference changes sign from one seed to another, so this "
+    "holds for these training runs, not in general; add seeds before trusting it"
+)
+
+
 def verdict_text(row: VerdictRow | Mapping) -> str:
     """One row in words, from its numbers only; never without n. E.g. "BA-LoRA did better than
     LoRA on clean accuracy: 4.1 points [1.2, 7.0] more, p = 0.006 (Holm), per seed +3.0, +5.2,
     +4.1 (seeds 0, 1, 2; spread 2.2 points), 3 seeds × 200 items" or "No difference detectable between BA-LoRA and LoRA on clean accuracy: +0.8 points
     [-3.3, 5.0], p = 0.71 (Holm); this run could only see differences above 9.0 points
-    (n = 24, 1 seed)"."""
+    (n = 24, 1 seed)". A difference found while the seeds disagree in sign says so
+    (:func:`seeds_disagree`)."""
     r = row.to_dict() if isinstance(row, VerdictRow) else dict(row)
     a, b = arm_display(r["arm_a"]), arm_display(r["arm_b"])
     unit, label = r["unit"], r["label"]
@@ -369,7 +386,8 @@ def verdict_text(row: VerdictRow | Mapping) -> str:
             head = f"{a} did {r['direction']} than {b} on {label}"
         else:
             head = f"{a} had a {r['direction']} {label} than {b}"
-        return _sentence(f"{head}: {amount}, {p_text}, {n_text}")
+        caveat = f"; {SEEDS_DISAGREE}" if seeds_disagree(r) else ""
+        return _sentence(f"{head}: {amount}, {p_text}, {n_text}{caveat}")
     stats = r.get("stats") or {}
     if diff == 0 and stats.get("ci_method") == "degenerate":
         return _sentence(

@@ -13,10 +13,13 @@ import pytest
 from lab.stats import holm
 from lab.verdicts import (
     METRICS,
+    SEEDS_DISAGREE,
     MetricSpec,
     arm_display,
     compare_arms,
     default_pairs,
+    markdown_table,
+    seeds_disagree,
     verdict_text,
 )
 
@@ -81,6 +84,31 @@ def test_planted_difference_gives_a_significant_verdict_with_its_numbers():
         smaller[("balora", s)]["accuracy"][:30] = 1.0
     other = compare_arms(_records(smaller), ["accuracy"])[0]
     assert other.diff != acc.diff and verdict_text(other) != verdict_text(acc)
+
+
+def test_a_difference_whose_sign_changes_between_seeds_says_so():
+    """Seed 0: BA-LoRA collapses (far below LoRA); seed 1: slightly above. The pooled verdict is
+    significant, and its sentence says the seeds disagree; seeds that agree do not get it."""
+    rng = np.random.default_rng(5)
+    lora0, lora1 = (rng.random(64) < 0.6).astype(float), (rng.random(64) < 0.9).astype(float)
+    ba0, ba1 = np.zeros(64), lora1.copy()
+    ba1[np.flatnonzero(lora1 == 0)[:3]] = 1.0  # three more right than LoRA on seed 1
+    values = {
+        ("lora", 0): {"accuracy": lora0}, ("balora", 0): {"accuracy": ba0},
+        ("lora", 1): {"accuracy": lora1}, ("balora", 1): {"accuracy": ba1},
+    }  # fmt: skip
+    row = compare_arms(_records(values), ["accuracy"], pairs=[("balora", "lora")])[0]
+    per_seed = [d["diff"] for d in row.per_seed]
+    assert per_seed[0] < 0 < per_seed[1] and row.significant and row.direction == "worse"
+    assert seeds_disagree(row)
+    text = verdict_text(row)
+    assert text.startswith("BA-LoRA did worse than LoRA on clean accuracy: ")
+    assert text.endswith(f"2 seeds × 64 items; {SEEDS_DISAGREE}")
+    assert markdown_table([row]).endswith("| 2 seeds × 64 items; the seeds disagree in sign |")
+    values[("balora", 1)] = {"accuracy": np.zeros(64)}  # now both seeds lose: no caveat
+    agree = compare_arms(_records(values), ["accuracy"], pairs=[("balora", "lora")])[0]
+    assert not seeds_disagree(agree) and verdict_text(agree).endswith("2 seeds × 64 items")
+    assert markdown_table([agree]).endswith("| 2 seeds × 64 items |")
 
 
 def test_no_difference_gives_the_detectable_size_and_n():
