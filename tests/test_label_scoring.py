@@ -72,3 +72,34 @@ def test_a_prompt_that_training_would_cut_falls_back(tiny_llama):
     got = M.class_scores(tiny_llama.model, tok, ROWS, task="nlg", label_names=names,
                          seq_len=seq_len)  # fmt: skip
     assert torch.equal(got, _per_label(tiny_llama.model, tok, ROWS, names, seq_len=seq_len))
+
+
+INSTRUCTED = [
+    {
+        "prompt": "Is the sentiment of this review positive or negative? Answer with one word.\n\n"
+        f"Review: {text}"
+    }  # fmt: skip
+    for text in (
+        "Loved it.",
+        "The motor broke after a week and support never answered.",
+        "Meh",
+        "Fine.",
+    )
+]
+
+
+@pytest.mark.parametrize("which", ["plain", "adapter"])
+def test_a_shared_instruction_is_run_once_and_gives_the_same_scores(tiny_llama, lora_llama, which, monkeypatch):  # fmt: skip
+    """Prompts that start with one instruction: it runs once for the call (its cache copied into
+    each batch, the rest left-padded after it), and every score equals one sequence per label."""
+    model = tiny_llama.model if which == "plain" else lora_llama
+    tok, names = tiny_llama.tokenizer, ["negative", "positive"]
+    heads = []
+    real = M._common_head
+    monkeypatch.setattr(M, "_common_head", lambda *a: heads.append(real(*a)) or heads[-1])
+    got = M.class_scores(model, tok, INSTRUCTED, task="nlg", label_names=names, batch_size=3)
+    assert len(heads) == 1 and heads[0][1] >= 8  # the instruction's tokens, run once
+    torch.testing.assert_close(got, _per_label(model, tok, INSTRUCTED, names), rtol=1e-4, atol=1e-4)
+    heads.clear()
+    M.class_scores(model, tok, ROWS, task="nlg", label_names=names)
+    assert heads == [(None, 0)]  # "Hi" shares no instruction with the reviews: no common head

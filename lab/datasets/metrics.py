@@ -14,6 +14,7 @@ positions a mask selects, in float32, computing logits only from the first score
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 from collections.abc import Sequence
@@ -184,6 +185,7 @@ def shared_prefix_logprobs(
     *,
     pad_id: int,
     batch_size: int = 16,
+    min_common: int = 8,
 ) -> torch.Tensor | None:
     """(N, K) float32 on CPU: log P(continuations[i][k] | prefixes[i]), the sum over the
     continuation's tokens, with each prefix run once and its KV cache repeated for its K
@@ -194,6 +196,10 @@ def shared_prefix_logprobs(
     Every item has the same number K of continuations, each non-empty; every prefix is
     non-empty (its last logits score a continuation's first token). Returns None when the model
     has no cache interface (no position ids or no cache keyword).
+
+    When all the prefixes start with the same ``min_common`` tokens or more (a classification
+    instruction before each review), those are run once for the whole call and their cache is
+    copied into every batch; each batch's own parts are left-padded after them.
     """  # fmt: skip
     cache_kw = _cache_keyword(model)
     if cache_kw is None:
@@ -206,6 +212,9 @@ def shared_prefix_logprobs(
         raise ValueError("prefixes and continuations must be non-empty")
     dev = _device(model)
     keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    head, C = _common_head(model, prefixes, cache_kw, min_common, dev, keep)
+    if C:
+        prefixes = [p[C:] for p in prefixes]
     # batches of like continuation lengths, then like prefix lengths: the least padding of both
     order = sorted(range(N), key=lambda i: (max(map(len, continuations[i])), len(prefixes[i])))
     out = []
@@ -216,8 +225,16 @@ def shared_prefix_logprobs(
         B = len(chunk)
         ids, mask = pad_batch(chunk, pad_id, side="left")  # every prefix ends at column P - 1
         ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(1) - 1).clamp(min=0)  # (B, P): each prefix's own positions from 0
-        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)
+        pos = C + (mask.cumsum(1) - 1).clamp(min=0)  # (B, P): positions after the common head
+        past = {}
+        if C:  # the common head's cache for these B rows; its positions come first in the mask
+            cache = copy.deepcopy(head)
+            cache.batch_repeat_interleave(B)
+            past = {cache_kw: cache}
+            mask = torch.cat([torch.ones((B, C), dtype=mask.dtype, device=dev), mask], dim=1)
+        res = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **past, **keep
+        )
         last = res.logits[:, -1].float().log_softmax(-1)  # (B, V)
         first = torch.tensor([x[0] for x in conts], device=dev).view(B, K)
         score = last.gather(1, first)  # (B, K): each continuation's first token
@@ -250,6 +267,26 @@ def shared_prefix_logprobs(
     result = torch.empty((N, K), dtype=torch.float32)
     result[order] = torch.cat(out)  # back to the input order
     return result
+
+
+def _common_head(model, prefixes, cache_kw: str, min_common: int, dev, keep):
+    """(the KV cache of the tokens every prefix starts with, their count C), or (None, 0) when
+    fewer than ``min_common`` are shared or the cache cannot be copied per batch. Each prefix
+    keeps at least one token of its own (its last logits score the continuations)."""
+    if len(prefixes) < 2:
+        return None, 0
+    first = prefixes[0]
+    C = min(len(p) for p in prefixes) - 1
+    for p in prefixes[1:]:
+        C = next((k for k in range(C) if p[k] != first[k]), C)
+        if C < min_common:
+            return None, 0
+    ids = torch.tensor([first[:C]], device=dev)  # (1, C)
+    res = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **keep)
+    cache = getattr(res, cache_kw, None)
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return None, 0
+    return cache, C
 
 
 def _label_scores_shared_prompt(
