@@ -196,11 +196,12 @@ def test_pairs_and_names():
 
 
 def test_forest_figure_draws_each_row_with_n_and_a_zero_line():
-    from lab.plots.evidence import forest_figure
+    from lab.plots.evidence import _label, forest_figure
 
     rows = compare_arms(_records(_planted(n=50)), ["accuracy", "stereo_pref"])
     fig = forest_figure(rows)
-    points = [(x, y) for t in fig.data for x, y in zip(t.x, t.y)]
+    pooled = [t for t in fig.data if not t.name.endswith(": each seed")]
+    points = [(x, y) for t in pooled for x, y in zip(t.x, t.y)]
     assert len(points) == len(rows)
     assert all("3 seeds × 50 items" in y for _, y in points)
     assert sorted(x for x, _ in points) == pytest.approx(sorted(r.diff for r in rows))
@@ -211,6 +212,12 @@ def test_forest_figure_draws_each_row_with_n_and_a_zero_line():
     assert "n = 150" in fig.data[0].hovertext[0]
     order = list(fig.layout.yaxis.categoryarray)  # metric by metric, comparisons in order
     assert [y.split(" · ")[0] for y in order] == [r.label for r in rows]
+    seeds = [t for t in fig.data if t.name.endswith(": each seed")]  # a cross per seed and row
+    got = sorted((y, round(x, 9)) for t in seeds for x, y in zip(t.x, t.y))
+    want = sorted((_label(r.to_dict()), round(d["diff"], 9)) for r in rows for d in r.per_seed)
+    assert len(got) == 3 * len(rows) and got == want
+    one = compare_arms(_records(_planted(n=50, seeds=(0,))), ["accuracy"])
+    assert not [t for t in forest_figure(one).data if t.name.endswith(": each seed")]
     dicts = forest_figure([r.to_dict() for r in rows])
     assert len(dicts.data) == len(fig.data)
     assert "No paired differences" in forest_figure([]).layout.annotations[0].text

@@ -3,7 +3,9 @@ interval, one line per metric and comparison, a zero line, n in the label and th
 
 Rates (percentage points) and nats never share an axis: each unit gets its own panel. Each
 comparison has one colour from plotly's own qualitative sequence; a filled marker is
-significant after Holm's adjustment, an open one is not.
+significant after Holm's adjustment, an open one is not. With several seeds, a small cross
+marks each seed's own difference on the row, so a pooled interval that one seed carries (or
+seeds that disagree in sign) shows at a glance.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def _name(comparison: tuple[str, str]) -> str:
 def _label(r: dict) -> str:
     """The y label of a row: metric, comparison and n."""
     return f"{r['label']} · {_name((r['arm_a'], r['arm_b']))} ({sample_size(r)})"
+
+
+def _seed_points(r: dict) -> list[dict]:
+    """Each seed's difference of a row ({"seed", "diff"}), when the row has several seeds."""
+    points = [d for d in r.get("per_seed") or [] if _finite(d.get("diff"))]
+    return points if len(points) > 1 else []
 
 
 def forest_figure(rows: Sequence, title: str | None = None) -> go.Figure:
@@ -109,6 +117,25 @@ def forest_figure(rows: Sequence, title: str | None = None) -> go.Figure:
                 col=1,
             )  # fmt: skip
             shown.add(name)
+            seeds = [(d, _label(r)) for r in part for d in _seed_points(r)]
+            if seeds:  # each seed's own difference beside the pooled interval
+                fig.add_trace(
+                    go.Scatter(
+                        x=[float(d["diff"]) for d, _ in seeds],
+                        y=[y for _, y in seeds],
+                        mode="markers",
+                        name=f"{name}: each seed",
+                        legendgroup=name,
+                        showlegend=False,
+                        marker={"color": colour[comp], "size": 7, "symbol": "x-thin",
+                                "line": {"color": colour[comp], "width": 2}},
+                        hovertext=[f"seed {d['seed']}: {d['diff']:+.3g} {UNITS.get(unit, unit)}"
+                                   for d, _ in seeds],
+                        hoverinfo="text",
+                    ),
+                    row=i,
+                    col=1,
+                )  # fmt: skip
         fig.add_vline(x=0, line={"color": "#444", "dash": "dash", "width": 1}, row=i, col=1)
         fig.update_yaxes(  # rows in the given order (metric by metric), top to bottom
             categoryorder="array", categoryarray=[_label(r) for r in mine],
