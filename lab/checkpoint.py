@@ -52,10 +52,6 @@ def _rng_from(prefix: str, tensors: dict[str, torch.Tensor]) -> tuple:
     return (cpu, cuda or None)
 
 
-def _named_trainable(model, arm) -> dict[str, torch.nn.Parameter]:
-    return adapters.trainable_named_parameters(model, arm)
-
-
 def save(run_dir: str | Path, arms: dict, step: int, cursor: dict, global_rng: tuple) -> Path:
     """Write the checkpoint of ``arms`` after ``step`` and prune the previous one."""
     run_dir = Path(run_dir)
@@ -63,7 +59,7 @@ def save(run_dir: str | Path, arms: dict, step: int, cursor: dict, global_rng: t
     state = {"version": VERSION, "step": step, "cursor": cursor, "arms": {}}
     tensors.update(_rng_tensors("global", global_rng))
     for name, arm in arms.items():
-        for pname, p in _named_trainable(arm.model, name).items():
+        for pname, p in adapters.trainable_named_parameters(arm.model, name).items():
             tensors[f"{name}/param/{pname}"] = p.detach().cpu().clone().contiguous()
         opt = arm.optimizer.state_dict()
         opt_state = {}
@@ -169,7 +165,7 @@ def load(run_dir: str | Path, arms: dict) -> tuple[dict, tuple]:
         )
     for name, arm in arms.items():
         saved = state["arms"][name]
-        params = _named_trainable(arm.model, name)
+        params = adapters.trainable_named_parameters(arm.model, name)
         with torch.no_grad():
             for pname, p in params.items():
                 key = f"{name}/param/{pname}"

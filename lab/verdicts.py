@@ -328,11 +328,22 @@ def _sentence(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
+def seed_diffs(row: VerdictRow | Mapping) -> list[dict]:
+    """The row's per-seed entries ({"seed", "n", "diff"}, display unit) whose difference is a
+    number; empty for a row of one seed."""
+    r = row.to_dict() if isinstance(row, VerdictRow) else row
+    return [
+        d
+        for d in r.get("per_seed") or []
+        if isinstance(d.get("diff"), (int, float)) and math.isfinite(d["diff"])
+    ]
+
+
 def seed_text(row: VerdictRow | Mapping) -> str:
     """The difference of each seed and their spread, e.g. "per seed +4.1, +3.0, +5.2 (seeds
     0, 1, 2; spread 2.2 points)"; "" for one seed."""
     r = row.to_dict() if isinstance(row, VerdictRow) else row
-    per_seed = [d for d in r.get("per_seed") or [] if d.get("diff") is not None]
+    per_seed = seed_diffs(r)
     if len(per_seed) < 2:
         return ""
     unit = r["unit"]
@@ -349,8 +360,7 @@ def seed_text(row: VerdictRow | Mapping) -> str:
 def seeds_disagree(row: VerdictRow | Mapping) -> bool:
     """True when one seed's difference is above 0 and another's below: the paired items of each
     seed give a tight interval, but which arm wins then depends on the training run."""
-    r = row.to_dict() if isinstance(row, VerdictRow) else row
-    diffs = [d["diff"] for d in r.get("per_seed") or [] if d.get("diff") is not None]
+    diffs = [d["diff"] for d in seed_diffs(row)]
     return any(d > 0 for d in diffs) and any(d < 0 for d in diffs)
 
 

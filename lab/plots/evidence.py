@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from lab.plots.common import LAYOUT, empty_figure
-from lab.verdicts import arm_display, sample_size, verdict_text
+from lab.verdicts import arm_display, sample_size, seed_diffs, verdict_text
 
 UNITS = {"points": "percentage points", "nats": "nats"}
 
@@ -48,7 +48,7 @@ def _label(r: dict) -> str:
 
 def _seed_points(r: dict) -> list[dict]:
     """Each seed's difference of a row ({"seed", "diff"}), when the row has several seeds."""
-    points = [d for d in r.get("per_seed") or [] if _finite(d.get("diff"))]
+    points = seed_diffs(r)
     return points if len(points) > 1 else []
 
 
