@@ -23,7 +23,7 @@ import torch
 
 from lab import encoding, runs
 from lab.config import ARMS
-from lab.datasets.metrics import token_logprobs
+from lab.datasets.logprobs import token_logprobs
 from lab.models import load_model
 
 
@@ -117,7 +117,7 @@ def _label_names(run_dir: Path) -> list[str] | None:
 
 def base_token_logprobs(arm_set: ArmSet, prompt_ids: list[int], cont_ids: list[int]) -> list[float]:
     """log p_base of each continuation token given the prompt and the tokens before it
-    (float32, :func:`lab.datasets.metrics.token_logprobs`); empty for an empty
+    (float32, :func:`lab.datasets.logprobs.token_logprobs`); empty for an empty
     continuation."""
     with arm_set.model.disable_adapter():
         return token_logprobs(arm_set.model, prompt_ids, cont_ids)

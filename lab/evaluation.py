@@ -20,7 +20,7 @@ from lab.bias import evaluate_bias
 from lab.bias.benchmarks import benchmark_items, evaluate_benchmarks, load_benchmarks
 from lab.config import RunConfig
 from lab.datasets import TaskData, evaluate_task
-from lab.datasets.metrics import heldout_ce
+from lab.datasets.logprobs import heldout_ce
 
 
 @dataclass

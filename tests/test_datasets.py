@@ -367,7 +367,7 @@ def test_sequence_logprobs_matches_a_full_log_softmax(tiny_llama):
 
 
 def test_token_logprobs_are_the_continuation_tokens_of_a_full_log_softmax(tiny_llama):
-    from lab.datasets.metrics import token_logprobs
+    from lab.datasets.logprobs import token_logprobs
 
     model = tiny_llama.model
     prompt, cont = [5, 6, 7], [8, 9, 10, 11]

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+import lab.datasets.logprobs as LP
 import lab.datasets.metrics as M
 
 ROWS = [
@@ -95,8 +96,8 @@ def test_a_shared_instruction_is_run_once_and_gives_the_same_scores(tiny_llama, 
     model = tiny_llama.model if which == "plain" else lora_llama
     tok, names = tiny_llama.tokenizer, ["negative", "positive"]
     heads = []
-    real = M._common_head
-    monkeypatch.setattr(M, "_common_head", lambda *a: heads.append(real(*a)) or heads[-1])
+    real = LP._common_head
+    monkeypatch.setattr(LP, "_common_head", lambda *a: heads.append(real(*a)) or heads[-1])
     got = M.class_scores(model, tok, INSTRUCTED, task="nlg", label_names=names, batch_size=3)
     assert len(heads) == 1 and heads[0][1] >= 8  # the instruction's tokens, run once
     torch.testing.assert_close(got, _per_label(model, tok, INSTRUCTED, names), rtol=1e-4, atol=1e-4)

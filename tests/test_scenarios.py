@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lab.config import load_config_file as load_config
-from lab.datasets import load_task_data
+from lab.datasets import load_task_data, logprobs
 from lab.datasets import metrics as M
 from lab.verdicts import METRICS, compare_arms
 
@@ -70,7 +70,7 @@ def test_no_noise_no_flipped_rows():
 def test_heldout_ce_matches_a_hand_computed_cross_entropy(tiny_llama):
     tok, model = tiny_llama.tokenizer, tiny_llama.model
     texts = ["a short one", "a somewhat longer text with more tokens in it"]
-    got = M.heldout_ce(model, tok, texts, max_len=64, batch_size=2)
+    got = logprobs.heldout_ce(model, tok, texts, max_len=64, batch_size=2)
     for k, t in enumerate(texts):  # one text at a time, no padding
         ids = torch.tensor([tok(t, add_special_tokens=True)["input_ids"]])
         with torch.inference_mode():

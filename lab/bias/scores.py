@@ -122,7 +122,7 @@ def pair_logprob_diff(
     """Per pair, log P(text_a) - log P(text_b), the difference of :func:`sentence_logprob`. (N,)
 
     The tokens both texts start with (at least the BOS) are run once and their KV cache serves
-    both rest parts (``lab.datasets.metrics.shared_prefix_logprobs``); the shared tokens' own
+    both rest parts (``lab.datasets.logprobs.shared_prefix_logprobs``); the shared tokens' own
     log-probs are the same in both texts and cancel. The probe pairs differ in one word (a
     pronoun, a group word), so this saves a fifth to a third of the bias probes' compute.
     A pair with no shared first token, identical texts, or a model without a KV cache is

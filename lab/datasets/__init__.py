@@ -7,13 +7,8 @@ primitives the bias probes reuse.
 
 from .arithmetic import parse_final_number
 from .loading import DATASETS_DIR, TaskData, list_datasets, load_task_data, shipped_names
-from .metrics import (
-    evaluate_task,
-    predict_labels,
-    score_responses,
-    sequence_logprobs,
-    shared_prefix_logprobs,
-)
+from .logprobs import score_responses, sequence_logprobs, shared_prefix_logprobs
+from .metrics import evaluate_task, predict_labels
 from .uploads import validate_upload
 
 __all__ = [

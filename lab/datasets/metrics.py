@@ -7,15 +7,11 @@
 - generation: greedy decoding, then exact match on the final number ("The answer is: N"), or
   on the whole normalised text when the reference has no number.
 
-``sequence_logprobs`` is the shared primitive: the sum of log P(token t+1 | ..t) over the
-positions a mask selects, in float32, computing logits only from the first scored position;
-``token_logprobs`` gives the same log-probabilities token by token for one continuation.
+The log-probability primitives they rest on are in :mod:`lab.datasets.logprobs`.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import re
 from collections.abc import Sequence
 
@@ -24,9 +20,7 @@ import torch
 
 from lab.encoding import (
     DataError,
-    collate_nlg,
     collate_nlu,
-    encode_nlg,
     pad_batch,
     prompt_ids,
     response_ids,
@@ -34,259 +28,14 @@ from lab.encoding import (
 
 from .arithmetic import numbers_match, parse_final_number
 from .loading import TaskData
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _pad_id(tokenizer) -> int:
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    return _accepts(model, "logits_to_keep")
-
-
-def _scored_token_logprobs(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token log-probs (M,), their rows (M,)) of the M positions ``score_mask`` selects, in
-    row-major order: log P(input_ids[b, t+1] | ..t) in float32, the logits computed only from
-    the first scored position on."""
-    dev = _device(model)
-    input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
-    score_mask = score_mask.to(dev).clone()
-    score_mask[:, -1] = False  # nothing follows the last position
-    B, T = input_ids.shape
-    cols = score_mask.any(dim=0).nonzero()
-    if len(cols) == 0:
-        empty = torch.zeros(0, dtype=torch.float32, device=dev)
-        return empty, torch.zeros(0, dtype=torch.long, device=dev)
-    start = int(cols[0])
-    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if start > 0 and _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = T - start
-    logits = model(**kwargs).logits  # (B, T', V), T' = T - start or T
-    logits = logits[:, logits.shape[1] - (T - start) :]  # (B, T - start, V)
-    mask = score_mask[:, start:]  # (B, T - start)
-    next_ids = torch.roll(input_ids, shifts=-1, dims=1)[:, start:]  # (B, T - start)
-    picked = logits[mask].float()  # (M, V): only the scored positions, in float32
-    targets = next_ids[mask]  # (M,)
-    token_lp = picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
-    return token_lp, mask.nonzero()[:, 0]  # (M,), (M,) row of each scored position
-
-
-def sequence_logprobs(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor
-) -> torch.Tensor:
-    """Per row, sum over t with ``score_mask[b, t]`` of log P(input_ids[b, t+1] | ..t). (B,)
-
-    ``score_mask`` has the shape of ``input_ids`` (B, T) and the shift of ``lab.encoding``'s
-    ``reg_mask``: the logits at t are scored against the token at t + 1.
-    """
-    token_lp, rows = _scored_token_logprobs(model, input_ids, attention_mask, score_mask)
-    B = input_ids.shape[0]
-    return torch.zeros(B, dtype=torch.float32, device=token_lp.device).index_add_(0, rows, token_lp)
-
-
-@torch.inference_mode()
-def token_logprobs(model, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
-    """log P(each continuation token | the prompt and the tokens before it), float32, for one
-    prompt of token ids; empty for an empty continuation."""
-    if not continuation:
-        return []
-    ids = torch.tensor([[*prompt, *continuation]], dtype=torch.long)  # (1, P + C)
-    score = torch.zeros_like(ids, dtype=torch.bool)
-    score[0, len(prompt) - 1 : -1] = True  # the logits at P - 1 .. P + C - 2 predict C
-    token_lp, _ = _scored_token_logprobs(model, ids, torch.ones_like(ids), score)
-    return token_lp.tolist()
-
-
-@torch.inference_mode()
-def heldout_ce(
-    model, tokenizer, texts: Sequence[str], *, max_len: int, batch_size: int = 16
-) -> np.ndarray:
-    """Per text, the mean cross-entropy (nats per token) of the model on the text's own tokens
-    after the first, as plain text cut to ``max_len`` tokens. (N,) float64. Its rise over the
-    base model on held-out texts is the forgetting of a fine-tune."""
-    pad = _pad_id(tokenizer)
-    out = []
-    for i in range(0, len(texts), batch_size):
-        ids = [
-            tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_len)["input_ids"]
-            for t in texts[i : i + batch_size]
-        ]
-        input_ids, attention = pad_batch(ids, pad)  # (B, T), right padding
-        score = torch.roll(attention, shifts=-1, dims=1).bool()  # t scored when t + 1 is a token
-        score[:, -1] = False
-        total = sequence_logprobs(model, input_ids, attention, score).double().cpu()
-        counts = score.sum(dim=1).clamp(min=1).double()
-        out.append((-total / counts).numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def _seq_len(model, seq_len: int | None) -> int:
-    if seq_len is not None:
-        return seq_len
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 2048
-    return min(int(limit), 2048)
-
-
-@torch.inference_mode()
-def score_responses(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    responses: Sequence[str],
-    *,
-    batch_size: int = 16,
-    seq_len: int | None = None,
-) -> torch.Tensor:
-    """log P(response | prompt) for each pair, tokenized exactly as in training. (N,) on CPU."""
-    seq_len = _seq_len(model, seq_len)
-    pad = _pad_id(tokenizer)
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        items = [
-            encode_nlg(tokenizer, {"prompt": p, "response": r}, seq_len)
-            for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])
-        ]
-        batch = collate_nlg(items, pad)
-        out.append(
-            sequence_logprobs(
-                model, batch["input_ids"], batch["attention_mask"], batch["reg_mask"]
-            ).cpu()
-        )
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-def _accepts(model, *names: str) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(base.forward).parameters
-    return all(n in params for n in names)
-
-
-def _cache_keyword(model) -> str | None:
-    """The forward's keyword for a KV cache when it also takes position ids and ``use_cache``:
-    ``cache`` in current transformers, ``past_key_values`` before; None without one."""
-    if not _accepts(model, "position_ids", "use_cache"):
-        return None
-    return next((n for n in ("cache", "past_key_values") if _accepts(model, n)), None)
-
-
-@torch.inference_mode()
-def shared_prefix_logprobs(
-    model,
-    prefixes: Sequence[Sequence[int]],
-    continuations: Sequence[Sequence[Sequence[int]]],
-    *,
-    pad_id: int,
-    batch_size: int = 16,
-    min_common: int = 8,
-) -> torch.Tensor | None:
-    """(N, K) float32 on CPU: log P(continuations[i][k] | prefixes[i]), the sum over the
-    continuation's tokens, with each prefix run once and its KV cache repeated for its K
-    continuations. Scoring each continuation as its own sequence runs the shared prefix K
-    times; this is why it is hand-written. Prefixes are left-padded with explicit position ids,
-    so the scores equal the one-sequence-per-continuation ones up to float rounding.
-
-    Every item has the same number K of continuations, each non-empty; every prefix is
-    non-empty (its last logits score a continuation's first token). Returns None when the model
-    has no cache interface (no position ids or no cache keyword).
-
-    When all the prefixes start with the same ``min_common`` tokens or more (a classification
-    instruction before each review), those are run once for the whole call and their cache is
-    copied into every batch; each batch's own parts are left-padded after them.
-    """  # fmt: skip
-    cache_kw = _cache_keyword(model)
-    if cache_kw is None:
-        return None
-    N = len(prefixes)
-    K = len(continuations[0]) if N else 0
-    if len(continuations) != N or any(len(c) != K for c in continuations):
-        raise ValueError("every prefix needs the same number of continuations")
-    if any(not p for p in prefixes) or any(not x for c in continuations for x in c):
-        raise ValueError("prefixes and continuations must be non-empty")
-    dev = _device(model)
-    keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-    head, C = _common_head(model, prefixes, cache_kw, min_common, dev, keep)
-    if C:
-        prefixes = [p[C:] for p in prefixes]
-    # batches of like continuation lengths, then like prefix lengths: the least padding of both
-    order = sorted(range(N), key=lambda i: (max(map(len, continuations[i])), len(prefixes[i])))
-    out = []
-    for s in range(0, N, batch_size):
-        rows = order[s : s + batch_size]
-        chunk = [prefixes[i] for i in rows]
-        conts = [x for i in rows for x in continuations[i]]  # (B*K) lists
-        B = len(chunk)
-        ids, mask = pad_batch(chunk, pad_id, side="left")  # every prefix ends at column P - 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = C + (mask.cumsum(1) - 1).clamp(min=0)  # (B, P): positions after the common head
-        past = {}
-        if C:  # the common head's cache for these B rows; its positions come first in the mask
-            cache = copy.deepcopy(head)
-            cache.batch_repeat_interleave(B)
-            past = {cache_kw: cache}
-            mask = torch.cat([torch.ones((B, C), dtype=mask.dtype, device=dev), mask], dim=1)
-        res = model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **past, **keep
-        )
-        last = res.logits[:, -1].float().log_softmax(-1)  # (B, V)
-        first = torch.tensor([x[0] for x in conts], device=dev).view(B, K)
-        score = last.gather(1, first)  # (B, K): each continuation's first token
-        L = max(len(x) for x in conts)
-        if L > 1:
-            cache = getattr(res, cache_kw, None)
-            if not hasattr(cache, "batch_repeat_interleave"):
-                return None
-            cache.batch_repeat_interleave(K)  # row b -> rows b*K .. b*K + K - 1
-            # inputs: each continuation but its last token, each scored on the next one
-            c_ids, c_mask = pad_batch([x[:-1] or [pad_id] for x in conts], pad_id)  # (B*K, L-1)
-            c_mask = c_mask * torch.tensor([len(x) > 1 for x in conts])[:, None]
-            target, _ = pad_batch([x[1:] or [-1] for x in conts], -1)  # (B*K, L-1)
-            c_ids, c_mask, target = c_ids.to(dev), c_mask.to(dev), target.to(dev)
-            steps = c_ids.shape[1]
-            c_pos = pos[:, -1:].repeat_interleave(K, 0) + 1 + torch.arange(steps, device=dev)
-            logits = model(
-                input_ids=c_ids,
-                attention_mask=torch.cat([mask.repeat_interleave(K, 0), c_mask], dim=1),
-                position_ids=c_pos,
-                use_cache=False,
-                **{cache_kw: cache},
-            ).logits.float()  # (B*K, L-1, V)
-            lp = logits.log_softmax(-1)
-            picked = lp.gather(2, target.clamp(min=0)[..., None]).squeeze(2) * (target >= 0)
-            score = score + picked.sum(dim=1).view(B, K)
-        out.append(score.cpu())
-    if not out:
-        return torch.zeros((0, K))
-    result = torch.empty((N, K), dtype=torch.float32)
-    result[order] = torch.cat(out)  # back to the input order
-    return result
-
-
-def _common_head(model, prefixes, cache_kw: str, min_common: int, dev, keep):
-    """(the KV cache of the tokens every prefix starts with, their count C), or (None, 0) when
-    fewer than ``min_common`` are shared or the cache cannot be copied per batch. Each prefix
-    keeps at least one token of its own (its last logits score the continuations)."""
-    if len(prefixes) < 2:
-        return None, 0
-    first = prefixes[0]
-    C = min(len(p) for p in prefixes) - 1
-    for p in prefixes[1:]:
-        C = next((k for k in range(C) if p[k] != first[k]), C)
-        if C < min_common:
-            return None, 0
-    ids = torch.tensor([first[:C]], device=dev)  # (1, C)
-    res = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **keep)
-    cache = getattr(res, cache_kw, None)
-    if not hasattr(cache, "batch_repeat_interleave"):
-        return None, 0
-    return cache, C
+from .logprobs import (
+    cache_keyword,
+    model_device,
+    pad_token_id,
+    score_responses,
+    scoring_seq_len,
+    shared_prefix_logprobs,
+)
 
 
 def _label_scores_shared_prompt(
@@ -304,7 +53,7 @@ def _label_scores_shared_prompt(
     Returns None when it cannot give the same tokens or the model has no cache interface: a
     prompt that ``encode_nlg`` would cut, a model without position ids or a cache.
     """
-    if _cache_keyword(model) is None:
+    if cache_keyword(model) is None:
         return None
     labels = [response_ids(tokenizer, name) for name in label_names]
     if any(not r or len(r) >= seq_len for r in labels):
@@ -317,7 +66,7 @@ def _label_scores_shared_prompt(
         model,
         encoded,
         [labels] * len(encoded),
-        pad_id=_pad_id(tokenizer),
+        pad_id=pad_token_id(tokenizer),
         batch_size=batch_size,
     )
 
@@ -341,7 +90,7 @@ def class_scores(
     if task == "nlg":
         shared = _label_scores_shared_prompt(
             model, tokenizer, [r["prompt"] for r in rows], label_names,
-            batch_size=batch_size, seq_len=_seq_len(model, seq_len),
+            batch_size=batch_size, seq_len=scoring_seq_len(model, seq_len),
         )  # fmt: skip
         if shared is not None:
             return shared
@@ -351,13 +100,13 @@ def class_scores(
             model, tokenizer, prompts, responses, batch_size=batch_size, seq_len=seq_len
         )
         return scores.view(len(rows), K)  # (N, K)
-    dev = _device(model)
+    dev = model_device(model)
     out = []
     for i in range(0, len(rows), batch_size):
         batch = collate_nlu(
             tokenizer,
             [{"text": r["text"], "label": 0} for r in rows[i : i + batch_size]],
-            _seq_len(model, seq_len),
+            scoring_seq_len(model, seq_len),
         )
         batch.pop("labels")
         out.append(model(**{k: v.to(dev) for k, v in batch.items()}).logits.float().cpu())  # (B, C)
@@ -377,8 +126,8 @@ def greedy_completions(
     model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 16
 ) -> list[str]:
     """Greedy continuations of each prompt (left-padded batches), special tokens removed."""
-    dev = _device(model)
-    pad = _pad_id(tokenizer)
+    dev = model_device(model)
+    pad = pad_token_id(tokenizer)
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
         ids = [prompt_ids(tokenizer, p) for p in prompts[i : i + batch_size]]
