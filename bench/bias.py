@@ -28,7 +28,7 @@ import _common as common  # first: puts the repository root on sys.path
 import torch
 
 from lab.bias.benchmarks import crows_pairs_loglik
-from lab.bias.scores import _encode_pair
+from lab.bias.harness import _encode_pair
 from lab.models import load_model
 
 SUBJECTS = [("old", "young"), ("poor", "rich"), ("short", "tall"), ("foreign", "local"),

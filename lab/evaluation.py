@@ -20,7 +20,6 @@ from lab.bias import evaluate_bias
 from lab.bias.benchmarks import benchmark_items, evaluate_benchmarks, load_benchmarks
 from lab.config import RunConfig
 from lab.datasets import TaskData, evaluate_task
-from lab.datasets.logprobs import heldout_ce
 
 
 @dataclass
@@ -127,7 +126,7 @@ def evaluate(
             drift = np.zeros(len(held_out.texts)) if is_base else snap.drift_per_text
             per_item["kl_to_base"] = ([str(i) for i in range(len(drift))], drift)
             if cfg.task == "nlg":  # forgetting: held-out cross-entropy, compared with the base
-                ce = heldout_ce(model, tok, held_out.texts, max_len=cfg.train.seq_len)
+                ce = snap.heldout_ce  # from the snapshot's own logits, no second pass
                 ev["heldout_ce"] = float(ce.mean())
                 per_item["heldout_ce"] = ([str(i) for i in range(len(ce))], ce)
     if is_base:

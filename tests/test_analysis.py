@@ -14,6 +14,7 @@ from lab import analysis
 from lab.analysis import AdapterSpec, AnalysisError, DriftBase, Snapshot, SnapshotRequest
 from lab.analysis.request import EncodedTexts
 from lab.analysis.spectra import top_left_vectors
+from lab.datasets import logprobs
 from lab.models import load_model
 
 TEXTS = [
@@ -221,6 +222,18 @@ def test_batched_drift_is_the_mean_token_kl_of_each_text_alone(tiny):
         want = analysis.token_kl(arm, base).mean().item()
         assert snap.drift_per_text[i] == pytest.approx(want, rel=1e-4, abs=1e-8)
         assert snap.drift_positions[i] == ids.shape[1]
+
+
+def test_snapshot_cross_entropy_equals_the_separate_heldout_pass(tiny):
+    # the forgetting metric now comes from the snapshot's own logits: it must equal the
+    # separate pass it replaces, text by text, batched with padding (batch_size 3 of 8 texts)
+    model = lora_model(tiny)
+    perturb_b(model, scale=0.2)
+    req = SnapshotRequest("nlg", TEXTS, LABELS, batch_size=3, max_len=64)
+    snap = analysis.snapshot(model, tiny.tokenizer, req, arm="lora", step=1)
+    want = logprobs.heldout_ce(model, tiny.tokenizer, TEXTS, max_len=64, batch_size=1)
+    assert snap.heldout_ce.shape == (len(TEXTS),) and len(set(np.round(want, 4))) > 1
+    np.testing.assert_allclose(snap.heldout_ce, want, rtol=1e-4)
 
 
 def test_base_reference_gives_the_same_drift_as_a_second_forward(tiny):

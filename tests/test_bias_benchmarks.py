@@ -16,7 +16,7 @@ from scipy import stats
 
 from lab.bias import benchmarks as bm
 from lab.bias import formats
-from lab.bias.scores import _encode_pair, ci_score, continuation_logprobs, pearson_score
+from lab.bias.harness import _encode_pair, ci_score, continuation_logprobs, pearson_score
 from lab.encoding import DataError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -104,3 +104,32 @@ def test_a_shared_instruction_is_run_once_and_gives_the_same_scores(tiny_llama, 
     heads.clear()
     M.class_scores(model, tok, ROWS, task="nlg", label_names=names)
     assert heads == [(None, 0)]  # "Hi" shares no instruction with the reviews: no common head
+
+
+def test_the_logits_cap_splits_batches_without_changing_the_scores(tiny_llama):
+    """A batch whose continuations' logits would pass ``max_logit_elems`` is split into fewer
+    prefixes per pass (never below one), and the scores stay those of the uncapped call."""
+    tok, model = tiny_llama.tokenizer, tiny_llama.model
+    texts = ["The nurse said that", "A cook", "Every pilot knew", "Hi", "The long meeting ended"]
+    prefixes = [tok(t)["input_ids"] for t in texts]
+    conts = [[tok(" he was late.")["input_ids"], tok(" she was late.")["input_ids"]]] * len(texts)
+    pad = LP.pad_token_id(tok)
+    free = LP.shared_prefix_logprobs(model, prefixes, conts, pad_id=pad, batch_size=5)
+    longest = max(len(c) for pair in conts for c in pair)
+    per_prefix = 2 * (longest - 1) * LP.vocab_width(model)  # logits of one prefix's 2 rests
+    rows = []  # the rows of every forward pass: a batch's prefixes, then their 2 x B rests
+    spy = model.register_forward_pre_hook(
+        lambda _m, _a, kw: rows.append(len(kw["input_ids"])), with_kwargs=True
+    )
+    try:
+        capped = LP.shared_prefix_logprobs(
+            model, prefixes, conts, pad_id=pad, batch_size=5, max_logit_elems=2 * per_prefix
+        )
+        tight = rows[:]
+        rows.clear()
+        LP.shared_prefix_logprobs(model, prefixes, conts, pad_id=pad, batch_size=5, max_logit_elems=1)  # fmt: skip
+    finally:
+        spy.remove()
+    torch.testing.assert_close(capped, free)
+    assert tight == [2, 4, 2, 4, 1, 2]
+    assert rows[::2] == [1] * 5  # a cap below one prefix still scores one at a time

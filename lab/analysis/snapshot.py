@@ -77,6 +77,7 @@ class Snapshot:
     intruders: dict[str, int] = field(default_factory=dict)
     drift_positions: np.ndarray | None = None  # (n,) positions per text behind drift_per_text
     reference: BaseReference | None = field(default=None, repr=False, compare=False)
+    heldout_ce: np.ndarray | None = None  # (n,) NLG: mean nats per token of each text; not saved
 
     def summary(self) -> dict[str, float]:
         """Flat, finite scalars for the eval event."""
@@ -240,6 +241,26 @@ class OutputSpectrum:
         return output_spectrum(torch.cat(self.rows, 0), max_values=None)
 
 
+class CrossEntropyCollector:
+    """Per text, the mean cross-entropy (nats per token) of the model on its own tokens after
+    the first: the forgetting metric of ``lab.datasets.logprobs.heldout_ce``, taken from the
+    logits this pass computes anyway instead of a second pass over the same texts."""
+
+    def __init__(self, n: int):
+        self.values = np.zeros(n, dtype=np.float64)
+
+    def add(self, batch: Batch) -> None:
+        score = batch.mask[:, 1:]  # (B, T - 1): position t scored when t + 1 is a token
+        picked = batch.logits[:, :-1][score]  # (M, V) float32, only the scored positions
+        targets = batch.inputs["input_ids"][:, 1:][score]  # (M,)
+        lp = picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
+        rows = score.nonzero()[:, 0]  # (M,) row of each scored position
+        total = torch.zeros(len(batch.idx), dtype=torch.float64, device=lp.device)
+        total.index_add_(0, rows, lp.double())
+        counts = score.sum(dim=1).clamp(min=1).double()
+        self.values[batch.idx] = (-total / counts).cpu().numpy()
+
+
 class DriftCollector:
     """Mean KL(base || arm) per text, batch by batch, from one drift source."""
 
@@ -285,6 +306,9 @@ def snapshot(
     if recorder is not None:
         collectors.append(recorder.add)
         head = recorder.head
+    ce = CrossEntropyCollector(n) if request.task == "nlg" else None
+    if ce is not None:
+        collectors.append(ce.add)
     drift = None
     if base is not None:
         drift = DriftCollector(base.source(model, request.task, texts.key), n)
@@ -305,4 +329,5 @@ def snapshot(
         intruders=intruders,
         drift_positions=None if drift is None else texts.positions().astype(np.float32),
         reference=None if recorder is None else recorder.reference(),
+        heldout_ce=None if ce is None else ce.values,
     )

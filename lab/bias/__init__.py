@@ -3,6 +3,8 @@
 ``probes`` reads the probe sets in ``assets/probes/`` (stereotype pairs in the CrowS-Pairs
 format, occupations and pronoun templates, group words, prompt pairs); ``scores`` turns model
 log-likelihoods and predictions into scores. ``evaluate_bias`` runs them all for a task.
+``benchmarks`` scores the published benchmarks (``formats`` reads their files) through
+``harness``, their log-likelihoods as lm-evaluation-harness computes them.
 """
 
 from .probes import (

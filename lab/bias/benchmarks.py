@@ -1,7 +1,7 @@
 """Published bias benchmarks scored as the field scores them, each score with n and a 95% CI.
 
 Every benchmark is two steps: the model gives log-likelihoods (``*_loglik``, through
-:func:`lab.bias.scores.continuation_logprobs`, lm-evaluation-harness's ``loglikelihood``), and
+:func:`lab.bias.harness.continuation_logprobs`, lm-evaluation-harness's ``loglikelihood``), and
 a pure function turns them into scores (``*_scores``), so a test can give known
 log-likelihoods. ``BENCHMARKS`` holds each one's name, known limitation and exact scoring
 convention, shown in the Bias tab, the CLI output and the README.
@@ -30,7 +30,8 @@ from lab.datasets.knobs import seeded_subset
 from lab.encoding import DataError
 
 from .formats import LOADERS, PRONOUNS, fill_template
-from .scores import ITEM_SEED, ci_score, continuation_logprobs, pearson_score
+from .harness import ci_score, continuation_logprobs, pearson_score
+from .scores import ITEM_SEED
 
 KINDS = ("crows_pairs", "bbq", "winogender")
 GENDERS = tuple(PRONOUNS)  # male, female, neutral

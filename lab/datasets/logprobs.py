@@ -7,7 +7,8 @@ positions a mask selects, in float32, computing logits only from the first score
 ``score_responses`` scores responses after prompts exactly as training encodes them;
 ``shared_prefix_logprobs`` scores K continuations of each prefix with the prefix run once (and
 the tokens every prefix shares run once per call); ``heldout_ce`` is the per-text
-cross-entropy of the forgetting metric.
+cross-entropy of the forgetting metric (eval points take the same numbers from their analysis
+pass, ``lab.analysis.snapshot.CrossEntropyCollector``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from lab.analysis.request import MAX_LOGIT_ELEMS  # one memory cap for every scoring pass
 from lab.encoding import collate_nlg, encode_nlg, pad_batch
 
 
@@ -30,6 +32,15 @@ def pad_token_id(tokenizer) -> int:
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+def vocab_width(model) -> int:
+    """Logits per position of a causal LM."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None and weight.dim() == 2:
+        return int(weight.shape[0])
+    return int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
 
 
 def _accepts_logits_to_keep(model) -> bool:
@@ -172,6 +183,7 @@ def shared_prefix_logprobs(
     pad_id: int,
     batch_size: int = 16,
     min_common: int = 8,
+    max_logit_elems: int = MAX_LOGIT_ELEMS,
 ) -> torch.Tensor | None:
     """(N, K) float32 on CPU: log P(continuations[i][k] | prefixes[i]), the sum over the
     continuation's tokens, with each prefix run once and its KV cache repeated for its K
@@ -186,6 +198,9 @@ def shared_prefix_logprobs(
     When all the prefixes start with the same ``min_common`` tokens or more (a classification
     instruction before each review), those are run once for the whole call and their cache is
     copied into every batch; each batch's own parts are left-padded after them.
+
+    ``batch_size`` prefixes per batch at most, fewer when their B x K continuations' logits
+    would pass ``max_logit_elems`` elements.
     """  # fmt: skip
     cache_kw = cache_keyword(model)
     if cache_kw is None:
@@ -203,9 +218,14 @@ def shared_prefix_logprobs(
         prefixes = [p[C:] for p in prefixes]
     # batches of like continuation lengths, then like prefix lengths: the least padding of both
     order = sorted(range(N), key=lambda i: (max(map(len, continuations[i])), len(prefixes[i])))
+    width = vocab_width(model)
     out = []
-    for s in range(0, N, batch_size):
-        rows = order[s : s + batch_size]
+    s = 0
+    while s < N:
+        longest = max(len(x) for i in order[s : s + batch_size] for x in continuations[i])
+        fit = max_logit_elems // (K * max(longest - 1, 1) * width)
+        rows = order[s : s + max(1, min(batch_size, fit))]
+        s += len(rows)
         chunk = [prefixes[i] for i in rows]
         conts = [x for i in rows for x in continuations[i]]  # (B*K) lists
         B = len(chunk)
