@@ -4,10 +4,10 @@ All arms live in one process and train on the same synthetic batches (exactly ba
 tokens: a prompt half with labels -100, a response half), interleaved step by step (lora,
 pissa, balora, reference, lora, ...), so machine noise hits every arm alike. ``lora`` and
 ``pissa`` run with ``train.log_terms=false``: plain LoRA work, no teacher and no terms.
-``balora`` is the engine's step (``lab.trainer.train_arm_step``), with the teacher in
+``balora`` is the engine's step (``lab.steps.train_arm_step``), with the teacher in
 ``--teacher-dtype`` (default ``model``, as in a run: the exact loaded model; ``auto`` and
 ``bfloat16`` are the opt-in bf16 teacher). ``teacher`` times the teacher's forward pass alone
-(``lab.trainer.teacher_step``, the pass a step shares between all regularized arms, plus the
+(``lab.steps.teacher_step``, the pass a step shares between all regularized arms, plus the
 projection of its hidden rows through the LM head that the fused loss makes chunk by chunk), so the
 target "BA-LoRA step <= LoRA step + one teacher forward + 10% of a LoRA step" can be read off
 (``ratios.balora_overhead_vs_lora``: (balora - lora - teacher) / lora, target <= 0.1).
@@ -49,7 +49,7 @@ import _common as common  # first: puts the repository root on sys.path
 import torch
 from accelerate import Accelerator
 
-from lab import adapters, forward, trainer
+from lab import adapters, forward, steps, trainer
 from lab import head as head_mod
 from lab.config import from_dict
 from lab.dist import Dist
@@ -300,17 +300,17 @@ class Bench:
     def step(self, name: str, batch: dict, i: int) -> tuple[float, float]:
         """Train arm ``name`` one step; returns (wall seconds, process CPU seconds)."""
         arm = {"reference": "balora", "teacher": "lora"}.get(name, name)
-        lambdas = trainer.lambdas_at(self.cfg, arm, i)
+        lambdas = steps.lambdas_at(self.cfg, arm, i)
         common.sync(self.dev)
         t0, c0 = time.perf_counter(), time.process_time()
         if name == "reference":
             self.reference.step(batch, lambdas)
             self.losses[name] = self.reference.last_loss
         elif name == "teacher":  # the teacher's forward alone, as a step runs it
-            out = trainer.teacher_step(self.shared, [batch], self.cfg)
+            out = steps.teacher_step(self.shared, [batch], self.cfg)
             self.losses[name] = float(teacher_logits_pass(self.shared, out[0], self.cfg))
         else:
-            ev = trainer.train_arm_step(self.arms[name], [batch], self.cfg, i, self.dist)
+            ev = steps.train_arm_step(self.arms[name], [batch], self.cfg, i, self.dist)
             self.losses[name] = ev["loss"]
         common.sync(self.dev)
         return time.perf_counter() - t0, time.process_time() - c0

@@ -141,7 +141,7 @@ def evaluate_checkpoint(run_dir: str | Path, *, final: bool, stopped: bool = Fal
     stopped there)."""
     import torch
 
-    from lab import adapters, checkpoint, evaluation, trainer
+    from lab import adapters, checkpoint, evaluation, run_writer, steps, trainer
     from lab.config import load_config_file
 
     run_dir = Path(run_dir)
@@ -156,7 +156,7 @@ def evaluate_checkpoint(run_dir: str | Path, *, final: bool, stopped: bool = Fal
         for arm in arms.values():
             evaluation.warm_intruder_cache([arm.activate()], probes)
     _, global_rng = checkpoint.load(run_dir, arms)
-    trainer._set_rng(global_rng)  # as after the step, where the trainer evaluates
+    steps.set_rng(global_rng)  # as after the step, where the trainer evaluates
     log = runs.EventLog(run_dir / "events.jsonl")
     try:
         for arm in arms.values():
@@ -176,7 +176,7 @@ def evaluate_checkpoint(run_dir: str | Path, *, final: bool, stopped: bool = Fal
         summary.setdefault("arms", {})
         for arm in arms.values():
             adapters.save_adapter(arm.model, run_dir / "adapters" / arm.spec.folder, arm.name)
-            summary["arms"][arm.name] = trainer._arm_summary(arm)
+            summary["arms"][arm.name] = run_writer.arm_summary(arm)
         failed = [a for a in arms.values() if a.status == "failed"]
         if stopped:
             summary["status"] = "stopped"

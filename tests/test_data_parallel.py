@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lab.steps as steps
 import lab.trainer as trainer
 from lab.config import load_preset
 from lab.dist import Dist
@@ -162,7 +163,7 @@ def test_step_norm_counts_every_micro_batch():
         {"reg_mask": torch.tensor([[0, 1, 1, 0]], dtype=torch.bool)},
         {"reg_mask": torch.tensor([[1, 1, 1, 0], [0, 1, 0, 0]], dtype=torch.bool)},
     ]
-    assert trainer.step_norm(micro, cfg, dist) == 6
+    assert steps.step_norm(micro, cfg, dist) == 6
 
 
 @pytest.mark.parametrize("accum", [1, 3])

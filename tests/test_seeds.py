@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lab.steps as steps
 import lab.trainer as trainer
 from lab import adapters, arms, report, verdicts
 from lab.checkpoint import ResumeError
@@ -47,14 +48,14 @@ def seeded_run(tmp_path_factory):
     """A 2-seed run with analysis and bias probes on; records every arm's batches."""
     out = tmp_path_factory.mktemp("seeds") / "run"
     seen: dict[tuple[str, int], str] = {}
-    original = trainer.train_arm_step
+    original = steps.train_arm_step
 
     def recording(arm, micro, cfg, step, *args, **kwargs):
         seen[(arm.name, step)] = "".join(_digest(b) for b in micro)
         return original(arm, micro, cfg, step, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "train_arm_step", recording)
+        mp.setattr(steps, "train_arm_step", recording)
         events = list(trainer.run(_cfg(), out))
     return out, events, seen
 

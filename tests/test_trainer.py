@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+import lab.steps as steps
 import lab.trainer as trainer
 from lab import events as schema
 from lab.config import load_preset
@@ -170,7 +171,7 @@ def test_same_seed_same_curves(tmp_path):
 
 
 def test_nan_fails_one_arm_and_the_others_go_on(tmp_path, monkeypatch):
-    real = trainer.step_loss
+    real = steps.step_loss
 
     def poisoned(model, batch, cfg, lambdas, **kw):
         out = real(model, batch, cfg, lambdas, **kw)
@@ -179,7 +180,7 @@ def test_nan_fails_one_arm_and_the_others_go_on(tmp_path, monkeypatch):
             out.values["task_loss"] = out.values["task_loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(trainer, "step_loss", poisoned)
+    monkeypatch.setattr(steps, "step_loss", poisoned)
     _, events, out = _run(tmp_path, FAST)
     failed = [e for e in events if e["kind"] == "failed"]
     assert [e["arm"] for e in failed] == ["balora"] and "not finite" in failed[0]["error"]
@@ -220,12 +221,12 @@ def test_lambda_schedules():
     cfg = load_preset(
         "tiny-test", ["reg.lambda1_schedule=cosine", "reg.lambda23_warmup=0.5", "train.steps=11"]
     )
-    first, last = trainer.lambdas_at(cfg, "balora", 1), trainer.lambdas_at(cfg, "balora", 11)
+    first, last = steps.lambdas_at(cfg, "balora", 1), steps.lambdas_at(cfg, "balora", 11)
     assert first[0] == pytest.approx(cfg.reg.lambda1) and last[0] == pytest.approx(
         0.1 * cfg.reg.lambda1
     )
     assert first[1:] == (0.0, 0.0) and last[1:] == (cfg.reg.lambda2, cfg.reg.lambda3)
-    assert trainer.lambdas_at(cfg, "pissa", 5) == (0.0, 0.0, 0.0)
+    assert steps.lambdas_at(cfg, "pissa", 5) == (0.0, 0.0, 0.0)
 
 
 def test_nlu_path_reports_degenerate_svd(tmp_path):

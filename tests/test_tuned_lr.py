@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import lab.steps as steps
 import lab.trainer as trainer
 from lab import report, tuning
 from lab.config import ConfigError, load_preset
@@ -139,7 +140,7 @@ def _guarded_run(cfg, out):
     carved: list[list[dict]] = []
     batched: list[int] = []
     prepare, sweep, carve = trainer.prepare, trainer.tune_lrs, tuning.carve
-    micro = trainer._micro_batches
+    micro = steps.micro_batches
 
     def guarded_prepare(c):
         task_data, bundle = prepare(c)
@@ -167,7 +168,7 @@ def _guarded_run(cfg, out):
         mp.setattr(trainer, "prepare", guarded_prepare)
         mp.setattr(trainer, "tune_lrs", guarded_sweep)
         mp.setattr(tuning, "carve", recording_carve)
-        mp.setattr(trainer, "_micro_batches", recording_micro)
+        mp.setattr(steps, "micro_batches", recording_micro)
         list(trainer.run(cfg, out))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "done", summary.get("error")

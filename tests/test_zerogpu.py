@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lab.steps as steps
 import lab.trainer as trainer
 from lab import chunks, hosting, jobs, runs
 from lab.config import ConfigError, load_preset
@@ -167,13 +168,13 @@ def test_plan_fits_the_budget_and_shrinks_after_an_overrun():
 
 
 def test_overrunning_chunks_are_detected_and_the_next_is_smaller(tmp_path, monkeypatch):
-    real = trainer.train_arm_step
+    real = steps.train_arm_step
 
     def slow(*args, **kwargs):  # a slow step: 3 arms x 3 steps overrun a 0.3 s budget
         time.sleep(0.05)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_arm_step", slow)
+    monkeypatch.setattr(steps, "train_arm_step", slow)
     mgr = _manager(tmp_path, chunk_steps=3, budget_s=0.3)
     job = mgr.submit("tiny-test", [*FAST, "train.steps=6", "train.eval_every=0"])
     _drive(mgr, job)
