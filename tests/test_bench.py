@@ -181,3 +181,23 @@ def test_e2e_breakdown_adds_up(bench):
     assert out["train_s"] == 11.0 and out["eval_s"] == 6.0 and out["eval_points"] == 2
     assert out["eval_parts"]["task_s"] == 3.0
     assert out["other_s"] == pytest.approx(30.0 - 1.5 - 2.5 - 11.0 - 6.0)
+
+
+def test_probes_json_on_tiny_llama(tmp_path):
+    """bench/probes.py times every shipped probe pair at each batch size, with the same scores."""
+    from lab.bias.probes import load_occupations, load_pairs, load_templates
+
+    out = tmp_path / "probes.json"
+    cmd = [sys.executable, str(BENCH / "probes.py"), "--model", "tiny-llama",
+           "--batches", "3,7", "--repeats", "2", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout)
+    assert res == json.loads(out.read_text())
+    want = len(load_pairs()) + len(load_occupations()) * len(load_templates())
+    assert res["pairs"] == want and res["batches"] == [3, 7]
+    assert all(len(res["seconds"][k]) == 2 for k in ("3", "7"))
+    assert res["ratio_to_first"]["3"] == 1.0
+    ratio = res["median_s"]["7"] / res["median_s"]["3"]
+    assert res["ratio_to_first"]["7"] == pytest.approx(ratio, abs=2e-3)
+    assert res["same_scores"] < 1e-3

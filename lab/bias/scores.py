@@ -41,8 +41,8 @@ from .probes import (
 
 ITEM_SEED = 0  # which items a max_items cap keeps: fixed, so every run scores the same ones
 # pairs per scoring pass of the probe pairs (2 x 32 rest parts, their logits capped by
-# ``shared_prefix_logprobs``): on 2 CPU cores 0.86x the time of 16 pairs for the stereotype
-# and the pronoun probes alike; 64 gained nothing more
+# ``shared_prefix_logprobs``): 0.825x the time of 16 pairs on 2 CPU cores (bench/probes.py);
+# 64 gained nothing more
 PAIR_BATCH = 32
 
 
