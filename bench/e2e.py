@@ -73,7 +73,7 @@ TIMED = (
     ("lab.trainer", "load_task_data", "data_load_s"),
     ("lab.trainer", "load_model", "model_load_s"),
     ("lab.trainer", "build_arms", "arm_build_s"),
-    ("lab.trainer", "_micro_batches", "batching_s"),
+    ("lab.steps", "micro_batches", "batching_s"),
     ("lab.evaluation", "evaluate_task", "eval_task_s"),
     ("lab.evaluation", "evaluate_bias", "eval_bias_s"),
     ("lab.analysis", "snapshot", "eval_analysis_s"),

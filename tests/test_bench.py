@@ -201,3 +201,10 @@ def test_probes_json_on_tiny_llama(tmp_path):
     ratio = res["median_s"]["7"] / res["median_s"]["3"]
     assert res["ratio_to_first"]["7"] == pytest.approx(ratio, abs=2e-3)
     assert res["same_scores"] < 1e-3
+
+
+def test_e2e_times_functions_that_exist(bench):
+    """Every engine function the end-to-end breakdown wraps is still where it says."""
+    for module, attr, phase in bench["e2e"].TIMED:
+        fn = getattr(importlib.import_module(module), attr, None)
+        assert callable(fn), f"{module}.{attr} ({phase}) does not exist"

@@ -275,12 +275,12 @@ SLOW_CLI = textwrap.dedent(
     """\
     #!{python}
     import os, sys, time
-    import lab.trainer as t
-    real = t.train_arm_step
+    import lab.steps as s
+    real = s.train_arm_step
     def slow(*args, **kwargs):
         time.sleep(float(os.environ.get("SLOW_STEP_S", "0")))
         return real(*args, **kwargs)
-    t.train_arm_step = slow
+    s.train_arm_step = slow
     from lab.__main__ import main
     sys.exit(main(sys.argv[3:]))  # argv: -m lab train ...
     """
