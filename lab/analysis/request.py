@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from lab.analysis.drift import AnalysisError
+from lab.datasets.logprobs import MAX_LOGIT_ELEMS
 
 TASKS = ("nlg", "nlu")
 SPECTRUM_ROWS = 256  # logits rows (positions) behind the output spectrum, at most
 MIN_SPECTRUM_ROWS = 16  # ... and at least, whatever the memory cap
-MAX_LOGIT_ELEMS = 1 << 25  # B x T x V of one forward pass (memory), at most
 
 
 @dataclass

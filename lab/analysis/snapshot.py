@@ -43,6 +43,7 @@ from lab.analysis.spectra import (
     stable_rank,
     topk_energy,
 )
+from lab.datasets.logprobs import text_cross_entropy, vocab_width
 
 
 def _pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -156,8 +157,7 @@ def output_width(model: torch.nn.Module, task: str) -> int:
     """Logits per position (NLG: the vocabulary) or per text (NLU: the classes)."""
     if task == "nlu":
         return int(getattr(model.config, "num_labels", 2))
-    head = model.get_output_embeddings()
-    return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+    return vocab_width(model)
 
 
 def forward_pass(
@@ -250,15 +250,10 @@ class CrossEntropyCollector:
         self.values = np.zeros(n, dtype=np.float64)
 
     def add(self, batch: Batch) -> None:
-        score = batch.mask[:, 1:]  # (B, T - 1): position t scored when t + 1 is a token
-        picked = batch.logits[:, :-1][score]  # (M, V) float32, only the scored positions
-        targets = batch.inputs["input_ids"][:, 1:][score]  # (M,)
-        lp = picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
-        rows = score.nonzero()[:, 0]  # (M,) row of each scored position
-        total = torch.zeros(len(batch.idx), dtype=torch.float64, device=lp.device)
-        total.index_add_(0, rows, lp.double())
-        counts = score.sum(dim=1).clamp(min=1).double()
-        self.values[batch.idx] = (-total / counts).cpu().numpy()
+        ce = text_cross_entropy(
+            batch.logits, batch.inputs["input_ids"], batch.inputs["attention_mask"]
+        )
+        self.values[batch.idx] = ce.cpu().numpy()
 
 
 class DriftCollector:

@@ -7,8 +7,9 @@ positions a mask selects, in float32, computing logits only from the first score
 ``score_responses`` scores responses after prompts exactly as training encodes them;
 ``shared_prefix_logprobs`` scores K continuations of each prefix with the prefix run once (and
 the tokens every prefix shares run once per call); ``heldout_ce`` is the per-text
-cross-entropy of the forgetting metric (eval points take the same numbers from their analysis
-pass, ``lab.analysis.snapshot.CrossEntropyCollector``).
+cross-entropy of the forgetting metric, ``text_cross_entropy`` the same from logits already
+computed (eval points take it from their analysis pass,
+``lab.analysis.snapshot.CrossEntropyCollector``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lab.analysis.request import MAX_LOGIT_ELEMS  # one memory cap for every scoring pass
 from lab.encoding import collate_nlg, encode_nlg, pad_batch
+
+MAX_LOGIT_ELEMS = 1 << 25  # B x T x V of the logits one pass may hold (memory), at most
 
 
 def model_device(model) -> torch.device:
@@ -35,12 +37,37 @@ def pad_token_id(tokenizer) -> int:
 
 
 def vocab_width(model) -> int:
-    """Logits per position of a causal LM."""
+    """Logits per position of a causal LM: its output head's rows, else the config's vocab."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(head, "weight", None)
     if weight is not None and weight.dim() == 2:
         return int(weight.shape[0])
     return int(getattr(getattr(model, "config", None), "vocab_size", 0) or 1)
+
+
+def picked_logprobs(
+    logits: torch.Tensor, next_ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log P(next_ids[b, t]) from logits[b, t] at the M positions ``mask`` selects (M,), in
+    float32, row-major; the row of each (M,)). ``logits`` (B, T, V), the others (B, T)."""
+    picked = logits[mask].float()  # (M, V): only the scored positions, in float32
+    targets = next_ids[mask]  # (M,)
+    token_lp = picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
+    return token_lp, mask.nonzero()[:, 0]
+
+
+def text_cross_entropy(
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Per right-padded text, the mean cross-entropy (nats per token) on its own tokens after
+    the first, from its (B, T, V) logits. (B,) float64."""
+    score = torch.roll(attention_mask, shifts=-1, dims=1).bool()  # t scored when t + 1 is a token
+    score[:, -1] = False
+    next_ids = torch.roll(input_ids, shifts=-1, dims=1)
+    token_lp, rows = picked_logprobs(logits, next_ids, score)
+    total = torch.zeros(len(input_ids), dtype=torch.float64, device=token_lp.device)
+    total.index_add_(0, rows, token_lp.double())
+    return -total / score.sum(dim=1).clamp(min=1).double()
 
 
 def _accepts_logits_to_keep(model) -> bool:
@@ -70,10 +97,7 @@ def _scored_token_logprobs(
     logits = logits[:, logits.shape[1] - (T - start) :]  # (B, T - start, V)
     mask = score_mask[:, start:]  # (B, T - start)
     next_ids = torch.roll(input_ids, shifts=-1, dims=1)[:, start:]  # (B, T - start)
-    picked = logits[mask].float()  # (M, V): only the scored positions, in float32
-    targets = next_ids[mask]  # (M,)
-    token_lp = picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
-    return token_lp, mask.nonzero()[:, 0]  # (M,), (M,) row of each scored position
+    return picked_logprobs(logits, next_ids, mask)
 
 
 def sequence_logprobs(
@@ -117,11 +141,10 @@ def heldout_ce(
             for t in texts[i : i + batch_size]
         ]
         input_ids, attention = pad_batch(ids, pad)  # (B, T), right padding
-        score = torch.roll(attention, shifts=-1, dims=1).bool()  # t scored when t + 1 is a token
-        score[:, -1] = False
-        total = sequence_logprobs(model, input_ids, attention, score).double().cpu()
-        counts = score.sum(dim=1).clamp(min=1).double()
-        out.append((-total / counts).numpy())
+        dev = model_device(model)
+        input_ids, attention = input_ids.to(dev), attention.to(dev)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits
+        out.append(text_cross_entropy(logits, input_ids, attention).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
