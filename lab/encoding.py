@@ -17,6 +17,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 IGNORE_INDEX = -100
+MIN_SHARED_START = 8  # a shorter common start costs its own pass for little gain
 
 
 class DataError(ValueError):
@@ -102,8 +103,9 @@ def pad_batch(
     return ids, mask
 
 
-def collate_nlg(items: Sequence[EncodedNLG], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch. Returns input_ids, attention_mask, labels (B, T) and reg_mask (B, T).
+def collate_nlg(items: Sequence[EncodedNLG], pad_id: int) -> dict:
+    """Right-pad a batch. Returns input_ids, attention_mask, labels (B, T), reg_mask (B, T) and
+    ``shared_len``, the count of leading tokens all rows share (:func:`shared_start`).
 
     ``reg_mask[b, t]`` is True when ``labels[b, t + 1]`` is a response token: the logits at t
     are the ones scored against label t+1, exactly as in the shifted cross-entropy.
@@ -118,7 +120,32 @@ def collate_nlg(items: Sequence[EncodedNLG], pad_id: int) -> dict[str, torch.Ten
         "attention_mask": attention,
         "labels": labels,
         "reg_mask": reg_mask,
+        "shared_len": shared_start(input_ids, attention, reg_mask),
     }
+
+
+def shared_start(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    reg_mask: torch.Tensor,
+    minimum: int = MIN_SHARED_START,
+) -> int:
+    """How many tokens every row of a right-padded NLG batch starts with (the chat template's
+    system turn and an instruction before each review), up to the first scored position; 0
+    when that is under ``minimum`` or the batch has one row. :mod:`lab.forward` runs them once
+    and repeats their KV cache for every row."""
+    B, T = input_ids.shape
+    if B < 2 or not reg_mask.any():
+        return 0
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # (T,)
+    first_scored = int(reg_mask.any(0).nonzero()[0])  # each row needs its own hidden state there
+    n = int(same[:first_scored].long().cumprod(0).sum())  # the leading run of shared columns
+    return n if n >= minimum else 0
+
+
+def to_device(batch: dict, device) -> dict:
+    """A batch's tensors on ``device``; its counts (``shared_len``) as they are."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def collate_nlu(tokenizer, examples: Sequence[dict], seq_len: int) -> dict[str, torch.Tensor]:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from lab import adapters, losses
 from lab.config import RunConfig
+from lab.datasets.logprobs import cache_keyword
 from lab.head import head_loss, logits_svd_loss
 from lab.models import teacher_dtype
 from lab.regularizers import (
@@ -80,10 +81,32 @@ def _used_rows(batch) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, batch["labels"][:, 1:][rows[:, :-1]]
 
 
-def _hidden_rows(model, batch, rows: torch.Tensor) -> torch.Tensor:
+def _hidden_rows(model, batch, rows: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
+    """The decoder's last hidden states at the used positions ``rows`` (B, T) -> (M, H).
+
+    When every row starts with the same ``batch["shared_len"]`` tokens (a chat template's
+    system turn and the task's instruction), those run once as a one-row pass and their KV
+    cache is repeated for the rows; the gradient flows back through the repeat into that pass.
+    The hidden states equal the full pass's up to float rounding (positions continue after
+    the shared start). Not while training with LoRA dropout, where each row draws its own
+    noise on every token."""
     decoder, _, _ = _decoder_and_head(model)
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return hidden.last_hidden_state[rows]  # (B, T, H) -> (M, H)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    C = batch.get("shared_len", 0)
+    kw = cache_keyword(decoder) if C else None
+    if kw is not None and not (model.training and cfg.lora.dropout > 0):
+        head = decoder(input_ids=ids[:1, :C], attention_mask=mask[:1, :C], use_cache=True)
+        cache = getattr(head, kw, None)
+        if hasattr(cache, "batch_repeat_interleave"):
+            B, T = ids.shape
+            cache.batch_repeat_interleave(B)
+            pos = torch.arange(C, T, device=ids.device).expand(B, -1)  # (B, T - C)
+            rest = decoder(
+                input_ids=ids[:, C:], attention_mask=mask, position_ids=pos, **{kw: cache}
+            )
+            return rest.last_hidden_state[rows[:, C:]]
+    hidden = decoder(input_ids=ids, attention_mask=mask)
+    return hidden.last_hidden_state[rows]
 
 
 def _head_logits(model, h: torch.Tensor) -> torch.Tensor:
@@ -130,7 +153,7 @@ def teacher_outputs(model, batch, cfg: RunConfig) -> torch.Tensor:
         if cfg.task == "nlu":
             return _nlu_forward(model, batch, False)[0]
         rows, _ = _used_rows(batch)
-        h = _hidden_rows(model, batch, rows)
+        h = _hidden_rows(model, batch, rows, cfg)
         return h if fused_nlg(model, cfg) else _head_logits(model, h)
 
 
@@ -140,7 +163,7 @@ def student_rows(model, batch, cfg: RunConfig) -> torch.Tensor:
     logits, or [logits | pooled features] (N, D + H) for ``svd_target: features``."""
     if cfg.task == "nlg":
         rows, _ = _used_rows(batch)
-        h = _hidden_rows(model, batch, rows)
+        h = _hidden_rows(model, batch, rows, cfg)
         if fused_nlg(model, cfg) or cfg.reg.svd_target == "features":
             return h
         return _head_logits(model, h).float()
@@ -179,7 +202,7 @@ def step_loss(
     reg = cfg.reg
     if cfg.task == "nlg":
         rows, targets = _used_rows(batch)
-        h = _hidden_rows(model, batch, rows)  # (M, H)
+        h = _hidden_rows(model, batch, rows, cfg)  # (M, H)
         if fused_nlg(model, cfg):
             _, head, _ = _decoder_and_head(model)
             total, ce, kl, neg_entropy = head_loss(

@@ -263,7 +263,7 @@ def micro_batches(
     out = []
     for i in range(0, len(mine), per):
         b = encoding.make_batch(tok, mine[i : i + per], cfg.task, cfg.train.seq_len)
-        out.append({k: v.to(device) for k, v in b.items()})
+        out.append(encoding.to_device(b, device))
     return out
 
 

@@ -72,7 +72,7 @@ def val_batches(rows: list[dict], cfg: RunConfig, tokenizer, device) -> list[dic
     out = []
     for i in range(0, len(rows), size):
         b = encoding.make_batch(tokenizer, rows[i : i + size], cfg.task, cfg.train.seq_len)
-        out.append({k: v.to(device) for k, v in b.items()})
+        out.append(encoding.to_device(b, device))
     return out
 
 

@@ -183,17 +183,23 @@ def test_e2e_breakdown_adds_up(bench):
     assert out["other_s"] == pytest.approx(30.0 - 1.5 - 2.5 - 11.0 - 6.0)
 
 
-def test_probes_json_on_tiny_llama(tmp_path):
-    """bench/probes.py times every shipped probe pair at each batch size, with the same scores."""
-    from lab.bias.probes import load_occupations, load_pairs, load_templates
-
-    out = tmp_path / "probes.json"
-    cmd = [sys.executable, str(BENCH / "probes.py"), "--model", "tiny-llama",
-           "--batches", "3,7", "--repeats", "2", "--out", str(out)]  # fmt: skip
+def _run_json(tmp_path, script: str, *args: str) -> dict:
+    """A bench script in its own process: the JSON it prints, which its --out file holds too."""
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, str(BENCH / script), *args, "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout)
     assert res == json.loads(out.read_text())
+    return res
+
+
+def test_probes_json_on_tiny_llama(tmp_path):
+    """bench/probes.py times every shipped probe pair at each batch size, with the same scores."""
+    from lab.bias.probes import load_occupations, load_pairs, load_templates
+
+    res = _run_json(tmp_path, "probes.py", "--model", "tiny-llama", "--batches", "3,7",
+                    "--repeats", "2")  # fmt: skip
     want = len(load_pairs()) + len(load_occupations()) * len(load_templates())
     assert res["pairs"] == want and res["batches"] == [3, 7]
     assert all(len(res["seconds"][k]) == 2 for k in ("3", "7"))
@@ -208,3 +214,17 @@ def test_e2e_times_functions_that_exist(bench):
     for module, attr, phase in bench["e2e"].TIMED:
         fn = getattr(importlib.import_module(module), attr, None)
         assert callable(fn), f"{module}.{attr} ({phase}) does not exist"
+
+
+def test_shared_start_json_on_tiny_llama(tmp_path):
+    """bench/shared_start.py trains each arm both ways on the same batches: fewer decoder
+    tokens with the shared start, the same loss, and the ratios of its own medians."""
+    res = _run_json(tmp_path, "shared_start.py", "--preset", "tiny-test",
+                    "--set", "train.seq_len=480", "--steps", "2")  # fmt: skip
+    assert len(res["shared_len"]) == 2 and min(res["shared_len"]) >= 8
+    assert res["tokens"]["shared"] < res["tokens"]["whole"]
+    assert set(res["median_s"]) == {"lora", "pissa", "balora"}
+    for arm, m in res["median_s"].items():
+        assert res["ratio"][arm] == pytest.approx(m["shared"] / m["whole"])
+    assert "all_arms" in res["ratio"]
+    assert res["loss_rel_diff"] < 1e-4

@@ -50,3 +50,28 @@ def test_collate_nlg_pads_labels_with_ignore_and_shifts_the_regularizer_mask():
     assert b["labels"].tolist() == [[-100, -100, 7, 8], [-100, 10, -100, -100]]
     # logits at t score label t + 1: row 0 at 1 and 2, row 1 at 0
     assert b["reg_mask"].tolist() == [[False, True, True, False], [True, False, False, False]]
+
+
+def test_shared_start_counts_the_common_tokens_before_the_first_scored_position():
+    from lab.encoding import shared_start
+
+    common = list(range(1, 11))  # ten tokens every row starts with
+    items = [
+        EncodedNLG(common + [20, 21, 22], [IGNORE_INDEX] * 11 + [21, 22]),
+        EncodedNLG(common + [30, 31], [IGNORE_INDEX] * 11 + [31]),
+        EncodedNLG(common + [40, 41, 42, 43], [IGNORE_INDEX] * 12 + [42, 43]),
+    ]
+    b = collate_nlg(items, pad_id=0)
+    assert b["shared_len"] == 10
+    # capped at the first scored position: each row needs its own hidden state there
+    early = [EncodedNLG(common + [5], [IGNORE_INDEX] * 4 + common[4:] + [5])] * 2
+    assert collate_nlg(early, pad_id=0)["shared_len"] == 0  # 3 tokens: under the minimum
+    b2 = collate_nlg(early, pad_id=0)
+    assert shared_start(b2["input_ids"], b2["attention_mask"], b2["reg_mask"], minimum=2) == 3
+    # rows that part early, a single row, and no scored position share nothing
+    apart = [EncodedNLG([1, 2, 3, 4], [IGNORE_INDEX, 2, 3, 4]), EncodedNLG([1, 9], [-100, 9])]
+    assert collate_nlg(apart, pad_id=0)["shared_len"] == 0
+    assert collate_nlg(items[:1], pad_id=0)["shared_len"] == 0
+    # a row whose padding starts inside the common part ends it there
+    short = [EncodedNLG(common, [IGNORE_INDEX] * 9 + [10]), items[0]]
+    assert collate_nlg(short, pad_id=0)["shared_len"] == 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -156,28 +157,30 @@ def _batch(bundle, cfg):
     return encoding.make_batch(bundle.tokenizer, td.train[:4], "nlg", cfg.train.seq_len)
 
 
+def _step_with_grads(model, batch, cfg, lambdas):
+    """One micro-batch's loss with every term, backward: (values, inactive terms, grads)."""
+    params = adapters.trainable_parameters(model)
+    for p in params:
+        p.grad = None
+    out = forward.step_loss(model, batch, cfg, lambdas, need_terms=True)
+    weighted, raw, inactive = forward.batch_terms(model, out.rows, cfg, lambdas)
+    (out.total + weighted).backward()
+    values = {k: float(v) for k, v in {**out.values, **raw}.items()}
+    values["loss"] = float(out.total + weighted)
+    return values, inactive, [p.grad.clone() for p in params]
+
+
 @pytest.mark.parametrize("teacher", ["model", "bfloat16"])
 def test_fused_step_equals_unfused_step(monkeypatch, teacher):
     cfg = load_preset("tiny-test", [f"reg.teacher_dtype={teacher}", "reg.svd_k=3"])
     model, bundle = _arm()
     batch = _batch(bundle, cfg)
     lambdas = (0.5, 0.3, 0.2)
-    params = adapters.trainable_parameters(model)
     assert forward.fused_nlg(model, cfg)
 
-    def run():
-        for p in params:
-            p.grad = None
-        out = forward.step_loss(model, batch, cfg, lambdas, need_terms=True)
-        weighted, raw, inactive = forward.batch_terms(model, out.rows, cfg, lambdas)
-        (out.total + weighted).backward()
-        values = {k: float(v) for k, v in {**out.values, **raw}.items()}
-        values["loss"] = float(out.total + weighted)
-        return values, inactive, [p.grad.clone() for p in params]
-
-    fused, inactive_fused, g_fused = run()
+    fused, inactive_fused, g_fused = _step_with_grads(model, batch, cfg, lambdas)
     monkeypatch.setattr(forward, "fused_nlg", lambda model, cfg: False)
-    plain, inactive_plain, g_plain = run()
+    plain, inactive_plain, g_plain = _step_with_grads(model, batch, cfg, lambdas)
     for key in ("loss", "task_loss", "consistency", "diversity", "svd"):
         assert fused[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
     assert inactive_fused == inactive_plain == {}
@@ -266,3 +269,56 @@ def test_the_fused_gradient_takes_its_weights_from_lab_losses(monkeypatch):
         assert total.item() == pytest.approx(ref_total.item(), rel=1e-5)
         torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
         monkeypatch.setattr(losses, "weights", doubled_consistency)
+
+
+def _decoder_shapes(monkeypatch, model) -> list[tuple[int, int]]:
+    """Record the (B, T) of every decoder call."""
+    decoder = model.get_base_model().get_decoder()
+    seen = []
+    original = decoder.forward
+
+    @functools.wraps(original)  # keeps the signature that picks the cache keyword
+    def spy(*args, **kwargs):
+        seen.append(tuple(kwargs["input_ids"].shape))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", spy)
+    return seen
+
+
+def test_shared_start_runs_once_and_gives_the_full_pass_loss_and_gradient(monkeypatch):
+    # byte tokens: room for the whole instruction, which a shorter cut drops from the left
+    cfg = load_preset("tiny-test", ["reg.svd_k=3", "train.seq_len=320"])
+    model, bundle = _arm()
+    batch = _batch(bundle, cfg)
+    C, (B, T) = batch["shared_len"], batch["input_ids"].shape
+    assert C >= 8  # every row starts with the task's instruction
+    lambdas = (0.5, 0.3, 0.2)
+    model.train()
+    seen = _decoder_shapes(monkeypatch, model)
+    shared, _, g_shared = _step_with_grads(model, batch, cfg, lambdas)
+    # teacher and student: the shared start as one row, then every row's own part
+    assert seen == [(1, C), (B, T - C)] * 2
+    seen.clear()
+    full, _, g_full = _step_with_grads(model, {**batch, "shared_len": 0}, cfg, lambdas)
+    assert seen == [(B, T)] * 2
+    for key in ("loss", "task_loss", "consistency", "diversity", "svd"):
+        assert shared[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
+    assert any(g.abs().sum() > 0 for g in g_full)
+    for a, b in zip(g_shared, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_lora_dropout_in_training_runs_every_row_whole(monkeypatch):
+    cfg = load_preset("tiny-test", ["lora.dropout=0.1", "train.seq_len=320"])
+    model, bundle = _arm()
+    batch = _batch(bundle, cfg)
+    assert batch["shared_len"] > 0
+    seen = _decoder_shapes(monkeypatch, model)
+    model.train()
+    forward.step_loss(model, batch, cfg, (0.0, 0.0, 0.0), need_terms=False)
+    assert seen == [tuple(batch["input_ids"].shape)]  # each row draws its own dropout noise
+    seen.clear()
+    model.eval()  # no dropout: the start is shared again
+    forward.step_loss(model, batch, cfg, (0.0, 0.0, 0.0), need_terms=False)
+    assert len(seen) == 2
