@@ -209,7 +209,7 @@ def cmd_bias(args: argparse.Namespace) -> int:
 
 def cmd_verdicts(args: argparse.Namespace) -> int:
     from lab import verdicts
-    from lab.runs import RunReadError
+    from lab.runs import RunReadError, read_summary
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -225,8 +225,9 @@ def cmd_verdicts(args: argparse.Namespace) -> int:
     elif args.markdown:
         print(verdicts.markdown_table(rows))
     else:
-        for r in rows:
-            print(verdicts.verdict_text(r))
+        rates = verdicts.learning_rates_text(read_summary(run_dir))
+        for line in ([rates] if rates else []) + [verdicts.verdict_text(r) for r in rows]:
+            print(line)
     return 0
 
 

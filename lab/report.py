@@ -147,7 +147,10 @@ def _verdicts_html(run_dir: Path) -> str:
         return "<p>This run has no per-item records, so no paired differences.</p>"
     rows = ev["versus_arm"] + ev["versus_base"]
     items = "".join(f"<li>{html.escape(verdicts.verdict_text(r))}</li>" for r in rows)
-    return f"<ul>{items}</ul>" if items else "<p>No comparable items in this run.</p>"
+    if not items:
+        return "<p>No comparable items in this run.</p>"
+    rates = verdicts.learning_rates_text(runs.read_summary(run_dir))
+    return (f"<p><i>{html.escape(rates)}</i></p>" if rates else "") + f"<ul>{items}</ul>"
 
 
 def _page(data: RunData, figs: dict[str, go.Figure]) -> str:

@@ -280,6 +280,36 @@ def run_evidence(
     }
 
 
+def learning_rates_text(summary: Mapping | None) -> str | None:
+    """How the run's arms got their learning rates, from its ``summary.json``: tuned on a
+    validation split (with the rates chosen), one fixed rate for all, or a fixed rate per arm.
+    A verdict between arms depends on it, so it stands beside them. None when the summary does
+    not record the arms' rates."""
+    specs = (summary or {}).get("arm_specs") or {}
+    rates: dict[str, set[float]] = {}
+    for spec in specs.values():
+        if isinstance(spec, Mapping) and "arm" in spec and "lr" in spec:
+            rates.setdefault(arm_display(str(spec["arm"])), set()).add(float(spec["lr"]))
+    if not rates:
+        return None
+    each = ", ".join(f"{name} {'/'.join(f'{x:g}' for x in sorted(v))}" for name, v in rates.items())
+    tuning = (summary or {}).get("lr_tuning") or {}
+    if tuning:
+        n_val = next((t.get("n_val") for t in tuning.values() if isinstance(t, Mapping)), None)
+        rows = f" on {n_val} validation rows" if n_val else " on a validation split"
+        return (
+            f"Learning rates: tuned per arm{rows} carved from the training rows (never the test "
+            f"split): {each}."
+        )
+    every = {x for v in rates.values() for x in v}
+    if len(every) == 1:
+        return (
+            f"Learning rates: one fixed rate for every arm ({next(iter(every)):g}), not tuned; "
+            "tuned rates (train.lr_mode: tuned) can change the answer."
+        )
+    return f"Learning rates: fixed per arm, not tuned: {each}."
+
+
 def markdown_table(rows: Sequence[VerdictRow]) -> str:
     """The rows as a Markdown table: metric, comparison, difference [95% CI], Holm p, n (and a
     warning where a significant difference changes sign between the seeds)."""

@@ -148,7 +148,8 @@ def test_a_noisy_imbalanced_run_records_the_scenario_metrics(tmp_path, capsys):
     from lab.__main__ import main
 
     assert main(["verdicts", str(tmp_path / "run")]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    rates, *lines = capsys.readouterr().out.strip().splitlines()
+    assert rates.startswith("Learning rates: one fixed rate for every arm (0.002), not tuned")
     assert len(lines) == len(rows) and all("n = " in line for line in lines)
     assert main(["verdicts", str(tmp_path / "run"), "--markdown"]) == 0
     table = capsys.readouterr().out.strip().splitlines()

@@ -459,8 +459,10 @@ def test_a_run_with_items_opens_on_its_verdicts_in_the_page_and_the_report(runs_
     assert lines and all("n = " in x for x in lines)  # never a verdict without n
     assert any("BA-LoRA" in x and "LoRA on clean accuracy" in x for x in lines)
     assert len(forest.data) >= 1
+    assert "*Learning rates: one fixed rate for every arm (0.002), not tuned" in md
     page = html_report(out)
     assert "What changed" in page and page.count("<li>") == len(lines)
+    assert "Learning rates: one fixed rate for every arm (0.002)" in page
     opened = runs_tab.reopen("r-items")
     assert "What changed" in opened["summary"]
     # the Train tab says the same when the run it follows ends, worked out once

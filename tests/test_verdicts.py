@@ -240,3 +240,34 @@ def test_stats_bench_prints_its_json(capsys):
     assert json.loads(capsys.readouterr().out) == out
     assert out["rows"] == 12 and out["n_per_row"] == 80 and out["with_base"]["rows"] > 12
     assert {"seconds", "cpu_s", "ratio_to_target", "cpu", "cores"} <= set(out)
+
+
+def _specs(rates: dict[str, float], seeds=(0, 1)) -> dict:
+    return {
+        f"{arm}#s{s}": {"arm": arm, "seed": s, "lr": lr} for arm, lr in rates.items() for s in seeds
+    }
+
+
+def test_the_learning_rates_stand_beside_the_verdicts_as_the_summary_records_them():
+    from lab.verdicts import learning_rates_text
+
+    one = learning_rates_text({"arm_specs": _specs({"lora": 5e-4, "pissa": 5e-4, "balora": 5e-4})})
+    assert one == (
+        "Learning rates: one fixed rate for every arm (0.0005), not tuned; tuned rates "
+        "(train.lr_mode: tuned) can change the answer."
+    )
+    per_arm = learning_rates_text({"arm_specs": _specs({"lora": 5e-4, "balora": 2e-4})})
+    assert per_arm == "Learning rates: fixed per arm, not tuned: LoRA 0.0005, BA-LoRA 0.0002."
+    tuning = {a: {"chosen": lr, "n_val": 21} for a, lr in (("lora", 3e-3), ("balora", 1e-3))}
+    tuned = learning_rates_text(
+        {"arm_specs": _specs({"lora": 3e-3, "balora": 1e-3}), "lr_tuning": tuning}
+    )
+    assert tuned == (
+        "Learning rates: tuned per arm on 21 validation rows carved from the training rows "
+        "(never the test split): LoRA 0.003, BA-LoRA 0.001."
+    )
+    # a lambda grid keeps its arms apart; a summary without rates says nothing
+    grid = learning_rates_text({"arm_specs": _specs({"balora@0.1,0,0": 1e-3, "lora": 1e-3})})
+    assert "one fixed rate for every arm (0.001)" in grid
+    assert learning_rates_text({}) is None and learning_rates_text(None) is None
+    assert learning_rates_text({"arm_specs": {"lora": {"seed": 0}}}) is None

@@ -193,6 +193,9 @@ def evidence(run_dir: str | Path, *, bias_only: bool = False) -> tuple[str, Any]
     if not ev["versus_arm"] and not ev["versus_base"]:
         return "*No comparable items in this run (one arm only?).*", forest_figure([])
     lines = ["**What changed** (differences with 95% CIs, Holm-adjusted p, and n):", ""]
+    rates = verdicts.learning_rates_text(runs.read_summary(run_dir))
+    if rates:
+        lines += [f"*{rates}*", ""]
     lines += [f"- {verdicts.verdict_text(r)}" for r in ev["versus_arm"]]
     if ev["versus_base"]:
         lines += ["", "**Against the untouched base model** (bias):", ""]
