@@ -140,7 +140,7 @@ def _benchmarks_html(events: list[dict]) -> list[str]:
     return ["<h2>Published benchmarks in this run</h2>", *parts] if parts else []
 
 
-def _verdicts_html(run_dir: Path) -> str:
+def _verdicts_html(run_dir: Path, summary: dict) -> str:
     """One sentence per metric and comparison (difference, CI, p, n), from the item records."""
     ev = verdicts.run_evidence(run_dir)
     if ev is None:
@@ -149,7 +149,7 @@ def _verdicts_html(run_dir: Path) -> str:
     items = "".join(f"<li>{html.escape(verdicts.verdict_text(r))}</li>" for r in rows)
     if not items:
         return "<p>No comparable items in this run.</p>"
-    rates = verdicts.learning_rates_text(runs.read_summary(run_dir))
+    rates = verdicts.learning_rates_text(summary)
     return (f"<p><i>{html.escape(rates)}</i></p>" if rates else "") + f"<ul>{items}</ul>"
 
 
@@ -167,7 +167,7 @@ def _page(data: RunData, figs: dict[str, go.Figure]) -> str:
         + (f" · analysis at step {step}" if step is not None else "")
         + "</p>",
         "<h2>What changed</h2>",
-        _verdicts_html(run.path),
+        _verdicts_html(run.path, summary),
         "<h2>Summary</h2>",
         _table(*_summary_rows(summary)),
         "<h2>Bias scores (95% confidence intervals)</h2>",

@@ -30,14 +30,19 @@ def bench(monkeypatch):
         sys.modules.pop(name, None)
 
 
-def run_step(*args: str, out: Path) -> dict:
-    """bench/step.py in its own process (it changes the allocator's settings for memory)."""
-    cmd = [sys.executable, str(BENCH / "step.py"), *args, "--quiet", "--out", str(out)]
+def run_json(script: str, *args: str, out: Path) -> dict:
+    """A bench script in its own process: the JSON it prints, which its --out file holds too."""
+    cmd = [sys.executable, str(BENCH / script), *args, "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = json.loads(proc.stdout)
     assert printed == json.loads(out.read_text())
     return printed
+
+
+def run_step(*args: str, out: Path) -> dict:
+    """bench/step.py in its own process (it changes the allocator's settings for memory)."""
+    return run_json("step.py", *args, "--quiet", out=out)
 
 
 def test_step_json_on_tiny_llama(tmp_path):
@@ -183,23 +188,12 @@ def test_e2e_breakdown_adds_up(bench):
     assert out["other_s"] == pytest.approx(30.0 - 1.5 - 2.5 - 11.0 - 6.0)
 
 
-def _run_json(tmp_path, script: str, *args: str) -> dict:
-    """A bench script in its own process: the JSON it prints, which its --out file holds too."""
-    out = tmp_path / "out.json"
-    cmd = [sys.executable, str(BENCH / script), *args, "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(proc.stdout)
-    assert res == json.loads(out.read_text())
-    return res
-
-
 def test_probes_json_on_tiny_llama(tmp_path):
     """bench/probes.py times every shipped probe pair at each batch size, with the same scores."""
     from lab.bias.probes import load_occupations, load_pairs, load_templates
 
-    res = _run_json(tmp_path, "probes.py", "--model", "tiny-llama", "--batches", "3,7",
-                    "--repeats", "2")  # fmt: skip
+    res = run_json("probes.py", "--model", "tiny-llama", "--batches", "3,7", "--repeats", "2",
+                   out=tmp_path / "probes.json")  # fmt: skip
     want = len(load_pairs()) + len(load_occupations()) * len(load_templates())
     assert res["pairs"] == want and res["batches"] == [3, 7]
     assert all(len(res["seconds"][k]) == 2 for k in ("3", "7"))
@@ -219,8 +213,8 @@ def test_e2e_times_functions_that_exist(bench):
 def test_shared_start_json_on_tiny_llama(tmp_path):
     """bench/shared_start.py trains each arm both ways on the same batches: fewer decoder
     tokens with the shared start, the same loss, and the ratios of its own medians."""
-    res = _run_json(tmp_path, "shared_start.py", "--preset", "tiny-test",
-                    "--set", "train.seq_len=480", "--steps", "2")  # fmt: skip
+    res = run_json("shared_start.py", "--preset", "tiny-test", "--set", "train.seq_len=480",
+                   "--steps", "2", out=tmp_path / "shared.json")  # fmt: skip
     assert len(res["shared_len"]) == 2 and min(res["shared_len"]) >= 8
     assert res["tokens"]["shared"] < res["tokens"]["whole"]
     assert set(res["median_s"]) == {"lora", "pissa", "balora"}
