@@ -285,16 +285,19 @@ def learning_rates_text(summary: Mapping | None) -> str | None:
     validation split (with the rates chosen), one fixed rate for all, or a fixed rate per arm.
     A verdict between arms depends on it, so it stands beside them. None when the summary does
     not record the arms' rates."""
-    specs = (summary or {}).get("arm_specs") or {}
+    summary = summary if isinstance(summary, Mapping) else {}
+    specs = summary.get("arm_specs")
     rates: dict[str, set[float]] = {}
-    for spec in specs.values():
-        if isinstance(spec, Mapping) and "arm" in spec and "lr" in spec:
-            rates.setdefault(arm_display(str(spec["arm"])), set()).add(float(spec["lr"]))
+    for spec in specs.values() if isinstance(specs, Mapping) else ():
+        lr = spec.get("lr") if isinstance(spec, Mapping) else None
+        good = isinstance(lr, int | float) and not isinstance(lr, bool) and math.isfinite(lr)
+        if good and lr > 0 and "arm" in spec:
+            rates.setdefault(arm_display(str(spec["arm"])), set()).add(float(lr))
     if not rates:
-        return None
+        return None  # not recorded, or a summary edited by hand into something else
     each = ", ".join(f"{name} {'/'.join(f'{x:g}' for x in sorted(v))}" for name, v in rates.items())
-    tuning = (summary or {}).get("lr_tuning") or {}
-    if tuning:
+    tuning = summary.get("lr_tuning")
+    if isinstance(tuning, Mapping) and tuning:
         n_val = next((t.get("n_val") for t in tuning.values() if isinstance(t, Mapping)), None)
         rows = f" on {n_val} validation rows" if n_val else " on a validation split"
         return (

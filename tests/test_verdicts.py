@@ -271,3 +271,27 @@ def test_the_learning_rates_stand_beside_the_verdicts_as_the_summary_records_the
     assert "one fixed rate for every arm (0.001)" in grid
     assert learning_rates_text({}) is None and learning_rates_text(None) is None
     assert learning_rates_text({"arm_specs": {"lora": {"seed": 0}}}) is None
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [
+        {"arm_specs": ["lora"]},
+        {"arm_specs": {"lora": "x", "pissa": 3}},
+        {"arm_specs": {"lora": {"arm": "lora", "lr": "fast"}}},
+        {"arm_specs": {"lora": {"arm": "lora", "lr": float("nan")}}},
+        {"arm_specs": {"lora": {"arm": "lora", "lr": True}}},
+        "not a mapping",
+    ],
+)
+def test_a_summary_edited_into_something_else_gives_no_learning_rate_line(summary):
+    from lab.verdicts import learning_rates_text
+
+    assert learning_rates_text(summary) is None
+
+
+def test_a_malformed_tuning_record_falls_back_to_the_fixed_rate_line():
+    from lab.verdicts import learning_rates_text
+
+    specs = {"arm_specs": _specs({"lora": 1e-3, "balora": 1e-3}), "lr_tuning": ["x"]}
+    assert learning_rates_text(specs).startswith("Learning rates: one fixed rate")
