@@ -1,6 +1,7 @@
 """Training jobs: starting, queueing, watching and stopping training in worker processes.
 
 - ``manager``  the app's one :class:`JobManager` (one worker at a time, a FIFO queue, stop/kill)
+- ``job``      one job: its worker process, its command line and its log
 - ``status``   job states and the status of a run directory, read from disk only
 - ``checks``   preflight checks before a worker starts, and a measured time per step
 """
@@ -12,7 +13,8 @@ from lab.jobs.checks import (
     measure_step_time,
     preflight,
 )
-from lab.jobs.manager import Job, JobManager, get_manager
+from lab.jobs.job import Job
+from lab.jobs.manager import JobManager, get_manager
 from lab.jobs.status import (
     CANCELLED,
     DONE,

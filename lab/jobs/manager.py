@@ -27,15 +27,10 @@ free, so one runs folder never has two workers.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +39,13 @@ from lab import hosting as hosting_mod
 from lab.checkpoint import ResumeError, read_state
 from lab.config import RunConfig, load_preset
 from lab.jobs import worker
-from lab.jobs.checks import PROJECT_ROOT, preflight, train_argv
+from lab.jobs.checks import preflight
+from lab.jobs.job import Job, remove_if_empty
 from lab.jobs.status import (
     CANCELLED,
     DONE,
     FAILED,
     FINISHED,
-    LOG_NAME,
     PAUSED,
     QUEUED,
     RUNNING,
@@ -63,58 +58,6 @@ from lab.jobs.status import (
 )
 
 APP_STOPPED = "the app stopped while this run was training"
-
-
-@dataclass
-class Job:
-    run_id: str
-    run_dir: Path
-    preset: str
-    overrides: list[str]
-    submitted: float = field(default_factory=time.time)
-    state: str = QUEUED
-    started: float | None = None
-    ended: float | None = None
-    stop_requested: float | None = None
-    returncode: int | None = None
-    error: str | None = None
-    owner: str | None = field(default=None, repr=False)  # digest of the owner token
-    estimate_s: float | None = None  # the Setup tab's measured estimate of the whole run
-    proc: subprocess.Popen | None = field(default=None, repr=False)
-    resume: bool = False  # continues the run in run_dir from its checkpoint
-    total_steps: int | None = None  # resume: the new total of steps, when one was given
-    chunked: bool = False  # driven call by call (lab.chunks), no worker process
-    beat: float = 0.0  # chunked: when a page last asked for the next call
-    calling: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def pending_log(self) -> Path:
-        """Where the log is written until the worker has set up the run directory (the
-        trainer wants an empty ``--out``); it is then moved to ``RUN_DIR/worker.log``."""
-        return self.run_dir.parent / f".{self.run_id}.{LOG_NAME}"
-
-    def log_path(self) -> Path:
-        pending = self.pending_log
-        return pending if pending.exists() else self.run_dir / LOG_NAME
-
-    def log_target(self) -> Path:
-        """Where the worker writes: a resumed run appends to its own log."""
-        return self.run_dir / LOG_NAME if self.resume else self.pending_log
-
-    def settle_log(self, final: bool = False) -> None:
-        """Move the pending log into the run directory once the worker has written there."""
-        pending = self.pending_log
-        if pending.exists() and (final or (self.run_dir / "config.yaml").exists()):
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            os.replace(pending, self.run_dir / LOG_NAME)  # the worker's open file moves along
-
-    def command(self, python: str) -> list[str]:
-        if self.resume:
-            argv = ["train", "--resume", str(self.run_dir), "--quiet"]
-            for item in self.overrides:
-                argv += ["--set", item]
-            return [python, "-m", "lab", *argv]
-        return [python, "-m", "lab", *train_argv(self.preset, self.overrides, self.run_dir)]
 
 
 class JobManager:
@@ -349,7 +292,7 @@ class JobManager:
             if job.state == QUEUED:
                 self._queue.remove(run_id)
                 job.state, job.ended = CANCELLED, time.time()
-                _remove_if_empty(job.run_dir)
+                remove_if_empty(job.run_dir)
             elif job.state == RUNNING and job.chunked:
                 if job.stop_requested is None:  # the next call ends it (final evaluation)
                     job.stop_requested = time.time()
@@ -361,7 +304,7 @@ class JobManager:
                     if not self._loading(job):
                         runs.request_stop(job.run_dir)
                     else:  # still loading: nothing trained yet, nothing to save
-                        _kill_group(job.proc)
+                        job.kill()
                         job.returncode = job.proc.wait(timeout=10)
                         self._finish(job, killed="stopped while loading, before any training step")
             else:
@@ -472,7 +415,7 @@ class JobManager:
                 self.stop(self._queue[0])
             if self._running is not None:
                 job = self._jobs[self._running]
-                _kill_group(job.proc)
+                job.kill()
                 self._finish(job, killed="the worker was killed when the app shut down")
             for job in self._jobs.values():
                 if job.chunked and job.state == RUNNING:
@@ -514,7 +457,7 @@ class JobManager:
                 job.returncode = rc
                 self._finish(job, killed=None)
             elif job.stop_requested is not None and self._stalled(job):
-                _kill_group(job.proc)
+                job.kill()
                 job.returncode = job.proc.wait(timeout=10)
                 self._finish(
                     job,
@@ -538,33 +481,12 @@ class JobManager:
         return time.time() - last > self.grace_s
 
     def _start(self, job: Job) -> None:
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ if self.env is None else self.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        env[worker.PARENT_ENV] = str(os.getpid())
-        env[worker.LOCK_ENV] = str(self.lock_path)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        log = open(job.log_target(), "ab")  # noqa: SIM115 - handed to the child
-        try:
-            job.proc = subprocess.Popen(
-                job.command(self.python),
-                cwd=str(PROJECT_ROOT),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: a kill takes its children too
-            )
-        except OSError as e:
-            job.state, job.ended = FAILED, time.time()
-            job.error = f"could not start the worker: {e}"
+        error = job.spawn(self.python, self.env, self.lock_path)
+        if error is not None:
+            job.state, job.ended, job.error = FAILED, time.time(), error
             write_final_summary(job.run_dir, FAILED, job.error)
             self._cond.notify_all()
             return
-        finally:
-            log.close()
         job.state, job.started = RUNNING, time.time()
         self._running = job.run_id
 
@@ -586,7 +508,7 @@ class JobManager:
                 job.error = f"worker exited with code {job.returncode} after a done summary"
         elif job.chunked and summary is None:  # stopped before its first call wrote anything
             job.state = CANCELLED if job.stop_requested is not None else FAILED
-            _remove_if_empty(job.run_dir)
+            remove_if_empty(job.run_dir)
         elif killed:
             job.state = STOPPED if job.stop_requested is not None else FAILED
             job.error = killed
@@ -621,18 +543,6 @@ class JobManager:
             summary["estimate_s"] = round(float(job.estimate_s), 2)
             summary["estimate_error"] = round(summary["wall_s"] / job.estimate_s - 1.0, 3)
         runs.write_json(job.run_dir / "summary.json", summary)
-
-
-def _kill_group(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):  # exited between the poll and the kill
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _remove_if_empty(path: Path) -> None:
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
 
 
 _MANAGERS: dict[Path, JobManager] = {}
