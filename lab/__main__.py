@@ -226,7 +226,8 @@ def cmd_verdicts(args: argparse.Namespace) -> int:
         print(verdicts.markdown_table(rows))
     else:
         rates = verdicts.learning_rates_text(read_summary(run_dir))
-        for line in ([rates] if rates else []) + [verdicts.verdict_text(r) for r in rows]:
+        short = [f"In short: {x}" for x in verdicts.in_short(rows)]
+        for line in ([rates] if rates else []) + short + [verdicts.verdict_text(r) for r in rows]:
             print(line)
     return 0
 
@@ -293,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    except BrokenPipeError:  # the reader left (``| head``): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except _expected_errors() as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -145,12 +145,25 @@ def _verdicts_html(run_dir: Path, summary: dict) -> str:
     ev = verdicts.run_evidence(run_dir)
     if ev is None:
         return "<p>This run has no per-item records, so no paired differences.</p>"
-    rows = ev["versus_arm"] + ev["versus_base"]
-    items = "".join(f"<li>{html.escape(verdicts.verdict_text(r))}</li>" for r in rows)
-    if not items:
+    if not ev["versus_arm"] and not ev["versus_base"]:
         return "<p>No comparable items in this run.</p>"
     rates = verdicts.learning_rates_text(summary)
-    return (f"<p><i>{html.escape(rates)}</i></p>" if rates else "") + f"<ul>{items}</ul>"
+    parts = [f"<p><i>{html.escape(rates)}</i></p>"] if rates else []
+    for title, rows in (
+        ("", ev["versus_arm"]),
+        ("Against the untouched base model (bias)", ev["versus_base"]),
+    ):
+        if not rows:
+            continue
+        if title:
+            parts.append(f"<h3>{title}</h3>")
+        parts += [
+            f"<p>{'<b>In short:</b> ' if i == 0 else ''}{html.escape(x)}</p>"
+            for i, x in enumerate(verdicts.in_short(rows))
+        ]
+        items = "".join(f"<li>{html.escape(verdicts.verdict_text(r))}</li>" for r in rows)
+        parts.append(f"<ul>{items}</ul>")
+    return "".join(parts)
 
 
 def _page(data: RunData, figs: dict[str, go.Figure]) -> str:

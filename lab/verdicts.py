@@ -403,6 +403,49 @@ SEEDS_DISAGREE = (
 )
 
 
+_DIRECTION_WORDS = {
+    "better": "did better on",
+    "worse": "did worse on",
+    "higher": "was higher on",
+    "lower": "was lower on",
+}
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def in_short(rows: Sequence[VerdictRow | Mapping]) -> list[str]:
+    """One sentence per comparison (arm a against arm b, in the rows' order), from the rows'
+    numbers only: on how many of its metrics a difference was found and which way each went,
+    the metrics whose seeds disagree in sign marked, e.g. "BA-LoRA against LoRA: a difference
+    on 3 of 5 metrics. BA-LoRA did better on clean accuracy and minority-class recall; was
+    lower on drift from the base model (KL) (the seeds disagree). No difference detectable on
+    the other 2." The verdict lines below it give each one's size, CI, p and n."""
+    pairs: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        r = row.to_dict() if isinstance(row, VerdictRow) else dict(row)
+        pairs.setdefault((r["arm_a"], r["arm_b"]), []).append(r)
+    out = []
+    for (arm_a, arm_b), rs in pairs.items():
+        a, b = arm_display(arm_a), arm_display(arm_b)
+        found = [r for r in rs if r["significant"] and r["direction"] != "none"]
+        total = f"{len(rs)} metric{'s' if len(rs) != 1 else ''}"
+        if not found:
+            which = rs[0]["label"] if len(rs) == 1 else f"any of its {total}"
+            out.append(f"{a} against {b}: no difference detectable on {which}.")
+            continue
+        groups: dict[str, list[str]] = {}
+        for r in found:
+            mark = " (the seeds disagree)" if seeds_disagree(r) else ""
+            groups.setdefault(r["direction"], []).append(f"{r['label']}{mark}")
+        ways = "; ".join(f"{_DIRECTION_WORDS[d]} {_and(labels)}" for d, labels in groups.items())
+        rest = len(rs) - len(found)
+        tail = f" No difference detectable on the other {rest}." if rest else ""
+        out.append(f"{a} against {b}: a difference on {len(found)} of {total}. {a} {ways}.{tail}")
+    return out
+
+
 def verdict_text(row: VerdictRow | Mapping) -> str:
     """One row in words, from its numbers only; never without n. E.g. "BA-LoRA did better than
     LoRA on clean accuracy: 4.1 points [1.2, 7.0] more, p = 0.006 (Holm), per seed +3.0, +5.2,

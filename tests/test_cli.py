@@ -152,3 +152,17 @@ def test_accelerate_launch_two_processes(tmp_path):
         (out / "adapters" / a / "adapter_model.safetensors").exists()
         for a in ("lora", "pissa", "balora")
     )
+
+
+def test_a_reader_that_leaves_early_ends_the_output_quietly():
+    """``python -m lab verdicts RUN | head -1``: the pipe closes before the CLI has written;
+    it stops with exit 0 and no error line, as other command-line tools do."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab", "verdicts", str(ROOT / "assets" / "example_run")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the CLI has even imported: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == ""

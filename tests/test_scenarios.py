@@ -122,7 +122,7 @@ def test_a_noisy_imbalanced_run_records_the_scenario_metrics(tmp_path, capsys):
     import lab.trainer as trainer
     from lab.config import load_preset
     from lab.items import load_items
-    from lab.verdicts import run_verdicts
+    from lab.verdicts import in_short, run_verdicts
 
     cfg = load_preset(
         "tiny-test",
@@ -150,6 +150,11 @@ def test_a_noisy_imbalanced_run_records_the_scenario_metrics(tmp_path, capsys):
     assert main(["verdicts", str(tmp_path / "run")]) == 0
     rates, *lines = capsys.readouterr().out.strip().splitlines()
     assert rates.startswith("Learning rates: one fixed rate for every arm (0.002), not tuned")
+    short = [line for line in lines if line.startswith("In short: ")]
+    expected = in_short(run_verdicts(tmp_path / "run"))  # the CLI's own resampling
+    assert short == [f"In short: {x}" for x in expected]  # one per comparison, first
+    assert len(short) == len({(r.arm_a, r.arm_b) for r in rows}) and lines[: len(short)] == short
+    lines = lines[len(short) :]
     assert len(lines) == len(rows) and all("n = " in line for line in lines)
     assert main(["verdicts", str(tmp_path / "run"), "--markdown"]) == 0
     table = capsys.readouterr().out.strip().splitlines()

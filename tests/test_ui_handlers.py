@@ -460,8 +460,11 @@ def test_a_run_with_items_opens_on_its_verdicts_in_the_page_and_the_report(runs_
     assert any("BA-LoRA" in x and "LoRA on clean accuracy" in x for x in lines)
     assert len(forest.data) >= 1
     assert "*Learning rates: one fixed rate for every arm (0.002), not tuned" in md
+    assert "**In short:** BA-LoRA against LoRA: " in md  # the count before the lines
+    assert md.index("**In short:**") < md.index(lines[0])
     page = html_report(out)
     assert "What changed" in page and page.count("<li>") == len(lines)
+    assert "<b>In short:</b> BA-LoRA against LoRA: " in page
     assert "Learning rates: one fixed rate for every arm (0.002)" in page
     opened = runs_tab.reopen("r-items")
     assert "What changed" in opened["summary"]

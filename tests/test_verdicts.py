@@ -18,6 +18,7 @@ from lab.verdicts import (
     arm_display,
     compare_arms,
     default_pairs,
+    in_short,
     markdown_table,
     seeds_disagree,
     verdict_text,
@@ -109,6 +110,44 @@ def test_a_difference_whose_sign_changes_between_seeds_says_so():
     agree = compare_arms(_records(values), ["accuracy"], pairs=[("balora", "lora")])[0]
     assert not seeds_disagree(agree) and verdict_text(agree).endswith("2 seeds × 64 items")
     assert markdown_table([agree]).endswith("| 2 seeds × 64 items |")
+
+
+def test_in_short_counts_the_differences_of_each_comparison_from_its_rows():
+    values = _planted()
+    rows = compare_arms(_records(values), ["accuracy", "stereo_pref"])
+    acc, pref = rows[0].label, rows[2].label
+    assert in_short(rows) == [
+        f"BA-LoRA against LoRA: a difference on 2 of 2 metrics. BA-LoRA did better on {acc} and {pref}.",
+        f"BA-LoRA against PiSSA: a difference on 2 of 2 metrics. BA-LoRA did better on {acc} and {pref}.",
+    ]  # fmt: skip
+    for s in (0, 1, 2):  # BA-LoRA's stereotype answers become LoRA's own: nothing to find there
+        values[("balora", s)]["stereo_pref"] = values[("lora", s)]["stereo_pref"].copy()
+    rows = compare_arms(_records(values), ["accuracy", "stereo_pref"], pairs=[("balora", "lora")])
+    assert in_short(rows) == [
+        f"BA-LoRA against LoRA: a difference on 1 of 2 metrics. BA-LoRA did better on {acc}. "
+        "No difference detectable on the other 1."
+    ]
+    rows = compare_arms(_records(values), ["stereo_pref"], pairs=[("balora", "lora")])
+    assert in_short(rows) == [f"BA-LoRA against LoRA: no difference detectable on {pref}."]
+    assert in_short([]) == []
+
+
+def test_in_short_marks_a_difference_whose_seeds_disagree():
+    rng = np.random.default_rng(5)
+    lora0, lora1 = (rng.random(64) < 0.6).astype(float), (rng.random(64) < 0.9).astype(float)
+    ba1 = lora1.copy()
+    ba1[np.flatnonzero(lora1 == 0)[:3]] = 1.0
+    values = {
+        ("lora", 0): {"accuracy": lora0}, ("balora", 0): {"accuracy": np.zeros(64)},
+        ("lora", 1): {"accuracy": lora1}, ("balora", 1): {"accuracy": ba1},
+    }  # fmt: skip
+    row = compare_arms(_records(values), ["accuracy"], pairs=[("balora", "lora")])[0]
+    assert in_short([row]) == [
+        f"BA-LoRA against LoRA: a difference on 1 of 1 metric. BA-LoRA did worse on {row.label} "
+        "(the seeds disagree)."
+    ]
+    as_dicts = in_short([row.to_dict()])  # the rows as the JSON output gives them
+    assert as_dicts == in_short([row])
 
 
 def test_no_difference_gives_the_detectable_size_and_n():
