@@ -415,13 +415,28 @@ def _and(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
+def _span(rs: Sequence[Mapping]) -> str:
+    """The sample sizes behind a comparison's rows in one phrase: "2 seeds × 16 to 154 items",
+    "1 seed, n = 24" or "3 seeds, 40 to 600 items in all"."""
+    seeds = sorted({r["n_seeds"] for r in rs})
+    seed_word = "/".join(map(str, seeds)) + (" seeds" if seeds != [1] else " seed")
+    per_seed = [r.get("items_per_seed") for r in rs]
+    if seeds != [1] and all(per_seed):
+        lo, hi = min(per_seed), max(per_seed)
+        return f"{seed_word} × {lo if lo == hi else f'{lo} to {hi}'} items"
+    lo, hi = min(r["n"] for r in rs), max(r["n"] for r in rs)
+    n = f"{lo}" if lo == hi else f"{lo} to {hi}"
+    return f"{seed_word}, n = {n}" if seeds == [1] else f"{seed_word}, {n} items in all"
+
+
 def in_short(rows: Sequence[VerdictRow | Mapping]) -> list[str]:
     """One sentence per comparison (arm a against arm b, in the rows' order), from the rows'
-    numbers only: on how many of its metrics a difference was found and which way each went,
-    the metrics whose seeds disagree in sign marked, e.g. "BA-LoRA against LoRA: a difference
-    on 3 of 5 metrics. BA-LoRA did better on clean accuracy and minority-class recall; was
-    lower on drift from the base model (KL) (the seeds disagree). No difference detectable on
-    the other 2." The verdict lines below it give each one's size, CI, p and n."""
+    numbers only: on how many of its metrics a difference was found (with the sample sizes
+    behind them) and which way each went, the metrics whose seeds disagree in sign marked, e.g.
+    "BA-LoRA against LoRA: a difference on 3 of 5 metrics (2 seeds × 16 to 64 items). BA-LoRA
+    did better on clean accuracy and minority-class recall; was lower on drift from the base
+    model (KL) (the seeds disagree). No difference detectable on the other 2." The verdict
+    lines below it give each one's size, CI, p and n."""
     pairs: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         r = row.to_dict() if isinstance(row, VerdictRow) else dict(row)
@@ -431,9 +446,10 @@ def in_short(rows: Sequence[VerdictRow | Mapping]) -> list[str]:
         a, b = arm_display(arm_a), arm_display(arm_b)
         found = [r for r in rs if r["significant"] and r["direction"] != "none"]
         total = f"{len(rs)} metric{'s' if len(rs) != 1 else ''}"
+        n = _span(rs)
         if not found:
             which = rs[0]["label"] if len(rs) == 1 else f"any of its {total}"
-            out.append(f"{a} against {b}: no difference detectable on {which}.")
+            out.append(f"{a} against {b}: no difference detectable on {which} ({n}).")
             continue
         groups: dict[str, list[str]] = {}
         for r in found:
@@ -442,7 +458,9 @@ def in_short(rows: Sequence[VerdictRow | Mapping]) -> list[str]:
         ways = "; ".join(f"{_DIRECTION_WORDS[d]} {_and(labels)}" for d, labels in groups.items())
         rest = len(rs) - len(found)
         tail = f" No difference detectable on the other {rest}." if rest else ""
-        out.append(f"{a} against {b}: a difference on {len(found)} of {total}. {a} {ways}.{tail}")
+        out.append(
+            f"{a} against {b}: a difference on {len(found)} of {total} ({n}). {a} {ways}.{tail}"
+        )
     return out
 
 

@@ -117,18 +117,26 @@ def test_in_short_counts_the_differences_of_each_comparison_from_its_rows():
     rows = compare_arms(_records(values), ["accuracy", "stereo_pref"])
     acc, pref = rows[0].label, rows[2].label
     assert in_short(rows) == [
-        f"BA-LoRA against LoRA: a difference on 2 of 2 metrics. BA-LoRA did better on {acc} and {pref}.",
-        f"BA-LoRA against PiSSA: a difference on 2 of 2 metrics. BA-LoRA did better on {acc} and {pref}.",
+        f"BA-LoRA against LoRA: a difference on 2 of 2 metrics (3 seeds × 200 items). BA-LoRA did better on {acc} and {pref}.",
+        f"BA-LoRA against PiSSA: a difference on 2 of 2 metrics (3 seeds × 200 items). BA-LoRA did better on {acc} and {pref}.",
     ]  # fmt: skip
     for s in (0, 1, 2):  # BA-LoRA's stereotype answers become LoRA's own: nothing to find there
         values[("balora", s)]["stereo_pref"] = values[("lora", s)]["stereo_pref"].copy()
     rows = compare_arms(_records(values), ["accuracy", "stereo_pref"], pairs=[("balora", "lora")])
     assert in_short(rows) == [
-        f"BA-LoRA against LoRA: a difference on 1 of 2 metrics. BA-LoRA did better on {acc}. "
+        f"BA-LoRA against LoRA: a difference on 1 of 2 metrics (3 seeds × 200 items). BA-LoRA did "
+        f"better on {acc}. "
         "No difference detectable on the other 1."
     ]
     rows = compare_arms(_records(values), ["stereo_pref"], pairs=[("balora", "lora")])
-    assert in_short(rows) == [f"BA-LoRA against LoRA: no difference detectable on {pref}."]
+    assert in_short(rows) == [
+        f"BA-LoRA against LoRA: no difference detectable on {pref} (3 seeds × 200 items)."
+    ]
+    one_seed = compare_arms(
+        _records({k: v for k, v in values.items() if k[1] == 0}), ["stereo_pref"],
+        pairs=[("balora", "lora")],
+    )  # fmt: skip
+    assert in_short(one_seed)[0].endswith(f"on {pref} (1 seed, n = 200).")
     assert in_short([]) == []
 
 
@@ -143,7 +151,8 @@ def test_in_short_marks_a_difference_whose_seeds_disagree():
     }  # fmt: skip
     row = compare_arms(_records(values), ["accuracy"], pairs=[("balora", "lora")])[0]
     assert in_short([row]) == [
-        f"BA-LoRA against LoRA: a difference on 1 of 1 metric. BA-LoRA did worse on {row.label} "
+        f"BA-LoRA against LoRA: a difference on 1 of 1 metric (2 seeds × 64 items). BA-LoRA did "
+        f"worse on {row.label} "
         "(the seeds disagree)."
     ]
     as_dicts = in_short([row.to_dict()])  # the rows as the JSON output gives them
