@@ -242,6 +242,28 @@ def test_real_worker_trains_and_saves_adapters(tmp_path):
         assert (job.run_dir / "adapters" / arm / "adapter_model.safetensors").exists()
 
 
+def test_the_write_times_skip_a_folder_that_vanishes_while_listed(tmp_path, monkeypatch):
+    """A checkpoint's temporary folder renamed away between being listed and being entered:
+    the stop grace check reads the other files' times instead of raising (which ended the
+    manager's supervisor thread, so a stopped job never finished)."""
+    from lab.jobs.status import mtimes
+
+    run = tmp_path / "run"
+    (run / ".checkpoint.x.tmp").mkdir(parents=True)
+    (run / ".checkpoint.x.tmp" / "state.json").write_text("{}")
+    (run / "events.jsonl").write_text("{}\n")
+    (run / jobs.LOG_NAME).write_text("the log is not the trainer's writing")
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith(".tmp"):  # gone by the time it is entered
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert mtimes(run) == [(run / "events.jsonl").stat().st_mtime]
+
+
 @pytest.mark.slow
 def test_real_worker_stops_within_a_step(tmp_path):
     mgr = manager(tmp_path)

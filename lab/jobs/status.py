@@ -100,10 +100,15 @@ def mtimes(run_dir: Path) -> list[float]:
     """Modification times of the files a working trainer keeps writing (events, summary,
     analysis arrays, adapters)."""
     out = []
-    for path in run_dir.rglob("*"):
-        with contextlib.suppress(FileNotFoundError):  # a temp file renamed away while listing
-            if path.is_file() and path.name != LOG_NAME:
-                out.append(path.stat().st_mtime)
+    # os.walk, not Path.rglob: a folder that vanishes between being listed and being entered
+    # (a checkpoint's temporary folder, renamed into place) is skipped instead of raising out
+    # of the listing, which ended the job manager's supervisor thread.
+    for root, _, files in os.walk(run_dir):
+        for name in files:
+            if name == LOG_NAME:
+                continue
+            with contextlib.suppress(FileNotFoundError):  # renamed away while listing
+                out.append(os.stat(os.path.join(root, name)).st_mtime)
     return out
 
 
