@@ -149,20 +149,14 @@ def _verdicts_html(run_dir: Path, summary: dict) -> str:
         return "<p>No comparable items in this run.</p>"
     rates = verdicts.learning_rates_text(summary)
     parts = [f"<p><i>{html.escape(rates)}</i></p>"] if rates else []
-    for title, rows in (
-        ("", ev["versus_arm"]),
-        ("Against the untouched base model (bias)", ev["versus_base"]),
-    ):
-        if not rows:
-            continue
+    for title, short, lines in verdicts.evidence_sections(ev):
         if title:
-            parts.append(f"<h3>{title}</h3>")
+            parts.append(f"<h3>{html.escape(title)}</h3>")
         parts += [
             f"<p>{'<b>In short:</b> ' if i == 0 else ''}{html.escape(x)}</p>"
-            for i, x in enumerate(verdicts.in_short(rows))
+            for i, x in enumerate(short)
         ]
-        items = "".join(f"<li>{html.escape(verdicts.verdict_text(r))}</li>" for r in rows)
-        parts.append(f"<ul>{items}</ul>")
+        parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
     return "".join(parts)
 
 

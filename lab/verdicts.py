@@ -280,6 +280,20 @@ def run_evidence(
     }
 
 
+BASE_SECTION = "Against the untouched base model (bias)"
+
+
+def evidence_sections(ev: Mapping[str, list]) -> list[tuple[str | None, list[str], list[str]]]:
+    """What every verdict view shows of :func:`run_evidence`, in order: per section (arm
+    against arm, untitled; then :data:`BASE_SECTION`), its title, its :func:`in_short`
+    sentences and its :func:`verdict_text` lines. Sections without rows are left out."""
+    return [
+        (title, in_short(rows), [verdict_text(r) for r in rows])
+        for title, rows in ((None, ev["versus_arm"]), (BASE_SECTION, ev["versus_base"]))
+        if rows
+    ]
+
+
 def learning_rates_text(summary: Mapping | None) -> str | None:
     """How the run's arms got their learning rates, from its ``summary.json``: tuned on a
     validation split (with the rates chosen), one fixed rate for all, or a fixed rate per arm.

@@ -196,13 +196,10 @@ def evidence(run_dir: str | Path, *, bias_only: bool = False) -> tuple[str, Any]
     rates = verdicts.learning_rates_text(runs.read_summary(run_dir))
     if rates:
         lines += [f"*{rates}*", ""]
-    base_title = "**Against the untouched base model** (bias):"
-    for title, rows in (("", ev["versus_arm"]), (base_title, ev["versus_base"])):
-        if not rows:
-            continue
+    for title, short, verdict_lines in verdicts.evidence_sections(ev):
         if title:
-            lines += ["", title, ""]
-        for i, sentence in enumerate(verdicts.in_short(rows)):  # one paragraph each
+            lines += ["", f"**{title}:**", ""]
+        for i, sentence in enumerate(short):  # one paragraph each
             lines += [f"**In short:** {sentence}" if i == 0 else sentence, ""]
-        lines += [f"- {verdicts.verdict_text(r)}" for r in rows]
+        lines += [f"- {x}" for x in verdict_lines]
     return "\n".join(lines), forest_figure(ev["versus_arm"] or ev["versus_base"])
