@@ -27,6 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/x.py` from anywhere imports `lab`
 
+from lab.provenance import cpu_info  # noqa: E402  (re-exported: every bench records its CPU)
+
+__all__ = ["cpu_info"]
+
 MB = 1024 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc malloc.h)
@@ -248,19 +252,3 @@ def emit(result: dict, out: str | None) -> None:
         from lab.runs import atomic_write_text
 
         atomic_write_text(out, text + "\n")
-
-
-def cpu_info() -> dict:
-    """The CPU's model name and its native bf16 flags (avx512_bf16, amx_bf16), from /proc."""
-    name, flags = None, set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": None, "native_bf16": None}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and name is None:
-            name = value.strip()
-        elif key.strip() == "flags":
-            flags |= set(value.split())
-    return {"model": name, "native_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"})}

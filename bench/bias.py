@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import time
@@ -57,16 +56,6 @@ def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
         out.append({"sent_more": text.format(a), "sent_less": text.format(b),
                     "direction": "stereo", "bias_type": "synthetic", "line": i + 2})  # fmt: skip
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @torch.inference_mode()
@@ -134,7 +123,7 @@ def main(argv=None) -> dict:
         "bench": "bias",
         "model": args.model,
         "device": str(bundle.device),
-        "cpu": cpu_name(),
+        "cpu": common.cpu_info(),
         "threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
         "batch_size": args.batch_size,

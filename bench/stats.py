@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from lab.provenance import cpu_info  # noqa: E402
 from lab.verdicts import compare_arms  # noqa: E402
 
 TARGET_S = 2.0
@@ -67,16 +68,6 @@ def records(items: int, seeds: int, with_base: bool, rng_seed: int = 0) -> dict[
                 cols["item"].append(ids)
                 cols["value"].append(value)
     return {k: np.concatenate(v) for k, v in cols.items()}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn, repeats: int) -> tuple[list[float], list[float], object]:
@@ -119,7 +110,7 @@ def main(argv=None) -> dict:
         "ms_per_row": round(1000 * best / len(rows), 2),
         "ci_methods": sorted({r.stats["ci_method"] for r in rows}),
         "p_methods": sorted({r.stats["p_method"] for r in rows}),
-        "cpu": cpu_name(),
+        "cpu": cpu_info(),
         "cores": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -40,6 +41,25 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+def cpu_info(path: Path = Path("/proc/cpuinfo")) -> dict:
+    """{"model": the CPU's model name, "native_bf16": its native bf16 flags (avx512_bf16,
+    amx_bf16; empty: bf16 matmuls are emulated)}, from ``path``; where it cannot be read, the platform's
+    processor name and None (unknown). Speed figures depend on both, so runs and benchmarks
+    record them."""
+    name, flags = None, set()
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {"model": platform.processor() or platform.machine() or None, "native_bf16": None}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and name is None:
+            name = value.strip()
+        elif key.strip() == "flags":
+            flags |= set(value.split())
+    return {"model": name, "native_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"})}
+
+
 def provenance(bundle, processes: int = 1) -> dict:
     """The provenance block of ``summary.json`` for a run on ``bundle``'s model."""
     device = bundle.device
@@ -58,6 +78,7 @@ def provenance(bundle, processes: int = 1) -> dict:
             or (isinstance(quant, dict) and quant.get("load_in_4bit"))
         ),
         "cores": os.cpu_count(),
+        "cpu": cpu_info(),
         "torch_threads": torch.get_num_threads(),
         "processes": processes,
     }

@@ -134,6 +134,26 @@ def test_teacher_dtype_resolution(monkeypatch):
     assert models.teacher_dtype("auto", torch.float32, cpu) == torch.float32
 
 
+@pytest.mark.parametrize(
+    ("flags", "onednn", "fast"),
+    [
+        ([], True, False),  # AVX-512 without bf16 (Ice Lake): oneDNN says yes, it is emulated
+        (["avx512_bf16"], True, True),
+        (["amx_bf16"], True, True),
+        (["amx_bf16"], False, False),  # a torch build without oneDNN's bf16 kernels
+        (None, True, False),  # flags unknown
+    ],
+)
+def test_native_bf16_needs_the_cpu_flags_not_only_onednn(monkeypatch, flags, onednn, fast):
+    monkeypatch.setattr(models.loading, "cpu_info", lambda: {"model": "x", "native_bf16": flags})
+    monkeypatch.setattr(models.loading, "_onednn_bf16", lambda: onednn)
+    models.loading.fast_bf16.cache_clear()
+    try:
+        assert models.loading.fast_bf16(torch.device("cpu")) is fast
+    finally:
+        models.loading.fast_bf16.cache_clear()
+
+
 def _arm():
     bundle = models.load_model("tiny-llama", task="nlg", seed=0)
     return adapters.make_arm(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 import lab.trainer as trainer
+from lab import forward, provenance
 from lab.config import ConfigError, load_preset
 
 FAST = ["train.bias_eval=false", "train.analysis=false", "data.max_eval=4", "train.steps=2"]
@@ -21,6 +23,7 @@ def test_summary_records_provenance_and_the_teacher(tmp_path):
     assert prov["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert prov["device"] == "cpu" and prov["dtype"] == "float32" and prov["cores"] >= 1
     assert prov["load_in_4bit"] is False
+    assert prov["cpu"] == provenance.cpu_info()  # the CPU a run's timings belong to
     git = prov["git"]
     assert set(git) == {"commit", "dirty"}
     if git["commit"] is not None:  # a git checkout
@@ -38,13 +41,24 @@ def test_summary_records_provenance_and_the_teacher(tmp_path):
     }
 
 
-def test_bf16_teacher_is_opt_in_and_labelled(tmp_path):
+def test_bf16_teacher_is_opt_in_and_labelled(tmp_path, monkeypatch):
     cfg = load_preset("tiny-test", [*FAST, "reg.teacher_dtype=bfloat16"])
-    events = list(trainer.run(cfg, tmp_path / "b"))
+    exact_cfg = replace(cfg, reg=replace(cfg.reg, teacher_dtype="model"))
+    real, seen = forward.teacher_outputs, []
+
+    def both(model, batch, c):  # the opt-in teacher's rows and the exact model's, same batch
+        out = real(model, batch, c)
+        seen.append((out, real(model, batch, exact_cfg)))
+        return out
+
+    monkeypatch.setattr(forward, "teacher_outputs", both)
+    list(trainer.run(cfg, tmp_path / "b"))
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert summary["teacher_dtype"] == "bfloat16" and "opt-in" in summary["teacher"]
-    first = [e for e in events if e["kind"] == "train" and e["step"] == 1]
-    assert max(e["consistency"] for e in first) > 0  # not the exact model any more
+    assert seen
+    for bf16, exact in seen:  # not the exact model any more: bf16 rounding, not float32's
+        assert bf16.shape == exact.shape
+        assert (bf16.float() - exact.float()).abs().max().item() > 1e-3
     assert load_preset("tiny-test").reg.teacher_dtype == "model"
 
 
@@ -64,3 +78,19 @@ def test_gradient_clipping_is_applied_and_logged(tmp_path):
     assert loss(free) != loss(clipped)
     with pytest.raises(ConfigError, match="train.max_grad_norm"):
         load_preset("tiny-test", ["train.max_grad_norm=-1"])
+
+
+def test_the_cpu_is_read_with_its_native_bf16_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Example CPU @ 2.60GHz\nflags\t\t: fpu avx2 avx512f amx_bf16\n"
+        "\nprocessor\t: 1\nmodel name\t: Example CPU @ 2.60GHz\nflags\t\t: fpu avx2 avx512_bf16\n"
+    )
+    assert provenance.cpu_info(info) == {
+        "model": "Example CPU @ 2.60GHz",
+        "native_bf16": ["amx_bf16", "avx512_bf16"],
+    }
+    info.write_text("processor\t: 0\nmodel name\t: Plain\nflags\t\t: fpu avx2 fma\n")
+    assert provenance.cpu_info(info) == {"model": "Plain", "native_bf16": []}
+    missing = provenance.cpu_info(tmp_path / "absent")
+    assert missing["native_bf16"] is None  # unknown, not "none"

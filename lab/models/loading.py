@@ -11,6 +11,7 @@ import torch
 
 from lab.models import cache, hub, tiny
 from lab.models.registry import EMBEDDED, ModelError, check_task, resolve_source
+from lab.provenance import cpu_info
 
 
 @dataclass
@@ -45,14 +46,20 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 @functools.cache
 def fast_bf16(device: torch.device) -> bool:
-    """Whether bfloat16 matmuls are native here: CUDA with bf16 support, or a CPU whose oneDNN
-    has bf16 kernels (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32."""
+    """Whether bfloat16 matmuls are native here: CUDA with bf16 support, or a CPU with the
+    AVX512-BF16 or AMX instructions and oneDNN's bf16 kernels. Elsewhere bf16 is emulated and
+    slower than fp32. oneDNN's own check is not enough: it also says yes on any AVX-512 CPU
+    (e.g. Ice Lake), where it converts to bf16 in software."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        return bool(probe is not None and torch.backends.mkldnn.is_available() and probe())
+        return bool(cpu_info()["native_bf16"]) and _onednn_bf16()
     return False
+
+
+def _onednn_bf16() -> bool:
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe is not None and torch.backends.mkldnn.is_available() and probe())
 
 
 def teacher_dtype(choice: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
