@@ -185,8 +185,28 @@ def test_overrunning_chunks_are_detected_and_the_next_is_smaller(tmp_path, monke
     assert [c["steps"] for c in trains] == [3, 2, 1]
     from lab.ui import zerogpu
 
-    text = zerogpu.progress_markdown(mgr.status(job.run_id)["chunks"])
-    assert "GPU time used" in text and "overran its budget" in text
+    progress = mgr.status(job.run_id)["chunks"]
+    assert progress["overruns"] >= 1
+    text = zerogpu.progress_markdown(progress)
+    # the last call (the final evaluation) overran too on a slow machine, or not on a fast one
+    said = "overran its budget" if progress["last"].get("overran") else "ran past their budget"
+    assert "GPU time used" in text and said in text
+
+
+def test_the_progress_says_when_a_chunk_overran_and_keeps_saying_it():
+    from lab.ui import zerogpu
+
+    base = {"step": 3, "steps_total": 6, "calls": 2, "train_chunks": 1, "gpu_s": 4.0,
+            "left_s": None, "budget_s": 3.0, "next_steps": 2}  # fmt: skip
+    over = _call("train", 3, 4.0, 3.5, overran=True) | {"budget_s": 3.0}
+    text = zerogpu.progress_markdown(base | {"last": over, "overruns": 1})
+    assert "the last chunk overran its budget (4.0 s of 3 s)" in text
+    cut = _call("train", 3, 9.0, 0.0, outcome="aborted")
+    assert "was cut off" in zerogpu.progress_markdown(base | {"last": cut, "overruns": 1})
+    fine = _call("final", 0, 1.0, 0.0)
+    later = zerogpu.progress_markdown(base | {"calls": 5, "last": fine, "overruns": 2})
+    assert "2 of the 5 GPU calls ran past their budget" in later
+    assert "⚠️" not in zerogpu.progress_markdown(base | {"last": fine, "overruns": 0})
 
 
 def test_quota_that_runs_out_pauses_and_resume_continues(tmp_path, reference):

@@ -63,6 +63,12 @@ def progress_markdown(p: dict | None) -> str:
             f"\n\n⚠️ the last chunk overran its budget ({last['seconds']:.1f} s of "
             f"{last['budget_s']:.0f} s): the next chunks are smaller"
         )
+    elif p.get("overruns"):  # an earlier call overran: say so once the run has moved on
+        n = p["overruns"]
+        text += (
+            f"\n\n⚠️ {n} of the {p['calls']} GPU calls ran past their budget: "
+            "the chunks after them were made smaller"
+        )
     return text
 
 
