@@ -82,3 +82,38 @@ def provenance(bundle, processes: int = 1) -> dict:
         "torch_threads": torch.get_num_threads(),
         "processes": processes,
     }
+
+
+def describe(summary: dict | None) -> list[dict[str, str]]:
+    """Where and how a run was made, from its ``summary.json``, as ``{"what", "value"}`` rows:
+    code version, device and dtype, CPU, cores and threads, when it ran, the library versions
+    it ran with. Empty for a run without provenance (an old or a failed-early run)."""
+    summary = summary or {}
+    prov = summary.get("provenance") or {}
+    if not prov:
+        return []
+    rows = []
+
+    def add(what: str, value) -> None:
+        if value not in (None, ""):
+            rows.append({"what": what, "value": str(value)})
+
+    git = prov.get("git") or {}
+    if git.get("commit"):
+        add("code", git["commit"][:12] + (" with uncommitted changes" if git.get("dirty") else ""))
+    quant = " (4-bit NF4 weights)" if prov.get("load_in_4bit") else ""
+    add("device", f"{prov.get('device', '?')}, {prov.get('dtype', '?')}{quant}")
+    cpu = prov.get("cpu") or {}
+    if cpu.get("model"):
+        flags = cpu.get("native_bf16")
+        bf16 = "unknown" if flags is None else (", ".join(flags) or "none")
+        add("CPU", f"{cpu['model']} (native bf16: {bf16})")
+    add(
+        "cores, threads, processes",
+        ", ".join(str(prov.get(k, "?")) for k in ("cores", "torch_threads", "processes")),
+    )
+    add("started", summary.get("started"))
+    add("finished", summary.get("finished"))
+    for name, version in (prov.get("versions") or {}).items():
+        add(name, version or "not installed")
+    return rows

@@ -3,9 +3,10 @@
 ``render_run(run_dir, out_dir)`` writes one HTML file per figure (plotly.js written once beside
 them) plus ``report.html``; ``html_report(run_dir)`` returns that one self-contained page:
 figures with plotly.js inlined once, the summary table, the bias table with confidence
-intervals, the most drifted probe texts, the resolved config and the package versions. The
-figures are those of the app's tabs, drawn by the one builder (:mod:`lab.plots.run`); the
-tables by :func:`lab.plots.tables.html_table`.
+intervals, the most drifted probe texts, the resolved config, where the run was made (its
+summary's provenance: code, device, CPU, the library versions it ran with) and the packages
+that drew the page. The figures are those of the app's tabs, drawn by the one builder
+(:mod:`lab.plots.run`); the tables by :func:`lab.plots.tables.html_table`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import plotly.graph_objects as go
 import yaml
 from plotly.offline import get_plotlyjs
 
-from lab import plots, runs, verdicts
+from lab import plots, provenance, runs, verdicts
 from lab.plots import run as run_plots
 from lab.plots.run import RunData
 from lab.plots.tables import dict_rows, html_table
@@ -190,7 +191,9 @@ def _page(data: RunData, figs: dict[str, go.Figure]) -> str:
         _table(_drift_rows(data.probes, data.snaps), ["arm", "KL(base || arm)", "probe text"]),
         "<h2>Config</h2>",
         f"<pre>{html.escape(yaml.safe_dump(run.config, sort_keys=False))}</pre>",
-        "<h2>Package versions</h2>",
+        "<h2>Where the run was made</h2>",
+        _table(provenance.describe(summary), ["what", "value"]),
+        "<h2>Packages that drew this report</h2>",
         _table(_versions(), ["package", "version"]),
         "</body></html>",
     ]

@@ -247,8 +247,14 @@ def make_run(root):
     arms = {arm: {"status": "done", "task_metric": 0.6, "kl_to_base": 0.02} for arm in ARMS}
     runs.write_json(
         run / "summary.json",
-        {"status": "done", "error": None, "steps_done": 4, "steps_total": 4, "arms": arms},
-    )
+        {"status": "done", "error": None, "steps_done": 4, "steps_total": 4, "arms": arms,
+         "started": "2026-01-02 03:04:05", "finished": "2026-01-02 03:14:05",
+         "provenance": {"git": {"commit": "ab" * 20, "dirty": True}, "device": "cpu",
+                        "dtype": "float32", "load_in_4bit": False, "cores": 2,
+                        "torch_threads": 2, "processes": 1,
+                        "cpu": {"model": "Example <CPU>", "native_bf16": []},
+                        "versions": {"torch": "9.9.9-of-the-run", "peft": None}}},
+    )  # fmt: skip
     snaps = snapshots()
     for arm, snap in snaps.items():
         snap.step = 0 if arm == "base" else 4
@@ -290,6 +296,13 @@ def test_render_run_writes_every_figure(tmp_path):
     assert page.count("<script type='text/javascript'>") == 1  # plotly.js inlined once
     assert "stereo_pref" in page and "probe &lt;text&gt;" in page and "plotly" in page
     assert page.count("Plotly.newPlot") == len(expected)
+    # where the run was made: its own summary's provenance, not the versions drawing the page
+    made = page[page.index("Where the run was made") : page.index("Packages that drew")]
+    for text in ("abababababab with uncommitted changes", "cpu, float32",
+                 "Example &lt;CPU&gt; (native bf16: none)", "2, 2, 1", "2026-01-02 03:14:05",
+                 "9.9.9-of-the-run", "not installed"):  # fmt: skip
+        assert text in made, text
+    assert "9.9.9-of-the-run" not in page[page.index("Packages that drew") :]
 
 
 def test_render_run_of_a_run_without_analysis(tmp_path):

@@ -24,6 +24,12 @@ def test_summary_records_provenance_and_the_teacher(tmp_path):
     assert prov["device"] == "cpu" and prov["dtype"] == "float32" and prov["cores"] >= 1
     assert prov["load_in_4bit"] is False
     assert prov["cpu"] == provenance.cpu_info()  # the CPU a run's timings belong to
+    rows = {r["what"]: r["value"] for r in provenance.describe(summary)}
+    assert rows["device"] == "cpu, float32" and rows["torch"] == prov["versions"]["torch"]
+    assert rows["started"] == summary["started"] and rows["finished"] == summary["finished"]
+    if prov["cpu"]["model"]:
+        assert rows["CPU"].startswith(prov["cpu"]["model"] + " (native bf16: ")
+    assert provenance.describe({"status": "failed"}) == []  # no provenance: nothing claimed
     git = prov["git"]
     assert set(git) == {"commit", "dirty"}
     if git["commit"] is not None:  # a git checkout
