@@ -43,9 +43,9 @@ def library_versions() -> dict[str, str | None]:
 
 def cpu_info(path: Path = Path("/proc/cpuinfo")) -> dict:
     """{"model": the CPU's model name, "native_bf16": its native bf16 flags (avx512_bf16,
-    amx_bf16; empty: bf16 matmuls are emulated)}, from ``path``; where it cannot be read, the platform's
-    processor name and None (unknown). Speed figures depend on both, so runs and benchmarks
-    record them."""
+    amx_bf16; empty: bf16 matmuls are emulated)}, read from ``path``; where that cannot be
+    read, the platform's processor name and None (unknown). Speed figures depend on both, so
+    runs and benchmarks record them."""
     name, flags = None, set()
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
