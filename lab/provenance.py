@@ -117,3 +117,18 @@ def describe(summary: dict | None) -> list[dict[str, str]]:
     for name, version in (prov.get("versions") or {}).items():
         add(name, version or "not installed")
     return rows
+
+
+def differences(a: dict | None, b: dict | None) -> list[list]:
+    """``[["made on: <what>", value in a, value in b], ...]`` where two runs' summaries say
+    they were made differently (code version, device, CPU, threads, library versions): results
+    move with these as well as with a setting. Start and finish times always differ and are
+    left out; so is everything when either run has no provenance."""
+    if not (a or {}).get("provenance") or not (b or {}).get("provenance"):
+        return []
+    da, db = (
+        {r["what"]: r["value"] for r in describe(s) if r["what"] not in ("started", "finished")}
+        for s in (a, b)
+    )
+    keys = list(dict.fromkeys([*da, *db]))
+    return [[f"made on: {k}", da.get(k), db.get(k)] for k in keys if da.get(k) != db.get(k)]

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from lab import jobs
+from lab import jobs, runs
 from lab.config import ConfigError
 from lab.ui import common, compare, setup, train, tune, uploads
 from lab.ui import form as form_logic
@@ -196,8 +196,23 @@ def test_config_diff_lists_changed_keys(runs_dir):
         cfg = load_preset("tiny-test", [f"train.steps={steps}"])
         (runs_dir / rid / "config.yaml").write_text(dump_yaml(cfg))
     rows, diff = runs_tab.config_diff("a", "b")
-    assert rows == [["train.steps", 3, 7]]
+    assert rows == [["train.steps", 3, 7]]  # no provenance in either: nothing else claimed
     assert "-  steps: 3" in diff and "+  steps: 7" in diff
+    # where the runs were made differently shows after the settings; the times never do
+    for rid, cpu, torch_v, started in (
+        ("a", "CPU A", "2.13.0", "t1"),
+        ("b", "CPU B", "2.13.0", "t2"),
+    ):
+        prov = {"device": "cpu", "dtype": "float32", "cores": 2, "torch_threads": 2,
+                "processes": 1, "cpu": {"model": cpu, "native_bf16": []},
+                "versions": {"torch": torch_v, "peft": "0.21.2" if rid == "a" else "0.22.0"}}  # fmt: skip
+        runs.write_json(runs_dir / rid / "summary.json", {"provenance": prov, "started": started})
+    rows, _ = runs_tab.config_diff("a", "b")
+    assert rows == [
+        ["train.steps", 3, 7],
+        ["made on: CPU", "CPU A (native bf16: none)", "CPU B (native bf16: none)"],
+        ["made on: peft", "0.21.2", "0.22.0"],
+    ]
 
 
 # ---- tabs that read a finished run from disk (a run directory written by hand, no model) -------

@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from lab import hosting, jobs, runs
+from lab import hosting, jobs, provenance, runs
 from lab.ui import common, figures
 
 FIGURES = figures.ALL_FIGURES
@@ -52,12 +52,14 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(run_a: str, run_b: str, owner: str | None = None) -> tuple[list[list[Any]], str]:
-    """-> (rows of [key, value in a, value in b] that differ, unified diff of the YAML)."""
+    """-> (rows of [key, value in a, value in b] that differ: the settings, then where the runs
+    were made (``made on: ...``), unified diff of the YAML)."""
     pa, pb = common.resolve_run(run_a, owner), common.resolve_run(run_b, owner)
     ta = (pa / "config.yaml").read_text(encoding="utf-8")
     tb = (pb / "config.yaml").read_text(encoding="utf-8")
     fa, fb = _flat(runs.load_run(pa).config), _flat(runs.load_run(pb).config)
     rows = [[k, fa.get(k), fb.get(k)] for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+    rows += provenance.differences(runs.read_summary(pa), runs.read_summary(pb))
     diff = "".join(
         difflib.unified_diff(
             ta.splitlines(keepends=True), tb.splitlines(keepends=True), run_a, run_b
@@ -262,7 +264,7 @@ def build(owner: gr.State) -> RunsTab:
         headers=["key", "this run", "other run"],
         interactive=False,
         visible=False,
-        label="Settings that differ",
+        label="What differs: the settings, then where each run was made",
         elem_id="runs-diff-table",
     )
     with gr.Row():
