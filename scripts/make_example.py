@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from lab.provenance import cpu_info  # noqa: E402
 
 OUT = ROOT / "assets" / "example_run"
 BUDGET_MB = 5.0
@@ -85,8 +89,15 @@ def adapter_folders(run_dir: Path, arms: list[str]) -> list[Path]:
     return sorted(found, key=order)
 
 
-def export(run_dir: Path, dest: Path, budget_bytes: int, label: str | None = None) -> dict:
+def export(
+    run_dir: Path,
+    dest: Path,
+    budget_bytes: int,
+    label: str | None = None,
+    made: dict | None = None,
+) -> dict:
     """Copy ``run_dir`` to ``dest`` (replaced) as the example, within ``budget_bytes``.
+    ``made``: how long training it took and where (see :func:`main`), kept in the entry.
     -> the ``example`` entry written into the copy's summary.json."""
     run_dir, dest = Path(run_dir), Path(dest)
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
@@ -134,6 +145,7 @@ def export(run_dir: Path, dest: Path, budget_bytes: int, label: str | None = Non
             "adapter_dtype": "float16" if dtypes <= {"float16"} else "mixed",
             "budget_bytes": budget_bytes,
             "note": note,
+            **(made or {}),
         }
         summary["example"] = entry
         summary["run_dir"] = (
@@ -164,10 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_run:
         entry = export(args.from_run, args.out, budget)
     else:
+        start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="balora-example-") as tmp:
             run_dir = Path(tmp) / args.preset
             train(args.preset, args.set, run_dir)
-            entry = export(run_dir, args.out, budget, label=f"preset {args.preset}")
+            made = {  # regenerating the example should take at most 10 minutes on 2 cores
+                "trained_in_s": round(time.perf_counter() - start, 1),
+                "trained_on": {"cpu": cpu_info()["model"], "cores": os.cpu_count()},
+            }
+            entry = export(run_dir, args.out, budget, label=f"preset {args.preset}", made=made)
+        took = time.perf_counter() - start
+        print(
+            f"example made in {int(took // 60)} min {took % 60:.0f} s on {os.cpu_count()} cores"
+            f" of {made['trained_on']['cpu'] or 'an unknown CPU'}",
+            file=sys.stderr,
+        )
     print(json.dumps(entry, indent=1))
     return 0
 

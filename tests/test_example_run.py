@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from conftest import ROOT
 
 from lab import hosting
+from lab.provenance import cpu_info
 from lab.ui import common, compare
 
 SCRIPT = ROOT / "scripts" / "make_example.py"
@@ -35,7 +38,15 @@ def example(tmp_path_factory) -> Path:
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout)["adapters"]  # what it shipped, printed as JSON
+    entry = json.loads(proc.stdout)
+    assert entry["adapters"]  # what it shipped, printed as JSON
+    # how long regenerating it took, and where: printed, and kept in the example's summary
+    assert entry["trained_in_s"] > 0
+    assert entry["trained_on"] == {"cpu": cpu_info()["model"], "cores": os.cpu_count()}
+    made = f" on {os.cpu_count()} cores of {cpu_info()['model'] or 'an unknown CPU'}"
+    assert re.search(r"example made in \d+ min \d+ s" + re.escape(made), proc.stderr)
+    saved = json.loads((out / "summary.json").read_text())["example"]
+    assert saved["trained_in_s"] == entry["trained_in_s"]
     return out
 
 
@@ -83,6 +94,7 @@ def test_a_budget_too_small_for_every_adapter_ships_what_fits_and_says_so(exampl
     lora = sum(p.stat().st_size for p in (example / "adapters" / "lora").rglob("*"))
     entry = mod.export(example, tmp_path / "small", rest + lora + 4096 + 100)
     assert entry["adapters"] == ["adapters/lora"]
+    assert "trained_in_s" not in entry  # shipped from a run, not trained here: no time claimed
     assert entry["adapters_left_out"] == ["adapters/pissa", "adapters/balora"]
     assert "left out" in entry["note"]
     saved = json.loads((tmp_path / "small" / "summary.json").read_text())["example"]
