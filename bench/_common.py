@@ -27,9 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/x.py` from anywhere imports `lab`
 
-from lab.provenance import cpu_info  # noqa: E402  (re-exported: every bench records its CPU)
-
-__all__ = ["cpu_info"]
+from lab.provenance import cpu_info  # noqa: E402, F401  (re-exported: every bench records its CPU)
 
 MB = 1024 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
