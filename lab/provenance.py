@@ -89,7 +89,7 @@ def describe(summary: dict | None) -> list[dict[str, str]]:
     code version, device and dtype, CPU, cores and threads, when it ran, the library versions
     it ran with. Empty for a run without provenance (an old or a failed-early run)."""
     summary = summary or {}
-    prov = summary.get("provenance") or {}
+    prov = _mapping(summary.get("provenance"))
     if not prov:
         return []
     rows = []
@@ -98,15 +98,15 @@ def describe(summary: dict | None) -> list[dict[str, str]]:
         if value not in (None, ""):
             rows.append({"what": what, "value": str(value)})
 
-    git = prov.get("git") or {}
+    git = _mapping(prov.get("git"))
     if git.get("commit"):
         add("code", git["commit"][:12] + (" with uncommitted changes" if git.get("dirty") else ""))
     quant = " (4-bit NF4 weights)" if prov.get("load_in_4bit") else ""
     add("device", f"{prov.get('device', '?')}, {prov.get('dtype', '?')}{quant}")
-    cpu = prov.get("cpu") or {}
+    cpu = _mapping(prov.get("cpu"))
     if cpu.get("model"):
         flags = cpu.get("native_bf16")
-        bf16 = "unknown" if flags is None else (", ".join(flags) or "none")
+        bf16 = (", ".join(map(str, flags)) or "none") if isinstance(flags, list) else "unknown"
         add("CPU", f"{cpu['model']} (native bf16: {bf16})")
     add(
         "cores, threads, processes",
@@ -114,9 +114,15 @@ def describe(summary: dict | None) -> list[dict[str, str]]:
     )
     add("started", summary.get("started"))
     add("finished", summary.get("finished"))
-    for name, version in (prov.get("versions") or {}).items():
+    for name, version in _mapping(prov.get("versions")).items():
         add(name, version or "not installed")
     return rows
+
+
+def _mapping(value) -> dict:
+    """``value`` where it is a mapping, else empty: a summary edited by hand or written by
+    another tool can hold anything, and the report and the run diff still show the rest."""
+    return value if isinstance(value, dict) else {}
 
 
 def differences(a: dict | None, b: dict | None) -> list[list]:
@@ -124,7 +130,7 @@ def differences(a: dict | None, b: dict | None) -> list[list]:
     they were made differently (code version, device, CPU, threads, library versions): results
     move with these as well as with a setting. Start and finish times always differ and are
     left out; so is everything when either run has no provenance."""
-    if not (a or {}).get("provenance") or not (b or {}).get("provenance"):
+    if not _mapping((a or {}).get("provenance")) or not _mapping((b or {}).get("provenance")):
         return []
     da, db = (
         {r["what"]: r["value"] for r in describe(s) if r["what"] not in ("started", "finished")}

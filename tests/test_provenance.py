@@ -100,3 +100,30 @@ def test_the_cpu_is_read_with_its_native_bf16_flags(tmp_path):
     assert provenance.cpu_info(info) == {"model": "Plain", "native_bf16": []}
     missing = provenance.cpu_info(tmp_path / "absent")
     assert missing["native_bf16"] is None  # unknown, not "none"
+
+
+def test_a_malformed_provenance_is_shown_as_far_as_it_goes(tmp_path):
+    """A summary edited by hand or written by another tool: the report and the run diff read
+    what is well-formed and leave the rest out, instead of failing."""
+    assert provenance.describe({"provenance": "x"}) == []
+    rows = provenance.describe(
+        {"provenance": {"git": "abc", "cpu": [1], "versions": ["torch"], "device": "cpu"}}
+    )
+    assert rows == [
+        {"what": "device", "value": "cpu, ?"},
+        {"what": "cores, threads, processes", "value": "?, ?, ?"},
+    ]
+    odd = provenance.describe({"provenance": {"cpu": {"model": "m", "native_bf16": "avx"}}})
+    assert {"what": "CPU", "value": "m (native bf16: unknown)"} in odd
+    assert provenance.differences({"provenance": "x"}, {"provenance": {"device": "cpu"}}) == []
+
+    from lab.report import html_report
+
+    run = tmp_path / "odd"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: odd\n")
+    (run / "summary.json").write_text(
+        json.dumps({"status": "done", "provenance": {"git": 1, "versions": "torch"}})
+    )
+    page = html_report(run)
+    assert "Where the run was made" in page and "Packages that drew this report" in page
