@@ -4,7 +4,7 @@ Host and port also come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; runs are w
 BALORA_RUNS_DIR (default ``runs/``; ``/data/runs`` on a Space's persistent storage). No model is
 loaded at start. The hosting mode (see SECURITY.md) is ``local`` on a loopback address and
 ``public`` on a Space, a share link or any other address; ``--public`` / ``--local`` override it.
-On a ZeroGPU Space (or with ``BALORA_ZEROGPU=sim``) training runs in chunks (``lab.chunks``).
+On a ZeroGPU Space (or with ``BALORA_ZEROGPU=sim``) training runs in chunks (``lab.jobs.chunks``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 # ZeroGPU importing it changes nothing (its decorator returns the function unchanged).
 import spaces  # noqa: F401
 
-from lab import hosting
+from lab.jobs import hosting
 
 
 def main(argv: list[str] | None = None) -> None:

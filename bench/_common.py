@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/x.py` from anywhere imports `lab`
 
-from lab.provenance import cpu_info  # noqa: E402, F401  (re-exported: every bench records its CPU)
+from lab.runs.provenance import cpu_info  # noqa: E402, F401  (re-exported: every bench records its CPU)
 
 MB = 1024 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -224,7 +224,7 @@ def synthetic_batch(
 ) -> dict[str, torch.Tensor]:
     """Random token ids, exactly batch x seq: prompt half (labels -100), response half.
 
-    ``reg_mask`` follows ``lab.encoding.collate_nlg``: logits at t are scored against label t+1.
+    ``reg_mask`` follows ``lab.datasets.encoding.collate_nlg``: logits at t are scored against label t+1.
     """
     if seq < 4:
         raise ValueError(f"--seq must be at least 4, got {seq}")
@@ -247,6 +247,6 @@ def emit(result: dict, out: str | None) -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if out:
-        from lab.runs import atomic_write_text
+        from lab.runs.store import atomic_write_text
 
         atomic_write_text(out, text + "\n")

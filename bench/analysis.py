@@ -40,7 +40,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from lab import analysis
-from lab.adapters import target_modules_for
+from lab.engine.adapters import target_modules_for
 from lab.models import load_model
 
 SUBJECTS = [

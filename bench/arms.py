@@ -1,6 +1,6 @@
 """Peak memory by arm count, and a lambda grid as one job against one job per grid point.
 
-Every measured run is a whole training job (``lab.trainer.run``, as the CLI and the UI's
+Every measured run is a whole training job (``lab.engine.trainer.run``, as the CLI and the UI's
 worker start it) in its own fresh process, so its peak RSS (``ru_maxrss``) and its wall time
 include the interpreter, the model load, the teacher passes and the final evaluation.
 
@@ -65,7 +65,7 @@ def job_config(args: argparse.Namespace, arms: list[str]) -> dict:
 def child(spec: str) -> None:
     """Run one job in this process and print its wall time and peak RSS."""
     from lab.config import from_dict
-    from lab.trainer import run
+    from lab.engine.trainer import run
 
     cfg_dict, out = json.loads(spec)
     t0 = time.perf_counter()

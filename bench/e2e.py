@@ -13,7 +13,7 @@ idle cores the wall time is at least about half of it.
     python bench/e2e.py                      # classroom-cpu, target <= 300 s
     python bench/e2e.py --preset tiny-test --set train.steps=2
 
-``--zerogpu-sim`` measures what ZeroGPU's chunked mode (``lab.chunks``) costs: the same preset
+``--zerogpu-sim`` measures what ZeroGPU's chunked mode (``lab.jobs.chunks``) costs: the same preset
 once as a plain run and once driven call by call with chunks of ``--chunk-steps`` (8) steps,
 each restoring the checkpoint and saving it again, evaluations in calls of their own, both in
 child processes one after the other. A training call's time beyond its arms' own step seconds
@@ -48,7 +48,7 @@ from pathlib import Path
 import _common as common  # first: puts the repository root on sys.path
 import numpy as np
 
-from lab.runs import read_events, read_summary
+from lab.runs.store import read_events, read_summary
 
 TARGET_S = 300.0
 
@@ -70,16 +70,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # (module, attribute, phase): the engine functions timed inside the child.
 TIMED = (
-    ("lab.trainer", "load_task_data", "data_load_s"),
-    ("lab.trainer", "load_model", "model_load_s"),
-    ("lab.trainer", "build_arms", "arm_build_s"),
-    ("lab.steps", "micro_batches", "batching_s"),
-    ("lab.evaluation", "evaluate_task", "eval_task_s"),
-    ("lab.evaluation", "evaluate_bias", "eval_bias_s"),
+    ("lab.engine.trainer", "load_task_data", "data_load_s"),
+    ("lab.engine.trainer", "load_model", "model_load_s"),
+    ("lab.engine.trainer", "build_arms", "arm_build_s"),
+    ("lab.engine.steps", "micro_batches", "batching_s"),
+    ("lab.engine.evaluation", "evaluate_task", "eval_task_s"),
+    ("lab.engine.evaluation", "evaluate_bias", "eval_bias_s"),
     ("lab.analysis", "snapshot", "eval_analysis_s"),
     ("lab.analysis", "save_snapshot", "eval_analysis_s"),
-    ("lab.evaluation", "embed", "eval_embedding_s"),
-    ("lab.adapters", "save_adapter", "save_adapters_s"),
+    ("lab.engine.evaluation", "embed", "eval_embedding_s"),
+    ("lab.engine.adapters", "save_adapter", "save_adapters_s"),
 )
 
 
@@ -114,7 +114,7 @@ def child(args: argparse.Namespace) -> int:
         rc = cli(argv)
     finally:
         totals["child_s"] = time.perf_counter() - t0
-        from lab.runs import write_json
+        from lab.runs.store import write_json
 
         write_json(args.child, dict(totals, rc=rc))
     return rc
@@ -160,7 +160,7 @@ def breakdown(wall: float, phases: dict, events: list[dict]) -> dict:
 
 def chunked_child(args: argparse.Namespace) -> int:
     """Drive the run call by call in this process, as the app does on ZeroGPU."""
-    from lab import chunks
+    from lab.jobs import chunks
 
     t0 = time.perf_counter()
     s = chunks.Settings(mode="sim", chunk_steps=args.chunk_steps, budget_s=3600.0)
@@ -174,7 +174,7 @@ def chunked_child(args: argparse.Namespace) -> int:
             break
         if entry["outcome"] != "ok":
             raise SystemExit(f"a {entry['kind']} call failed: {entry['error']}")
-    from lab.runs import write_json
+    from lab.runs.store import write_json
 
     write_json(args.child, {"child_s": time.perf_counter() - t0, "rc": 0})
     return 0
@@ -202,7 +202,7 @@ def _run_child(args: argparse.Namespace, run_dir: Path, tmp: Path, chunked: bool
 
 
 def zerogpu_sim(args: argparse.Namespace) -> dict:
-    from lab import chunks
+    from lab.jobs import chunks
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-zerogpu-"))
     try:

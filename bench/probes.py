@@ -26,8 +26,8 @@ import _common as common  # first: puts the repository root on sys.path
 import numpy as np
 import torch
 
-from lab.bias.probes import load_occupations, load_pairs, load_templates
 from lab.bias.scores import PAIR_BATCH, pair_logprob_diff
+from lab.datasets.probes import load_occupations, load_pairs, load_templates
 from lab.models import load_model
 
 

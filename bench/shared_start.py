@@ -1,8 +1,8 @@
 """Training steps with the rows' shared start run once against every row run whole, side by side.
 
 A chat template puts the same system turn and task instruction before every example, so all
-rows of a batch start with the same tokens (``lab.encoding.shared_start``; SmolLM2 on the
-sentiment preset: about half of each row). ``lab.forward`` runs them as a one-row pass and
+rows of a batch start with the same tokens (``lab.datasets.encoding.shared_start``; SmolLM2 on the
+sentiment preset: about half of each row). ``lab.engine.forward`` runs them as a one-row pass and
 repeats their KV cache for the rows. This bench trains a preset's arms on its own first
 batches (seed-matched, as a run draws them), each step twice in turn: ``shared`` as a run does
 it and ``whole`` with the shared start switched off, so machine noise hits both alike.
@@ -28,9 +28,10 @@ import _common as common  # first: puts the repository root on sys.path
 import torch
 from accelerate import Accelerator
 
-from lab import encoding, forward, steps, trainer
 from lab.config import load_preset
-from lab.dist import Dist
+from lab.datasets import encoding
+from lab.engine import forward, steps, trainer
+from lab.engine.dist import Dist
 
 
 def whole(micro: list[dict]) -> list[dict]:

@@ -3,7 +3,7 @@
 The records are synthetic per-item values of 3 arms (lora, pissa, balora) x 3 seeds x 1,000
 items on 6 metrics, shaped like the lab's: accuracy (0/1), log-likelihood of the gold answer,
 stereotype preference (1, 0.5 or 0), stereotype log-likelihood ratio, he/she log-odds gap and
-drift (KL). ``lab.verdicts.compare_arms`` then runs both comparisons (BA-LoRA - LoRA and
+drift (KL). ``lab.evidence.verdicts.compare_arms`` then runs both comparisons (BA-LoRA - LoRA and
 BA-LoRA - PiSSA) on every metric: pairing, 12 seed-stratified BCa intervals, sign-flip
 p-values, minimum detectable differences, Holm. Target: <= 2 s on 2 CPU cores. The best of
 ``--repeats`` timings is reported with the median, the process CPU time (``cpu_s``) and
@@ -33,8 +33,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from lab.provenance import cpu_info  # noqa: E402
-from lab.verdicts import compare_arms  # noqa: E402
+from lab.evidence.verdicts import compare_arms  # noqa: E402
+from lab.runs.provenance import cpu_info  # noqa: E402
 
 TARGET_S = 2.0
 METRICS = ("accuracy", "gold_logprob", "stereo_pref", "stereo_llr", "pronoun_abs_logodds", "kl_to_base")  # fmt: skip
@@ -42,7 +42,7 @@ ARMS = {"lora": 0.0, "pissa": 0.01, "balora": 0.04}  # a small effect per arm
 
 
 def records(items: int, seeds: int, with_base: bool, rng_seed: int = 0) -> dict[str, np.ndarray]:
-    """A columnar items table: arm, seed, metric, item, value (as ``lab.items.load_items``)."""
+    """A columnar items table: arm, seed, metric, item, value (as ``lab.evidence.items.load_items``)."""
     rng = np.random.default_rng(rng_seed)
     cols = {k: [] for k in ("arm", "seed", "metric", "item", "value")}
     ids = np.array([str(i) for i in range(items)])

@@ -4,10 +4,10 @@ All arms live in one process and train on the same synthetic batches (exactly ba
 tokens: a prompt half with labels -100, a response half), interleaved step by step (lora,
 pissa, balora, reference, lora, ...), so machine noise hits every arm alike. ``lora`` and
 ``pissa`` run with ``train.log_terms=false``: plain LoRA work, no teacher and no terms.
-``balora`` is the engine's step (``lab.steps.train_arm_step``), with the teacher in
+``balora`` is the engine's step (``lab.engine.steps.train_arm_step``), with the teacher in
 ``--teacher-dtype`` (default ``model``, as in a run: the exact loaded model; ``auto`` and
 ``bfloat16`` are the opt-in bf16 teacher). ``teacher`` times the teacher's forward pass alone
-(``lab.steps.teacher_step``, the pass a step shares between all regularized arms, plus the
+(``lab.engine.steps.teacher_step``, the pass a step shares between all regularized arms, plus the
 projection of its hidden rows through the LM head that the fused loss makes chunk by chunk), so the
 target "BA-LoRA step <= LoRA step + one teacher forward + 10% of a LoRA step" can be read off
 (``ratios.balora_overhead_vs_lora``: (balora - lora - teacher) / lora, target <= 0.1).
@@ -49,10 +49,10 @@ import _common as common  # first: puts the repository root on sys.path
 import torch
 from accelerate import Accelerator
 
-from lab import adapters, forward, steps, trainer
-from lab import head as head_mod
 from lab.config import from_dict
-from lab.dist import Dist
+from lab.engine import adapters, forward, steps, trainer
+from lab.engine.dist import Dist
+from lab.method import head as head_mod
 from lab.models import ModelBundle, load_model, pick_device, pick_dtype, teacher_dtype
 
 ORDER = ("lora", "pissa", "balora", "teacher", "reference")
@@ -61,7 +61,7 @@ TARGETS = {"time": 1.4, "mem": 1.1, "overhead": 0.1}
 
 def teacher_logits_pass(model, rows: torch.Tensor, cfg) -> float:
     """The rest of the teacher's forward on the fused NLG path: its (M, H) hidden rows through
-    the LM head to logits, chunk by chunk as ``lab.head`` projects them inside the loss (the
+    the LM head to logits, chunk by chunk as ``lab.method.head`` projects them inside the loss (the
     fused loss takes the teacher's rows and makes its logits there, so that no (M, V) tensor is
     kept). Without it, ``teacher`` would time the teacher's forward minus its head and the
     head's cost would count as BA-LoRA's own overhead. Returns a checksum (keeps the work)."""
@@ -372,7 +372,7 @@ def memory_child(args: argparse.Namespace) -> None:
         for name in args.arms:
             report(args, "warmup", i, name, bench.step(name, batch, i)[0])
     mems = bench.memory_steps(warm + 1)
-    from lab.runs import atomic_write_text
+    from lab.runs.store import atomic_write_text
 
     atomic_write_text(args.memory_child, json.dumps(mems))
 

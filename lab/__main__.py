@@ -15,12 +15,12 @@ from pathlib import Path
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from lab.checkpoint import ResumeError
     from lab.config import ConfigError
-    from lab.encoding import DataError
+    from lab.datasets.encoding import DataError
+    from lab.engine.checkpoint import ResumeError
     from lab.jobs.worker import WorkerLockHeld
     from lab.models import ModelError
-    from lab.runs import RunReadError
+    from lab.runs.store import RunReadError
 
     return (
         ConfigError,
@@ -33,46 +33,22 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-RESUMABLE_KEYS = ("train.steps",)  # the only settings ``--resume`` may change
-
-
-def resume_config(run_dir: str | Path, overrides: list[str]):
-    """The config of the run in ``run_dir`` with the overrides ``--resume`` allows."""
-    from lab.checkpoint import ResumeError
-    from lab.config import ConfigError, from_dict, load_config_file, parse_overrides
-
-    path = Path(run_dir)
-    if not (path / "config.yaml").is_file():
-        raise ResumeError(f"{path} is not a run directory (no config.yaml)")
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if key not in RESUMABLE_KEYS:
-            raise ConfigError(
-                f"--set {key}: not allowed with --resume (only {', '.join(RESUMABLE_KEYS)})"
-            )
-    cfg = load_config_file(path / "config.yaml")
-    if overrides:
-        extra = parse_overrides(overrides)
-        data = cfg.to_dict()
-        data["train"] = {**data["train"], **extra["train"]}
-        cfg = from_dict(data)
-    return cfg
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lab.config import ConfigError, load_preset
-    from lab.hosting import LOCAL_LIMITS, check_limits
+    from lab.engine.trainer import run
     from lab.jobs import worker
-    from lab.runs import new_run_path, read_summary
-    from lab.trainer import run
+    from lab.jobs.hosting import LOCAL_LIMITS, check_limits
+    from lab.runs.store import new_run_path, read_summary
 
     if bool(args.preset) == bool(args.resume):
         raise ConfigError("train needs exactly one of --preset and --resume")
     if args.resume:
         if args.out:
             raise ConfigError("--out: not allowed with --resume (the run directory is reused)")
+        from lab.engine.checkpoint import resume_config
+
         cfg = resume_config(args.resume, args.set or [])
     else:
         cfg = load_preset(args.preset, args.set or [])
@@ -102,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # summary below is read from this run's directory.
     if args.resume:
         out = Path(args.resume)
-        from lab.checkpoint import read_state
+        from lab.engine.checkpoint import read_state
 
         done = int(read_state(out)["step"])  # fails before any work without a checkpoint
         total = max(0, cfg.train.steps - done) * n_arms
@@ -175,7 +151,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lab.report import render_run
+    from lab.plots.report import render_run
 
     out = Path(args.out or Path(args.run_dir) / "figures")
     for p in render_run(args.run_dir, out):
@@ -208,8 +184,8 @@ def cmd_bias(args: argparse.Namespace) -> int:
 
 
 def cmd_verdicts(args: argparse.Namespace) -> int:
-    from lab import verdicts
-    from lab.runs import RunReadError, read_summary
+    from lab.evidence import verdicts
+    from lab.runs.store import RunReadError, read_summary
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 
 KINDS = ("lora", "pissa", "balora")  # the plain arm names, in display order
-MAX_ARMS = 99  # adapters on one base model (lab.adapters names them with two digits)
+MAX_ARMS = 99  # adapters on one base model (lab.engine.adapters names them with two digits)
 MAX_SEEDS = 16  # train.seeds of one run
 SEED_MARK = "#s"  # lora#s1: arm lora trained with seed 1
 _SEEDED = re.compile(r"^(?P<arm>.+)#s(?P<seed>\d{1,10})$")

@@ -487,7 +487,9 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-MAX_OVERRIDE_CHARS = 20_000  # one key=value item; the app's own limits are stricter (lab.hosting)
+MAX_OVERRIDE_CHARS = (
+    20_000  # one key=value item; the app's own limits are stricter (lab.jobs.hosting)
+)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

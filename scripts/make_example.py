@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.provenance import cpu_info  # noqa: E402
+from lab.runs.provenance import cpu_info  # noqa: E402
 
 OUT = ROOT / "assets" / "example_run"
 BUDGET_MB = 5.0

@@ -157,7 +157,8 @@ def test_rss_meter_sees_a_large_allocation(bench):
 
 
 def _train_event(arm: str, step: int, seconds: float) -> dict:
-    from lab import events, losses
+    from lab.method import losses
+    from lab.runs import events
 
     values = losses.train_values({"task_loss": 1.0}, {"task_loss"}, (0.0, 0.0, 0.0), {}, False)
     return events.train_event(
@@ -166,7 +167,7 @@ def _train_event(arm: str, step: int, seconds: float) -> dict:
 
 
 def _eval_event(arm: str, step: int, seconds: float) -> dict:
-    from lab import events
+    from lab.runs import events
 
     return events.EvalEvent(arm=arm, step=step, kind="eval", seconds=seconds).dump()
 
@@ -190,7 +191,7 @@ def test_e2e_breakdown_adds_up(bench):
 
 def test_probes_json_on_tiny_llama(tmp_path):
     """bench/probes.py times every shipped probe pair at each batch size, with the same scores."""
-    from lab.bias.probes import load_occupations, load_pairs, load_templates
+    from lab.datasets.probes import load_occupations, load_pairs, load_templates
 
     res = run_json("probes.py", "--model", "tiny-llama", "--batches", "3,7", "--repeats", "2",
                    out=tmp_path / "probes.json")  # fmt: skip

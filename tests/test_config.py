@@ -114,7 +114,7 @@ def test_validation_reads_the_declared_constraints(override, message):
 def test_the_data_loader_takes_the_declared_minority_bound():
     from lab.config import check_value
     from lab.datasets import load_task_data
-    from lab.encoding import DataError
+    from lab.datasets.encoding import DataError
 
     # refused before any data is read, with the config's own bound
     with pytest.raises(DataError, match=r"minority_fraction must be in \[0, 0\.5\), got 0\.5"):

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from lab import hosting
-from lab.provenance import cpu_info
+from lab.jobs import hosting
+from lab.runs.provenance import cpu_info
 from lab.ui import common, compare
 
 SCRIPT = ROOT / "scripts" / "make_example.py"
@@ -79,7 +79,8 @@ def test_compare_generates_from_the_example_without_training(example, runs_dir, 
 
 
 def test_fp16_adapters_load_onto_the_base_models_precision(example):
-    from lab import completions, runs
+    from lab.engine import completions
+    from lab.runs import store as runs
 
     arm_set = completions.load_arm_set(example, runs.load_run(example).config, device="cpu")
     dtypes = {p.dtype for n, p in arm_set.model.named_parameters() if "lora_" in n}
@@ -114,8 +115,9 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
 def test_grid_arms_show_their_names_in_compare(tmp_path):
     """A lambda-grid arm is saved under a folder name (no dots) but shown and activated by the
     name the config gives it."""
-    from lab import completions, runs, trainer
     from lab.config import load_preset
+    from lab.engine import completions, trainer
+    from lab.runs import store as runs
 
     cfg = load_preset(
         "tiny-test",

@@ -12,7 +12,7 @@ import torch
 from lab.config import load_config_file as load_config
 from lab.datasets import load_task_data, logprobs
 from lab.datasets import metrics as M
-from lab.verdicts import METRICS, compare_arms
+from lab.evidence.verdicts import METRICS, compare_arms
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 SCENARIOS = ("noisy-labels", "imbalance", "inheritance")
@@ -119,10 +119,10 @@ def test_scenario_knobs():
 
 @pytest.mark.slow
 def test_a_noisy_imbalanced_run_records_the_scenario_metrics(tmp_path, capsys):
-    import lab.trainer as trainer
+    import lab.engine.trainer as trainer
     from lab.config import load_preset
-    from lab.items import load_items
-    from lab.verdicts import in_short, run_verdicts
+    from lab.evidence.items import load_items
+    from lab.evidence.verdicts import in_short, run_verdicts
 
     cfg = load_preset(
         "tiny-test",

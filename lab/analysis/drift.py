@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lab.head import cached_on_head
+from lab.method.head import cached_on_head
 
 
 class AnalysisError(ValueError):
@@ -61,7 +61,7 @@ def drift_per_text(logits: Tensor, base: Tensor, mask: Tensor, task: str) -> np.
 def head_fingerprint(head: torch.nn.Module) -> tuple:
     """Shape and two float64 sums of a linear head's weight (and bias): equal for equal heads.
 
-    Cached on the module (:func:`lab.head.cached_on_head`: an in-place change recomputes it)."""
+    Cached on the module (:func:`lab.method.head.cached_on_head`: an in-place change recomputes it)."""
 
     @torch.no_grad()
     def fingerprint() -> tuple:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lab import runs
 from lab.analysis.snapshot import AnalysisError, Snapshot
 from lab.config import arm_key
+from lab.runs import store as runs
 
 _ARM = re.compile(r"^[A-Za-z0-9_.#@,+-]+$")  # "#": lora#s1; "@,+": balora@0.05,0.005,0.005
 _STEP = re.compile(r"^step_(\d{6,})$")

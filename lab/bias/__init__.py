@@ -7,7 +7,7 @@ log-likelihoods and predictions into scores. ``evaluate_bias`` runs them all for
 ``harness``, their log-likelihoods as lm-evaluation-harness computes them.
 """
 
-from .probes import (
+from lab.datasets.probes import (
     PROBES_DIR,
     counterfactual_prompt_pairs,
     list_probe_sets,
@@ -17,6 +17,7 @@ from .probes import (
     load_templates,
     swap_group_words,
 )
+
 from .scores import (
     bootstrap_ci,
     evaluate_bias,

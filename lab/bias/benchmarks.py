@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lab.datasets.encoding import DataError
 from lab.datasets.knobs import seeded_subset
-from lab.encoding import DataError
 
 from .formats import LOADERS, PRONOUNS, fill_template
 from .harness import ci_score, continuation_logprobs, pearson_score
@@ -313,7 +313,7 @@ def evaluate_benchmarks(
 def benchmark_items(
     sets: Mapping[str, list[dict]], records: Mapping[str, np.ndarray]
 ) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Per-item values of :func:`evaluate_benchmarks`'s ``records`` for ``lab.items``, each
+    """Per-item values of :func:`evaluate_benchmarks`'s ``records`` for ``lab.evidence.items``, each
     metric's mean being the score of the same name, so two arms (or an arm and the base) are
     compared item by item: ``crows_pairs/pct_stereotype`` (harness: 1 when sent_more scores
     higher, ties 0), ``crows_pairs/stereo_pref`` (the lab's direction-aware preference, ties
@@ -371,8 +371,8 @@ def score_target(
     """
     import yaml
 
-    from lab.completions import CompletionError, load_arm_set
     from lab.models import load_model
+    from lab.models.saved import CompletionError, load_arm_set
 
     run_dir = Path(target)
     is_run = (run_dir / "config.yaml").is_file()

@@ -15,7 +15,7 @@
   The occupation statistics are a CSV in the format of the shipped ``occupations.csv``
   (``occupation``, ``women_pct``, optional ``source``).
 
-Every reader raises :class:`lab.encoding.DataError` naming the file, the line and the problem.
+Every reader raises :class:`lab.datasets.encoding.DataError` naming the file, the line and the problem.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ import json
 import re
 from pathlib import Path
 
-from lab.encoding import DataError
-
-from .probes import load_occupations
+from lab.datasets.encoding import DataError
+from lab.datasets.probes import load_occupations
 
 CROWS_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 BBQ_FIELDS = (

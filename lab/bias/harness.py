@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 
 from lab.datasets import sequence_logprobs
-from lab.encoding import DataError, pad_batch
+from lab.datasets.encoding import DataError, pad_batch
 
 
 def ci_score(

@@ -27,17 +27,16 @@ import numpy as np
 import torch
 
 from lab.datasets import TaskData, predict_labels, sequence_logprobs, shared_prefix_logprobs
+from lab.datasets.encoding import DataError, pad_batch
 from lab.datasets.knobs import seeded_subset
-from lab.encoding import DataError, pad_batch
-from lab.stats import mean_interval
-
-from .probes import (
+from lab.datasets.probes import (
     load_group_words,
     load_occupations,
     load_pairs,
     load_templates,
     swap_group_words,
 )
+from lab.evidence.stats import mean_interval
 
 ITEM_SEED = 0  # which items a max_items cap keeps: fixed, so every run scores the same ones
 # pairs per scoring pass of the probe pairs (2 x 32 rest parts, their logits capped by
@@ -69,7 +68,7 @@ def bootstrap_ci(
 
 
 def _score(values, *, stat: Callable = np.mean, n_boot: int, seed: int) -> dict:
-    """A mean gets a BCa interval (``lab.stats.mean_interval``); other statistics (the
+    """A mean gets a BCa interval (``lab.evidence.stats.mean_interval``); other statistics (the
     correlation) the percentile interval of :func:`bootstrap_ci`."""
     x = np.asarray(values, dtype=np.float64)
     if stat is np.mean and x.ndim == 1:

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from lab.encoding import DataError
+from lab.datasets.encoding import DataError
 
 ANSWER_PREFIX = "The answer is:"
 _NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lab.encoding import DataError
+from lab.datasets.encoding import DataError
 
 _NOISE_TAG = 101  # separates the noise stream from the imbalance stream for the same seed
 _IMBALANCE_TAG = 202

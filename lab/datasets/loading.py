@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.config import check_value
-from lab.encoding import DataError
+from lab.datasets.encoding import DataError
 
 from .knobs import flip_labels, imbalance_indices, largest_remainder, seeded_subset
+from .probes import PROBE_SET_NAMES, list_probe_sets  # the probe sets are listed beside the data
 from .uploads import SUFFIXES, check_labels, records_to_rows, validate_upload
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "datasets"
@@ -69,8 +70,6 @@ def list_datasets() -> list[dict]:
                 "description": info["description"],
             }
         )
-    from lab.bias.probes import list_probe_sets  # the probe sets are listed beside the data
-
     return out + list_probe_sets()
 
 
@@ -142,8 +141,6 @@ def _source(name: str, task: str, columns: dict | None, label_names):
         train = _read_jsonl(folder / "train.jsonl")
         test = _read_jsonl(folder / "test.jsonl")
         return train, test, info, [], {"source": "shipped", "path": str(folder)}
-    from lab.bias.probes import PROBE_SET_NAMES
-
     if name in PROBE_SET_NAMES:
         raise DataError(
             f"'{name}' is a bias probe set, not a training dataset "

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lab.encoding import collate_nlg, encode_nlg, pad_batch
+from lab.datasets.encoding import collate_nlg, encode_nlg, pad_batch
 
 MAX_LOGIT_ELEMS = 1 << 25  # B x T x V of the logits one pass may hold (memory), at most
 
@@ -105,7 +105,7 @@ def sequence_logprobs(
 ) -> torch.Tensor:
     """Per row, sum over t with ``score_mask[b, t]`` of log P(input_ids[b, t+1] | ..t). (B,)
 
-    ``score_mask`` has the shape of ``input_ids`` (B, T) and the shift of ``lab.encoding``'s
+    ``score_mask`` has the shape of ``input_ids`` (B, T) and the shift of ``lab.datasets.encoding``'s
     ``reg_mask``: the logits at t are scored against the token at t + 1.
     """
     token_lp, rows = _scored_token_logprobs(model, input_ids, attention_mask, score_mask)

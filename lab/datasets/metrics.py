@@ -1,7 +1,7 @@
 """Task metrics on the clean test split: label scoring, classification heads, exact match.
 
 - classification + NLG: each label word is scored as the response (sum of the log-probs of the
-  response tokens after ``lab.encoding.prompt_text``, built by ``lab.encoding.encode_nlg``
+  response tokens after ``lab.datasets.encoding.prompt_text``, built by ``lab.datasets.encoding.encode_nlg``
   exactly as in training); the best-scoring label is the prediction.
 - classification + NLU: argmax of the classification head's logits.
 - generation: greedy decoding, then exact match on the final number ("The answer is: N"), or
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lab.encoding import (
+from lab.datasets.encoding import (
     DataError,
     collate_nlu,
     pad_batch,
@@ -169,7 +169,7 @@ def classification_items(
     preds: Sequence[int], golds: Sequence[int], minority: int
 ) -> dict[str, tuple[list[str], np.ndarray]]:
     """Per-item records whose means are the classification metrics, so two arms can be
-    compared item by item (``lab.items``): ``accuracy`` (correct 0/1), ``balanced_accuracy``
+    compared item by item (``lab.evidence.items``): ``accuracy`` (correct 0/1), ``balanced_accuracy``
     (correct x n / (K n_c) for an item of class c among K classes present: the mean over the
     items is the mean per-class recall) and ``minority_recall`` (correct 0/1 on the minority
     class's items only). Item ids are the test-row indices as text."""

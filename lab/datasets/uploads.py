@@ -3,7 +3,7 @@
 An NLG file has ``prompt`` and ``response`` columns; a classification file has ``text`` and
 ``label`` (class names or ids 0..C-1) and works for both tasks. ``columns`` maps these names
 to the file's own, e.g. ``{"prompt": "question", "response": "answer"}``. Every problem raises
-:class:`lab.encoding.DataError` naming it: the line of a malformed row, the missing column, an
+:class:`lab.datasets.encoding.DataError` naming it: the line of a malformed row, the missing column, an
 empty, binary, non-UTF-8 or oversized file, a label outside the classes. Too many rows keep
 the first ``max_rows`` with a warning; rows with an empty field are skipped with a warning.
 """
@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from lab.config import short_repr as snippet
-from lab.encoding import DataError
+from lab.datasets.encoding import DataError
 
 SUFFIXES = (".jsonl", ".csv")
 _WIDE_BOMS = (

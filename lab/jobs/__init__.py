@@ -15,7 +15,7 @@ from lab.jobs.checks import (
 )
 from lab.jobs.job import Job
 from lab.jobs.manager import JobManager, get_manager
-from lab.jobs.status import (
+from lab.runs.status import (
     CANCELLED,
     DONE,
     FAILED,

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lab import runs
 from lab.config import RunConfig, load_preset
-from lab.jobs.status import JobError
+from lab.runs import store as runs
+from lab.runs.status import JobError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,10 +61,10 @@ def preflight(cfg: RunConfig, *, max_classes: int = 1000) -> list[str]:
     task, a local file or folder read by :func:`lab.datasets.load_task_data` (which every
     local path goes through, so what a run would accept, this accepts), or a hub dataset id
     ``org/name`` (read when the run starts). Whether a local path is allowed at all is the
-    hosting mode's policy (``lab.hosting.check_sources``), checked before this.
+    hosting mode's policy (``lab.jobs.hosting.check_sources``), checked before this.
 
     Raises ``lab.models.ModelError`` (unknown model, a model of the other task, a hub id that
-    cannot be fetched) or ``lab.encoding.DataError`` (an unknown dataset, a malformed file).
+    cannot be fetched) or ``lab.datasets.encoding.DataError`` (an unknown dataset, a malformed file).
     """
     from lab.models import EMBEDDED, ModelError, check_task, resolve_source
 
@@ -83,8 +83,8 @@ def preflight(cfg: RunConfig, *, max_classes: int = 1000) -> list[str]:
 def dataset_check(cfg: RunConfig, *, max_classes: int = 1000) -> list[str]:
     """The dataset part of :func:`preflight`: -> warnings, or raises ``DataError``."""
     from lab.datasets import list_datasets, load_task_data
+    from lab.datasets.encoding import DataError
     from lab.datasets.uploads import SUFFIXES
-    from lab.encoding import DataError
 
     shipped = {d["name"]: d for d in list_datasets()}
     name = cfg.data.name

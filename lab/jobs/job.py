@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lab.jobs import worker
 from lab.jobs.checks import PROJECT_ROOT, train_argv
-from lab.jobs.status import LOG_NAME, QUEUED
+from lab.runs.status import LOG_NAME, QUEUED
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Job:
     proc: subprocess.Popen | None = field(default=None, repr=False)
     resume: bool = False  # continues the run in run_dir from its checkpoint
     total_steps: int | None = None  # resume: the new total of steps, when one was given
-    chunked: bool = False  # driven call by call (lab.chunks), no worker process
+    chunked: bool = False  # driven call by call (lab.jobs.chunks), no worker process
     beat: float = 0.0  # chunked: when a page last asked for the next call
     calling: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

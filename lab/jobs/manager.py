@@ -14,7 +14,7 @@ Resume (:meth:`JobManager.resume`) queues a job that continues a stopped, crashe
 run from its checkpoint (``python -m lab train --resume RUN_DIR``), optionally to a new total of
 steps.
 
-Chunked mode (a ZeroGPU Space, or ``BALORA_ZEROGPU=sim``; see :mod:`lab.chunks`): no worker
+Chunked mode (a ZeroGPU Space, or ``BALORA_ZEROGPU=sim``; see :mod:`lab.jobs.chunks`): no worker
 process; a job is driven call by call by the page that follows it (:meth:`JobManager.drive`),
 several jobs at once (the GPU calls are scheduled by the platform). A job whose page stops
 driving it for ``idle_s`` is "paused" and continues with Resume.
@@ -34,14 +34,14 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from lab import chunks, runs
-from lab import hosting as hosting_mod
-from lab.checkpoint import ResumeError, read_state
 from lab.config import RunConfig, load_preset
-from lab.jobs import worker
+from lab.engine.checkpoint import ResumeError, read_state
+from lab.jobs import chunks, worker
+from lab.jobs import hosting as hosting_mod
 from lab.jobs.checks import preflight
 from lab.jobs.job import Job, remove_if_empty
-from lab.jobs.status import (
+from lab.runs import store as runs
+from lab.runs.status import (
     CANCELLED,
     DONE,
     FAILED,
@@ -184,7 +184,7 @@ class JobManager:
         """Queue a job that continues run ``run_id`` from its checkpoint, to ``total_steps``
         (default: the run's own total). Only stopped, failed (crashed), paused or interrupted
         runs with a readable checkpoint; each refusal says why in one line."""
-        from lab.__main__ import resume_config
+        from lab.engine.checkpoint import resume_config
 
         run_id = hosting_mod.check_run_id(run_id)
         hosting_mod.check_access(self.hosting, self.runs_root, run_id, owner, "resume")
@@ -241,7 +241,7 @@ class JobManager:
 
     def drive(self, run_id: str, call_fn) -> dict | None:
         """Make the next call of chunked job ``run_id`` with ``call_fn`` and return what
-        :func:`lab.chunks.drive_once` recorded; None when the job is not a running chunked job
+        :func:`lab.jobs.chunks.drive_once` recorded; None when the job is not a running chunked job
         or a call of it is already under way (the page asks again on its next tick)."""
         with self._cond:
             job = self._jobs.get(run_id)

@@ -11,7 +11,7 @@ import torch
 
 from lab.models import cache, hub, tiny
 from lab.models.registry import EMBEDDED, ModelError, check_task, resolve_source
-from lab.provenance import cpu_info
+from lab.runs.provenance import cpu_info
 
 
 @dataclass

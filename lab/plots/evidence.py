@@ -17,8 +17,8 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from lab.evidence.verdicts import arm_display, sample_size, seed_diffs, verdict_text
 from lab.plots.common import LAYOUT, empty_figure
-from lab.verdicts import arm_display, sample_size, seed_diffs, verdict_text
 
 UNITS = {"points": "percentage points", "nats": "nats"}
 
@@ -53,7 +53,7 @@ def _seed_points(r: dict) -> list[dict]:
 
 
 def forest_figure(rows: Sequence, title: str | None = None) -> go.Figure:
-    """The verdict rows of ``lab.verdicts.compare_arms`` (objects or their dicts) as a forest
+    """The verdict rows of ``lab.evidence.verdicts.compare_arms`` (objects or their dicts) as a forest
     plot; an empty figure with a message when there is nothing to draw."""
     rows = [r for r in (_row_dict(x) for x in rows or []) if r is not None]
     if not rows:

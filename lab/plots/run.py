@@ -18,12 +18,12 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from lab import runs
 from lab.arms import kind_of, order_key, split
 from lab.plots.bias import bias_figure, bias_rows, pareto_figure
 from lab.plots.common import empty_figure
 from lab.plots.spectra import intruders_figure, spectra_figure, tsne_figure
 from lab.plots.training import drift_figure, loss_figure, metric_figure
+from lab.runs import store as runs
 
 FIGURES = (
     "loss",
@@ -166,7 +166,7 @@ def _tsne(data: RunData, compute: bool) -> go.Figure:
 
 
 def _differences(data: RunData) -> go.Figure | None:
-    from lab import verdicts
+    from lab.evidence import verdicts
     from lab.plots.evidence import forest_figure
 
     ev = verdicts.run_evidence(data.run.path)

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from lab import plots, runs
+from lab import plots
 from lab.bias.benchmarks import BENCHMARKS, score_target
 from lab.bias.formats import LOADERS
-from lab.encoding import DataError
+from lab.datasets.encoding import DataError
+from lab.runs import store as runs
 from lab.ui import common, figures
 
 HEADERS = ["arm", "score", "value", "CI low", "CI high", "n"]

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from lab import plots, runs
+from lab import plots
+from lab.runs import store as runs
 from lab.ui import common, figures
 
 FIGURES = figures.ALL_FIGURES

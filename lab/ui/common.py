@@ -5,7 +5,7 @@ else a tab shows is read from the run directories on each request.
 
 Every handler is wrapped in :func:`guarded`: whatever it raises reaches the page as one clear
 message without server paths, and every run it touches goes through :func:`resolve_run`, which
-applies the hosting mode's ownership rule (``lab.hosting``).
+applies the hosting mode's ownership rule (``lab.jobs.hosting``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from lab import chunks, jobs, runs
-from lab import hosting as hosting_mod
+from lab import jobs
+from lab.jobs import chunks
+from lab.jobs import hosting as hosting_mod
+from lab.runs import store as runs
 
 log = logging.getLogger("lab.ui")
 MESSAGE_CHARS = 300  # an error shown on the page is cut to this length
@@ -146,7 +148,7 @@ def guarded(fn):
 
 def zerogpu() -> bool:
     """True on a Hugging Face ZeroGPU Space (the platform sets ``SPACES_ZERO_GPU``) or when
-    ``BALORA_ZEROGPU=sim`` forces its chunked training on this machine (see ``lab.chunks``)."""
+    ``BALORA_ZEROGPU=sim`` forces its chunked training on this machine (see ``lab.jobs.chunks``)."""
     return chunks.settings().on
 
 

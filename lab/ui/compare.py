@@ -2,7 +2,7 @@
 
 Same seed and decoding for every model; beside each output, its log-likelihood under the base
 model; for a counterfactual pair (one group word swapped), both answers and the difference.
-The generation itself lives in :mod:`lab.completions`; the handlers here pick, call and format.
+The generation itself lives in :mod:`lab.engine.completions`; the handlers here pick, call and format.
 :func:`build` returns a :class:`CompareTab`: the two lists filled when the page loads.
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 
 import gradio as gr
 
-from lab import hosting, runs
+from lab.jobs import hosting
+from lab.runs import store as runs
 from lab.ui import common
 
 NO_PAIR = "(none: use the prompt box)"
@@ -38,7 +39,7 @@ def pairs() -> list[tuple[str, str, str, str]]:
 
 def adapter_run_choices(owner: str | None = None) -> list[tuple[str, str]]:
     """Runs this visitor may see that have saved adapters (only those can generate)."""
-    from lab import completions  # torch: imported on first use, not when the app starts
+    from lab.engine import completions  # torch: imported on first use, not when the app starts
 
     root = common.runs_root()
     example = (
@@ -127,7 +128,7 @@ def compare(
 ) -> tuple[str, list[dict[str, Any]]]:
     """-> (HTML, rows). A pair index, when given, wins over the prompt box. Sizes are checked
     against the hosting mode's limits before any model is loaded."""
-    from lab import completions
+    from lab.engine import completions
 
     lim = common.hosting().limits
     max_new_tokens, seed = _whole(max_new_tokens, "max new tokens"), _whole(seed, "seed")

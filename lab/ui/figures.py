@@ -12,13 +12,14 @@ from typing import Any
 
 import gradio as gr
 
-from lab import plots, runs
+from lab import plots
 from lab.plots import run as run_plots
 from lab.plots.run import (
     headline_bias,
     last_evals,
     pareto_points,  # noqa: F401  (the Tune tab's points)
 )
+from lab.runs import store as runs
 
 LABELS = {
     "loss": "Loss and each regularizer term",
@@ -180,7 +181,7 @@ def evidence(run_dir: str | Path, *, bias_only: bool = False) -> tuple[str, Any]
 
     Arm-against-arm lines come first; arm-against-base lines (bias) follow. A run without
     per-item records says so instead."""
-    from lab import verdicts
+    from lab.evidence import verdicts
     from lab.plots.evidence import forest_figure
 
     ev = verdicts.run_evidence(run_dir, bias_only=bias_only)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from lab import arms as arm_specs
-from lab import config, hosting, jobs
+from lab import config, jobs
 from lab.config import ConfigError, RunConfig, list_presets, load_preset, preset_path
+from lab.jobs import hosting
 
 EMBEDDED_MODELS = ["smollm2-135m", "gemma3-270m", "minilm-l6", "tiny-llama", "tiny-bert"]
 ARM_NAMES = {"lora": "LoRA", "pissa": "PiSSA", "balora": "BA-LoRA"}

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from lab import chunks, hosting
+from lab.jobs import chunks, hosting
 from lab.ui import bias, classroom, common, compare, runs, setup, train, tune, zerogpu
 
 TITLE = "BA-LoRA Lab"

@@ -19,7 +19,10 @@ from typing import Any
 
 import gradio as gr
 
-from lab import hosting, jobs, provenance, runs
+from lab import jobs
+from lab.jobs import hosting
+from lab.runs import provenance
+from lab.runs import store as runs
 from lab.ui import common, figures
 
 FIGURES = figures.ALL_FIGURES
@@ -90,7 +93,7 @@ def adapters_zip(run_id: str, owner: str | None = None) -> Path:
 
 
 def html_report_file(run_id: str, owner: str | None = None) -> Path:
-    from lab.report import html_report  # draws with lab.analysis (torch): loaded on first use
+    from lab.plots.report import html_report  # draws with lab.analysis (torch): loaded on first use
 
     run_dir = common.resolve_run(run_id, owner)
     path = downloads_dir() / f"{run_dir.name}-report.html"

@@ -13,8 +13,9 @@ from typing import Any
 
 import gradio as gr
 
-from lab import hosting, jobs
+from lab import jobs
 from lab.config import TEACHER_CHOICES, ConfigError, list_presets, load_preset
+from lab.jobs import hosting
 from lab.ui import common, uploads
 from lab.ui.form import (
     ARM_CHOICES,

@@ -14,9 +14,10 @@ from typing import Any
 
 import gradio as gr
 
-from lab import hosting, jobs, runs
-from lab.jobs import checks
+from lab import jobs
+from lab.jobs import checks, hosting
 from lab.plots.tables import html_table
+from lab.runs import store as runs
 from lab.ui import common, figures, form, setup, zerogpu
 
 FIGURES = figures.RUN_FIGURES

@@ -19,8 +19,9 @@ from typing import Any
 import gradio as gr
 
 from lab import arms as arm_specs
-from lab import hosting, jobs, plots
+from lab import jobs, plots
 from lab.config import ConfigError, load_preset
+from lab.jobs import hosting
 from lab.ui import common, figures, form
 from lab.ui.setup import SetupTab
 

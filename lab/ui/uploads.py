@@ -13,8 +13,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from lab import hosting
 from lab.config import check_value
+from lab.jobs import hosting
 from lab.ui import common
 from lab.ui.form import ROLE_LABELS, USER_ERRORS, columns_text, dataset_choices, role_error
 

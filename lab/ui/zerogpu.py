@@ -2,7 +2,7 @@
 
 On a ZeroGPU Space a GPU exists only inside a function decorated with ``spaces.GPU``, for the
 duration it asks for, in the request of the visitor whose quota it spends. :func:`gpu_call` is
-that function: one call of :mod:`lab.chunks` (a training chunk or an evaluation). The Train tab's
+that function: one call of :mod:`lab.jobs.chunks` (a training chunk or an evaluation). The Train tab's
 chunk timer (:func:`on_drive`) makes the next call of the followed run while its page is open,
 so the run goes on with no click between chunks. Off ZeroGPU ``spaces.GPU`` returns the function
 unchanged: the simulation (``BALORA_ZEROGPU=sim``) runs the same path on the CPU.
@@ -15,7 +15,7 @@ import math
 import gradio as gr
 import spaces
 
-from lab import chunks, hosting
+from lab.jobs import chunks, hosting
 from lab.ui import common
 
 DRIVE_S = 1.0  # seconds between two checks that start the next chunk
