@@ -4,7 +4,7 @@ Every benchmark is two steps: the model gives log-likelihoods (``*_loglik``, thr
 :func:`lab.bias.harness.continuation_logprobs`, lm-evaluation-harness's ``loglikelihood``), and
 a pure function turns them into scores (``*_scores``), so a test can give known
 log-likelihoods. ``BENCHMARKS`` holds each one's name, known limitation and exact scoring
-convention, shown in the Bias tab, the CLI output and the README.
+convention, shown in the Bias tab, the CLI output and docs/bias-benchmarks.md.
 
 Score names (all fractions, not percentages):
 

@@ -69,7 +69,7 @@ def teacher_dtype(choice: str, model_dtype: torch.dtype, device: torch.device) -
     The other two are opt-in speed settings, not exact: "bfloat16": bf16 autocast; "auto": bf16
     when the model computes in float32 on a device with native bf16 matmuls (the teacher is a
     no-grad inference pass; on such a CPU it took a BA-LoRA step from 1.52x to 1.25x a LoRA
-    step, README "What BA-LoRA costs"), else the model's dtype.
+    step, docs/costs.md), else the model's dtype.
     """
     if choice == "model":
         return model_dtype
