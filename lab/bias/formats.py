@@ -183,71 +183,83 @@ def load_bbq(path: str | Path) -> list[dict]:
     ``answer_info``), ``biased`` (indices of the biased answers) and ``line``."""
     what = "BBQ"
     name, text = _read_text(path, what)
-    out = []
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        where = f"{what}: {name} line {line}"
-        try:
-            item = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
-        missing = [f for f in BBQ_FIELDS if f not in item]
-        if missing:
-            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
-        for f in ("context", "question", "ans0", "ans1", "ans2", "category"):
-            if not isinstance(item[f], str) or not item[f].strip():
-                raise DataError(f"{where}: {f} must be non-empty text, got {item[f]!r}")
-        label = item["label"]
-        if isinstance(label, bool) or label not in (0, 1, 2):
-            raise DataError(f"{where}: label must be 0, 1 or 2, got {label!r}")
-        if item["context_condition"] not in ("ambig", "disambig"):
-            raise DataError(
-                f"{where}: context_condition must be 'ambig' or 'disambig', "
-                f"got {item['context_condition']!r}"
-            )
-        if item["question_polarity"] not in ("neg", "nonneg"):
-            raise DataError(
-                f"{where}: question_polarity must be 'neg' or 'nonneg', "
-                f"got {item['question_polarity']!r}"
-            )
-        info = item["answer_info"]
-        if not isinstance(info, dict):
-            raise DataError(f"{where}: answer_info must be an object with ans0, ans1, ans2")
-        for k in range(3):
-            v = info.get(f"ans{k}")
-            if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
-                raise DataError(
-                    f"{where}: answer_info.ans{k} must be a list of strings "
-                    f"[answer, group], got {v!r}"
-                )
-        unknown = [k for k in range(3) if info[f"ans{k}"][-1].strip().lower() == "unknown"]
-        if len(unknown) != 1:
-            raise DataError(
-                f"{where}: answer_info must mark exactly one answer's group as 'unknown', "
-                f"found {len(unknown)}"
-            )
-        meta = item["additional_metadata"]
-        groups = meta.get("stereotyped_groups") if isinstance(meta, dict) else None
-        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-            raise DataError(
-                f"{where}: additional_metadata.stereotyped_groups must be a list of strings, "
-                f"got {groups!r}"
-            )
-        if item["context_condition"] == "ambig" and label != unknown[0]:
-            raise DataError(
-                f"{where}: an ambiguous context's label must be the unknown answer "
-                f"(ans{unknown[0]}), got {label}"
-            )
-        answers = [item["ans0"].strip(), item["ans1"].strip(), item["ans2"].strip()]
-        biased = _biased_answers(item, groups, unknown[0])
-        out.append({**item, "answers": answers, "unknown": unknown[0], "biased": biased,
-                    "line": line})  # fmt: skip
+    out = [
+        _bbq_item(raw, f"{what}: {name} line {line}", line)
+        for line, raw in enumerate(text.splitlines(), start=1)
+        if raw.strip()
+    ]
     if not out:
         raise DataError(f"{what}: {name} has no items")
     return out
+
+
+def _bbq_item(raw: str, where: str, line: int) -> dict:
+    """One checked BBQ line, with the fields ``load_bbq`` adds."""
+    try:
+        item = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    missing = [f for f in BBQ_FIELDS if f not in item]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+    _check_bbq_fields(item, where)
+    unknown = _bbq_unknown(item["answer_info"], where)
+    meta = item["additional_metadata"]
+    groups = meta.get("stereotyped_groups") if isinstance(meta, dict) else None
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise DataError(
+            f"{where}: additional_metadata.stereotyped_groups must be a list of strings, "
+            f"got {groups!r}"
+        )
+    if item["context_condition"] == "ambig" and item["label"] != unknown:
+        raise DataError(
+            f"{where}: an ambiguous context's label must be the unknown answer "
+            f"(ans{unknown}), got {item['label']}"
+        )
+    answers = [item["ans0"].strip(), item["ans1"].strip(), item["ans2"].strip()]
+    biased = _biased_answers(item, groups, unknown)
+    return {**item, "answers": answers, "unknown": unknown, "biased": biased, "line": line}
+
+
+def _check_bbq_fields(item: dict, where: str) -> None:
+    """The text fields, the label and the two condition fields of one BBQ item."""
+    for f in ("context", "question", "ans0", "ans1", "ans2", "category"):
+        if not isinstance(item[f], str) or not item[f].strip():
+            raise DataError(f"{where}: {f} must be non-empty text, got {item[f]!r}")
+    label = item["label"]
+    if isinstance(label, bool) or label not in (0, 1, 2):
+        raise DataError(f"{where}: label must be 0, 1 or 2, got {label!r}")
+    if item["context_condition"] not in ("ambig", "disambig"):
+        raise DataError(
+            f"{where}: context_condition must be 'ambig' or 'disambig', "
+            f"got {item['context_condition']!r}"
+        )
+    if item["question_polarity"] not in ("neg", "nonneg"):
+        raise DataError(
+            f"{where}: question_polarity must be 'neg' or 'nonneg', "
+            f"got {item['question_polarity']!r}"
+        )
+
+
+def _bbq_unknown(info, where: str) -> int:
+    """The index of the one answer whose group ``answer_info`` marks as "unknown"."""
+    if not isinstance(info, dict):
+        raise DataError(f"{where}: answer_info must be an object with ans0, ans1, ans2")
+    for k in range(3):
+        v = info.get(f"ans{k}")
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+            raise DataError(
+                f"{where}: answer_info.ans{k} must be a list of strings [answer, group], got {v!r}"
+            )
+    unknown = [k for k in range(3) if info[f"ans{k}"][-1].strip().lower() == "unknown"]
+    if len(unknown) != 1:
+        raise DataError(
+            f"{where}: answer_info must mark exactly one answer's group as 'unknown', "
+            f"found {len(unknown)}"
+        )
+    return unknown[0]
 
 
 def _wino_header(text: str) -> tuple[str, dict[str, str]]:

@@ -215,34 +215,13 @@ def load_task_data(
     label_names: list[str] | None = None,
 ) -> TaskData:
     """Load a dataset for ``task`` and apply the knobs; see the module docstring."""
-    if task not in ("nlg", "nlu"):
-        raise DataError(f"task must be 'nlg' or 'nlu', got {task!r}")
-    if not 0.0 <= label_noise < 1.0:
-        raise DataError(f"label_noise must be in [0, 1), got {label_noise}")
-    if (bad := check_value("data.minority_fraction", minority_fraction)) is not None:
-        raise DataError(f"minority_fraction {bad}, got {minority_fraction}")
-    for knob, v in (("max_train", max_train), ("max_eval", max_eval)):
-        if v is not None and v < 1:
-            raise DataError(f"{knob} must be at least 1, got {v}")
-    if not str(name).strip():
-        raise DataError("the dataset name is empty")
+    _check_knobs(name, task, label_noise, minority_fraction, max_train, max_eval)
     train, test, meta, warnings, info = _source(str(name), task, columns, label_names)
     kind = meta.get("kind") or ("classification" if "label" in train[0] else "generation")
     names: list[str] | None = None
     if kind == "classification":
         names = _label_names(train, test, label_names or meta.get("label_names"))
-        check_labels(train, names, "training split")
-        check_labels(test, names, "test split")
-        seen = {_to_id(r["label"], names) for r in train}
-        for r in test:
-            if _to_id(r["label"], names) not in seen:
-                raise DataError(
-                    f"test split line {r['_line']}: label {r['label']!r} does not occur in the "
-                    "training split"
-                )
-        prompt = meta.get("prompt", UPLOAD_PROMPT)
-        train = _classification_rows(train, names, task, prompt)
-        test = _classification_rows(test, names, task, prompt)
+        train, test = _classification_splits(train, test, names, task, meta)
     else:
         train = [{k: v for k, v in r.items() if k != "_line"} for r in train]
         test = [{k: v for k, v in r.items() if k != "_line"} for r in test]
@@ -270,6 +249,39 @@ def load_task_data(
         info["class_counts"] = dict(zip(names, counts))
     info.update(n_train=len(train), n_test=len(test), label_noise=label_noise, seed=seed)
     return TaskData(str(name), task, kind, train, test, names, warnings, info, flipped)
+
+
+def _check_knobs(name, task, label_noise, minority_fraction, max_train, max_eval) -> None:
+    """The arguments of ``load_task_data`` that can be refused before any file is read."""
+    if task not in ("nlg", "nlu"):
+        raise DataError(f"task must be 'nlg' or 'nlu', got {task!r}")
+    if not 0.0 <= label_noise < 1.0:
+        raise DataError(f"label_noise must be in [0, 1), got {label_noise}")
+    if (bad := check_value("data.minority_fraction", minority_fraction)) is not None:
+        raise DataError(f"minority_fraction {bad}, got {minority_fraction}")
+    for knob, v in (("max_train", max_train), ("max_eval", max_eval)):
+        if v is not None and v < 1:
+            raise DataError(f"{knob} must be at least 1, got {v}")
+    if not str(name).strip():
+        raise DataError("the dataset name is empty")
+
+
+def _classification_splits(train, test, names, task, meta) -> tuple[list[dict], list[dict]]:
+    """Both splits checked against the label names and turned into the task's rows."""
+    check_labels(train, names, "training split")
+    check_labels(test, names, "test split")
+    seen = {_to_id(r["label"], names) for r in train}
+    for r in test:
+        if _to_id(r["label"], names) not in seen:
+            raise DataError(
+                f"test split line {r['_line']}: label {r['label']!r} does not occur in the "
+                "training split"
+            )
+    prompt = meta.get("prompt", UPLOAD_PROMPT)
+    return (
+        _classification_rows(train, names, task, prompt),
+        _classification_rows(test, names, task, prompt),
+    )
 
 
 def _eval_subset(test: list[dict], k: int, *, stratify: bool) -> list[dict]:

@@ -199,6 +199,29 @@ def check_labels(
             )
 
 
+def _row(rec: dict, lineno: int, form, mapped: dict, name: str, from_csv: bool) -> dict | None:
+    """One record as a canonical row, or None when one of its fields is empty."""
+    row: dict = {"_line": lineno}
+    for key in form:
+        col = mapped[key]
+        if col not in rec:
+            raise DataError(f"{name} line {lineno}: missing column '{col}'")
+        value = rec[col]
+        if key == "label":
+            if value is None or (isinstance(value, str) and not value.strip()):
+                return None
+            row[key] = _label(value, f"{name} line {lineno}", from_csv)
+            continue
+        if isinstance(value, (dict, list)) or isinstance(value, bool):
+            raise DataError(
+                f"{name} line {lineno}: '{col}' must be text, got {type(value).__name__}"
+            )
+        if value is None or not str(value).strip():
+            return None
+        row[key] = str(value)
+    return row
+
+
 def records_to_rows(
     records: list[tuple[int, dict]], *, task: str, columns: dict, name: str, from_csv: bool
 ) -> tuple[list[dict], list[str]]:
@@ -226,26 +249,7 @@ def records_to_rows(
     rows: list[dict] = []
     skipped: list[int] = []
     for lineno, rec in records:
-        row: dict = {"_line": lineno}
-        for key in form:
-            col = mapped[key]
-            if col not in rec:
-                raise DataError(f"{name} line {lineno}: missing column '{col}'")
-            value = rec[col]
-            if key == "label":
-                if value is None or (isinstance(value, str) and not value.strip()):
-                    row = {}
-                    break
-                row[key] = _label(value, f"{name} line {lineno}", from_csv)
-                continue
-            if isinstance(value, (dict, list)) or isinstance(value, bool):
-                raise DataError(
-                    f"{name} line {lineno}: '{col}' must be text, got {type(value).__name__}"
-                )
-            if value is None or not str(value).strip():
-                row = {}
-                break
-            row[key] = str(value)
+        row = _row(rec, lineno, form, mapped, name, from_csv)
         if row:
             rows.append(row)
         else:
