@@ -12,15 +12,33 @@ import plotly.graph_objects as go
 from lab.arms import kind_of, unseeded
 from lab.config import ARM_ORDER, arm_key  # noqa: F401  (re-exported for the figure modules)
 
-# Arm colours come from plotly's own D3 (category10) sequence: base grey, lora blue, pissa
-# orange, balora green.
-_D3 = [c.lower() for c in plotly.colors.qualitative.D3]
-ARM_COLORS = {"base": _D3[7], "lora": _D3[0], "pissa": _D3[1], "balora": _D3[2]}
-# Other arms take the D3 colours the plain arms leave free.
-_EXTRA = [_D3[i] for i in (4, 5, 6, 8, 9, 3)]
-# Regularized grid arms (balora@L1,L2,L3): the free D3 colours between a light and a dark
-# green of the balora family.
-_GRID = ["#98df8a", *(_D3[i] for i in (9, 8, 4, 5, 6, 3)), "#0b5d1e"]
+# Arm colours: the Okabe-Ito palette (Okabe & Ito 2008), chosen to stay apart under the common
+# colour-vision deficiencies (tests/plots/test_palette.py simulates deuteranopia and protanopia
+# with colorspacious): base dark grey, lora blue, pissa orange, balora bluish green.
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#e69f00",
+    "sky_blue": "#56b4e9",
+    "bluish_green": "#009e73",
+    "yellow": "#f0e442",
+    "blue": "#0072b2",
+    "vermillion": "#d55e00",
+    "reddish_purple": "#cc79a7",
+}
+ARM_COLORS = {
+    "base": "#555555",
+    "lora": OKABE_ITO["blue"],
+    "pissa": OKABE_ITO["orange"],
+    "balora": OKABE_ITO["bluish_green"],
+}
+# Other arms take the Okabe-Ito colours the plain arms leave free.
+_EXTRA = [OKABE_ITO[k] for k in ("vermillion", "reddish_purple", "sky_blue", "black")]
+# Regularized grid arms (balora@L1,L2,L3): greens of the balora family, light to dark.
+_GRID = ["#7fd8b8", "#33b38a", "#009e73", "#007a59", "#00573f"]
+# Colour is never the only cue: each arm kind has a marker, and the seeds of one arm share its
+# hue and differ in dash (a one-seed run: each kind its own dash).
+ARM_SYMBOLS = {"base": "x", "lora": "circle", "pissa": "square", "balora": "diamond"}
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 # Classes (t-SNE) take a palette disjoint from the arm colours above, plus a symbol each, so a
 # class is never read as an arm: plotly's Dark2 without its orange, green and grey.
 LABEL_COLORS = [plotly.colors.qualitative.Dark2[i] for i in (2, 3, 5, 6, 0)]
@@ -59,6 +77,21 @@ def arm_color(arm: str) -> str:
     if kind_of(arm) == "balora":  # a balora@L1,L2,L3 grid arm
         return _GRID[sum(map(ord, arm)) % len(_GRID)]
     return _EXTRA[sum(map(ord, arm)) % len(_EXTRA)]
+
+
+def arm_style(arm: str) -> dict:
+    """Colour, dash and marker of an arm's traces: ``line={"color", "dash"}`` and
+    ``marker={"symbol", "color"}`` for a plotly Scatter."""
+    plain, seed = unseeded(arm)
+    kind = "base" if plain == "base" else kind_of(plain)
+    order = ("lora", "pissa", "balora")
+    shift = order.index(kind) if kind in order else len(order)
+    dash = DASHES[(shift + (seed or 0)) % len(DASHES)] if plain != "base" else "longdash"
+    color = arm_color(arm)
+    return {
+        "line": {"color": color, "dash": dash},
+        "marker": {"symbol": ARM_SYMBOLS.get(kind, "circle"), "color": color},
+    }
 
 
 def number(x) -> float | None:

@@ -11,7 +11,7 @@ from lab.plots.common import (
     SUBPLOT_TITLE_SIZE,
     TERM_TITLES,
     TERM_UNITS,
-    arm_color,
+    arm_style,
     by_arm,
     empty_figure,
     number,
@@ -66,7 +66,7 @@ def loss_figure(events: list[dict], weighted: bool = False) -> go.Figure:
                     name=arm,
                     legendgroup=arm,
                     showlegend=arm not in shown,
-                    line={"color": arm_color(arm)},
+                    **arm_style(arm),
                 ),
                 row=row + 1,
                 col=col + 1,
@@ -143,15 +143,11 @@ def metric_figure(events: list[dict], key: str = "task_metric") -> go.Figure:
                     y=yb,
                     mode="lines",
                     name="base",
-                    line={"color": arm_color("base"), "dash": "dash"},
+                    **arm_style("base"),
                 )
             )
         else:
-            fig.add_trace(
-                go.Scatter(
-                    x=xs, y=ys, mode="lines+markers", name=arm, line={"color": arm_color(arm)}
-                )
-            )
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=arm, **arm_style(arm)))
     if set(series) <= {"base"}:
         fig.add_annotation(
             text="the arms appear at the first eval point after step 0",
@@ -179,9 +175,7 @@ def drift_figure(events: list[dict]) -> go.Figure:
         )
     fig = go.Figure()
     for arm, (xs, ys) in series.items():
-        fig.add_trace(
-            go.Scatter(x=xs, y=ys, mode="lines+markers", name=arm, line={"color": arm_color(arm)})
-        )
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=arm, **arm_style(arm)))
     fig.update_layout(
         title="Drift from the base (held-out texts)",
         xaxis_title="step",

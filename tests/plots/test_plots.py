@@ -123,7 +123,7 @@ def test_metric_drift_figures():
     events = train_events() + eval_events()
     fig = plots.metric_figure(events)
     assert names(fig) == ["base", "lora", "pissa", "balora"]
-    assert fig.data[0].line.dash == "dash" and list(fig.data[0].x) == [0, 4]  # base across the run
+    assert fig.data[0].line.dash == "longdash" and list(fig.data[0].x) == [0, 4]  # base across the run
     drift = plots.drift_figure(events)
     assert names(drift) == list(ARMS)  # no line for the base model
     assert list(drift.data[2].y) == pytest.approx([0.0, 0.12])
@@ -409,12 +409,11 @@ def test_html_table_escapes_cells_and_marks_missing_values():
     assert "<td>{k: 1}</td>" in html_table(["a"], [[{"k": 1}]])
 
 
-def test_arm_colours_are_plotlys_d3_sequence():
-    import plotly.colors
+def test_plain_arm_colours_are_okabe_ito_and_seeds_keep_them():
+    from lab.plots.common import OKABE_ITO
 
-    d3 = [c.lower() for c in plotly.colors.qualitative.D3]
-    assert set(plots.ARM_COLORS.values()) <= set(d3)
-    assert plots.arm_color("lora#s1") == plots.ARM_COLORS["lora"] == d3[0]
+    assert {plots.ARM_COLORS[a] for a in ("lora", "pissa", "balora")} <= set(OKABE_ITO.values())
+    assert plots.arm_color("lora#s1") == plots.ARM_COLORS["lora"] == OKABE_ITO["blue"]
 
 
 def test_tsne_panels_of_many_seeded_arms_wrap_onto_rows():
