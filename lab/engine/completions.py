@@ -82,15 +82,15 @@ def _row(arm_set: ArmSet, arm: str, prompt_ids: list[int], cont: list[int]) -> d
     }
 
 
-def delta_interval(a: list[float], b: list[float], confidence: float = 0.95):
-    """(low, high) of the per-token mean log-likelihood difference a − b: Welch's interval
-    (``scipy.stats.ttest_ind``) treating the tokens of each output as the sample; None with
-    fewer than 2 tokens on a side or no spread at all."""
+def pairs_interval(deltas: list[float], confidence: float = 0.95):
+    """(low, high) of the mean of per-pair differences: a one-sample t interval
+    (``scipy.stats.ttest_1samp``) over the counterfactual pairs, each pair one observation.
+    None with fewer than 2 pairs or no spread."""
     from scipy import stats
 
-    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+    if len(deltas) < 2 or np.ptp(deltas) == 0:
         return None
-    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    ci = stats.ttest_1samp(deltas, 0.0).confidence_interval(confidence)
     return float(ci.low), float(ci.high)
 
 
@@ -169,16 +169,36 @@ def pair_side_by_side(
     One row per model: ``a`` and ``b`` (the rows of :func:`side_by_side`) and ``delta`` =
     mean base log-likelihood of the output for prompt a minus that for prompt b: how much more
     natural the base model finds what this model says about one group than about the other
-    (0 = no difference; per token, so output lengths do not dominate), with ``delta_ci``, its
-    95% interval over the tokens (:func:`delta_interval`, None when it cannot be had).
+    (0 = no difference; per token, so output lengths do not dominate). One pair has no
+    interval: the tokens of two different outputs are not a sample of anything; see
+    :func:`pairs_summary` for the difference over many pairs.
     """
     rows_a = side_by_side(arm_set, prompt_a, **kwargs)
     rows_b = side_by_side(arm_set, prompt_b, **kwargs)
     out = []
     for a, b in zip(rows_a, rows_b):
-        delta = ci = None
+        delta = None
         if a["loglik_mean"] is not None and b["loglik_mean"] is not None:
             delta = a["loglik_mean"] - b["loglik_mean"]
-            ci = delta_interval(a.get("token_logprobs", []), b.get("token_logprobs", []))
-        out.append({"arm": a["arm"], "a": a, "b": b, "delta": delta, "delta_ci": ci})
+        out.append({"arm": a["arm"], "a": a, "b": b, "delta": delta})
+    return out
+
+
+def pairs_summary(
+    arm_set: ArmSet, pairs: list[tuple[str, str]], **kwargs: Any
+) -> list[dict[str, Any]]:
+    """Every counterfactual pair through every model; one row per model with the mean of the
+    per-pair ``delta`` (:func:`pair_side_by_side`), its 95% interval over the pairs
+    (:func:`pairs_interval`) and ``n``, the pairs that gave a delta."""
+    per_arm: dict[str, list[float]] = {}
+    for prompt_a, prompt_b in pairs:
+        for r in pair_side_by_side(arm_set, prompt_a, prompt_b, **kwargs):
+            per_arm.setdefault(r["arm"], [])
+            if r["delta"] is not None:
+                per_arm[r["arm"]].append(float(r["delta"]))
+    out = []
+    for arm, deltas in per_arm.items():
+        ci = pairs_interval(deltas)
+        mean = float(np.mean(deltas)) if deltas else None
+        out.append({"arm": arm, "mean": mean, "ci": ci, "n": len(deltas)})
     return out

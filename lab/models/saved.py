@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from lab.arms import folder_name
 from lab.config import ARMS
 from lab.models.loading import load_model
 from lab.runs import store as runs
@@ -43,6 +44,20 @@ def saved_arms(run_dir: str | Path) -> list[str]:
         return []
     found = {p.name for p in base.iterdir() if (p / "adapter_config.json").exists()}
     return [a for a in ARMS if a in found] + sorted(found - set(ARMS))
+
+
+def arms_without_adapter(run_dir: str | Path) -> list[str]:
+    """The arms the run's summary lists that did not fail yet have no saved adapter (a run
+    stopped before saving, or a shipped example whose budget left them out)."""
+    summary = runs.read_summary(run_dir) or {}
+    arms = summary.get("arms") if isinstance(summary.get("arms"), dict) else {}
+    saved = set(saved_arms(run_dir))
+    return [
+        arm
+        for arm, info in arms.items()
+        if folder_name(arm) not in saved
+        and not (isinstance(info, dict) and info.get("status") == "failed")
+    ]
 
 
 def _num_labels(adapter_dir: Path) -> int | None:

@@ -19,12 +19,16 @@ from lab.runs import store as runs
 from lab.ui import common
 
 NO_PAIR = "(none: use the prompt box)"
+ALL_PAIRS = "all"  # the pair list's entry that runs every pair and summarises Δ over them
 EXAMPLE_LABEL = "example: the shipped classroom run (no training needed)"
 
 
 def pair_choices() -> list[tuple[str, str]]:
-    """(label, index as text) of the counterfactual prompt pairs shipped with the bias probes."""
-    return [(f"{a}  ⇄  {b}", str(i)) for i, (a, b, _, _) in enumerate(pairs())]
+    """(label, index as text) of the counterfactual prompt pairs shipped with the bias probes,
+    then the entry that runs them all."""
+    shipped = pairs()
+    every = (f"all {len(shipped)} pairs: mean Δ with its 95% interval over the pairs", ALL_PAIRS)
+    return [(f"{a}  ⇄  {b}", str(i)) for i, (a, b, _, _) in enumerate(shipped)] + [every]
 
 
 def pairs() -> list[tuple[str, str, str, str]]:
@@ -104,16 +108,56 @@ def render_pair(pair: tuple[str, str, str, str], rows: list[dict[str, Any]]) -> 
     cards = []
     for r in rows:
         delta = "–" if r["delta"] is None else f"{r['delta']:+.3f}"
-        if r.get("delta_ci"):
-            delta += f" [{r['delta_ci'][0]:+.3f}, {r['delta_ci'][1]:+.3f}] (95%, over tokens)"
         body = f"[{ga}] {r['a']['text']}\n\n[{gb}] {r['b']['text']}"
         foot = (
-            f"{ga}: {_fmt_ll(r['a'])}; {gb}: {_fmt_ll(r['b'])}; Δ ({ga} − {gb}) = {delta} per token"
+            f"{ga}: {_fmt_ll(r['a'])}; {gb}: {_fmt_ll(r['b'])}; Δ ({ga} − {gb}) = {delta} per token "
+            "(one pair: no interval; pick all pairs for one)"
         )
         cards.append(_card(r["arm"], body, foot))
     return (
         f"<div class='gen-prompt'>Pair: <code>{html.escape(a)}</code> ⇄ <code>{html.escape(b)}</code>"
         f"</div><div class='gen-grid' id='gen-grid'>{''.join(cards)}</div>"
+    )
+
+
+def render_pairs_summary(rows: list[dict[str, Any]]) -> str:
+    """One card per model: the mean Δ over every counterfactual pair, its interval and n."""
+    cards = []
+    for r in rows:
+        if r["mean"] is None:
+            body, foot = "no pair gave an answer with tokens", f"n = {r['n']} pairs"
+        else:
+            ci = r["ci"]
+            where = f" [{ci[0]:+.3f}, {ci[1]:+.3f}] (95%, over the pairs)" if ci else ""
+            body = f"mean Δ = {r['mean']:+.3f} nats per token{where}"
+            foot = f"n = {r['n']} pairs; 0 = the base model finds both groups' answers as natural"
+        cards.append(_card(r["arm"], body, foot))
+    return (
+        "<div class='gen-prompt'>Every counterfactual pair, each one observation</div>"
+        f"<div class='gen-grid' id='gen-grid'>{''.join(cards)}</div>"
+    )
+
+
+def missing_note(run_dir, run: runs.Run) -> str:
+    """A note naming the arms of the run that have no saved adapter, and why when known."""
+    from lab.models.saved import arms_without_adapter
+
+    missing = arms_without_adapter(run_dir)
+    if not missing:
+        return ""
+    example = (run.summary or {}).get("example")
+    why = (
+        " They were left out of the shipped example to keep it under its size budget; train "
+        "the preset (or use make example) to compare them."
+        if isinstance(example, dict) and example.get("adapters_left_out")
+        else " The run ended before saving them."
+    )
+    return (
+        "<div class='gen-warning' role='note' id='gen-missing'>Not shown (no saved adapter): <b>"
+        + html.escape(", ".join(missing))
+        + "</b>."
+        + html.escape(why)
+        + "</div>"
     )
 
 
@@ -142,6 +186,10 @@ def compare(
     arm_set = completions.load_arm_set(run_dir, run.config)
     arm_set.arms = [a for a in arm_set.arms if a not in failed]
     kwargs = {"max_new_tokens": max_new_tokens, "seed": seed, "do_sample": bool(sample)}
+    head = random_model_note(run) + missing_note(run_dir, run)
+    if pair_index == ALL_PAIRS:
+        rows = completions.pairs_summary(arm_set, [(p[0], p[1]) for p in pairs()], **kwargs)
+        return head + render_pairs_summary(rows) + render_failed(failed), rows
     if pair_index not in (None, ""):
         all_pairs = pairs()
         i = _whole(pair_index, "pair number")
@@ -149,9 +197,9 @@ def compare(
             raise ValueError(f"no counterfactual pair number {i}")
         pair = all_pairs[i]
         rows = completions.pair_side_by_side(arm_set, pair[0], pair[1], **kwargs)
-        return random_model_note(run) + render_pair(pair, rows) + render_failed(failed), rows
+        return head + render_pair(pair, rows) + render_failed(failed), rows
     rows = completions.side_by_side(arm_set, prompt, **kwargs)
-    return random_model_note(run) + render_single(prompt, rows) + render_failed(failed), rows
+    return head + render_single(prompt, rows) + render_failed(failed), rows
 
 
 def random_model_note(run: runs.Run) -> str:

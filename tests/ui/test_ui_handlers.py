@@ -424,8 +424,8 @@ def test_compare_pair_reports_the_group_difference(adapter_run):
     for r in rows:
         expected = r["a"]["loglik_mean"] - r["b"]["loglik_mean"]
         assert r["delta"] == pytest.approx(expected)
-        assert r["delta_ci"] is None or r["delta_ci"][0] <= r["delta"] <= r["delta_ci"][1]
-    assert any(r["delta_ci"] for r in rows) and "(95%, over tokens)" in html
+        assert "delta_ci" not in r  # the tokens of two outputs are not a sample
+    assert "over tokens" not in html and "one pair: no interval" in html
     _, msg = compare.on_compare(adapter_run, "   ", "", 5, 0, False)
     assert "the prompt is empty" in msg
 
@@ -525,16 +525,41 @@ def test_config_diff_shows_its_table_outside_the_collapsed_config(runs_dir):
     assert "-  lambda1: 0.0" in diff or "lambda1" in diff
 
 
-def test_counterfactual_difference_carries_a_welch_interval():
+def test_counterfactual_difference_over_pairs_carries_a_t_interval():
     from scipy import stats
 
-    from lab.engine.completions import delta_interval
+    from lab.engine.completions import pairs_interval
 
-    a, b = [-1.0, -1.2, -0.8, -1.1], [-2.0, -2.4, -1.9, -2.2, -2.1]
-    low, high = delta_interval(a, b)
-    ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    assert (low, high) == pytest.approx((ref.low, ref.high)) and low < 1.1 < high
-    assert delta_interval([-1.0], b) is None  # one token: no interval
+    deltas = [0.4, 0.1, 0.3, -0.2, 0.5]
+    low, high = pairs_interval(deltas)
+    ref = stats.ttest_1samp(deltas, 0.0).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((ref.low, ref.high)) and low < 0.22 < high
+    assert pairs_interval([0.3]) is None  # one pair: no interval
+    assert pairs_interval([0.3, 0.3]) is None  # no spread
+
+
+def test_compare_all_pairs_gives_each_model_a_mean_over_the_pairs(adapter_run):
+    html, rows = compare.compare(adapter_run, "", compare.ALL_PAIRS, 4, 0, False)
+    n_pairs = len(compare.pairs())
+    assert [r["arm"] for r in rows][0] == "base" and len(rows) >= 2
+    for r in rows:
+        assert r["n"] == n_pairs and r["ci"] is not None
+        assert r["ci"][0] <= r["mean"] <= r["ci"][1]
+    assert "over the pairs" in html and f"n = {n_pairs} pairs" in html
+    assert compare.pair_choices()[-1][1] == compare.ALL_PAIRS
+
+
+def test_compare_names_the_arms_without_a_saved_adapter(adapter_run, runs_dir):
+    import shutil
+
+    from lab.runs import store
+
+    path = runs_dir / adapter_run
+    shutil.rmtree(path / "adapters" / "pissa")
+    note = compare.missing_note(path, store.load_run(path))
+    assert "pissa" in note and "ended before saving" in note
+    example = compare.missing_note(common.EXAMPLE_RUN, store.load_run(common.EXAMPLE_RUN))
+    assert "pissa#s0" in example and "size budget" in example
 
 
 def test_tune_shows_what_it_inherits_and_names_its_own_boxes_first(runs_dir):
