@@ -18,6 +18,7 @@ them (``batch_order_seeds``), and :func:`check_cursor` refuses a config that wou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lab.config import ConfigError, from_dict, load_config_file, parse_overrides
@@ -53,11 +55,23 @@ def _rng_from(prefix: str, tensors: dict[str, torch.Tensor]) -> tuple:
     return (cpu, cuda or None)
 
 
-def save(run_dir: str | Path, arms: dict, step: int, cursor: dict, global_rng: tuple) -> Path:
-    """Write the checkpoint of ``arms`` after ``step`` and prune the previous one."""
+def save(
+    run_dir: str | Path,
+    arms: dict,
+    step: int,
+    cursor: dict,
+    global_rng: tuple,
+    *,
+    eval_pending: bool = False,
+) -> Path:
+    """Write the checkpoint of ``arms`` after ``step`` and prune the previous one.
+    ``eval_pending``: the evaluation due at ``step`` (the base model's at step 0) has not run."""
+    if int(step) < 0:
+        raise ValueError(f"a checkpoint step is 0 or more, not {step}")
     run_dir = Path(run_dir)
     tensors: dict[str, torch.Tensor] = {}
-    state = {"version": VERSION, "step": step, "cursor": cursor, "arms": {}}
+    state = {"version": VERSION, "step": step, "cursor": cursor, "arms": {},
+             "eval_pending": bool(eval_pending)}  # fmt: skip
     tensors.update(_rng_tensors("global", global_rng))
     for name, arm in arms.items():
         for pname, p in adapters.trainable_named_parameters(arm.model, name).items():
@@ -87,6 +101,7 @@ def save(run_dir: str | Path, arms: dict, step: int, cursor: dict, global_rng: t
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint.", suffix=".tmp"))
     try:
         save_file(tensors, str(tmp / "tensors.safetensors"))
+        state["tensors_sha256"] = _sha256(tmp / "tensors.safetensors")
         text = json.dumps(state, indent=1, allow_nan=True, default=_plain)
         (tmp / "state.json").write_text(text + "\n", encoding="utf-8")
         for f in tmp.iterdir():
@@ -118,17 +133,59 @@ def exists(run_dir: str | Path) -> bool:
     return (d / "state.json").is_file() and (d / "tensors.safetensors").is_file()
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_state(run_dir: str | Path) -> dict:
-    """The JSON part of a run's checkpoint; :class:`ResumeError` when there is none."""
+    """The JSON part of a run's checkpoint; :class:`ResumeError` when there is none, or when it
+    cannot be read, has another format or a step below 0."""
     run_dir = Path(run_dir)
     if not exists(run_dir):
-        raise ResumeError(f"run {run_dir.name} has no checkpoint to resume from")
+        raise ResumeError(
+            f"run {run_dir.name} has no checkpoint to resume from: it ended before its first "
+            "checkpoint (taken once the model and the adapters are set up); start it again"
+        )
     try:
         state = json.loads((run_dir / CHECKPOINT / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise ResumeError(f"the checkpoint of run {run_dir.name} is unreadable") from None
     if not isinstance(state, dict) or state.get("version") != VERSION:
         raise ResumeError(f"the checkpoint of run {run_dir.name} has an unknown format")
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ResumeError(
+            f"the checkpoint of run {run_dir.name} names step {str(step)[:20]!r}, "
+            "not a whole number of 0 or more"
+        )
+    if not isinstance(state.get("arms"), dict):
+        raise ResumeError(f"the checkpoint of run {run_dir.name} lists no arms")
+    state.setdefault("eval_pending", False)  # checkpoints written before it was recorded
+    return state
+
+
+def check(run_dir: str | Path) -> dict:
+    """:func:`read_state` plus a check that the tensors file is whole and is the one the state
+    was written with (its SHA-256, when recorded); -> the state. What a resume checks before
+    any worker starts: a damaged checkpoint raises :class:`ResumeError` in one line."""
+    run_dir = Path(run_dir)
+    state = read_state(run_dir)
+    path = run_dir / CHECKPOINT / "tensors.safetensors"
+    damaged = (
+        f"the checkpoint of run {run_dir.name} is damaged ({path.name}: {{}}); it cannot be resumed"
+    )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (OSError, SafetensorError) as e:
+        raise ResumeError(damaged.format(" ".join(str(e).split())[:120])) from None
+    want = state.get("tensors_sha256")
+    if want is not None and _sha256(path) != want:
+        raise ResumeError(damaged.format("its content is not what was saved"))
     return state
 
 
@@ -157,8 +214,11 @@ def load(run_dir: str | Path, arms: dict) -> tuple[dict, tuple]:
     """Restore ``arms`` (built fresh from the run's config) from the checkpoint; returns the
     checkpoint's state and the process-wide RNG state to set before the next step."""
     run_dir = Path(run_dir)
-    state = read_state(run_dir)
-    tensors = load_file(str(run_dir / CHECKPOINT / "tensors.safetensors"))
+    state = check(run_dir)
+    try:
+        tensors = load_file(str(run_dir / CHECKPOINT / "tensors.safetensors"))
+    except (OSError, SafetensorError) as e:
+        raise ResumeError(f"the checkpoint of run {run_dir.name} is damaged: {e}") from None
     if set(state["arms"]) != set(arms):
         raise ResumeError(
             f"the checkpoint of run {run_dir.name} holds arms {sorted(state['arms'])}, "

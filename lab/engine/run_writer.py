@@ -21,6 +21,7 @@ from lab.engine.dist import Dist
 from lab.models import ModelBundle, teacher_dtype
 from lab.runs import store as runs
 from lab.runs.provenance import provenance
+from lab.runs.status import DONE, FAILED, PAUSED, RUNNING, STOPPED, write_summary
 
 
 def _now() -> str:
@@ -58,7 +59,7 @@ class RunWriter:
         self.run_dir = Path(dist.broadcast(str(run_dir)))
         self.summary = {
             "name": cfg.name,
-            "status": "running",
+            "status": RUNNING,
             "error": None,
             "started": _now(),
             "steps_total": cfg.train.steps,
@@ -83,6 +84,8 @@ class RunWriter:
             self.summary["steps_done"] = start
             if "base" in old:
                 self.summary["base"] = old["base"]
+            if isinstance(old.get("arms"), dict):  # kept until the arms finish again
+                self.summary["arms"] = old["arms"]
             if tuned:
                 self.summary["lr_tuning"] = tuning.recorded(old, cfg)
         self._log = None
@@ -90,7 +93,7 @@ class RunWriter:
             if resume:
                 checkpoint.truncate_events(self.run_dir / "events.jsonl", start)
             runs.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-            runs.write_json(self.run_dir / "summary.json", self.summary)
+            write_summary(self.run_dir, self.summary)
             self._log = runs.EventLog(self.run_dir / "events.jsonl")
 
     @property
@@ -120,43 +123,42 @@ class RunWriter:
         self.summary["steps_done"] = step
 
     def stopped(self) -> None:
-        self.summary["status"] = "stopped"
+        """The run ends stopped; the STOP file is taken, so a second Stop can cut the final
+        evaluation short (:mod:`lab.engine.lifecycle`)."""
+        self.summary["status"] = STOPPED
+        if self.dist.main:
+            (self.run_dir / runs.STOP_FILE).unlink(missing_ok=True)
 
     def write_summary(self) -> None:
         if self.dist.main:
-            runs.write_json(self.run_dir / "summary.json", self.summary)
+            write_summary(self.run_dir, self.summary)
 
-    def checkpoint(self, arms: dict, step: int, rng: tuple) -> None:
-        """Save what it takes to continue after ``step`` (the main process writes it)."""
+    def checkpoint(self, arms: dict, step: int, rng: tuple, *, eval_pending: bool = False) -> None:
+        """Save what it takes to continue after ``step`` (the main process writes it);
+        ``eval_pending``: the evaluation due at ``step`` has not run (a stop cut it short)."""
         if self.dist.main:
             world = self.cfg.train.batch_size * self.dist.n
             cursor = checkpoint.cursor(run_seeds(self.cfg), world, step)
-            checkpoint.save(self.run_dir, arms, step, cursor, rng)
+            checkpoint.save(self.run_dir, arms, step, cursor, rng, eval_pending=eval_pending)
         self.dist.barrier()
 
     def pause(self, arms: dict, step: int, rng: tuple) -> None:
         """A checkpoint after ``step`` and status "paused": the run continues in a later call."""
         self.checkpoint(arms, step, rng)
-        self.summary["status"] = "paused"
+        self.summary["status"] = PAUSED
 
-    def finish(self, arms: dict, step: int, rng: tuple) -> None:
-        """The last checkpoint, every arm's adapter and summary, and the run's status (done, or
-        failed when every arm failed; a stopped run stays stopped)."""
-        self.checkpoint(arms, step, rng)
+    def finish(self, arms: dict, step: int, rng: tuple, *, eval_pending: bool = False) -> None:
+        """The last checkpoint, every arm's adapter and summary, and the run's status
+        (:func:`finish_summary`)."""
+        self.checkpoint(arms, step, rng, eval_pending=eval_pending)
         if self.dist.main:
-            for arm in arms.values():
-                adapters.save_adapter(
-                    arm.model, self.run_dir / "adapters" / arm.spec.folder, arm.name
-                )
-                self.summary["arms"][arm.name] = arm_summary(arm)
-        if self.summary["status"] == "running":
-            failed = [a for a in arms.values() if a.status == "failed"]
-            self.summary["status"] = "failed" if len(failed) == len(arms) else "done"
-            if failed:
-                self.summary["error"] = "; ".join(a.error for a in failed)
+            save_adapters(self.run_dir, arms)
+        finish_summary(self.summary, arms, step, stopped=self.summary["status"] == STOPPED)
+        if eval_pending:
+            self.summary["eval_pending"] = step
 
     def failed(self, err: BaseException) -> None:
-        self.summary["status"] = "failed"
+        self.summary["status"] = FAILED
         self.summary["error"] = f"{type(err).__name__}: {err}"
         self.summary["traceback"] = traceback.format_exc(limit=8)
 
@@ -164,7 +166,7 @@ class RunWriter:
         """The finishing time and the last summary; the event log is closed."""
         self.summary["finished"] = _now()
         if self.dist.main:
-            runs.write_json(self.run_dir / "summary.json", self.summary)
+            write_summary(self.run_dir, self.summary)
             if self._log is not None:
                 self._log.close()
 
@@ -197,7 +199,7 @@ def arm_summary(arm) -> dict:
     out = {
         "folder": arm.spec.folder,
         "lr": arm.spec.lr,  # the rate it trained at (the tuned one in lr_mode tuned)
-        "status": "done" if arm.status == "running" else arm.status,
+        "status": DONE if arm.status == RUNNING else arm.status,
         "error": arm.error,
         "tokens": arm.tokens,
     }
@@ -207,3 +209,27 @@ def arm_summary(arm) -> dict:
     ev = arm.last_eval
     out.update({k: v for k, v in ev.items() if k not in ("arm", "step", "kind")})
     return out
+
+
+def save_adapters(run_dir: Path, arms: dict) -> None:
+    """Every arm's adapter in PEFT format under ``adapters/<arm>/``."""
+    for arm in arms.values():
+        adapters.save_adapter(arm.model, Path(run_dir) / "adapters" / arm.spec.folder, arm.name)
+
+
+def finish_summary(summary: dict, arms: dict, step: int, *, stopped: bool) -> None:
+    """The one rule of a finished run's summary: every arm's entry, the steps done, and the
+    status (stopped when it was stopped, else failed when every arm failed, else done; the
+    failed arms' errors joined)."""
+    summary.setdefault("arms", {})
+    for arm in arms.values():
+        summary["arms"][arm.name] = arm_summary(arm)
+    summary["steps_done"] = step
+    failed = [a for a in arms.values() if a.status == FAILED]
+    if stopped:
+        summary["status"] = STOPPED
+    else:
+        summary["status"] = FAILED if len(failed) == len(arms) else DONE
+    if failed:
+        summary["error"] = "; ".join(a.error or "" for a in failed)
+    summary.pop("eval_pending", None)

@@ -293,8 +293,11 @@ def measure_step_time(
 
 
 def eval_points(steps: int, eval_every: int) -> int:
-    """How many times the arms are evaluated in a run (the base model once more, at step 0)."""
-    return (1 + (steps - 1) // eval_every) if eval_every else 1
+    """How many times the arms are evaluated in a run (the base model once more, at step 0):
+    the number of the engine's :func:`lab.engine.lifecycle.eval_steps`."""
+    from lab.engine.lifecycle import eval_steps_of
+
+    return len(eval_steps_of(int(steps), int(eval_every or 0)))
 
 
 def estimate_run(cfg: RunConfig, measured: dict[str, Any]) -> dict[str, float]:

@@ -36,6 +36,7 @@ from typing import Any
 
 from lab.config import ConfigError
 from lab.runs import store as runs
+from lab.runs.status import DONE, FAILED, PAUSED, STOPPED, write_final_summary
 
 FILE = "chunks.json"
 MODES = ("off", "sim", "zerogpu")
@@ -138,55 +139,31 @@ def evaluate_checkpoint(run_dir: str | Path, *, final: bool, stopped: bool = Fal
     """Evaluate every running arm of the run at its checkpoint's step (events appended to
     ``events.jsonl``; the checkpoint keeps the results). ``final``: also save the adapters and
     complete the summary, as the trainer does after its last step (``stopped``: the run was
-    stopped there)."""
-    import torch
-
+    stopped there). The phases are the trainer's own (:mod:`lab.engine.lifecycle`)."""
     from lab.config import load_config_file
-    from lab.engine import adapters, checkpoint, evaluation, run_writer, steps, trainer
+    from lab.engine import lifecycle
 
     run_dir = Path(run_dir)
     cfg = load_config_file(run_dir / "config.yaml")
-    state = checkpoint.read_state(run_dir)
-    step = int(state["step"])
-    torch.manual_seed(cfg.train.seed)
-    task_data, bundle = trainer.prepare(cfg)
-    arms = trainer.build_arms(cfg, bundle)
-    probes = evaluation.HeldOut.from_data(task_data, bundle.tokenizer, cfg)
-    if cfg.train.analysis:  # the step-0 caches are taken on the arms' initial adapters
-        for arm in arms.values():
-            evaluation.warm_intruder_cache([arm.activate()], probes)
-    _, global_rng = checkpoint.load(run_dir, arms)
-    steps.set_rng(global_rng)  # as after the step, where the trainer evaluates
-    log = runs.EventLog(run_dir / "events.jsonl")
+    s = lifecycle.open_session(cfg, run_dir, resume=True, evaluating=True)
     try:
-        for arm in arms.values():
-            if arm.status == "running":
-                arm.activate()
-                for ev in evaluation.evaluate(
-                    arm, arm.name, step, cfg, task_data, bundle, probes, run_dir
-                ):
-                    arm.last_eval = ev
-                    log.write(ev)
-        evaluation.embed(run_dir, step, cfg)
-    finally:
-        log.close()
-    checkpoint.save(run_dir, arms, step, state["cursor"], global_rng)
-    summary = runs.read_summary(run_dir) or {}
-    if final:
-        summary.setdefault("arms", {})
-        for arm in arms.values():
-            adapters.save_adapter(arm.model, run_dir / "adapters" / arm.spec.folder, arm.name)
-            summary["arms"][arm.name] = run_writer.arm_summary(arm)
-        failed = [a for a in arms.values() if a.status == "failed"]
-        if stopped:
-            summary["status"] = "stopped"
+        _drain(lifecycle.setup_arms(s))
+        lifecycle.warm_caches(s)  # the step-0 caches are taken on the arms' initial adapters
+        lifecycle.restore(s)  # the RNG as after the step, where the trainer evaluates
+        if final:
+            if stopped:
+                s.writer.stopped()
+                s.eval_pending = False  # the final evaluation of a stopped run still runs
+            _drain(lifecycle.final(s, s.start, evaluate=True))
         else:
-            summary["status"] = "failed" if len(failed) == len(arms) else "done"
-        if failed:
-            summary["error"] = "; ".join(a.error or "" for a in failed)
-        summary["steps_done"] = step
-        summary["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    runs.write_json(run_dir / "summary.json", summary)
+            _drain(lifecycle.evaluate_arms(s, s.start))
+            s.writer.checkpoint(s.arms, s.start, lifecycle.get_rng())
+            s.writer.summary["status"] = PAUSED  # between two calls, as after a training chunk
+    except BaseException as e:
+        s.writer.failed(e)
+        raise
+    finally:
+        s.writer.close()
 
 
 # ---- planning --------------------------------------------------------------------------------
@@ -209,10 +186,12 @@ def _record(run_dir: Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
     return calls
 
 
-def eval_points(total: int, every: int) -> list[int]:
-    """The steps an arm is evaluated at (the last step always)."""
-    pts = list(range(every, total, every)) if every else []
-    return pts + [total]
+def eval_steps(total: int, every: int) -> list[int]:
+    """The steps an arm is evaluated at: the engine's one rule
+    (:func:`lab.engine.lifecycle.eval_steps`), for a total and an interval."""
+    from lab.engine.lifecycle import eval_steps_of
+
+    return eval_steps_of(total, every)
 
 
 def plan_steps(calls: list[dict], s: Settings) -> int:
@@ -255,9 +234,9 @@ def next_call(
     summary = runs.read_summary(run_dir) or {}
     status = summary.get("status")
     calls = read_calls(run_dir)
-    if status in ("done", "failed") or (status == "stopped" and _evaluated(calls, step, "final")):
+    if status in (DONE, FAILED) or (status == STOPPED and _evaluated(calls, step, "final")):
         return None
-    if status == "stopped" or stop:
+    if status == STOPPED or stop:
         return {"kind": "final", "step": step, "stopped": True}
     total = total_steps or int(summary.get("steps_total") or 0)
     if step >= total:
@@ -265,7 +244,7 @@ def next_call(
     every = _eval_every(run_dir)
     if step > 0 and every and step % every == 0 and not _evaluated(calls, step, "eval"):
         return {"kind": "eval", "step": step}
-    boundary = next(p for p in eval_points(total, every) if p > step)
+    boundary = next(p for p in eval_steps(total, every) if p > step)
     n = plan_steps(calls, s)
     return {"kind": "train", "from": step, "to": min(step + n, boundary), "steps": n}
 
@@ -316,8 +295,6 @@ def drive_once(
     A call whose GPU could not be had (quota) leaves the run "paused" with the reason; an
     aborted call is recorded and the next chunk is smaller; any other error leaves the run
     "failed" with the error (the trainer has already written it when it was the trainer's)."""
-    from lab.runs.status import write_final_summary
-
     run_dir = Path(run_dir)
     call = next_call(run_dir, s, stop=stop, total_steps=total_steps)
     if call is None:
@@ -356,10 +333,10 @@ def drive_once(
     _record(run_dir, entry)
     if outcome == "quota":
         write_final_summary(
-            run_dir, "paused", f"no GPU time left for this run now ({error}); press Resume later"
+            run_dir, PAUSED, f"no GPU time left for this run now ({error}); press Resume later"
         )
-    elif outcome == "error" and (runs.read_summary(run_dir) or {}).get("status") != "failed":
-        write_final_summary(run_dir, "failed", error)
+    elif outcome == "error" and (runs.read_summary(run_dir) or {}).get("status") != FAILED:
+        write_final_summary(run_dir, FAILED, error)
     return entry
 
 
@@ -390,7 +367,7 @@ def progress(run_dir: str | Path, s: Settings) -> dict[str, Any]:
         chunks_left = math.ceil(max(0, total - step) / n)
         overhead = max(0.0, last["seconds"] - last["train_s"])
         every = _eval_every(run_dir)
-        evals_left = sum(1 for p in eval_points(total, every) if p > step)
+        evals_left = sum(1 for p in eval_steps(total, every) if p > step)
         evals_left += 0 if _evaluated(calls, step, "final") or step < total else 1
         per_eval = sum(c["seconds"] for c in evals) / len(evals)
         step_s = last["train_s"] / last["steps"]

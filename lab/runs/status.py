@@ -7,7 +7,6 @@ worker's output. Nothing here needs the worker's memory, so a reload or a fresh 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -112,7 +111,27 @@ def mtimes(run_dir: Path) -> list[float]:
     return out
 
 
-def write_final_summary(run_dir: Path, status: str, error: str) -> None:
+SUMMARY = "summary.json"
+
+
+def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> None:
+    """The one writer of ``summary.json`` (atomic: a reader sees the old file or the new one)."""
+    runs.write_json(Path(run_dir) / SUMMARY, summary)
+
+
+def update_summary(run_dir: str | Path, **changes: Any) -> dict[str, Any]:
+    """Read ``summary.json``, set ``changes`` and write it back; -> the new summary. A summary
+    that cannot be read is replaced by one holding only the changes."""
+    try:
+        summary = runs.read_summary(run_dir) or {}
+    except runs.RunReadError:
+        summary = {}
+    summary.update(changes)
+    write_summary(run_dir, summary)
+    return summary
+
+
+def write_final_summary(run_dir: Path, status: str, error: str | None) -> None:
     """Keep whatever the worker wrote per arm; set the run's final status and error (a summary
     that cannot be read is replaced)."""
     try:
@@ -125,4 +144,4 @@ def write_final_summary(run_dir: Path, status: str, error: str) -> None:
     for info in arms.values():
         if isinstance(info, dict) and info.get("status") in (None, RUNNING):
             info["status"] = status
-    runs.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_summary(run_dir, summary)

@@ -8,6 +8,8 @@ skips a torn last line.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
@@ -35,23 +37,59 @@ def runs_root() -> Path:
     return Path(os.environ.get("BALORA_RUNS_DIR", "runs"))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+class StorageError(OSError):
+    """A file of a run could not be written: the disk is full, the folder is read-only, or
+    another OS error. The message names the file and the cause in one line; the file as it was
+    before stays whole (the write goes to a temporary file that is then removed)."""
+
+
+_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the folder is on a read-only file system",
+    errno.EACCES: "the folder is not writable",
+    errno.EPERM: "the folder is not writable",
+}
+
+
+def storage_error(path: Path, err: OSError) -> StorageError:
+    """One line naming ``path`` (its run folder and file) and what went wrong."""
+    cause = _CAUSES.get(err.errno) or (err.strerror or type(err).__name__)
+    where = f"{path.parent.name}/{path.name}"
+    return StorageError(err.errno, f"cannot write {where}: {cause}")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so ``path`` is always
+    whole; ``durable`` also syncs it to disk first. Raises :class:`StorageError` (the previous
+    file left as it was, the temporary one removed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except StorageError:
+        raise
+    except OSError as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise storage_error(path, e) from None
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, *, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+def write_json(path: str | Path, obj: Any, *, durable: bool = True) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n"
+    atomic_write_text(path, text, durable=durable)
 
 
 def _jsonable(x: Any) -> Any:

@@ -11,6 +11,7 @@ import lab.engine.steps as steps
 import lab.engine.trainer as trainer
 from lab.config import load_preset
 from lab.datasets.encoding import DataError
+from lab.engine import adapters
 from lab.runs import events as schema
 from lab.runs.store import load_run, request_stop
 
@@ -260,7 +261,7 @@ def test_failure_mid_run_is_marked_failed(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(trainer.adapters, "save_adapter", boom)
+    monkeypatch.setattr(adapters, "save_adapter", boom)
     with pytest.raises(RuntimeError):
         _run(tmp_path, FAST, name="f")
     summary = json.loads((tmp_path / "f" / "summary.json").read_text())

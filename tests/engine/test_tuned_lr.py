@@ -13,7 +13,7 @@ import pytest
 import lab.engine.steps as steps
 import lab.engine.trainer as trainer
 from lab.config import ConfigError, load_preset
-from lab.engine import tuning
+from lab.engine import lifecycle, tuning
 from lab.plots import report
 from lab.runs.store import read_events, request_stop
 
@@ -140,7 +140,7 @@ def _guarded_run(cfg, out):
     guard: list[_Guarded] = []
     carved: list[list[dict]] = []
     batched: list[int] = []
-    prepare, sweep, carve = trainer.prepare, trainer.tune_lrs, tuning.carve
+    prepare, sweep, carve = lifecycle.prepare, lifecycle.tune_lrs, tuning.carve
     micro = steps.micro_batches
 
     def guarded_prepare(c):
@@ -166,8 +166,8 @@ def _guarded_run(cfg, out):
         return micro(tok, rows, indices, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "prepare", guarded_prepare)
-        mp.setattr(trainer, "tune_lrs", guarded_sweep)
+        mp.setattr(lifecycle, "prepare", guarded_prepare)
+        mp.setattr(lifecycle, "tune_lrs", guarded_sweep)
         mp.setattr(tuning, "carve", recording_carve)
         mp.setattr(steps, "micro_batches", recording_micro)
         list(trainer.run(cfg, out))
@@ -210,7 +210,7 @@ def test_resume_keeps_the_chosen_rates(tmp_path):
         raise AssertionError("a resumed run must not tune again")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "tune_lrs", no_sweep)
+        mp.setattr(lifecycle, "tune_lrs", no_sweep)
         list(trainer.run(_cfg(["train.steps=4", "train.eval_every=2"]), out, resume=True))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "done" and summary["lr_tuning"] == first
