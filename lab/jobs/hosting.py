@@ -18,6 +18,8 @@ import ipaddress
 import os
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,7 +247,45 @@ def visible(hosting: Hosting, root: Path, run_ids: list[str], token: str | None)
     """The run ids this visitor may see (all of them in local mode)."""
     if not hosting.public or hosting.is_admin(token):
         return list(run_ids)
-    return [r for r in run_ids if is_run_id(r) and owns(root, r, token)]
+    mine = set(owned_ids(root, token))
+    return [r for r in run_ids if r in mine]
+
+
+_OWNERS_INDEX: dict[Path, tuple[tuple[int, int], dict[str, list[str]]]] = {}
+_INDEX_LOCK = threading.Lock()
+
+
+def owner_index(root: Path) -> dict[str, list[str]]:
+    """Owner digest -> the run ids it owns, read from ``.owners/`` once and again only when
+    that folder changes (every owner file is written by a rename into it, which changes the
+    folder's modification time), so a listing never reads thousands of owner files. The
+    stamp is (modification time, number of files); a folder changed in the last 100 ms is not
+    cached, since two renames within one clock tick can leave its time unchanged."""
+    folder = Path(root) / OWNERS_DIR
+    try:
+        names = os.listdir(folder)
+        mtime = folder.stat().st_mtime_ns
+    except FileNotFoundError:
+        return {}
+    stamp = (mtime, len(names))
+    key = folder.resolve()
+    with _INDEX_LOCK:
+        cached = _OWNERS_INDEX.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        index: dict[str, list[str]] = {}
+        for name in names:
+            path = folder / name
+            if is_run_id(name) and not name.startswith(".") and path.is_file():
+                index.setdefault(path.read_text(encoding="utf-8").strip(), []).append(name)
+        if time.time_ns() - mtime > 100_000_000:
+            _OWNERS_INDEX[key] = (stamp, index)
+        return index
+
+
+def owned_ids(root: Path, token: str | None) -> list[str]:
+    """The run ids started with ``token`` (none without one)."""
+    return list(owner_index(root).get(digest(token), [])) if token else []
 
 
 # ---- uploads ------------------------------------------------------------------------------------
@@ -255,6 +295,41 @@ def upload_dir(root: Path, token: str | None) -> Path:
     """The visitor's own upload folder, named by the server from the owner token's digest."""
     name = digest(token)[:32] if token else "local"
     return Path(root).resolve() / UPLOADS_DIR / name
+
+
+UPLOAD_REF = "upload:"  # how the page names a visitor's upload: ``upload:<file name>``
+
+
+def upload_ref(path: Path) -> str:
+    """The name the page shows and sends back for a kept upload (never its server path)."""
+    return UPLOAD_REF + Path(path).name
+
+
+def resolve_upload_refs(overrides: list[str], root: Path, token: str | None) -> list[str]:
+    """``key=upload:<name>`` overrides turned into the path of that file in the visitor's own
+    upload folder; a name with a folder in it, or one the visitor did not upload, is refused."""
+    import json
+
+    out = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        value = raw.strip()
+        if value.startswith('"'):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = raw
+        if not sep or not isinstance(value, str) or not value.startswith(UPLOAD_REF):
+            out.append(item)
+            continue
+        name = value[len(UPLOAD_REF) :]
+        folder = upload_dir(root, token)
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise ConfigError(f"{key.strip()}: {snippet(value)} is not an upload's name")
+        if not (folder / name).is_file():
+            raise ConfigError(f"{key.strip()}: you have no upload named {snippet(name)}")
+        out.append(f"{key}={json.dumps(str(folder / name))}")
+    return out
 
 
 def inside(path: Path, root: Path) -> bool:

@@ -116,6 +116,7 @@ class JobManager:
         h = self.hosting
         preset = hosting_mod.check_preset(h, preset)
         overrides = hosting_mod.check_overrides(h, list(overrides))
+        overrides = hosting_mod.resolve_upload_refs(overrides, self.runs_root, owner)
         cfg = load_preset(preset, overrides)
         hosting_mod.check_limits(cfg, h.limits)
         hosting_mod.check_sources(h, cfg, self.runs_root, owner)

@@ -228,37 +228,92 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(path=path, config=config, events=read_events(path / "events.jsonl"), summary=summary)
 
 
-def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
+class OutsideRootError(ValueError):
+    """A run id that names something outside the runs root (``..``, a path, a link out)."""
+
+
+def run_path(root: str | Path, run_id: str) -> Path:
+    """The directory of ``run_id`` under ``root``, refused unless it is one plain name whose
+    resolved path (links followed) stays inside the resolved root."""
+    root = Path(root)
+    if (
+        not isinstance(run_id, str)
+        or not run_id
+        or run_id in (".", "..")
+        or "/" in run_id
+        or "\\" in run_id
+        or "\x00" in run_id
+    ):
+        raise OutsideRootError(f"not a run id: {str(run_id)[:60]!r}")
+    path = root / run_id
+    real_root = root.resolve()
+    try:
+        path.resolve().relative_to(real_root)
+    except ValueError:
+        raise OutsideRootError(f"run {run_id} is a link out of the runs folder: refused") from None
+    if path.resolve() == real_root:
+        raise OutsideRootError(f"not a run id: {run_id!r}")
+    return path
+
+
+def archive_dir(src: str | Path, dest_zip: str | Path) -> Path:
+    """Zip the files under ``src`` into ``dest_zip`` without following a link: a symbolic link
+    (to a file or a folder, inside or outside ``src``) is left out, so a run folder whose
+    adapters link elsewhere never ships what they point at. (``shutil.make_archive`` follows
+    links, hence this walk.)"""
+    import zipfile
+
+    src, dest_zip = Path(src), Path(dest_zip)
+    if src.is_symlink():
+        raise OutsideRootError(f"{src.name} is a link: not archived")
+    with zipfile.ZipFile(dest_zip, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for folder, dirs, files in os.walk(src, followlinks=False):
+            here = Path(folder)
+            dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink())
+            for name in sorted(files):
+                path = here / name
+                if path.is_symlink() or not path.is_file():
+                    continue
+                zf.write(path, path.relative_to(src).as_posix())
+    return dest_zip
+
+
+def list_runs(root: str | Path | None = None, only: set[str] | None = None) -> list[dict[str, Any]]:
     """One row per run directory, newest first: id, name, status, steps, arms.
 
+    ``only``: the run ids to list (a visitor's own): the other folders are never read, so the
+    listing costs what the visitor's runs cost, not what the whole runs folder holds.
     A run whose summary cannot be read is listed with status ``unreadable`` and the reason in
     ``error``; the others are listed as usual."""
     root = Path(root) if root is not None else runs_root()
     rows = []
     if not root.is_dir():
         return rows
-    for path in sorted(root.iterdir(), reverse=True):
+    paths = root.iterdir() if only is None else (root / r for r in only if r and "/" not in r)
+    for path in sorted(paths, reverse=True):
         if not (path / "config.yaml").is_file():
             continue
-        try:
-            summary = read_summary(path) or {}
-            error = None
-        except (RunReadError, OSError) as e:
-            summary, error = {"status": UNREADABLE}, str(e)
-        arms = summary.get("arms")
-        rows.append(
-            {
-                "run_id": path.name,
-                "path": str(path),
-                "name": str(summary.get("name", "")),
-                "status": str(summary.get("status", "unknown")),
-                "arms": list(arms.keys()) if isinstance(arms, dict) else [],
-                "steps": summary.get("steps_done", 0),
-                "started": str(summary.get("started", "")),
-                "error": error,
-            }
-        )
+        rows.append(_row(path))
     return rows
+
+
+def _row(path: Path) -> dict[str, Any]:
+    try:
+        summary = read_summary(path) or {}
+        error = None
+    except (RunReadError, OSError) as e:
+        summary, error = {"status": UNREADABLE}, str(e)
+    arms = summary.get("arms")
+    return {
+        "run_id": path.name,
+        "path": str(path),
+        "name": str(summary.get("name", "")),
+        "status": str(summary.get("status", "unknown")),
+        "arms": list(arms.keys()) if isinstance(arms, dict) else [],
+        "steps": summary.get("steps_done", 0),
+        "started": str(summary.get("started", "")),
+        "error": error,
+    }
 
 
 def request_stop(run_dir: str | Path) -> None:

@@ -11,6 +11,8 @@ applies the hosting mode's ownership rule (``lab.jobs.hosting``).
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import inspect
 import logging
 import os
@@ -22,7 +24,7 @@ from pathlib import Path
 import gradio as gr
 
 from lab import jobs
-from lab.jobs import chunks
+from lab.jobs import chunks, visitors
 from lab.jobs import hosting as hosting_mod
 from lab.runs import store as runs
 
@@ -68,16 +70,40 @@ def manager() -> jobs.JobManager:
     )
 
 
-def state_secret() -> str:
-    """The key that encrypts the owner token in the browser, kept in the runs folder so that a
-    restarted app still reads the tokens of earlier visitors (``BALORA_STATE_SECRET`` wins)."""
+def server_key() -> bytes:
+    """The key that signs the owner token the page keeps in the browser. It never leaves the
+    server: it is kept in the runs folder, so a restarted app still accepts the tokens of
+    earlier visitors (``BALORA_STATE_SECRET`` wins)."""
     if os.environ.get("BALORA_STATE_SECRET"):
-        return os.environ["BALORA_STATE_SECRET"]
+        return os.environ["BALORA_STATE_SECRET"].encode("utf-8")
     path = runs_root() / ".state_secret"
     if not path.is_file():
         runs.atomic_write_text(path, secrets.token_urlsafe(32))
         path.chmod(0o600)
-    return path.read_text(encoding="utf-8").strip()
+    return path.read_text(encoding="utf-8").strip().encode("utf-8")
+
+
+def browser_key() -> str:
+    """The key of ``gr.BrowserState``'s own encryption. Gradio sends it to every visitor in the
+    page config, so it protects nothing and must not be a secret: a one-way digest of the
+    server key, stable across restarts, that tells nothing about the key itself."""
+    return hmac.new(server_key(), b"browser-state", hashlib.sha256).hexdigest()[:32]
+
+
+def seal(token: str) -> str:
+    """``token.signature``: the owner token as the page keeps it, signed with the server key."""
+    sig = hmac.new(server_key(), token.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+    return f"{token}.{sig}"
+
+
+def page_owner(value: object) -> str:
+    """The page's owner token: the sealed token the browser holds when this server signed it,
+    else a new one (a value made up by the client, or signed by another key, is replaced)."""
+    if isinstance(value, str) and value.count(".") == 1:
+        token, _ = value.split(".")
+        if len(token) >= 16 and hmac.compare_digest(seal(token), value):
+            return value
+    return seal(hosting_mod.new_token())
 
 
 def upload_root() -> Path:
@@ -96,8 +122,14 @@ def ensure_owner(token: str | None) -> str:
     return token if isinstance(token, str) and len(token) >= 16 else hosting_mod.new_token()
 
 
+# An absolute path in a message (``/data/runs/x/summary.json``, ``/usr/lib/...``): a slash
+# that starts a word (not inside a URL or a ratio) followed by path characters.
+_ABS_PATH = re.compile(r"(?<![\w.:/\\~…])/[\w.@+~-][\w.@+~/-]*")
+
+
 def public_message(error: BaseException | str) -> str:
-    """One line for the page: no server paths, at most ``MESSAGE_CHARS`` characters."""
+    """One line for the page: no server paths, at most ``MESSAGE_CHARS`` characters. Every
+    absolute path is cut to its last part (``…/summary.json``), not only the known roots."""
     text = " ".join(str(error).split()) or type(error).__name__
     for path in sorted(
         {str(runs_root()), str(PROJECT_ROOT), tempfile.gettempdir(), str(Path.home())},
@@ -105,16 +137,47 @@ def public_message(error: BaseException | str) -> str:
         reverse=True,
     ):
         text = text.replace(path, "…")
+    text = _ABS_PATH.sub(lambda m: "…/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
     return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "…"
 
 
 USER_ERRORS = (ValueError, PermissionError, FileNotFoundError)  # the library's own messages
 
 
+def request_address(request: gr.Request | None) -> str | None:
+    """The client address of a Gradio request (see :mod:`lab.jobs.visitors` for the rule)."""
+    if request is None:
+        return None
+    client = getattr(request, "client", None)
+    peer = getattr(client, "host", None)
+    headers = getattr(request, "headers", None) or {}
+    forwarded = headers.get("x-forwarded-for") if hasattr(headers, "get") else None
+    return visitors.client_address(peer, forwarded, visitors.trusted_proxies())
+
+
+def _with_request(fn, wrapper):
+    """Make Gradio pass the ``gr.Request`` to ``wrapper`` as its first argument: the wrapper
+    advertises a first parameter annotated ``gr.Request`` (Gradio inserts the request there),
+    and strips it again before calling ``fn``, so direct callers call ``fn``'s own signature."""
+    sig = inspect.signature(fn)
+    first = inspect.Parameter("_request", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    wrapper.__signature__ = sig.replace(parameters=[first, *sig.parameters.values()])
+    wrapper.__annotations__ = {"_request": gr.Request, **getattr(fn, "__annotations__", {})}
+    return wrapper
+
+
+def _split_request(args: tuple) -> tuple[str | None, tuple]:
+    if args and isinstance(args[0], gr.Request):
+        return request_address(args[0]), args[1:]
+    return None, args
+
+
 def guarded(fn):
     """Turn anything a handler raises into a ``gr.Error`` naming the cause (logged in full on
     the server), so no request, however crafted, gets a traceback or a dead app. A generator
-    handler (one that streams its status) stays a generator."""
+    handler (one that streams its status) stays a generator. The handler runs on behalf of its
+    request's client address (``lab.jobs.visitors.current_address``), which every
+    per-visitor limit counts too."""
 
     def fail(e: Exception):
         log.exception("handler %s failed", fn.__name__)
@@ -125,25 +188,37 @@ def guarded(fn):
 
         @functools.wraps(fn)
         def streaming(*args, **kwargs):
+            address, args = _split_request(args)
             try:
-                yield from fn(*args, **kwargs)
+                gen = fn(*args, **kwargs)
+                while True:  # each step runs on behalf of the request (a thread of its own)
+                    with visitors.asking(address):
+                        item = next(gen, _END)
+                    if item is _END:
+                        return
+                    yield item
             except gr.Error:
                 raise
             except Exception as e:
                 raise fail(e) from None
 
-        return streaming
+        return _with_request(fn, streaming)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        address, args = _split_request(args)
         try:
-            return fn(*args, **kwargs)
+            with visitors.asking(address):
+                return fn(*args, **kwargs)
         except gr.Error:
             raise
         except Exception as e:
             raise fail(e) from None
 
-    return wrapper
+    return _with_request(fn, wrapper)
+
+
+_END = object()
 
 
 def zerogpu() -> bool:
@@ -168,7 +243,12 @@ def err(error: BaseException | str) -> str:
 
 def visible_runs(owner: str | None, rows: list[dict] | None = None) -> list[dict]:
     """``list_runs`` rows this visitor may see (all of them in local mode), newest first."""
-    rows = runs.list_runs(runs_root()) if rows is None else rows
+    if rows is None:  # public mode: only the visitor's own folders are read
+        h = hosting()
+        only = None
+        if h.public and not h.is_admin(owner):
+            only = set(hosting_mod.owned_ids(runs_root(), owner))
+        rows = runs.list_runs(runs_root(), only=only)
     ids = set(hosting_mod.visible(hosting(), runs_root(), [r["run_id"] for r in rows], owner))
     return [r for r in rows if r["run_id"] in ids]
 
@@ -186,10 +266,16 @@ def resolve_run(run_id: str | None, owner: str | None = None, action: str = "rea
     hosting_mod.check_access(hosting(), runs_root(), run_id, owner, action)
     if run_id == hosting_mod.EXAMPLE_ID:
         return EXAMPLE_RUN
-    path = runs_root() / run_id
+    path = runs.run_path(runs_root(), run_id)  # refuses a link or a name out of the root
     if not (path / "config.yaml").is_file():
         raise ValueError(f"unknown run {hosting_mod.snippet(run_id)}")
     return path
+
+
+def public_status(status: dict) -> dict:
+    """A job status as the API returns it: ``run_dir`` is the run's name under the runs root
+    (its id), never the server path."""
+    return {**status, "run_dir": status.get("run_id")}
 
 
 def rounded(row: list) -> list:

@@ -50,7 +50,7 @@ def api_status(run_id: str, owner_token: str = "") -> dict[str, Any]:
     """The status of a run as JSON: state, queue position, per-arm steps and losses, error."""
     mgr = common.manager()
     hosting.check_access(mgr.hosting, mgr.runs_root, run_id, owner_token, "read")
-    return mgr.status(run_id)
+    return common.public_status(mgr.status(run_id))
 
 
 @common.guarded
@@ -59,7 +59,7 @@ def api_stop(run_id: str, owner_token: str = "") -> dict[str, Any]:
     mgr = common.manager()
     hosting.check_access(mgr.hosting, mgr.runs_root, run_id, owner_token, "stop")
     mgr.stop(run_id)
-    return mgr.status(run_id)
+    return common.public_status(mgr.status(run_id))
 
 
 @common.guarded
@@ -79,7 +79,7 @@ def api_resume(run_id: str, total_steps: int | None = None, owner_token: str = "
     """Continue a stopped, crashed or paused run from its last checkpoint (optionally to a new
     total of steps); returns its status. Runs that cannot continue raise saying why."""
     runs.resume_run(run_id, total_steps, owner_token)
-    return common.manager().status(run_id)
+    return common.public_status(common.manager().status(run_id))
 
 
 def mode_banner() -> str:
@@ -108,8 +108,9 @@ def build_app() -> gr.Blocks:
         gr.Markdown(INTRO)
         gr.Markdown(mode_banner(), elem_id="mode-banner")
         job_banner = gr.Markdown(visible=False, elem_id="job-banner")
-        # the visitor's owner token, kept (encrypted) in the browser across reloads
-        owner = gr.BrowserState("", storage_key="balora_owner", secret=common.state_secret())
+        # the visitor's owner token, signed by the server, kept in the browser across reloads
+        # (BrowserState's own key is public by Gradio's design: see common.browser_key)
+        owner = gr.BrowserState("", storage_key="balora_owner", secret=common.browser_key())
         if common.zerogpu():
             gr.Markdown(zerogpu.note(chunks.settings()), elem_id="zerogpu-note")
         with gr.Tabs() as tabs:
@@ -151,7 +152,7 @@ def build_app() -> gr.Blocks:
         bias_page.select(bias.on_refresh, owner, bias_tab.run, **private)
         runs_page.select(runs.on_refresh, owner, runs_tab.listing, **private)
         # the owner token first (a new visitor gets one), then everything that depends on it
-        owned = demo.load(common.guarded(common.ensure_owner), owner, owner, **private)
+        owned = demo.load(common.guarded(common.page_owner), owner, owner, **private)
         owned.then(
             train.on_load,
             [train_tab.followed, owner],

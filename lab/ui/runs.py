@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +84,7 @@ def adapters_zip(run_id: str, owner: str | None = None) -> Path:
     if not src.is_dir() or not any(src.iterdir()):
         raise ValueError(f"run {run_id} has no saved adapters (they are saved when training ends)")
     work = Path(tempfile.mkdtemp(dir=downloads_dir()))
-    archive = Path(shutil.make_archive(str(work / "adapters"), "zip", root_dir=src))
+    archive = runs.archive_dir(src, work / "adapters.zip")  # links are left out
     final = downloads_dir() / f"{run_dir.name}-adapters.zip"
     os.replace(archive, final)  # a reader never sees half a zip
     work.rmdir()

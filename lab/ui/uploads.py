@@ -106,7 +106,10 @@ def task_roles(task: str) -> tuple[str, str]:
 
 
 def _select(dest: Path):
-    return gr.Dropdown(choices=dataset_choices() + [str(dest)], value=str(dest))
+    """The dataset dropdown with the kept upload selected, by its name (``upload:<file>``): the
+    server path stays on the server (the job manager resolves the name for this visitor)."""
+    ref = hosting.upload_ref(dest)
+    return gr.Dropdown(choices=dataset_choices() + [ref], value=ref)
 
 
 def role_info(role: str) -> str:
@@ -161,7 +164,7 @@ def on_map(
     note = "".join(f"\n\n⚠️ {w}" for w in warnings)
     name = common.escape_markdown(Path(path).name)
     msg = common.ok(f"{name}: {len(rows)} usable rows with {uses}; selected as the dataset")
-    mapped = {**(mapped if isinstance(mapped, dict) else {}), str(dest): text}
+    mapped = {**(mapped if isinstance(mapped, dict) else {}), hosting.upload_ref(dest): text}
     return msg + note, _select(dest), text, MAP_HIDDEN, mapped
 
 
@@ -186,9 +189,8 @@ def _bench_uploader(kind: str):
             dest = store_upload(path, owner)
         except USER_ERRORS as e:
             return common.err(e), gr.skip()
-        return msg + f"\n\nIt will be scored at every eval point of the run (`bias.{kind}`).", str(
-            dest
-        )
+        note = f"\n\nIt will be scored at every eval point of the run (`bias.{kind}`)."
+        return msg + note, hosting.upload_ref(dest)
 
     on_upload.__name__ = f"on_bench_upload_{kind}"
     return common.guarded(on_upload)

@@ -128,10 +128,13 @@ def test_good_upload_is_copied_per_owner_and_selected(runs_dir, tmp_path):
     assert dest.parent.name == hosting.digest(token)[:32]  # named by the server
     assert msg.startswith("✅") and "6 usable rows" in msg
     assert dest.read_text() == good.read_text()
-    assert update.value == str(dest)
-    values = dict(zip(form_logic.FIELDS, form(data__name=str(dest))))
-    cfg, _, _ = form_logic.check_form("tiny-test", values)
+    # the page sees the upload's name, never its server path; the manager resolves the name
+    assert update.value == "upload:pairs.jsonl" and str(runs_dir) not in str(update.choices)
+    values = dict(zip(form_logic.FIELDS, form(data__name=update.value)))
+    cfg, _, _ = form_logic.check_form("tiny-test", values, token)
     assert cfg.data.name == str(dest)
+    with pytest.raises(ConfigError, match="you have no upload named 'pairs.jsonl'"):
+        form_logic.check_form("tiny-test", values, hosting.new_token())  # another visitor
 
 
 def test_start_queues_a_job_and_train_tab_follows_it(runs_dir, monkeypatch):
@@ -580,10 +583,12 @@ def test_setup_uploads_a_benchmark_file_into_the_run_config(runs_dir, tmp_path, 
     token = hosting.new_token()
     msg, path = uploads.ON_BENCH_UPLOAD["crows_pairs"](str(sample), token)
     assert msg.startswith("✅") and "CrowS-Pairs" in msg and "bias.crows_pairs" in msg
-    assert Path(path).parent == hosting.upload_dir(runs_dir, token)
+    assert path == "upload:crows_pairs_sample.csv"  # its name, not its server path
+    kept = hosting.upload_dir(runs_dir, token) / "crows_pairs_sample.csv"
+    assert kept.is_file()
     cfg, overrides, _ = form_logic.check_form("tiny-test", dict(zip(form_logic.FIELDS, form(
         bias__crows_pairs=path))), token)  # fmt: skip
-    assert cfg.bias.crows_pairs == path and any(
+    assert cfg.bias.crows_pairs == str(kept) and any(
         o.startswith("bias.crows_pairs=") for o in overrides
     )
     bad = tmp_path / "bad.csv"
@@ -593,6 +598,9 @@ def test_setup_uploads_a_benchmark_file_into_the_run_config(runs_dir, tmp_path, 
     monkeypatch.setenv("BALORA_MODE", "public")  # another visitor may not name this file
     monkeypatch.setattr(jobs.manager, "_MANAGERS", {})  # a manager is made with its app's mode
     with pytest.raises(ConfigError, match="not allowed on this public app"):
+        form_logic.check_form("tiny-test", dict(zip(form_logic.FIELDS, form(
+            bias__crows_pairs=str(kept)))), hosting.new_token())  # fmt: skip
+    with pytest.raises(ConfigError, match="no upload named"):
         form_logic.check_form("tiny-test", dict(zip(form_logic.FIELDS, form(
             bias__crows_pairs=path))), hosting.new_token())  # fmt: skip
 
@@ -652,16 +660,16 @@ def test_an_upload_with_other_columns_is_mapped_in_the_page(runs_dir, tmp_path):
     msg, dataset, columns, box, mapped = uploads.on_map(pending, "nlg", "question", "answer", token)
     dest = hosting.upload_dir(runs_dir, token) / "qa.csv"
     assert msg.startswith("✅") and "6 usable rows with `question` as the prompt" in msg
-    assert dataset.value == str(dest) and box["visible"] is False
+    assert dataset.value == "upload:qa.csv" and box["visible"] is False and dest.is_file()
     assert json.loads(columns) == {"prompt": "question", "response": "answer"}
-    assert mapped == {str(dest): columns}
+    assert mapped == {"upload:qa.csv": columns}
     # the mapping reaches the run's config through the hidden data.columns field
-    values = dict(zip(form_logic.FIELDS, form(data__name=str(dest), data__columns=columns)))
+    values = dict(zip(form_logic.FIELDS, form(data__name="upload:qa.csv", data__columns=columns)))
     cfg, overrides, _ = form_logic.check_form("tiny-test", values, token)
     assert cfg.data.columns == {"prompt": "question", "response": "answer"}
     assert 'data.columns={"prompt": "question", "response": "answer"}' in overrides
     # picked again by hand, the upload keeps its mapping; a shipped set has none
-    assert uploads.on_dataset_input(str(dest), mapped) == columns
+    assert uploads.on_dataset_input("upload:qa.csv", mapped) == columns
     assert uploads.on_dataset_input("sentiment", mapped) == ""
     # without the mapping the same file is refused, naming the missing column
     values["data.columns"] = ""
