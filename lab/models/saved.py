@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lab.config import ARMS
+from lab.arms import ARMS
 from lab.models.loading import load_model
 from lab.runs import store as runs
 

@@ -9,8 +9,7 @@ import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 
-from lab.arms import kind_of, unseeded
-from lab.config import ARM_ORDER, arm_key  # noqa: F401  (re-exported for the figure modules)
+from lab.arms import ARM_ORDER, arm_key, kind_of, unseeded  # noqa: F401  (re-exported for the figure modules)
 
 # Arm colours come from plotly's own D3 (category10) sequence: base grey, lora blue, pissa
 # orange, balora green.
