@@ -28,6 +28,10 @@ import re
 from dataclasses import dataclass
 
 KINDS = ("lora", "pissa", "balora")  # the plain arm names, in display order
+ARMS = KINDS  # the plain arm names; ``balora@L1,L2,L3`` adds regularized variants
+ARM_ORDER = ("base", *KINDS)  # display order of arms in files, tables and figures
+# the names a reader sees (tables, verdicts, the Setup form's check boxes)
+ARM_NAMES = {"lora": "LoRA", "pissa": "PiSSA", "balora": "BA-LoRA", "base": "the base model"}
 MAX_ARMS = 99  # adapters on one base model (lab.engine.adapters names them with two digits)
 MAX_SEEDS = 16  # train.seeds of one run
 SEED_MARK = "#s"  # lora#s1: arm lora trained with seed 1
@@ -225,9 +229,12 @@ def order_key(name: str) -> tuple[int, str]:
     plain, seed = unseeded(name)
     tail = "" if seed is None else f"#{seed:010d}"
     kind = plain.partition("@")[0]
-    order = ("base", *KINDS)
+    order = ARM_ORDER
     if plain in order:
         return (order.index(plain), tail)
     if kind in order:
         return (order.index(kind), plain + tail)
     return (len(order), plain + tail)
+
+
+arm_key = order_key  # the sort key of arms in files, tables and figures

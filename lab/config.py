@@ -20,16 +20,6 @@ import yaml
 from lab import arms as arm_specs
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
-ARMS = arm_specs.KINDS  # the plain arm names; ``balora@L1,L2,L3`` adds regularized variants
-ARM_ORDER = ("base", *ARMS)  # display order of arms in files, tables and figures
-
-
-def arm_key(arm: str) -> tuple[int, str]:
-    """Sort key: the base model, then the known arms in order (``balora@...`` after
-    ``balora``), then any other name."""
-    return arm_specs.order_key(arm)
-
-
 TASKS = ("nlg", "nlu")
 # reg.teacher_dtype: each choice with the label the Setup tab shows
 TEACHER_CHOICES = {
@@ -229,7 +219,7 @@ class BiasConfig:
 class RunConfig:
     name: str = "custom"
     task: str = setting("nlg", choices=TASKS)  # nlg (causal LM) | nlu (sequence classification)
-    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    arms: list[str] = field(default_factory=lambda: list(arm_specs.ARMS))
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -77,3 +77,47 @@ def test_grid_arms_and_order():
         "other",
     ]
     assert folder_name("lora") == "lora" and "." not in folder_name("balora@1e-3,0.5,0")
+
+
+VOCABULARY = {"ARMS", "ARM_ORDER", "ARM_NAMES", "MAX_ARMS", "arm_key"}
+
+
+def _definitions(path):
+    """Names a module binds at its top level (assignments, functions, classes)."""
+    import ast
+
+    out = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            out.add(node.name)
+    return out
+
+
+def test_the_arm_vocabulary_is_defined_only_in_arms_py():
+    from conftest import ROOT
+
+    homes = {}
+    for path in sorted((ROOT / "lab").rglob("*.py")):
+        for name in _definitions(path) & VOCABULARY:
+            homes.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    assert homes == {name: ["lab/arms.py"] for name in VOCABULARY}
+
+
+def test_the_users_of_the_vocabulary_see_the_one_home():
+    from lab import arms
+    from lab.engine import adapters
+    from lab.evidence import verdicts
+    from lab.plots import common
+    from lab.ui import form
+
+    assert common.ARM_ORDER is arms.ARM_ORDER and common.arm_key is arms.arm_key
+    assert verdicts.ARM_NAMES is arms.ARM_NAMES and adapters.MAX_ARMS == arms.MAX_ARMS
+    assert dict(form.ARM_CHOICES) == {"LoRA": "lora", "PiSSA": "pissa", "BA-LoRA": "balora"}
+    assert verdicts.arm_display("balora#s1") == "BA-LoRA (seed 1)"
+    assert verdicts.arm_display("base") == "the base model"
+    assert sorted(["balora@0.1,0,0", "pissa", "base", "lora"], key=arms.arm_key) == [
+        "base", "lora", "pissa", "balora@0.1,0,0"
+    ]  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lab.analysis.snapshot import AnalysisError, Snapshot
-from lab.config import arm_key
+from lab.arms import arm_key
 from lab.runs import store as runs
 
 _ARM = re.compile(r"^[A-Za-z0-9_.#@,+-]+$")  # "#": lora#s1; "@,+": balora@0.05,0.005,0.005

@@ -32,9 +32,7 @@ from peft.utils.integrations import dequantize_module_weight
 from peft.utils.other import ModulesToSaveWrapper
 from safetensors.torch import save_file
 
-from lab.arms import ArmSpec
-
-MAX_ARMS = 99  # internal adapter names carry a two-digit index
+from lab.arms import MAX_ARMS, ArmSpec  # MAX_ARMS: adapter names carry a two-digit index
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from lab.arms import unseeded
+from lab.arms import ARM_NAMES, unseeded
 from lab.evidence.items import load_items, paired
 from lab.evidence.stats import N_BOOT, holm, paired_difference
 
@@ -82,8 +82,6 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("heldout_ce", "held-out cross-entropy", False, "nats", vs_base=True),
     )
 }
-
-ARM_NAMES = {"lora": "LoRA", "pissa": "PiSSA", "balora": "BA-LoRA", "base": "the base model"}
 
 
 def arm_display(arm: str) -> str:

@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from lab.arms import folder_name
-from lab.config import ARMS
+from lab.arms import ARMS, folder_name
 from lab.models.loading import load_model
 from lab.runs import store as runs
 

@@ -9,8 +9,7 @@ import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 
-from lab.arms import kind_of, unseeded
-from lab.config import ARM_ORDER, arm_key  # noqa: F401  (re-exported for the figure modules)
+from lab.arms import ARM_ORDER, arm_key, kind_of, unseeded  # noqa: F401  (re-exported for the figure modules)
 
 # Arm colours: the Okabe-Ito palette (Okabe & Ito 2008), chosen to stay apart under the common
 # colour-vision deficiencies (tests/plots/test_palette.py simulates deuteranopia and protanopia

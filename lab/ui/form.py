@@ -20,8 +20,7 @@ from lab.config import ConfigError, RunConfig, list_presets, load_preset, preset
 from lab.jobs import hosting
 
 EMBEDDED_MODELS = ["smollm2-135m", "gemma3-270m", "minilm-l6", "tiny-llama", "tiny-bert"]
-ARM_NAMES = {"lora": "LoRA", "pissa": "PiSSA", "balora": "BA-LoRA"}
-ARM_CHOICES = [(ARM_NAMES.get(a, a), a) for a in arm_specs.CHOICES]  # from the one arm spec
+ARM_CHOICES = [(arm_specs.ARM_NAMES.get(a, a), a) for a in arm_specs.CHOICES]  # the one arm spec
 # Form fields in widget order, keyed by config path.
 FIELDS = [
     "model.name",
