@@ -113,6 +113,27 @@ def per_seed_differences(a, b, seeds) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return labels, counts, means, var
 
 
+def seed_variance(a, b, seeds, *, scale: float = 1.0) -> dict | None:
+    """What planning needs of paired (n,) arrays with at least 2 seeds, in display units
+    (``scale`` per raw unit): ``{"n_seeds", "items_per_seed", "var_seeds", "within",
+    "between"}``: the sample variance of the per-seed differences (between + within), its item
+    noise part (the mean over seeds of var(a - b) / n_s) and the rest, tau^2 (0 at least).
+    None with one seed: one run says nothing of how much another would differ."""
+    labels, counts, means, var = per_seed_differences(a, b, seeds)
+    if len(labels) < 2:
+        return None
+    total = float(np.var(means, ddof=1)) * scale**2
+    ok = counts > 1
+    within = float(np.mean(var[ok] / counts[ok])) * scale**2 if ok.any() else 0.0
+    return {
+        "n_seeds": int(len(labels)),
+        "items_per_seed": int(round(float(np.mean(counts)))),
+        "var_seeds": total,
+        "within": within,
+        "between": max(0.0, total - within),
+    }
+
+
 def no_result_note(n_seeds: int) -> str:
     """Why a comparison of ``n_seeds`` seeds has no across-seeds result."""
     if n_seeds <= 1:

@@ -22,7 +22,7 @@ import numpy as np
 from lab.arms import unseeded
 from lab.evidence import words
 from lab.evidence.items import load_items, paired
-from lab.evidence.seeds import across_seeds
+from lab.evidence.seeds import across_seeds, seed_variance
 from lab.evidence.stats import N_BOOT, holm, paired_difference
 from lab.evidence.words import ARM_NAMES, arm_display  # noqa: F401  (re-exported)
 
@@ -124,6 +124,8 @@ class VerdictRow:
     across_seeds: dict | None = None
     across_seeds_note: str = ""
     flags: list = field(default_factory=list)  # sentences that qualify the row (stability)
+    # 2 seeds or more: the per-seed variance and its parts, for planning (lab.evidence.plan)
+    seed_variance: dict | None = None
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -222,13 +224,15 @@ def compare_arms(
                 n_resamples=n_resamples, seed=seed,
             )  # fmt: skip
             method = across_seeds(a[ok], b[ok], seeds[ok], confidence=confidence)
-            found.append((spec, arm_a, arm_b, seeds[ok], int((~ok).sum()), res, method))
+            found.append(
+                (spec, arm_a, arm_b, seeds[ok], int((~ok).sum()), res, method, a[ok], b[ok])
+            )
     adjusted = holm([f[5].p_value for f in found])
     # the across-seeds level gets its own Holm family: the rows that have a method result
     adjusted_seeds = holm([f[6][0].p if f[6][0] else float("nan") for f in found])
     rows = []
     for found_row, p_holm, p_seeds in zip(found, adjusted, adjusted_seeds):
-        spec, arm_a, arm_b, seeds, dropped, res, (method, note) = found_row
+        spec, arm_a, arm_b, seeds, dropped, res, (method, note), res_a, res_b = found_row
         _, counts = np.unique(seeds, return_counts=True)
         significant = bool(p_holm < alpha)
         direction = _direction(spec, res.diff) if significant else "none"
@@ -248,6 +252,7 @@ def compare_arms(
                 stats=res.to_dict(), per_seed=per_seed, seed_spread=spread,
                 across_seeds=method.to_dict(scale=k, p_holm=p_seeds) if method else None,
                 across_seeds_note=note,
+                seed_variance=seed_variance(res_a, res_b, seeds, scale=k),
             )
         )  # fmt: skip
     return rows
@@ -339,11 +344,13 @@ def learning_rates_text(summary: Mapping | None) -> str | None:
 
 
 def markdown_table(rows: Sequence[VerdictRow]) -> str:
-    """The rows as a Markdown table: metric, comparison, difference [95% CI], Holm p, n (and a
-    warning where a significant difference changes sign between the seeds)."""
+    """The rows as a Markdown table: metric, comparison, the difference in these runs
+    [95% CI] and its Holm p, the difference across seeds [95% CI] and its Holm p (or "none, k
+    seeds"), n (and a warning where a significant difference changes sign between the seeds)."""
     out = [
-        "| metric | comparison | difference [95% CI] | p (Holm) | n |",
-        "|---|---|---|---|---|",
+        "| metric | comparison | in these runs [95% CI] | p (Holm) | across seeds [95% CI], "
+        "p (Holm) | n |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         ci = (
@@ -356,7 +363,7 @@ def markdown_table(rows: Sequence[VerdictRow]) -> str:
         out.append(
             f"| {r.label} ({r.unit}) | {arm_display(r.arm_a)} − {arm_display(r.arm_b)} "
             f"| {sign}{_num(abs(r.diff), r.unit)}{ci} | {_p(r.p_holm).removeprefix('p = ')} "
-            f"| {sample_size(r)}{warn} |"
+            f"| {words.across_cell(r.to_dict())} | {sample_size(r)}{warn} |"
         )
     return "\n".join(out)
 

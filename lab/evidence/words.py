@@ -106,13 +106,25 @@ def across_short(rs: Sequence[Mapping]) -> str:
     total = f"{len(with_result)} metric{'s' if len(with_result) != 1 else ''}"
     found = [r for r in with_result if across_direction(r) != "none"]
     if not found:
-        return f"{head}: no difference detectable on any of its {total}."
+        which = with_result[0]["label"] if len(with_result) == 1 else f"any of its {total}"
+        return f"{head}: no difference detectable on {which}."
     groups: dict[str, list[str]] = {}
     for r in found:
         groups.setdefault(across_direction(r), []).append(r["label"])
     a = arm_display(rs[0]["arm_a"])
     ways = "; ".join(f"{DIRECTION_WORDS[d]} {and_list(labels)}" for d, labels in groups.items())
     return f"{head}: a difference on {len(found)} of {total}; {a} {ways}."
+
+
+def across_cell(r: Mapping) -> str:
+    """The across-seeds level of a row in a table cell: "+4.1 [0.9, 7.3], p = 0.02" or
+    "none (2 seeds)"."""
+    x = r.get("across_seeds")
+    if not isinstance(x, Mapping):
+        return f"none ({r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''})"
+    unit = r["unit"]
+    p = p_text(x["p_holm"]).removeprefix("p = ") if x.get("p_holm") is not None else "–"
+    return f"{signed(x['diff'], unit)} [{signed(x['ci_low'], unit)}, {signed(x['ci_high'], unit)}], {p}"
 
 
 def finite(x) -> bool:

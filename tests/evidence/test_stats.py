@@ -315,3 +315,57 @@ def test_the_across_seeds_interval_keeps_its_coverage_in_a_fast_simulation(kind,
         assert c["items_coverage"] < 0.8 and c["items_coverage"] < c["across_coverage"] - 0.15
     else:
         assert c["items_coverage"] >= 0.9
+
+
+# ---- planning: the seeds a difference needs ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "delta", "tau", "n"), [("continuous", 0.25, 0.2, 50), ("binary", 0.06, 0.05, 100)])  # fmt: skip
+def test_the_planned_seeds_reach_about_80_percent_power_in_a_simulation(kind, delta, tau, n):
+    """The per-seed variance observed in a pilot of 200 seeds (large, so the plan is not off by
+    the pilot's own noise) plans k; 2,000 experiments at that k reject 0 about 80% of the time,
+    and at k - 1 less often."""
+    from lab.evidence.plan import seeds_needed, t_power
+    from lab.evidence.seeds import seed_variance
+    from lab.evidence.simulation import cell, draw
+
+    a, b = draw(kind, 200, n, delta, tau, 1.0, 1, np.random.default_rng(1))  # the pilot
+    sv = seed_variance(a[0].ravel(), b[0].ravel(), np.repeat(np.arange(200), n))
+    assert sv["within"] > 0 and sv["var_seeds"] == pytest.approx(sv["between"] + sv["within"])
+    k = seeds_needed(delta, sv["var_seeds"])
+    assert 4 <= k <= 40
+    assert t_power(delta, sv["var_seeds"], k) >= 0.8 > t_power(delta, sv["var_seeds"], k - 1)
+    at_k = cell(kind, k, n, delta, tau, experiments=2000, n_boot=10, seed=3)["across_rejects"]
+    below = cell(kind, k - 1, n, delta, tau, experiments=2000, n_boot=10, seed=4)["across_rejects"]
+    assert 0.74 <= at_k <= 0.88 and below < at_k
+
+
+def test_planning_refuses_what_it_cannot_plan():
+    from lab.evidence.plan import plan_row, seeds_needed
+
+    assert seeds_needed(1.0, 0.0) == 3 and seeds_needed(0.001, 1.0) is None
+    with pytest.raises(ValueError, match="nonzero effect"):
+        seeds_needed(0.0, 1.0)
+    one = {"unit": "points", "diff": 3.0, "seed_variance": None, "across_seeds": None}
+    assert plan_row(one)["seeds"] is None and plan_row(one)["note"].startswith("one seed")
+    two = dict(one, seed_variance={"n_seeds": 2, "items_per_seed": 50, "var_seeds": 4.0,
+                                   "within": 1.0, "between": 3.0})  # fmt: skip
+    got = plan_row(two, effect=2.0)
+    assert got["seeds"] == seeds_needed(2.0, 4.0) and "rough guide" in got["note"]
+
+
+def test_seeds_for_run_plans_every_comparison_of_a_run(tmp_path):
+    from lab.evidence.items import write_items
+    from lab.evidence.plan import seeds_for_run, seeds_needed
+
+    rng = np.random.default_rng(0)
+    for s, gain in ((0, 0.3), (1, 0.1), (2, 0.2)):
+        b = rng.normal(size=80)
+        a = b + gain + rng.normal(0, 0.2, 80)
+        ids = [f"q{i}" for i in range(80)]
+        write_items(tmp_path, 2, "lora", s, {"gold_logprob": (ids, b)})
+        write_items(tmp_path, 2, "balora", s, {"gold_logprob": (ids, a)})
+    (got,) = seeds_for_run(tmp_path)
+    assert got["comparison"] == "BA-LoRA − LoRA" and got["unit"] == "nats"
+    assert got["seeds"] == seeds_needed(got["effect"], got["var_seeds"]) >= 3
+    assert seeds_for_run(tmp_path, effect=0.05)[0]["seeds"] > got["seeds"]  # a smaller effect

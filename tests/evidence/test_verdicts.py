@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lab.evidence import words
+from lab.evidence.items import load_items
 from lab.evidence.seeds import no_result_note
 from lab.evidence.stats import holm
 from lab.evidence.verdicts import (
@@ -466,3 +467,35 @@ def test_the_json_of_lab_verdicts_carries_both_levels(tmp_path, capsys):
     assert main(["verdicts", str(run)]) == 0
     out = capsys.readouterr().out
     assert "in these runs" in out and "Across 3 seeds (the method): BA-LoRA did better" in out
+
+
+def test_lab_verdicts_plan_puts_the_seeds_needed_under_each_row(tmp_path, capsys):
+    from lab.__main__ import main
+    from lab.evidence.items import write_items
+    from lab.evidence.plan import seeds_needed
+
+    run = tmp_path / "run"
+    for (arm, s), metrics in _shifted({0: 12, 1: 4, 2: 9}).items():
+        ids = [f"q{i}" for i in range(200)]
+        write_items(run, 4, arm, s, {m: (ids, v) for m, v in metrics.items()})
+    assert main(["verdicts", str(run), "--plan"]) == 0
+    verdict, plan_line = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert verdict.startswith("BA-LoRA did better than LoRA on clean accuracy in these runs")
+    var = np.var([12, 4, 9], ddof=1)
+    want = seeds_needed(25 / 3, var)
+    assert plan_line == (
+        f"  Plan: to detect 8.3 points across seeds with 80% power takes about {want} seeds of "
+        f"200 items (between-seed sd {np.sqrt(var - plan_within(run)):.1f} points, item noise "
+        f"{np.sqrt(plan_within(run)):.1f} points a seed)."
+    )
+    assert main(["verdicts", str(run), "--json", "--effect", "20"]) == 0
+    got = json.loads(capsys.readouterr().out)[0]["plan"]
+    assert got["effect"] == 20 and got["seeds"] == seeds_needed(20, var) == 3
+    with pytest.raises(SystemExit) as bad:
+        main(["verdicts", str(run), "--effect", "-1"])
+    assert bad.value.code == 2 and "must be a positive number" in capsys.readouterr().err
+
+
+def plan_within(run) -> float:
+    """The item noise part of the per-seed variance of the run's one row, in points²."""
+    return compare_arms(load_items(run), ["accuracy"])[0].seed_variance["within"]
