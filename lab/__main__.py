@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -184,7 +185,7 @@ def cmd_bias(args: argparse.Namespace) -> int:
 
 
 def cmd_verdicts(args: argparse.Namespace) -> int:
-    from lab.evidence import verdicts
+    from lab.evidence import plan, verdicts
     from lab.runs.store import RunReadError, read_summary
 
     run_dir = Path(args.run_dir)
@@ -196,16 +197,40 @@ def cmd_verdicts(args: argparse.Namespace) -> int:
         raise RunReadError(f"run {run_dir.name} has no per-item records (items/)") from None
     if not rows:
         raise RunReadError(f"run {run_dir.name} has no arms to compare in its items tables")
+    planning = args.plan or args.effect is not None
+    plans = [plan.plan_row(r.to_dict(), args.effect) for r in rows] if planning else []
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        out = [r.to_dict() for r in rows]
+        for d, p in zip(out, plans):
+            d["plan"] = p
+        print(json.dumps(out, indent=2))
     elif args.markdown:
         print(verdicts.markdown_table(rows))
+        for r, p in zip(rows, plans):
+            print(f"- {r.label}, {verdicts.arm_display(r.arm_a)} − "
+                  f"{verdicts.arm_display(r.arm_b)}: {plan.plan_text(r.to_dict(), p)}")  # fmt: skip
     else:
         rates = verdicts.learning_rates_text(read_summary(run_dir))
-        short = [f"In short: {x}" for x in verdicts.in_short(rows)]
-        for line in ([rates] if rates else []) + short + [verdicts.verdict_text(r) for r in rows]:
+        for line in ([rates] if rates else []) + [
+            f"In short: {x}" for x in verdicts.in_short(rows)
+        ]:
             print(line)
+        for i, r in enumerate(rows):
+            print(verdicts.verdict_text(r))
+            if planning:
+                print(f"  {plan.plan_text(r.to_dict(), plans[i])}")
     return 0
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a finite number above 0 (--effect)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return x
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = v.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="a Markdown table")
     fmt.add_argument("--json", action="store_true", help="every row as JSON")
+    v.add_argument(
+        "--plan", action="store_true", help="the seeds each row needs for 80%% power across seeds"
+    )
+    v.add_argument(
+        "--effect", type=_positive, metavar="X",
+        help="plan for this difference (the row's unit: points or nats) instead of its own size",
+    )  # fmt: skip
     v.set_defaults(fn=cmd_verdicts)
     return p
 

@@ -19,9 +19,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from lab.arms import ARM_NAMES, unseeded
+from lab.arms import unseeded
+from lab.evidence import words
 from lab.evidence.items import load_items, paired
+from lab.evidence.seeds import across_seeds, seed_variance
 from lab.evidence.stats import N_BOOT, holm, paired_difference
+from lab.evidence.words import ARM_NAMES, arm_display  # noqa: F401  (re-exported)
+
+_num, _p, _sentence = words.num, words.p_text, words.sentence
+_DIRECTION_WORDS = words.DIRECTION_WORDS
 
 
 @dataclass(frozen=True)
@@ -84,16 +90,6 @@ METRICS: dict[str, MetricSpec] = {
 }
 
 
-def arm_display(arm: str) -> str:
-    """The name a classroom reads: BA-LoRA for "balora", "BA-LoRA (0.05,0.005,0.005)" for
-    "balora@0.05,0.005,0.005", "LoRA (seed 1)" for "lora#s1", the base model for "base"."""
-    plain, seed = unseeded(arm)
-    head, _, rest = plain.partition("@")
-    name = ARM_NAMES.get(head, head)
-    name = f"{name} ({rest})" if rest else name
-    return name if seed is None else f"{name} (seed {seed})"
-
-
 @dataclass(frozen=True)
 class VerdictRow:
     """arm_a - arm_b on one metric. diff, ci and mdd are in the metric's display unit."""
@@ -122,6 +118,14 @@ class VerdictRow:
     # several seeds: [{"seed", "n", "diff"}] per seed (display unit) and max - min of their diffs
     per_seed: list = field(default_factory=list)
     seed_spread: float = float("nan")
+    # the method's level: seeds as the unit of replication (lab.evidence.seeds), display unit;
+    # None below 3 seeds, with the reason in across_seeds_note. Holm runs over the rows'
+    # across-seeds p-values separately from the item-level ones.
+    across_seeds: dict | None = None
+    across_seeds_note: str = ""
+    flags: list = field(default_factory=list)  # sentences that qualify the row (stability)
+    # 2 seeds or more: the per-seed variance and its parts, for planning (lab.evidence.plan)
+    seed_variance: dict | None = None
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -219,18 +223,19 @@ def compare_arms(
                 a[ok], b[ok], strata=seeds[ok], confidence=confidence,
                 n_resamples=n_resamples, seed=seed,
             )  # fmt: skip
-            found.append((spec, arm_a, arm_b, seeds[ok], int((~ok).sum()), res))
-    adjusted = holm([r.p_value for *_, r in found])
+            method = across_seeds(a[ok], b[ok], seeds[ok], confidence=confidence)
+            found.append(
+                (spec, arm_a, arm_b, seeds[ok], int((~ok).sum()), res, method, a[ok], b[ok])
+            )
+    adjusted = holm([f[5].p_value for f in found])
+    # the across-seeds level gets its own Holm family: the rows that have a method result
+    adjusted_seeds = holm([f[6][0].p if f[6][0] else float("nan") for f in found])
     rows = []
-    for (spec, arm_a, arm_b, seeds, dropped, res), p_holm in zip(found, adjusted):
+    for found_row, p_holm, p_seeds in zip(found, adjusted, adjusted_seeds):
+        spec, arm_a, arm_b, seeds, dropped, res, (method, note), res_a, res_b = found_row
         _, counts = np.unique(seeds, return_counts=True)
         significant = bool(p_holm < alpha)
-        if not significant or res.diff == 0:
-            direction = "none"
-        elif spec.higher_is_better is None:
-            direction = "higher" if res.diff > 0 else "lower"
-        else:
-            direction = "better" if (res.diff > 0) == spec.higher_is_better else "worse"
+        direction = _direction(spec, res.diff) if significant else "none"
         k = spec.scale
         per_seed = [{"seed": s["stratum"], "n": s["n"], "diff": _scaled(s["diff"], k)}
                     for s in res.to_dict()["strata"]] if len(counts) > 1 else []  # fmt: skip
@@ -245,9 +250,22 @@ def compare_arms(
                 mdd=res.mdd * k, higher_is_better=spec.higher_is_better, direction=direction,
                 significant=significant, alpha=alpha, scale=k, n_dropped=dropped,
                 stats=res.to_dict(), per_seed=per_seed, seed_spread=spread,
+                across_seeds=method.to_dict(scale=k, p_holm=p_seeds) if method else None,
+                across_seeds_note=note,
+                seed_variance=seed_variance(res_a, res_b, seeds, scale=k),
             )
         )  # fmt: skip
     return rows
+
+
+def _direction(spec: MetricSpec, diff: float) -> str:
+    """The way a significant difference goes: better/worse, or higher/lower without a
+    direction; "none" for a difference of 0."""
+    if diff == 0:
+        return "none"
+    if spec.higher_is_better is None:
+        return "higher" if diff > 0 else "lower"
+    return "better" if (diff > 0) == spec.higher_is_better else "worse"
 
 
 def _scaled(x: float | None, k: float) -> float | None:
@@ -326,11 +344,13 @@ def learning_rates_text(summary: Mapping | None) -> str | None:
 
 
 def markdown_table(rows: Sequence[VerdictRow]) -> str:
-    """The rows as a Markdown table: metric, comparison, difference [95% CI], Holm p, n (and a
-    warning where a significant difference changes sign between the seeds)."""
+    """The rows as a Markdown table: metric, comparison, the difference in these runs
+    [95% CI] and its Holm p, the difference across seeds [95% CI] and its Holm p (or "none, k
+    seeds"), n (and a warning where a significant difference changes sign between the seeds)."""
     out = [
-        "| metric | comparison | difference [95% CI] | p (Holm) | n |",
-        "|---|---|---|---|---|",
+        "| metric | comparison | in these runs [95% CI] | p (Holm) | across seeds [95% CI], "
+        "p (Holm) | n |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         ci = (
@@ -343,19 +363,9 @@ def markdown_table(rows: Sequence[VerdictRow]) -> str:
         out.append(
             f"| {r.label} ({r.unit}) | {arm_display(r.arm_a)} − {arm_display(r.arm_b)} "
             f"| {sign}{_num(abs(r.diff), r.unit)}{ci} | {_p(r.p_holm).removeprefix('p = ')} "
-            f"| {sample_size(r)}{warn} |"
+            f"| {words.across_cell(r.to_dict())} | {sample_size(r)}{warn} |"
         )
     return "\n".join(out)
-
-
-def _num(x: float, unit: str) -> str:
-    if unit == "points":
-        return f"{x:.1f}"
-    return f"{x:.2g}" if abs(x) < 0.1 else f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
-
-
-def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
 def sample_size(row: VerdictRow | Mapping) -> str:
@@ -367,10 +377,6 @@ def sample_size(row: VerdictRow | Mapping) -> str:
             return f"{r['n_seeds']} seeds × {r['items_per_seed']} items"
         return f"{r['n_seeds']} seeds, {r['n']} items in all"
     return f"n = {r['n']}, 1 seed"
-
-
-def _sentence(text: str) -> str:
-    return text[0].upper() + text[1:]
 
 
 def seed_diffs(row: VerdictRow | Mapping) -> list[dict]:
@@ -415,14 +421,6 @@ SEEDS_DISAGREE = (
 )
 
 
-_DIRECTION_WORDS = {
-    "better": "did better on",
-    "worse": "did worse on",
-    "higher": "was higher on",
-    "lower": "was lower on",
-}
-
-
 def _and(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
@@ -459,9 +457,13 @@ def in_short(rows: Sequence[VerdictRow | Mapping]) -> list[str]:
         found = [r for r in rs if r["significant"] and r["direction"] != "none"]
         total = f"{len(rs)} metric{'s' if len(rs) != 1 else ''}"
         n = _span(rs)
+        method = words.across_short(rs)
         if not found:
             which = rs[0]["label"] if len(rs) == 1 else f"any of its {total}"
-            out.append(f"{a} against {b}: no difference detectable on {which} ({n}).")
+            out.append(
+                f"{a} against {b}: {IN_THESE_RUNS}, no difference detectable on {which} ({n}). "
+                f"{method}"
+            )
             continue
         groups: dict[str, list[str]] = {}
         for r in found:
@@ -471,7 +473,8 @@ def in_short(rows: Sequence[VerdictRow | Mapping]) -> list[str]:
         rest = len(rs) - len(found)
         tail = f" No difference detectable on the other {rest}." if rest else ""
         out.append(
-            f"{a} against {b}: a difference on {len(found)} of {total} ({n}). {a} {ways}.{tail}"
+            f"{a} against {b}: {IN_THESE_RUNS}, a difference on {len(found)} of {total} ({n}). "
+            f"{a} {ways}.{tail} {method}"
         )
     return out
 
@@ -499,25 +502,42 @@ def verdict_text(row: VerdictRow | Mapping) -> str:
             ci = f" [{_num(mag_lo, unit)}, {_num(mag_hi, unit)}]"
         amount = f"{_num(abs(diff), unit)} {unit}{ci} {'more' if diff > 0 else 'less'}"
         if r["direction"] in ("better", "worse"):
-            head = f"{a} did {r['direction']} than {b} on {label}"
+            head = f"{a} did {r['direction']} than {b} on {label} {IN_THESE_RUNS}"
         else:
-            head = f"{a} had a {r['direction']} {label} than {b}"
+            head = f"{a} had a {r['direction']} {label} than {b} {IN_THESE_RUNS}"
         caveat = f"; {SEEDS_DISAGREE}" if seeds_disagree(r) else ""
-        return _sentence(f"{head}: {amount}, {p_text}, {n_text}{caveat}")
+        return _with_levels(f"{head}: {amount}, {p_text}, {n_text}{caveat}", r)
     stats = r.get("stats") or {}
     if diff == 0 and stats.get("ci_method") == "degenerate":
-        return _sentence(
-            f"no difference between {a} and {b} on {label}: equal on every item ({n_text})"
+        return _with_levels(
+            f"no difference between {a} and {b} on {label} {IN_THESE_RUNS}: equal on every "
+            f"item ({n_text})",
+            r,
         )
     ci = f" [{_num(lo, unit)}, {_num(hi, unit)}]" if has_ci else ""
     sign = "+" if diff >= 0 else "-"
-    head = f"no difference detectable between {a} and {b} on {label}: {sign}{_num(abs(diff), unit)}"
+    head = (
+        f"no difference detectable {IN_THESE_RUNS} between {a} and {b} on {label}: "
+        f"{sign}{_num(abs(diff), unit)}"
+    )
     measured = f"{head} {unit}{ci}, {p_text}"
     mdd = r.get("mdd")
     if mdd is not None and math.isfinite(mdd):
-        return _sentence(
-            f"{measured}; this run could only see differences above {_num(mdd, unit)} {unit} ({n_text})"
+        return _with_levels(
+            f"{measured}; these runs could only see differences above {_num(mdd, unit)} {unit} "
+            f"({n_text})",
+            r,
         )
-    return _sentence(
-        f"{measured}; too few items to say how large a difference it could see ({n_text})"
+    return _with_levels(
+        f"{measured}; too few items to say how large a difference it could see ({n_text})", r
     )
+
+
+IN_THESE_RUNS = "in these runs"
+
+
+def _with_levels(item_level: str, r: Mapping) -> str:
+    """The item-level sentence, then the across-seeds one, then the row's flags."""
+    out = f"{_sentence(item_level)}. {words.across_text(r)}"
+    flags = [f for f in r.get("flags") or [] if isinstance(f, str) and f]
+    return out + "".join(f". {_sentence(f)}" for f in flags) + "."

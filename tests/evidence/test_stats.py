@@ -263,3 +263,109 @@ def test_mean_interval_of_one_arm_covers_a_skewed_share():
     assert mean_interval(np.r_[np.zeros(30), np.ones(10)])[2] == "BCa"
     with pytest.raises(ValueError):
         mean_interval([])
+
+
+# ---- across seeds: the method's level, checked by simulation ---------------------------------
+
+
+def test_across_seeds_is_the_t_interval_on_the_per_seed_differences():
+    from lab.evidence.seeds import across_seeds
+
+    rng = np.random.default_rng(4)
+    seeds = np.repeat([3, 7, 9, 11], [30, 40, 30, 25])  # seeds with different item counts
+    b = rng.normal(size=len(seeds))
+    a = (
+        b
+        + 0.3
+        + rng.normal(0, 0.5, len(seeds))
+        + np.array([0.4, -0.2, 0.1, 0.0])[np.searchsorted([3, 7, 9, 11], seeds)]
+    )
+    res, note = across_seeds(a, b, seeds)
+    per_seed = [float((a - b)[seeds == s].mean()) for s in (3, 7, 9, 11)]
+    t = sps.ttest_1samp(per_seed, 0.0)
+    ci = t.confidence_interval(0.95)
+    assert note == "" and res.n_seeds == 4 and [s for s, *_ in res.per_seed] == [3, 7, 9, 11]
+    assert res.diff == pytest.approx(np.mean(per_seed)) and res.p == pytest.approx(t.pvalue)
+    assert (res.ci_low, res.ci_high) == pytest.approx((ci.low, ci.high))
+    assert res.sd_seeds == pytest.approx(np.std(per_seed, ddof=1))
+    with pytest.raises(ValueError, match="differ in length"):
+        across_seeds(a, b[:-1], seeds)
+
+
+@pytest.mark.parametrize(
+    ("kind", "k", "n", "delta", "tau"),
+    [
+        ("continuous", 5, 200, 0.0, 0.3),  # seeds vary a lot, no method effect
+        ("binary", 3, 200, 0.05, 0.08),  # a 5-point effect, 8 points of seed sd, 3 seeds
+        ("binary", 10, 32, 0.0, 0.0),  # seeds that do not vary
+    ],
+)
+def test_the_across_seeds_interval_keeps_its_coverage_in_a_fast_simulation(kind, k, n, delta, tau):
+    """A fast subset of ``bench/stats.py --simulate`` (1,000 experiments a cell, bounds a
+    little looser than the bench's 93% / 6% so that chance alone fails it rarely): the across-seeds 95% interval covers the method
+    effect; a z interval in its place would cover about 81% at 3 seeds. The item-level interval
+    (seeds as fixed strata) covers the method effect far less when seeds vary."""
+    from lab.evidence.simulation import cell
+
+    c = cell(kind, k, n, delta, tau, experiments=1000, n_boot=200, seed=k)
+    assert c["across_coverage"] >= 0.925
+    if delta == 0:
+        assert c["across_rejects"] <= 0.075
+    if tau > 0:  # in these runs, seeds fixed: it misses the method effect far more often
+        assert c["items_coverage"] < 0.8 and c["items_coverage"] < c["across_coverage"] - 0.15
+    else:
+        assert c["items_coverage"] >= 0.9
+
+
+# ---- planning: the seeds a difference needs ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "delta", "tau", "n"), [("continuous", 0.25, 0.2, 50), ("binary", 0.06, 0.05, 100)])  # fmt: skip
+def test_the_planned_seeds_reach_about_80_percent_power_in_a_simulation(kind, delta, tau, n):
+    """The per-seed variance observed in a pilot of 200 seeds (large, so the plan is not off by
+    the pilot's own noise) plans k; 2,000 experiments at that k reject 0 about 80% of the time,
+    and at k - 1 less often."""
+    from lab.evidence.plan import seeds_needed, t_power
+    from lab.evidence.seeds import seed_variance
+    from lab.evidence.simulation import cell, draw
+
+    a, b = draw(kind, 200, n, delta, tau, 1.0, 1, np.random.default_rng(1))  # the pilot
+    sv = seed_variance(a[0].ravel(), b[0].ravel(), np.repeat(np.arange(200), n))
+    assert sv["within"] > 0 and sv["var_seeds"] == pytest.approx(sv["between"] + sv["within"])
+    k = seeds_needed(delta, sv["var_seeds"])
+    assert 4 <= k <= 40
+    assert t_power(delta, sv["var_seeds"], k) >= 0.8 > t_power(delta, sv["var_seeds"], k - 1)
+    at_k = cell(kind, k, n, delta, tau, experiments=2000, n_boot=10, seed=3)["across_rejects"]
+    below = cell(kind, k - 1, n, delta, tau, experiments=2000, n_boot=10, seed=4)["across_rejects"]
+    assert 0.74 <= at_k <= 0.88 and below < at_k
+
+
+def test_planning_refuses_what_it_cannot_plan():
+    from lab.evidence.plan import plan_row, seeds_needed
+
+    assert seeds_needed(1.0, 0.0) == 3 and seeds_needed(0.001, 1.0) is None
+    with pytest.raises(ValueError, match="nonzero effect"):
+        seeds_needed(0.0, 1.0)
+    one = {"unit": "points", "diff": 3.0, "seed_variance": None, "across_seeds": None}
+    assert plan_row(one)["seeds"] is None and plan_row(one)["note"].startswith("one seed")
+    two = dict(one, seed_variance={"n_seeds": 2, "items_per_seed": 50, "var_seeds": 4.0,
+                                   "within": 1.0, "between": 3.0})  # fmt: skip
+    got = plan_row(two, effect=2.0)
+    assert got["seeds"] == seeds_needed(2.0, 4.0) and "rough guide" in got["note"]
+
+
+def test_seeds_for_run_plans_every_comparison_of_a_run(tmp_path):
+    from lab.evidence.items import write_items
+    from lab.evidence.plan import seeds_for_run, seeds_needed
+
+    rng = np.random.default_rng(0)
+    for s, gain in ((0, 0.3), (1, 0.1), (2, 0.2)):
+        b = rng.normal(size=80)
+        a = b + gain + rng.normal(0, 0.2, 80)
+        ids = [f"q{i}" for i in range(80)]
+        write_items(tmp_path, 2, "lora", s, {"gold_logprob": (ids, b)})
+        write_items(tmp_path, 2, "balora", s, {"gold_logprob": (ids, a)})
+    (got,) = seeds_for_run(tmp_path)
+    assert got["comparison"] == "BA-LoRA − LoRA" and got["unit"] == "nats"
+    assert got["seeds"] == seeds_needed(got["effect"], got["var_seeds"]) >= 3
+    assert seeds_for_run(tmp_path, effect=0.05)[0]["seeds"] > got["seeds"]  # a smaller effect

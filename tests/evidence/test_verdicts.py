@@ -10,6 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+from lab.evidence import words
+from lab.evidence.items import load_items
+from lab.evidence.seeds import no_result_note
 from lab.evidence.stats import holm
 from lab.evidence.verdicts import (
     METRICS,
@@ -69,9 +72,9 @@ def test_planted_difference_gives_a_significant_verdict_with_its_numbers():
     assert acc.significant and acc.direction == "better" and acc.ci_low > 0
     assert [s["stratum"] for s in acc.stats["strata"]] == [0, 1, 2]  # seed-stratified
     text = verdict_text(acc)
-    assert text.startswith("BA-LoRA did better than LoRA on clean accuracy: ")
+    assert text.startswith("BA-LoRA did better than LoRA on clean accuracy in these runs: ")
     assert f"{acc.diff:.1f} points [{acc.ci_low:.1f}, {acc.ci_high:.1f}] more" in text
-    assert "(Holm)" in text and text.endswith("3 seeds × 200 items")
+    assert "(Holm)" in text and "3 seeds × 200 items. Across 3 seeds (the method): " in text
     pref = rows[2]
     assert pref.diff < 0 and pref.direction == "better"  # lower stereotype preference is better
     text = verdict_text(pref)
@@ -103,12 +106,13 @@ def test_a_difference_whose_sign_changes_between_seeds_says_so():
     assert per_seed[0] < 0 < per_seed[1] and row.significant and row.direction == "worse"
     assert seeds_disagree(row)
     text = verdict_text(row)
-    assert text.startswith("BA-LoRA did worse than LoRA on clean accuracy: ")
-    assert text.endswith(f"2 seeds × 64 items; {SEEDS_DISAGREE}")
+    assert text.startswith("BA-LoRA did worse than LoRA on clean accuracy in these runs: ")
+    assert f"2 seeds × 64 items; {SEEDS_DISAGREE}. Across seeds: no verdict on the method" in text
     assert markdown_table([row]).endswith("| 2 seeds × 64 items; the seeds disagree in sign |")
     values[("balora", 1)] = {"accuracy": np.zeros(64)}  # now both seeds lose: no caveat
     agree = compare_arms(_records(values), ["accuracy"], pairs=[("balora", "lora")])[0]
-    assert not seeds_disagree(agree) and verdict_text(agree).endswith("2 seeds × 64 items")
+    assert not seeds_disagree(agree) and SEEDS_DISAGREE not in verdict_text(agree)
+    assert "2 seeds × 64 items. Across seeds: no verdict" in verdict_text(agree)
     assert markdown_table([agree]).endswith("| 2 seeds × 64 items |")
 
 
@@ -116,27 +120,36 @@ def test_in_short_counts_the_differences_of_each_comparison_from_its_rows():
     values = _planted()
     rows = compare_arms(_records(values), ["accuracy", "stereo_pref"])
     acc, pref = rows[0].label, rows[2].label
+    method = [
+        words.across_short([r.to_dict() for r in rows if r.arm_b == b]) for b in ("lora", "pissa")
+    ]
+    assert all(m.startswith("Across 3 seeds (the method): ") for m in method)
     assert in_short(rows) == [
-        f"BA-LoRA against LoRA: a difference on 2 of 2 metrics (3 seeds × 200 items). BA-LoRA did better on {acc} and {pref}.",
-        f"BA-LoRA against PiSSA: a difference on 2 of 2 metrics (3 seeds × 200 items). BA-LoRA did better on {acc} and {pref}.",
+        f"BA-LoRA against LoRA: in these runs, a difference on 2 of 2 metrics (3 seeds × 200 items). BA-LoRA did better on {acc} and {pref}. {method[0]}",
+        f"BA-LoRA against PiSSA: in these runs, a difference on 2 of 2 metrics (3 seeds × 200 items). BA-LoRA did better on {acc} and {pref}. {method[1]}",
     ]  # fmt: skip
     for s in (0, 1, 2):  # BA-LoRA's stereotype answers become LoRA's own: nothing to find there
         values[("balora", s)]["stereo_pref"] = values[("lora", s)]["stereo_pref"].copy()
     rows = compare_arms(_records(values), ["accuracy", "stereo_pref"], pairs=[("balora", "lora")])
     assert in_short(rows) == [
-        f"BA-LoRA against LoRA: a difference on 1 of 2 metrics (3 seeds × 200 items). BA-LoRA did "
-        f"better on {acc}. "
-        "No difference detectable on the other 1."
+        f"BA-LoRA against LoRA: in these runs, a difference on 1 of 2 metrics (3 seeds × 200 "
+        f"items). BA-LoRA did better on {acc}. No difference detectable on the other 1. "
+        + words.across_short([r.to_dict() for r in rows])
     ]
     rows = compare_arms(_records(values), ["stereo_pref"], pairs=[("balora", "lora")])
     assert in_short(rows) == [
-        f"BA-LoRA against LoRA: no difference detectable on {pref} (3 seeds × 200 items)."
+        f"BA-LoRA against LoRA: in these runs, no difference detectable on {pref} (3 seeds × 200 "
+        "items). Across seeds: no verdict on the method; every one of the 3 seeds gave the same "
+        "difference (0): no spread between seeds to build an interval from."
     ]
     one_seed = compare_arms(
         _records({k: v for k, v in values.items() if k[1] == 0}), ["stereo_pref"],
         pairs=[("balora", "lora")],
     )  # fmt: skip
-    assert in_short(one_seed)[0].endswith(f"on {pref} (1 seed, n = 200).")
+    assert (
+        f"on {pref} (1 seed, n = 200). Across seeds: no verdict on the method; one seed"
+        in (in_short(one_seed)[0])
+    )
     assert in_short([]) == []
 
 
@@ -151,9 +164,10 @@ def test_in_short_marks_a_difference_whose_seeds_disagree():
     }  # fmt: skip
     row = compare_arms(_records(values), ["accuracy"], pairs=[("balora", "lora")])[0]
     assert in_short([row]) == [
-        f"BA-LoRA against LoRA: a difference on 1 of 1 metric (2 seeds × 64 items). BA-LoRA did "
-        f"worse on {row.label} "
-        "(the seeds disagree)."
+        f"BA-LoRA against LoRA: in these runs, a difference on 1 of 1 metric (2 seeds × 64 "
+        f"items). BA-LoRA did worse on {row.label} (the seeds disagree). Across seeds: no verdict "
+        "on the method; 2 seeds cannot separate the method from the runs: an across-seeds "
+        "verdict needs at least 3."
     ]
     as_dicts = in_short([row.to_dict()])  # the rows as the JSON output gives them
     assert as_dicts == in_short([row])
@@ -172,9 +186,11 @@ def test_no_difference_gives_the_detectable_size_and_n():
     row = compare_arms(_records(values), ["accuracy"], pairs=[("balora", "lora")])[0]
     assert not row.significant and row.direction == "none" and row.n == 24
     text = verdict_text(row)
-    assert text.startswith("No difference detectable between BA-LoRA and LoRA on clean accuracy: ")
-    assert f"this run could only see differences above {row.mdd:.1f} points" in text
-    assert text.endswith("(n = 24, 1 seed)")
+    assert text.startswith(
+        "No difference detectable in these runs between BA-LoRA and LoRA on clean accuracy: "
+    )
+    assert f"these runs could only see differences above {row.mdd:.1f} points" in text
+    assert "(n = 24, 1 seed). Across seeds: no verdict on the method; one seed" in text
     assert row.mdd > abs(row.diff)
     expected = 100 * (a - values[("lora", 0)]["accuracy"]).mean()
     assert f"{expected:+.1f} points" in text
@@ -186,8 +202,8 @@ def test_identical_arms_say_equal_on_every_item():
     row = compare_arms(_records(values), ["accuracy"])[0]
     assert row.diff == 0 and row.p == 1.0
     assert verdict_text(row) == (
-        "No difference between BA-LoRA and LoRA on clean accuracy: equal on every item "
-        "(n = 50, 1 seed)"
+        "No difference between BA-LoRA and LoRA on clean accuracy in these runs: equal on every "
+        f"item (n = 50, 1 seed). Across seeds: no verdict on the method; {no_result_note(1)}."
     )
 
 
@@ -220,7 +236,9 @@ def test_direction_free_metric_and_custom_specs():
     row = compare_arms(_records(values), [spec])[0]
     assert row.direction == "higher" and row.unit == "nats" and row.scale == 1.0
     text = verdict_text(row)
-    assert text.startswith("BA-LoRA had a higher he-over-she log-odds than LoRA: 0.4 nats")
+    assert text.startswith(
+        "BA-LoRA had a higher he-over-she log-odds than LoRA in these runs: 0.4 nats"
+    )
 
 
 def test_items_without_a_finite_value_are_left_out_and_counted():
@@ -343,3 +361,141 @@ def test_a_malformed_tuning_record_falls_back_to_the_fixed_rate_line():
 
     specs = {"arm_specs": _specs({"lora": 1e-3, "balora": 1e-3}), "lr_tuning": ["x"]}
     assert learning_rates_text(specs).startswith("Learning rates: one fixed rate")
+
+
+# ---- two levels: in these runs (items) and across seeds (the method) ------------------------
+
+
+def _shifted(per_seed_points: dict[int, int], n: int = 200, seed: int = 0) -> dict:
+    """0/1 accuracy of LoRA and BA-LoRA under each seed, BA-LoRA's difference exactly the given
+    points: items LoRA gets wrong turned right (a gain) or right turned wrong (a loss)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s, points in per_seed_points.items():
+        lora = np.zeros(n)
+        lora[rng.permutation(n)[: n // 2]] = 1.0
+        ba = lora.copy()
+        moved = abs(points) * n // 100
+        pool = np.flatnonzero(lora == (0.0 if points > 0 else 1.0))
+        ba[pool[:moved]] = 1.0 if points > 0 else 0.0
+        out[("lora", s)] = {"accuracy": lora}
+        out[("balora", s)] = {"accuracy": ba}
+    return out
+
+
+def test_seeds_that_each_differ_but_disagree_in_sign_give_no_method_difference():
+    """Every seed alone is significant at the item level, but two of five go the other way: in
+    these runs BA-LoRA did better (the pooled items), across seeds nothing is detectable."""
+    mixed = {0: 40, 1: 35, 2: -20, 3: 38, 4: -25}
+    values = _shifted(mixed)
+    for s in mixed:  # each seed on its own: a significant item-level difference
+        alone = compare_arms(_records({k: v for k, v in values.items() if k[1] == s}), ["accuracy"])
+        assert alone[0].significant and alone[0].diff == pytest.approx(mixed[s])
+    row = compare_arms(_records(values), ["accuracy"])[0]
+    assert row.significant and row.direction == "better"  # "differs in these runs"
+    x = row.across_seeds
+    assert x["n_seeds"] == 5 and x["diff"] == pytest.approx(np.mean(list(mixed.values())))
+    assert x["ci_low"] < 0 < x["ci_high"] and x["p_holm"] > 0.05
+    assert words.across_direction(row.to_dict()) == "none"
+    text = verdict_text(row)
+    assert "BA-LoRA did better than LoRA on clean accuracy in these runs: " in text
+    assert "Across 5 seeds (the method): no difference detectable, +13.6 points [" in text
+    # the same size of effect, consistent over the seeds: the method's level finds it
+    steady = compare_arms(_records(_shifted({0: 12, 1: 15, 2: 10, 3: 14, 4: 13})), ["accuracy"])[0]
+    y = steady.across_seeds
+    assert y["ci_low"] > 0 and y["p_holm"] < 0.05 and y["diff"] == pytest.approx(12.8)
+    assert "Across 5 seeds (the method): BA-LoRA did better than LoRA by 12.8 points [" in (
+        verdict_text(steady)
+    )
+    assert in_short([steady])[0].endswith(
+        "Across 5 seeds (the method): a difference on 1 of 1 metric; BA-LoRA did better on "
+        "clean accuracy."
+    )
+
+
+def test_two_seeds_give_no_method_result_and_say_why_one_seed_claims_nothing():
+    two = compare_arms(_records(_shifted({0: 30, 1: 25})), ["accuracy"])[0]
+    assert two.significant and two.across_seeds is None
+    assert two.across_seeds_note == (
+        "2 seeds cannot separate the method from the runs: an across-seeds verdict needs at least 3"
+    )
+    text = verdict_text(two)
+    assert "per seed +30.0, +25.0 (seeds 0, 1" in text  # the per-seed values are shown
+    assert f"Across seeds: no verdict on the method; {two.across_seeds_note}." in text
+    assert two.to_dict()["across_seeds"] is None
+    one = compare_arms(_records(_shifted({0: 30})), ["accuracy"])[0]
+    assert one.across_seeds is None and one.across_seeds_note.startswith("one seed: ")
+    said = verdict_text(one) + " ".join(in_short([one]))
+    assert "(the method)" not in said and "Across 1" not in said
+    assert "nothing here is a result about the method" in said
+
+
+def test_holm_runs_at_each_level_separately():
+    """Two metrics with a method result and one measured under two seeds only (item level
+    alone): each level's Holm family is the rows that have a p-value at that level."""
+    values = _shifted({0: 12, 1: 15, 2: 10, 3: 14, 4: 13})
+    mixed = _shifted({0: 40, 1: 35, 2: -20, 3: 38, 4: -25}, seed=1)
+    two = _shifted({0: 2, 1: -1}, seed=2)  # a large item-level p among the small ones
+    for key in values:
+        values[key]["balanced_accuracy"] = mixed[key]["accuracy"]
+        if key in two:
+            values[key]["minority_recall"] = two[key]["accuracy"]
+    rows = compare_arms(_records(values), ["accuracy", "balanced_accuracy", "minority_recall"])
+    assert [r.across_seeds is None for r in rows] == [False, False, True]
+    assert np.allclose([r.p_holm for r in rows], holm([r.p for r in rows]))
+    method_p = [r.across_seeds["p"] for r in rows[:2]]
+    assert np.allclose([r.across_seeds["p_holm"] for r in rows[:2]], holm(method_p))
+    assert rows[2].p > max(method_p)
+    joint = holm([r.p for r in rows] + method_p)  # one family for both levels: not what is done
+    assert not np.allclose([r.across_seeds["p_holm"] for r in rows[:2]], joint[3:])
+
+
+def test_the_json_of_lab_verdicts_carries_both_levels(tmp_path, capsys):
+    from lab.__main__ import main
+    from lab.evidence.items import write_items
+
+    run = tmp_path / "run"
+    for (arm, s), metrics in _shifted({0: 12, 1: 15, 2: 10}).items():
+        ids = [f"q{i}" for i in range(200)]
+        write_items(run, 4, arm, s, {m: (ids, v) for m, v in metrics.items()})
+    assert main(["verdicts", str(run), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1 and rows[0]["across_seeds_note"] == ""
+    x = rows[0]["across_seeds"]
+    assert set(x) == {"diff", "ci_low", "ci_high", "p", "p_holm", "n_seeds", "method"}
+    assert x["n_seeds"] == 3 and x["diff"] == pytest.approx(37 / 3) and x["ci_low"] > 0
+    assert main(["verdicts", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "in these runs" in out and "Across 3 seeds (the method): BA-LoRA did better" in out
+
+
+def test_lab_verdicts_plan_puts_the_seeds_needed_under_each_row(tmp_path, capsys):
+    from lab.__main__ import main
+    from lab.evidence.items import write_items
+    from lab.evidence.plan import seeds_needed
+
+    run = tmp_path / "run"
+    for (arm, s), metrics in _shifted({0: 12, 1: 4, 2: 9}).items():
+        ids = [f"q{i}" for i in range(200)]
+        write_items(run, 4, arm, s, {m: (ids, v) for m, v in metrics.items()})
+    assert main(["verdicts", str(run), "--plan"]) == 0
+    verdict, plan_line = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert verdict.startswith("BA-LoRA did better than LoRA on clean accuracy in these runs")
+    var = np.var([12, 4, 9], ddof=1)
+    want = seeds_needed(25 / 3, var)
+    assert plan_line == (
+        f"  Plan: to detect 8.3 points across seeds with 80% power takes about {want} seeds of "
+        f"200 items (between-seed sd {np.sqrt(var - plan_within(run)):.1f} points, item noise "
+        f"{np.sqrt(plan_within(run)):.1f} points a seed)."
+    )
+    assert main(["verdicts", str(run), "--json", "--effect", "20"]) == 0
+    got = json.loads(capsys.readouterr().out)[0]["plan"]
+    assert got["effect"] == 20 and got["seeds"] == seeds_needed(20, var) == 3
+    with pytest.raises(SystemExit) as bad:
+        main(["verdicts", str(run), "--effect", "-1"])
+    assert bad.value.code == 2 and "must be a positive number" in capsys.readouterr().err
+
+
+def plan_within(run) -> float:
+    """The item noise part of the per-seed variance of the run's one row, in points²."""
+    return compare_arms(load_items(run), ["accuracy"])[0].seed_variance["within"]
