@@ -76,8 +76,8 @@ def main(argv=None) -> dict:
         lambdas = steps.lambdas_at(cfg, arm.spec, 1)
         with torch.no_grad():
             kw = dict(need_terms=steps.needs_terms(arm, cfg))
-            a = forward.step_loss(model, batches[0][0], cfg, lambdas, **kw).total
-            b = forward.step_loss(model, whole(batches[0])[0], cfg, lambdas, **kw).total
+            a = forward.micro_batch_loss(model, batches[0][0], cfg, lambdas, **kw).total
+            b = forward.micro_batch_loss(model, whole(batches[0])[0], cfg, lambdas, **kw).total
         diffs.append(abs(float(a) - float(b)) / max(abs(float(b)), 1e-12))
     times = {a.name: {"shared": [], "whole": []} for a in arms}
     tokens = {"shared": 0, "whole": 0}

@@ -12,6 +12,11 @@ projection of its hidden rows through the LM head that the fused loss makes chun
 target "BA-LoRA step <= LoRA step + one teacher forward + 10% of a LoRA step" can be read off
 (``ratios.balora_overhead_vs_lora``: (balora - lora - teacher) / lora, target <= 0.1).
 
+``matmul_peak``: the float32 matmul rate of this CPU measured before and after the steps
+(``bench/flops.py``); each arm's ``flops_per_step`` (counted in one further step: every matmul and
+attention op actually run, forward and backward), ``gflops_per_s`` at its median time,
+``fraction_of_peak`` and ``pad_share``.
+
 ``reference`` is BA-LoRA written the way the paper's published code does it: a second full
 deep copy of the base model as the teacher (run under no_grad), the full (B, T, V) logits at
 every position, ``torch.log(torch.softmax(...))`` over the whole vocabulary at every position
@@ -46,6 +51,7 @@ import time
 from pathlib import Path
 
 import _common as common  # first: puts the repository root on sys.path
+import flops as flops_mod
 import torch
 from accelerate import Accelerator
 
@@ -205,6 +211,29 @@ def _ratio(arms: dict, a: str, b: str, key: str) -> float | None:
     if a not in arms or b not in arms or not arms[b][key]:
         return None
     return arms[a][key] / arms[b][key]
+
+
+def compute(bench: Bench, step: int) -> dict[str, dict]:
+    """One further step of every arm under the FLOP and padding counters (``bench/flops.py``)."""
+    batch = bench.batch()
+    out = {}
+    for name in bench.args.arms:
+        model = bench.reference.model if name == "reference" else bench.shared
+        out[name] = flops_mod.count(lambda n=name: bench.step(n, batch, step), model)
+    return out
+
+
+def with_peak(arms: dict, counted: dict, peak: dict | None) -> None:
+    """Each arm's counted FLOPs per step, GFLOP/s at its median time, fraction of the peak."""
+    for name, arm in arms.items():
+        c = counted.get(name, {})
+        f = c.get("flops", 0)
+        arm["flops_per_step"] = f
+        arm["gflops_per_s"] = round(f / arm["median_step_s"] / 1e9, 3)
+        arm["pad_share"] = c.get("pad_share")
+        arm["fraction_of_peak"] = (
+            None if peak is None else flops_mod.fraction(f, arm["median_step_s"], peak["gflops"])
+        )
 
 
 def summarize(args, device, dtype, times, cpus, mems, states, losses, params: int) -> dict:
@@ -396,6 +425,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         memory_child(args)
         return None
     bench = Bench(args)
+    cpu = bench.dev.type == "cpu"
+    peaks = [flops_mod.matmul_peak()] if cpu else []  # before and after: the higher one
     times = {a: [] for a in args.arms}
     cpus = {a: [] for a in args.arms}
     for i in range(1, args.warmup + args.steps + 1):
@@ -406,16 +437,22 @@ def main(argv: list[str] | None = None) -> dict | None:
                 times[name].append(dt)
                 cpus[name].append(cpu)
             report(args, "warmup" if i <= args.warmup else "step", i, name, dt)
+    if cpu:
+        peaks.append(flops_mod.matmul_peak())
+    counted = compute(bench, args.warmup + args.steps + 1)
     states = bench.states()
     losses = dict(bench.losses)
     device, dtype, params = bench.dev, bench.bundle.dtype, bench.params
     if device.type == "cuda":
-        mems = bench.memory_steps(args.warmup + args.steps + 1)
+        mems = bench.memory_steps(args.warmup + args.steps + 2)
     else:
         del bench  # free this process's model copies before the memory pass loads its own
         gc.collect()
         mems = cpu_memory(args, argv)
     result = summarize(args, device, dtype, times, cpus, mems, states, losses, params)
+    peak = max(peaks, key=lambda p: p["gflops"]) if peaks else None
+    with_peak(result["arms"], counted, peak)
+    result["matmul_peak"] = peak and dict(peak, measured_gflops=[p["gflops"] for p in peaks])
     common.emit(result, args.out)
     return result
 

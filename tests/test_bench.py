@@ -223,3 +223,25 @@ def test_shared_start_json_on_tiny_llama(tmp_path):
         assert res["ratio"][arm] == pytest.approx(m["shared"] / m["whole"])
     assert "all_arms" in res["ratio"]
     assert res["loss_rel_diff"] < 1e-4
+
+
+def test_flop_counter_counts_matmuls_and_cpu_attention(monkeypatch):
+    """Known counts: 2 x m x n x k for a product; SDPA on the CPU as 2 products; padding by
+    the attention mask; the floor is the FLOPs at the peak."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("flops", None)
+    flops = importlib.import_module("flops")
+    a, b = torch.randn(3, 5), torch.randn(5, 7)
+    assert flops.count(lambda: a @ b)["flops"] == 2 * 3 * 5 * 7
+    q = torch.randn(1, 2, 4, 8)
+    got = flops.count(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q))
+    assert got["flops"] == 2 * (2 * 2 * 4 * 8 * 4)  # q @ k^T and scores @ v, 2 heads
+    pad = flops.Padding()
+    pad._hook(None, (), {"input_ids": torch.zeros(2, 4), "attention_mask": torch.tensor(
+        [[1, 1, 1, 1], [0, 0, 1, 1]])})  # fmt: skip
+    assert pad.share("all") == 0.25
+    rep = flops.report({"train/lora": 2.0}, {"train/lora": 10e9}, {}, {}, 10.0, 4.0)
+    assert rep["floor_s"] == 1.0 and rep["times_floor"] == 4.0
+    assert rep["phases"]["train/lora"]["fraction_of_peak"] == 0.5
+    assert rep["split"]["train"]["floor_s"] == 1.0
+    sys.modules.pop("flops", None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -242,6 +243,7 @@ def shared_prefix_logprobs(
     # batches of like continuation lengths, then like prefix lengths: the least padding of both
     order = sorted(range(N), key=lambda i: (max(map(len, continuations[i])), len(prefixes[i])))
     width = vocab_width(model)
+    ctx = _PrefixCall(model, cache_kw, keep, pad_id, dev, head, C)
     out = []
     s = 0
     while s < N:
@@ -249,53 +251,76 @@ def shared_prefix_logprobs(
         fit = max_logit_elems // (K * max(longest - 1, 1) * width)
         rows = order[s : s + max(1, min(batch_size, fit))]
         s += len(rows)
-        chunk = [prefixes[i] for i in rows]
         conts = [x for i in rows for x in continuations[i]]  # (B*K) lists
-        B = len(chunk)
-        ids, mask = pad_batch(chunk, pad_id, side="left")  # every prefix ends at column P - 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = C + (mask.cumsum(1) - 1).clamp(min=0)  # (B, P): positions after the common head
-        past = {}
-        if C:  # the common head's cache for these B rows; its positions come first in the mask
-            cache = copy.deepcopy(head)
-            cache.batch_repeat_interleave(B)
-            past = {cache_kw: cache}
-            mask = torch.cat([torch.ones((B, C), dtype=mask.dtype, device=dev), mask], dim=1)
-        res = model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **past, **keep
-        )
-        last = res.logits[:, -1].float().log_softmax(-1)  # (B, V)
-        first = torch.tensor([x[0] for x in conts], device=dev).view(B, K)
-        score = last.gather(1, first)  # (B, K): each continuation's first token
-        L = max(len(x) for x in conts)
-        if L > 1:
-            cache = getattr(res, cache_kw, None)
-            if not hasattr(cache, "batch_repeat_interleave"):
-                return None
-            cache.batch_repeat_interleave(K)  # row b -> rows b*K .. b*K + K - 1
-            # inputs: each continuation but its last token, each scored on the next one
-            c_ids, c_mask = pad_batch([x[:-1] or [pad_id] for x in conts], pad_id)  # (B*K, L-1)
-            c_mask = c_mask * torch.tensor([len(x) > 1 for x in conts])[:, None]
-            target, _ = pad_batch([x[1:] or [-1] for x in conts], -1)  # (B*K, L-1)
-            c_ids, c_mask, target = c_ids.to(dev), c_mask.to(dev), target.to(dev)
-            steps = c_ids.shape[1]
-            c_pos = pos[:, -1:].repeat_interleave(K, 0) + 1 + torch.arange(steps, device=dev)
-            logits = model(
-                input_ids=c_ids,
-                attention_mask=torch.cat([mask.repeat_interleave(K, 0), c_mask], dim=1),
-                position_ids=c_pos,
-                use_cache=False,
-                **{cache_kw: cache},
-            ).logits.float()  # (B*K, L-1, V)
-            lp = logits.log_softmax(-1)
-            picked = lp.gather(2, target.clamp(min=0)[..., None]).squeeze(2) * (target >= 0)
-            score = score + picked.sum(dim=1).view(B, K)
+        score = _prefix_batch_scores(ctx, [prefixes[i] for i in rows], conts, K)
+        if score is None:
+            return None
         out.append(score.cpu())
     if not out:
         return torch.zeros((0, K))
     result = torch.empty((N, K), dtype=torch.float32)
     result[order] = torch.cat(out)  # back to the input order
     return result
+
+
+@dataclass
+class _PrefixCall:
+    """What every batch of one :func:`shared_prefix_logprobs` call shares: the model, its cache
+    keyword and head-trimming keyword, the pad id, the device, and the common head's cache and
+    length C (None, 0 without one)."""
+
+    model: object
+    cache_kw: str
+    keep: dict
+    pad_id: int
+    dev: torch.device
+    head: object
+    C: int
+
+
+def _prefix_batch_scores(ctx: _PrefixCall, chunk: list, conts: list, K: int):
+    """(B, K) scores of one batch: B prefixes (common head removed) and their B*K
+    continuations, row b's at b*K .. b*K + K - 1; None when the cache cannot be repeated."""
+    model, cache_kw, dev, C = ctx.model, ctx.cache_kw, ctx.dev, ctx.C
+    B = len(chunk)
+    ids, mask = pad_batch(chunk, ctx.pad_id, side="left")  # every prefix ends at column P - 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    pos = C + (mask.cumsum(1) - 1).clamp(min=0)  # (B, P): positions after the common head
+    past = {}
+    if C:  # the common head's cache for these B rows; its positions come first in the mask
+        cache = copy.deepcopy(ctx.head)
+        cache.batch_repeat_interleave(B)
+        past = {cache_kw: cache}
+        mask = torch.cat([torch.ones((B, C), dtype=mask.dtype, device=dev), mask], dim=1)
+    res = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **past, **ctx.keep
+    )
+    last = res.logits[:, -1].float().log_softmax(-1)  # (B, V)
+    first = torch.tensor([x[0] for x in conts], device=dev).view(B, K)
+    score = last.gather(1, first)  # (B, K): each continuation's first token
+    if max(len(x) for x in conts) == 1:
+        return score
+    cache = getattr(res, cache_kw, None)
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(K)  # row b -> rows b*K .. b*K + K - 1
+    # inputs: each continuation but its last token, each scored on the next one
+    c_ids, c_mask = pad_batch([x[:-1] or [ctx.pad_id] for x in conts], ctx.pad_id)  # (B*K, L-1)
+    c_mask = c_mask * torch.tensor([len(x) > 1 for x in conts])[:, None]
+    target, _ = pad_batch([x[1:] or [-1] for x in conts], -1)  # (B*K, L-1)
+    c_ids, c_mask, target = c_ids.to(dev), c_mask.to(dev), target.to(dev)
+    steps = c_ids.shape[1]
+    c_pos = pos[:, -1:].repeat_interleave(K, 0) + 1 + torch.arange(steps, device=dev)
+    logits = model(
+        input_ids=c_ids,
+        attention_mask=torch.cat([mask.repeat_interleave(K, 0), c_mask], dim=1),
+        position_ids=c_pos,
+        use_cache=False,
+        **{cache_kw: cache},
+    ).logits.float()  # (B*K, L-1, V)
+    lp = logits.log_softmax(-1)
+    picked = lp.gather(2, target.clamp(min=0)[..., None]).squeeze(2) * (target >= 0)
+    return score + picked.sum(dim=1).view(B, K)
 
 
 def _common_head(model, prefixes, cache_kw: str, min_common: int, dev, keep):

@@ -233,71 +233,88 @@ def evaluate_task(
         raise DataError(f"dataset '{data.name}' has no test rows to evaluate")
     was_training = model.training
     model.eval()
-    ids = [str(i) for i in range(len(rows))]
     try:
         if data.kind == "classification":
-            names = data.label_names
-            scores = class_scores(
-                model, tokenizer, rows, task=data.task, label_names=names, batch_size=batch_size
-            )  # (N, K)
-            preds = scores.argmax(dim=1).tolist()
-            if predictions is not None:
-                predictions.update(enumerate(preds))
-            golds = [r["label"] for r in rows]
-            minority = (
-                names.index(data.info["minority_class"])
-                if "minority_class" in data.info
-                else len(names) - 1
+            return _evaluate_classification(
+                model, tokenizer, data, rows, max_examples, batch_size, return_items, predictions
             )
-            metrics = classification_metrics(preds, golds, names, minority)
-            if not return_items:
-                return metrics
-            logp = scores.double() if data.task == "nlg" else scores.double().log_softmax(-1)
-            gold_lp = logp[torch.arange(len(rows)), torch.tensor(golds)].numpy()  # (N,)
-            records = classification_items(preds, golds, minority)
-            if "minority_class" not in data.info:  # no imbalance knob: accuracy says it all
-                del records["balanced_accuracy"]
-                records.pop("minority_recall", None)
-            records["gold_logprob"] = (ids, gold_lp)
-            if data.flipped:  # the flipped training rows: how many the arm has memorised
-                metrics["memorised_noise"], records["memorised_noise"] = memorised_noise(
-                    model, tokenizer, data, max_examples=max_examples, batch_size=batch_size
-                )
-            return metrics, records
-        if max_new_tokens is None:  # room for the longest reference solution, plus a margin
-            longest = max(
-                len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) for r in rows
-            )
-            max_new_tokens = min(longest + 16, 512)
-        outs = greedy_completions(
-            model,
-            tokenizer,
-            [r["prompt"] for r in rows],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
+        return _evaluate_generation(
+            model, tokenizer, rows, max_new_tokens, batch_size, return_items
         )
-        hits = []
-        for r, text in zip(rows, outs):
-            ref = r.get("answer", parse_final_number(r["response"]))
-            if ref is not None:
-                hits.append(numbers_match(parse_final_number(text), float(ref)))
-            else:
-                hits.append(_normalise(text) == _normalise(r["response"]))
-        em = sum(hits) / len(hits)
-        metrics = {"task_metric": em, "accuracy": em, "exact_match": em, "n": len(rows)}
-        if not return_items:
-            return metrics
-        gold_lp = score_responses(
-            model,
-            tokenizer,
-            [r["prompt"] for r in rows],
-            [r["response"] for r in rows],
-            batch_size=batch_size,
-        )
-        correct = np.array(hits, dtype=np.float64)
-        return metrics, {
-            "accuracy": (ids, correct),
-            "gold_logprob": (ids, gold_lp.double().numpy()),
-        }
     finally:
         model.train(was_training)
+
+
+def _evaluate_classification(
+    model, tokenizer, data: TaskData, rows, max_examples, batch_size, return_items, predictions
+):
+    """:func:`evaluate_task` for a classification set (the model already in eval mode)."""
+    ids = [str(i) for i in range(len(rows))]
+    names = data.label_names
+    scores = class_scores(
+        model, tokenizer, rows, task=data.task, label_names=names, batch_size=batch_size
+    )  # (N, K)
+    preds = scores.argmax(dim=1).tolist()
+    if predictions is not None:
+        predictions.update(enumerate(preds))
+    golds = [r["label"] for r in rows]
+    minority = (
+        names.index(data.info["minority_class"])
+        if "minority_class" in data.info
+        else len(names) - 1
+    )
+    metrics = classification_metrics(preds, golds, names, minority)
+    if not return_items:
+        return metrics
+    logp = scores.double() if data.task == "nlg" else scores.double().log_softmax(-1)
+    gold_lp = logp[torch.arange(len(rows)), torch.tensor(golds)].numpy()  # (N,)
+    records = classification_items(preds, golds, minority)
+    if "minority_class" not in data.info:  # no imbalance knob: accuracy says it all
+        del records["balanced_accuracy"]
+        records.pop("minority_recall", None)
+    records["gold_logprob"] = (ids, gold_lp)
+    if data.flipped:  # the flipped training rows: how many the arm has memorised
+        metrics["memorised_noise"], records["memorised_noise"] = memorised_noise(
+            model, tokenizer, data, max_examples=max_examples, batch_size=batch_size
+        )
+    return metrics, records
+
+
+def _evaluate_generation(model, tokenizer, rows, max_new_tokens, batch_size, return_items):
+    """:func:`evaluate_task` for a generation set (the model already in eval mode)."""
+    ids = [str(i) for i in range(len(rows))]
+    if max_new_tokens is None:  # room for the longest reference solution, plus a margin
+        longest = max(
+            len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) for r in rows
+        )
+        max_new_tokens = min(longest + 16, 512)
+    outs = greedy_completions(
+        model,
+        tokenizer,
+        [r["prompt"] for r in rows],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    hits = []
+    for r, text in zip(rows, outs):
+        ref = r.get("answer", parse_final_number(r["response"]))
+        if ref is not None:
+            hits.append(numbers_match(parse_final_number(text), float(ref)))
+        else:
+            hits.append(_normalise(text) == _normalise(r["response"]))
+    em = sum(hits) / len(hits)
+    metrics = {"task_metric": em, "accuracy": em, "exact_match": em, "n": len(rows)}
+    if not return_items:
+        return metrics
+    gold_lp = score_responses(
+        model,
+        tokenizer,
+        [r["prompt"] for r in rows],
+        [r["response"] for r in rows],
+        batch_size=batch_size,
+    )
+    correct = np.array(hits, dtype=np.float64)
+    return metrics, {
+        "accuracy": (ids, correct),
+        "gold_logprob": (ids, gold_lp.double().numpy()),
+    }

@@ -183,7 +183,7 @@ class MicroLoss:
     rows: torch.Tensor | None = None
 
 
-def step_loss(
+def micro_batch_loss(
     model,
     batch,
     cfg: RunConfig,

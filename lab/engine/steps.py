@@ -25,7 +25,7 @@ from lab.config import RunConfig
 from lab.datasets import encoding
 from lab.engine import adapters, forward
 from lab.engine.dist import Dist
-from lab.engine.forward import step_loss
+from lab.engine.forward import micro_batch_loss
 from lab.method import losses
 from lab.runs import events
 
@@ -129,6 +129,16 @@ def _global_terms(model, rows: list[torch.Tensor], cfg, lambdas, dist: Dist, ste
     return raw, inactive, grads
 
 
+def _rows_ahead(model, micro: list[dict], cfg: RunConfig) -> list[torch.Tensor]:
+    """Every micro-batch's rows from a no-grad pass with the same dropout noise as the training
+    pass that follows (the batch terms' gradient is needed before the first backward)."""
+    start = get_rng()
+    with torch.no_grad():
+        rows = [forward.student_rows(model, b, cfg) for b in micro]
+    set_rng(start)
+    return rows
+
+
 def train_arm_step(
     arm: Arm,
     micro: list[dict],
@@ -144,7 +154,12 @@ def train_arm_step(
 
     ``tokens`` and ``norm``: the step's :func:`step_tokens` and :func:`step_norm` when the
     caller has counted them (once for all arms); ``teacher``: the step's :func:`teacher_step`
-    (computed here when the arm needs it and it is not given)."""
+    (computed here when the arm needs it and it is not given).
+
+    The batch terms are computed once, as soon as every micro-batch's rows are known, and their
+    gradient flows into each micro-batch through ``(rows * grad).sum()``. With several
+    micro-batches and a weighted batch term, the rows come from a no-grad pass first (the
+    gradient is needed before the first backward); otherwise from the training forward itself."""
     t0 = time.perf_counter()
     model = arm.activate()
     lambdas = lambdas_at(cfg, arm.spec, step)
@@ -155,83 +170,36 @@ def train_arm_step(
     set_rng(arm.rng)  # each arm draws its own dropout noise, seed-matched
     model.train()
     params = adapters.trainable_parameters(model, arm.name)
-    grads = None
-    raw, inactive = {}, {}
-    if need_terms and _batch_weighted(cfg, lambdas) and len(micro) > 1:
-        # The batch terms need every micro-batch's rows before any backward: a no-grad pass
-        # first (same dropout noise as the training pass), then their gradient flows back
-        # into each micro-batch below. (One micro-batch: its own forward gives the rows.)
-        start = get_rng()
-        with torch.no_grad():
-            rows = [forward.student_rows(model, b, cfg) for b in micro]
-        set_rng(start)
+    ahead = need_terms and _batch_weighted(cfg, lambdas) and len(micro) > 1
+    rows = _rows_ahead(model, micro, cfg) if ahead else []
+    raw, inactive, grads = {}, {}, None
+    if ahead:
         raw, inactive, grads = _global_terms(model, rows, cfg, lambdas, dist, step, arm.seed)
-        del rows
-    kept = []
-    per_token = _PARTS[:3]  # summed over micro-batches and processes; the svd term is global
-    sums = None  # on the device: read once, after the loop
+    sums = None  # the per-token parts, on the device: read once, after the loop
     for k, batch in enumerate(micro):
-        out = step_loss(
-            model,
-            batch,
-            cfg,
-            lambdas,
-            need_terms=need_terms,
-            norm=norm,
-            teacher=None if teacher is None else teacher[k],
+        tk = None if teacher is None else teacher[k]
+        out = micro_batch_loss(
+            model, batch, cfg, lambdas, need_terms=need_terms, norm=norm, teacher=tk
         )
         total = out.total
         if out.rows is not None:
-            if grads is not None:
+            if not ahead:
+                rows.append(out.rows.detach())
+                if len(rows) == len(micro):  # every row known: the batch terms, once
+                    raw, inactive, grads = _global_terms(
+                        model, rows, cfg, lambdas, dist, step, arm.seed
+                    )
+            if grads is not None:  # None: no weighted batch term, or every one inactive
                 total = total + (out.rows * grads[k]).sum()
-            elif len(micro) == 1 and _batch_weighted(cfg, lambdas):
-                raw, inactive, g = _global_terms(
-                    model, [out.rows.detach()], cfg, lambdas, dist, step, arm.seed
-                )
-                if g is not None:  # None: every batch term is inactive (e.g. too few rows)
-                    total = total + (out.rows * g[0]).sum()
-            else:
-                kept.append(out.rows.detach())
         total.backward()  # queued before the one host sync of the step
-        parts = [out.values.get(p) for p in per_token]
-        zero = out.values["task_loss"].new_zeros(())
-        part = torch.stack([zero if v is None else v.detach().float() for v in parts]).double()
+        part = _per_token_parts(out)
         sums = part if sums is None else sums + part
         del out, total
-    if kept:
-        raw, inactive, _ = _global_terms(model, kept, cfg, lambdas, dist, step, arm.seed)
-        del kept
-    values = dict(zip(per_token, dist.sum_tensor(sums).tolist()))  # the one host sync
-    for term in losses.TERMS:
-        if term in raw:
-            values[term] = float(raw[term])
-    present = {"task_loss"} | ({"consistency", "diversity"} if need_terms else set())
-    if cfg.task == "nlu":
-        present.discard("diversity")
-    present |= set(raw)
-    present -= set(inactive)
-    logged = losses.train_values(values, present, lambdas, inactive, need_terms)
-    bad = next(
-        (
-            k
-            for k in ("svd", "diversity", "consistency", "task_loss", "loss")
-            if logged[k] is not None and not math.isfinite(logged[k])
-        ),
-        None,
-    )
-    if bad is not None:
-        arm.optimizer.zero_grad(set_to_none=True)
-        what = {"loss": "loss", "task_loss": "task loss"}.get(bad, f"{bad} term")
-        raise FloatingPointError(f"arm {arm.name}: the {what} is not finite at step {step}")
-    dist.sum_grads(params)
-    clipped = {}
-    if cfg.train.max_grad_norm > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-        clipped["grad_norm"] = float(grad_norm)
-    arm.optimizer.step()
-    arm.scheduler.step()
-    arm.optimizer.zero_grad(set_to_none=True)
-    arm.rng = get_rng()
+    del rows
+    values = dict(zip(_PER_TOKEN, dist.sum_tensor(sums).tolist()))  # the one host sync
+    logged = _logged(values, raw, inactive, lambdas, need_terms, cfg)
+    _check_finite(arm, logged, step)
+    clipped = _update(arm, params, cfg, dist)
     arm.tokens += step_tokens(micro, cfg, dist) if tokens is None else tokens
     ev = events.train_event(
         arm=arm.name,
@@ -245,6 +213,53 @@ def train_arm_step(
     )
     arm.last = ev
     return ev
+
+
+_PER_TOKEN = _PARTS[:3]  # summed over micro-batches and processes; the svd term is global
+
+
+def _per_token_parts(out) -> torch.Tensor:
+    """A micro-batch's detached per-token parts as one float64 tensor (0 for an absent one)."""
+    parts = [out.values.get(p) for p in _PER_TOKEN]
+    zero = out.values["task_loss"].new_zeros(())
+    return torch.stack([zero if v is None else v.detach().float() for v in parts]).double()
+
+
+def _logged(values: dict, raw: dict, inactive: dict, lambdas, need_terms: bool, cfg) -> dict:
+    """The train event's loss fields from the summed per-token parts and the batch terms."""
+    for term in losses.TERMS:
+        if term in raw:
+            values[term] = float(raw[term])
+    present = {"task_loss"} | ({"consistency", "diversity"} if need_terms else set())
+    if cfg.task == "nlu":
+        present.discard("diversity")
+    present |= set(raw)
+    present -= set(inactive)
+    return losses.train_values(values, present, lambdas, inactive, need_terms)
+
+
+def _check_finite(arm: Arm, logged: dict, step: int) -> None:
+    """Raise FloatingPointError naming the first non-finite part (its gradients dropped)."""
+    for k in ("svd", "diversity", "consistency", "task_loss", "loss"):
+        if logged[k] is not None and not math.isfinite(logged[k]):
+            arm.optimizer.zero_grad(set_to_none=True)
+            what = {"loss": "loss", "task_loss": "task loss"}.get(k, f"{k} term")
+            raise FloatingPointError(f"arm {arm.name}: the {what} is not finite at step {step}")
+
+
+def _update(arm: Arm, params, cfg: RunConfig, dist: Dist) -> dict:
+    """Sum the gradients over processes, clip, step the optimizer and the scheduler; returns
+    ``{"grad_norm": ...}`` when clipping is on."""
+    dist.sum_grads(params)
+    clipped = {}
+    if cfg.train.max_grad_norm > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+        clipped["grad_norm"] = float(grad_norm)
+    arm.optimizer.step()
+    arm.scheduler.step()
+    arm.optimizer.zero_grad(set_to_none=True)
+    arm.rng = get_rng()
+    return clipped
 
 
 def step_tokens(micro: list[dict], cfg: RunConfig, dist: Dist) -> int:

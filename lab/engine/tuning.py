@@ -85,7 +85,9 @@ def val_loss(model, batches: list[dict], cfg: RunConfig) -> float:
     loss = 0.0
     with torch.no_grad():
         for b in batches:
-            out = forward.step_loss(model, b, cfg, (0.0, 0.0, 0.0), need_terms=False, norm=total)
+            out = forward.micro_batch_loss(
+                model, b, cfg, (0.0, 0.0, 0.0), need_terms=False, norm=total
+            )
             loss += float(out.total)
     return loss
 

@@ -172,7 +172,7 @@ def test_same_seed_same_curves(tmp_path):
 
 
 def test_nan_fails_one_arm_and_the_others_go_on(tmp_path, monkeypatch):
-    real = steps.step_loss
+    real = steps.micro_batch_loss
 
     def poisoned(model, batch, cfg, lambdas, **kw):
         out = real(model, batch, cfg, lambdas, **kw)
@@ -181,7 +181,7 @@ def test_nan_fails_one_arm_and_the_others_go_on(tmp_path, monkeypatch):
             out.values["task_loss"] = out.values["task_loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(steps, "step_loss", poisoned)
+    monkeypatch.setattr(steps, "micro_batch_loss", poisoned)
     _, events, out = _run(tmp_path, FAST)
     failed = [e for e in events if e["kind"] == "failed"]
     assert [e["arm"] for e in failed] == ["balora"] and "not finite" in failed[0]["error"]

@@ -183,7 +183,7 @@ def _step_with_grads(model, batch, cfg, lambdas):
     params = adapters.trainable_parameters(model)
     for p in params:
         p.grad = None
-    out = forward.step_loss(model, batch, cfg, lambdas, need_terms=True)
+    out = forward.micro_batch_loss(model, batch, cfg, lambdas, need_terms=True)
     weighted, raw, inactive = forward.batch_terms(model, out.rows, cfg, lambdas)
     (out.total + weighted).backward()
     values = {k: float(v) for k, v in {**out.values, **raw}.items()}
@@ -337,9 +337,9 @@ def test_lora_dropout_in_training_runs_every_row_whole(monkeypatch):
     assert batch["shared_len"] > 0
     seen = _decoder_shapes(monkeypatch, model)
     model.train()
-    forward.step_loss(model, batch, cfg, (0.0, 0.0, 0.0), need_terms=False)
+    forward.micro_batch_loss(model, batch, cfg, (0.0, 0.0, 0.0), need_terms=False)
     assert seen == [tuple(batch["input_ids"].shape)]  # each row draws its own dropout noise
     seen.clear()
     model.eval()  # no dropout: the start is shared again
-    forward.step_loss(model, batch, cfg, (0.0, 0.0, 0.0), need_terms=False)
+    forward.micro_batch_loss(model, batch, cfg, (0.0, 0.0, 0.0), need_terms=False)
     assert len(seen) == 2
