@@ -1,4 +1,5 @@
-"""The command line: ``python -m lab train | models | datasets | presets | report | bias``.
+"""The command line: ``python -m lab train | sweep | models | datasets | presets | report | bias |
+verdicts | export``.
 
 ``train`` runs the same engine the UI uses and works under ``accelerate launch`` for several
 processes. A bad preset, key, value, model or dataset exits with code 2 and one line naming it.
@@ -22,8 +23,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from lab.jobs.worker import WorkerLockHeld
     from lab.models import ModelError
     from lab.runs.store import RunReadError
+    from lab.sweep.pool import PoolError
 
     return (
+        PoolError,
         ConfigError,
         DataError,
         ModelError,
@@ -106,6 +109,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from lab.jobs.hosting import LOCAL_LIMITS, check_limits
+    from lab.sweep.runner import run_sweep
+    from lab.sweep.spec import load_spec, plan
+
+    spec = load_spec(args.spec)
+    for cell in plan(spec):
+        check_limits(cell.cfg, LOCAL_LIMITS)
+
+    def line(row: dict) -> None:
+        err = f" ({row['error']})" if row["error"] else ""
+        print(f"{row['name']:<40} {row['status']:<7} attempts={row['attempts']}{err}",
+              file=sys.stderr)  # fmt: skip
+
+    index = run_sweep(spec, args.out, engine=args.engine, address=args.address,
+                      num_cpus=args.num_cpus, on_cell=None if args.quiet else line)  # fmt: skip
+    print(json.dumps({"sweep_dir": str(args.out), **index["counts"]}))
+    return 1 if index["counts"]["failed"] else 0
+
+
 def _print_rows(rows: list[dict], as_json: bool, line: Callable[[dict], str]) -> int:
     """A listing: the rows as JSON, or one ``line(row)`` each."""
     if as_json:
@@ -184,13 +207,61 @@ def cmd_bias(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_verdicts(args: argparse.Namespace, rows: list, summary: dict | None) -> None:
+    from lab.evidence import verdicts
+
+    if args.markdown:
+        print(verdicts.markdown_table(rows))
+        return
+    rates = verdicts.learning_rates_text(summary)
+    short = [f"In short: {x}" for x in verdicts.in_short(rows)]
+    for line in ([rates] if rates else []) + short + [verdicts.verdict_text(r) for r in rows]:
+        print(line)
+
+
+def _pooled_verdicts(args: argparse.Namespace, dirs: list[Path]) -> int:
+    """Several runs, or a sweep folder: runs that differ only in the seed, pooled."""
+    from lab.runs.store import read_summary
+    from lab.sweep import pool
+    from lab.sweep.runner import INDEX
+
+    if len(dirs) == 1:
+        groups = pool.sweep_verdicts(dirs[0], args.step)
+    else:
+        seeds = pool.check_poolable(dirs)
+        groups = [{"params": {}, "runs": [d.name for d in dirs], "left_out": [],
+                   "seeds": sorted(s for ss in seeds.values() for s in ss),
+                   "rows": pool.pooled_verdicts(dirs, args.step)}]  # fmt: skip
+    if not groups:
+        raise pool.PoolError(f"{dirs[0]}: no done cells to compare ({INDEX})")
+    if args.json:
+        print(json.dumps([{**g, "rows": [r.to_dict() for r in g["rows"]]} for g in groups],
+                         indent=2))  # fmt: skip
+        return 0
+    for g in groups:
+        where = ", ".join(f"{k}={v}" for k, v in g["params"].items()) or "all runs"
+        print(f"## {where}: seeds {', '.join(map(str, g['seeds']))} "
+              f"pooled from {len(g['runs'])} runs ({', '.join(g['runs'])})")  # fmt: skip
+        if g["left_out"]:
+            print(f"left out (not done): {', '.join(g['left_out'])}")
+        first = (dirs[0] / g["runs"][0]) if len(dirs) == 1 else dirs[0]
+        _print_verdicts(args, g["rows"], read_summary(first))
+        print()
+    return 0
+
+
 def cmd_verdicts(args: argparse.Namespace) -> int:
     from lab.evidence import plan, verdicts
     from lab.runs.store import RunReadError, read_summary
+    from lab.sweep.runner import INDEX
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise RunReadError(f"no run directory {args.run_dir}")
+    dirs = [Path(d) for d in args.run_dir]
+    for d in dirs:
+        if not d.is_dir():
+            raise RunReadError(f"no run directory {d}")
+    if len(dirs) > 1 or (dirs[0] / INDEX).is_file():
+        return _pooled_verdicts(args, dirs)
+    run_dir = dirs[0]
     try:
         rows = verdicts.run_verdicts(run_dir, args.step)
     except FileNotFoundError:
@@ -256,6 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("--json", action="store_true")
         s.set_defaults(fn=fn)
+    w = sub.add_parser("sweep", help="run every cell of a sweep spec (a grid over a preset)")
+    w.add_argument("spec", metavar="SPEC.yaml", help="preset, set and grid (docs/scaling-out.md)")
+    w.add_argument("--out", required=True, help="the sweep folder (run again to resume it)")
+    w.add_argument("--engine", choices=("local", "ray"), default="local")
+    w.add_argument("--address", help="an existing Ray cluster (default: a local instance)")
+    w.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
+    w.add_argument("--quiet", action="store_true", help="no line per finished cell")
+    w.set_defaults(fn=cmd_sweep)
     s = sub.add_parser("presets", help="list the presets")
     s.set_defaults(fn=cmd_presets)
     r = sub.add_parser("report", help="render every figure of a run to HTML (no model needed)")
@@ -282,7 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "verdicts", help="paired differences between a run's arms (and the base), in words"
     )
-    v.add_argument("run_dir")
+    v.add_argument(
+        "run_dir", nargs="+", metavar="RUN_OR_SWEEP",
+        help="a run; several runs that differ only in the seed (pooled); or a sweep folder",
+    )  # fmt: skip
     v.add_argument("--step", type=int, help="an eval step (default: the last)")
     fmt = v.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="a Markdown table")

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 
 from lab.arms import ARM_NAMES, unseeded
 
-
 DIRECTION_WORDS = {
     "better": "did better on",
     "worse": "did worse on",

@@ -123,7 +123,10 @@ def test_metric_drift_figures():
     events = train_events() + eval_events()
     fig = plots.metric_figure(events)
     assert names(fig) == ["base", "lora", "pissa", "balora"]
-    assert fig.data[0].line.dash == "longdash" and list(fig.data[0].x) == [0, 4]  # base across the run
+    assert fig.data[0].line.dash == "longdash" and list(fig.data[0].x) == [
+        0,
+        4,
+    ]  # base across the run
     drift = plots.drift_figure(events)
     assert names(drift) == list(ARMS)  # no line for the base model
     assert list(drift.data[2].y) == pytest.approx([0.0, 0.12])
