@@ -101,7 +101,7 @@ def test_declared_constraints_give_the_messages():
         ("data.minority_fraction=0.5", "data.minority_fraction: must be in [0, 0.5)"),
         ("train.max_grad_norm=-1", "train.max_grad_norm: must be 0 (off) or more"),
         ("reg.top_k=1", "reg.top_k: must be at least 2"),
-        ("lora.alpha=0", "lora.alpha: must be positive"),
+        ("lora.alpha=0", "lora.alpha: must be in (0, 100000]"),
         ("model.dtype=int8", "model.dtype: must be one of auto, float32, bfloat16, float16"),
     ],
 )
