@@ -153,7 +153,7 @@ class TrainConfig:
         help="Steps of each candidate rate in lr_mode tuned.")  # fmt: skip
     val_fraction: float = setting(0.1, ge=0, lt=1, label="Validation share",
         help="Share of the training rows held out (never trained on) to choose the rate.")  # fmt: skip
-    max_grad_norm: float = setting(0.0, ge=0, zero="off", label="Gradient clipping",
+    max_grad_norm: float = setting(0.0, ge=0, le=1_000_000, zero="off", label="Gradient clipping",
         help="Clip each arm's adapter gradient norm to this (0 = off).")  # fmt: skip
     scheduler: str = setting("cosine", choices=("constant", "linear", "cosine"), label="Learning-rate schedule",
         help="How the learning rate changes over the steps, after the warm-up.")  # fmt: skip
