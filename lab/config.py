@@ -2,22 +2,38 @@
 
 A preset is a YAML mapping of sections (``model``, ``data``, ``lora``, ``reg``, ``train``) plus
 the top-level keys ``name``, ``task`` and ``arms``. Every key must exist in the dataclasses; an
-unknown key or a bad value raises :class:`ConfigError` naming the field.
+unknown key or a bad value raises :class:`ConfigError` naming the field. Each field is declared
+once with :func:`lab.fields.setting`: its default, bounds, choices, label and help text.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
 from lab import arms as arm_specs
+from lab.fields import (  # noqa: F401  (re-exported: every reader imports them from here)
+    MAX_INT,
+    SNIPPET,
+    ConfigError,
+    broken,
+    broken_items,
+    coerce,
+    constraints,
+    leaves,
+    rows_of,
+    rule_text,
+    safe_yaml,
+    setting,
+    short_repr,
+    type_text,
+)
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 TASKS = ("nlg", "nlu")
@@ -31,201 +47,164 @@ TEACHER_CHOICES = {
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
 
 
-class ConfigError(ValueError):
-    """A bad preset, key or value; the message names the field."""
-
-
-MAX_INT = 2**53  # integers beyond exact float range are never a meaningful setting
-SNIPPET = 60  # an error echoes at most this many characters of the value it rejects
-
-
-def short_repr(value: Any) -> str:
-    """``repr`` of a value cut to a short piece, so an error never echoes a large input."""
-    text = repr(value)
-    return text if len(text) <= SNIPPET else text[:SNIPPET] + f"… ({len(text)} characters)"
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` without anchors and aliases: an alias bomb (a few hundred bytes that
-    expand to gigabytes) is refused before it is expanded."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
-            raise ConfigError("YAML anchors and aliases (&name, *name) are not accepted")
-        return super().compose_node(parent, index)
-
-
-def safe_yaml(text: str) -> Any:
-    """Parse YAML text as plain data, refusing anchors and aliases."""
-    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-# ---- declared constraints ----------------------------------------------------------------------
-# Each field's bounds and choices are declared once, in its dataclass field's metadata:
-#   ge / gt: lower bound (inclusive / exclusive); le / lt: upper bound (inclusive / exclusive);
-#   choices: the allowed values; zero: what 0 means, in the message ("0 (off) or more").
-# ``validate`` checks them, and the Setup form reads them for its slider ranges and choices
-# (``rules(path)``); the data loader reads the same bound (``check_value``). Rules that relate
-# several fields stay as code in ``validate``.
+# ---- the fields --------------------------------------------------------------------------------
+# ``validate`` checks each field's declared constraints; the Setup form reads them for its
+# labels, help, slider ranges and choices (``rules(path)``, ``label(path)``, ``help_text(path)``);
+# the data loader reads the same bound (``check_value``). Rules that relate several fields stay
+# as code in ``validate``. Sizes that cost time or memory are capped per hosting mode by
+# ``lab.jobs.hosting.Limits``; the bounds here hold everywhere.
 
 SEED_MAX = 2**31 - 1  # a training seed: 0 to this
+SEED = {"ge": 0, "le": SEED_MAX}
+LR = {"gt": 0, "le": 10}  # a learning rate: positive, and no optimizer here takes one above 10
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def setting(default: Any, **rules: Any) -> Any:
-    """A dataclass field with its default and its declared constraints (see above) in
-    ``metadata``."""
-    unknown = set(rules) - {"ge", "gt", "le", "lt", "choices", "zero"}
-    if unknown:
-        raise TypeError(f"unknown constraint(s): {', '.join(sorted(unknown))}")
-    if "choices" in rules:
-        rules["choices"] = tuple(rules["choices"])
-    return field(default=default, metadata=rules)
-
-
-def _num(x: float) -> str:
-    return str(x) if isinstance(x, int) else f"{x:g}"
-
-
-def rule_text(rules: Mapping[str, Any]) -> str | None:
-    """What the declared ``rules`` ask of a value, as an error message says it ("must be ...")."""
-    if "choices" in rules:
-        return f"must be one of {', '.join(map(str, rules['choices']))}"
-    lo = rules.get("ge", rules.get("gt"))
-    hi = rules.get("le", rules.get("lt"))
-    if lo is not None and hi is not None:
-        left = "[" if "ge" in rules else "("
-        right = "]" if "le" in rules else ")"
-        return f"must be in {left}{_num(lo)}, {_num(hi)}{right}"
-    if "gt" in rules:
-        return "must be positive" if rules["gt"] == 0 else f"must be more than {_num(rules['gt'])}"
-    if "ge" in rules:
-        if rules["ge"] == 0:
-            zero = f" ({rules['zero']})" if "zero" in rules else ""
-            return f"must be 0{zero} or more"
-        return f"must be at least {_num(rules['ge'])}"
-    if hi is not None:
-        return f"must be at most {_num(hi)}" if "le" in rules else f"must be below {_num(hi)}"
-    return None
-
-
-def broken(value: Any, rules: Mapping[str, Any]) -> str | None:
-    """The message for a ``value`` that breaks its declared ``rules`` (None when it keeps them)."""
-    if "choices" in rules:
-        ok = value in rules["choices"]
-        return None if ok else f"{rule_text(rules)}, got {short_repr(value)}"
-    ok = (
-        ("ge" not in rules or value >= rules["ge"])
-        and ("gt" not in rules or value > rules["gt"])
-        and ("le" not in rules or value <= rules["le"])
-        and ("lt" not in rules or value < rules["lt"])
-    )
-    return None if ok else rule_text(rules)
 
 
 @dataclass
 class ModelConfig:
-    name: str = (
-        "smollm2-135m"  # embedded name, hub id, local directory, or "tiny-llama"/"tiny-bert"
-    )
-    dtype: str = setting("auto", choices=DTYPES)  # auto (CUDA: bf16, CPU: fp32) | float32 | ...
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    load_in_4bit: bool = False  # QLoRA-style NF4 base weights through bitsandbytes (CPU or CUDA)
-    seed: int = 0  # seed of the weights of tiny random models
+    name: str = setting("smollm2-135m", label="Base model",
+        help="Embedded models work offline; tiny-* are random toy models for quick tries. A hub id or a local folder also works.")  # fmt: skip
+    dtype: str = setting("auto", choices=DTYPES, label="Model precision",
+        help="auto: bf16 on CUDA, fp32 on CPU; or float32, bfloat16, float16.")  # fmt: skip
+    device: str = setting("auto", label="Device", help="auto, cpu, cuda, cuda:N or mps.")
+    load_in_4bit: bool = setting(False, label="4-bit base model",
+        help="QLoRA-style NF4 base weights through bitsandbytes (CPU or CUDA).")  # fmt: skip
+    seed: int = setting(0, **SEED, label="Tiny model seed",
+        help="Seed of the weights of the tiny random models.")  # fmt: skip
 
 
 @dataclass
 class DataConfig:
-    name: str = "sentiment"  # shipped set, a .jsonl/.csv path, or a hub dataset id
-    columns: dict[str, str] = field(default_factory=dict)  # e.g. {"prompt": "question"}
-    label_noise: float = setting(0.0, ge=0, lt=1)  # fraction of training labels flipped (seeded)
-    # 0 = keep the balance; else the minority share in training (below one half: a minority)
-    minority_fraction: float = setting(0.0, ge=0, lt=0.5)
-    minority_class: str = ""  # the class made rare by minority_fraction ("" = the last class)
-    max_train: int = setting(2000, ge=1)
-    max_eval: int = setting(64, ge=1)  # test examples scored at each eval point
+    name: str = setting("sentiment", label="Dataset",
+        help="A shipped dataset, or your own file (.jsonl or .csv; uploaded on the right in the app), or a hub dataset id.")  # fmt: skip
+    columns: dict[str, str] = setting(factory=dict, label="Column mapping",
+        help="Which column of your file holds each role, e.g. {prompt: question} (empty: the file's own names).")  # fmt: skip
+    label_noise: float = setting(0.0, ge=0, lt=1, label="Label noise",
+        help="Fraction of training labels flipped on purpose: does the method resist noisy data?")  # fmt: skip
+    minority_fraction: float = setting(0.0, ge=0, lt=0.5, label="Minority share",
+        help="0 keeps the classes as they are; 0.1 makes one class only 10% of training data.")  # fmt: skip
+    minority_class: str = setting("", label="Minority class",
+        help="The class made rare by the minority share (empty: the last class).")  # fmt: skip
+    max_train: int = setting(2000, ge=1, label="Training examples",
+        help="At most this many training examples.")  # fmt: skip
+    max_eval: int = setting(64, ge=1, label="Test examples",
+        help="Test examples scored at each eval point.")  # fmt: skip
 
 
 @dataclass
 class LoraConfig:
-    rank: int = setting(8, ge=1)
-    alpha: float = setting(16.0, gt=0)
-    dropout: float = setting(0.0, ge=0, lt=1)
-    target_modules: list[str] = field(default_factory=lambda: ["auto"])  # auto: per architecture
-    # power iterations of the fast randomized PiSSA init (0 = exact SVD)
-    pissa_niter: int = setting(4, ge=0)
+    rank: int = setting(8, ge=1, label="Rank",
+        help="Width of the low-rank update: more capacity, more parameters.")  # fmt: skip
+    alpha: float = setting(16.0, gt=0, le=100_000, label="Alpha",
+        help="Scale of the update: the adapter's output is multiplied by alpha / rank.")  # fmt: skip
+    dropout: float = setting(0.0, ge=0, lt=1, label="LoRA dropout",
+        help="Dropout on the adapters' input in training.")  # fmt: skip
+    target_modules: list[str] = setting(factory=lambda: ["auto"], label="Target modules",
+        help="Layer names that get adapters (e.g. q_proj,v_proj); auto: every linear layer of the attention and MLP blocks.")  # fmt: skip
+    pissa_niter: int = setting(4, ge=0, label="PiSSA power iterations",
+        help="Power iterations of the fast randomized PiSSA init (0 = exact SVD).")  # fmt: skip
 
 
 @dataclass
 class RegConfig:
-    lambda1: float = setting(0.025, ge=0)  # consistency weight
-    lambda2: float = setting(0.005, ge=0)  # diversity weight
-    lambda3: float = setting(0.005, ge=0)  # svd weight
-    temperature: float = setting(2.0, gt=0)
-    top_k: int = setting(20, ge=2)
-    svd_k: int = setting(10, ge=1)
-    svd_norm: str = setting("frobenius", choices=("frobenius", "nuclear"))
-    svd_target: str = setting("logits", choices=("logits", "features"))
-    # constant | cosine (decays to 0.1 * lambda1)
-    lambda1_schedule: str = setting("constant", choices=("constant", "cosine"))
-    # fraction of steps with lambda2 = lambda3 = 0 (two-phase)
-    lambda23_warmup: float = setting(0.0, ge=0, lt=1)
-    # model: the teacher is exactly the loaded model (default). bfloat16 / auto are opt-in speed
-    # settings: bf16 autocast always / for an fp32 model on native-bf16 hardware (not exact).
-    teacher_dtype: str = setting("model", choices=TEACHER_CHOICES)
+    lambda1: float = setting(0.025, ge=0, le=100, label="λ1 consistency",
+        help="Pulls the model's outputs toward the original model's (limits forgetting).")  # fmt: skip
+    lambda2: float = setting(0.005, ge=0, le=100, label="λ2 diversity",
+        help="Rewards spread-out predictions (fights collapse onto a few answers).")  # fmt: skip
+    lambda3: float = setting(0.005, ge=0, le=100, label="λ3 SVD",
+        help="Rewards outputs dominated by a few strong directions (keeps what generalises).")  # fmt: skip
+    temperature: float = setting(2.0, gt=0, le=100, label="T (temperature)",
+        help="Softens both models' outputs before comparing them in the consistency term.")  # fmt: skip
+    top_k: int = setting(20, ge=2, label="top-K",
+        help="The diversity term looks at the K most likely next tokens (NLG).")  # fmt: skip
+    svd_k: int = setting(10, ge=1, label="SVD k",
+        help="How many top singular values the SVD term rewards.")  # fmt: skip
+    svd_norm: str = setting("frobenius", choices=("frobenius", "nuclear"), label="SVD normalisation",
+        help="What the top singular values are divided by: the Frobenius norm (NLG) or the nuclear norm (NLU).")  # fmt: skip
+    svd_target: str = setting("logits", choices=("logits", "features"), label="SVD term on",
+        help="logits, or features: the pooled hidden states (not degenerate when k reaches the number of classes).")  # fmt: skip
+    lambda1_schedule: str = setting("constant", choices=("constant", "cosine"), label="λ1 schedule",
+        help="constant, or cosine: decays to 0.1 × λ1 over the run.")  # fmt: skip
+    lambda23_warmup: float = setting(0.0, ge=0, lt=1, label="λ2, λ3 warm-up",
+        help="Fraction of the steps with λ2 = λ3 = 0 (two-phase training).")  # fmt: skip
+    teacher_dtype: str = setting("model", choices=TEACHER_CHOICES, label="Teacher precision",
+        help="model (default): the exact pre-trained outputs. The bf16 choices are opt-in speed settings; the run summary records which one was used.")  # fmt: skip
 
 
 @dataclass
 class TrainConfig:
-    steps: int = setting(30, ge=1)
-    batch_size: int = setting(4, ge=1)
-    grad_accum: int = setting(1, ge=1)
-    seq_len: int = setting(128, ge=8)
-    lr: float = setting(2e-4, gt=0)
-    lr_by_arm: dict[str, float] = field(default_factory=dict)  # e.g. {pissa: 1e-4}
-    # fixed: train.lr / lr_by_arm. tuned: a short sweep of lr_grid per arm first, each arm's
-    # rate chosen by its loss on a validation split carved from the training data
-    lr_mode: str = setting("fixed", choices=("fixed", "tuned"))
-    lr_grid: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
-    tune_steps: int = setting(10, ge=0)  # steps of each candidate rate in lr_mode tuned
-    # share of the training rows held out (never trained on) to choose the rate
-    val_fraction: float = setting(0.1, ge=0, lt=1)
-    # clip each arm's adapter gradient norm to this (0 = off)
-    max_grad_norm: float = setting(0.0, ge=0, zero="off")
-    scheduler: str = setting("cosine", choices=("constant", "linear", "cosine"))
-    warmup_ratio: float = setting(0.03, ge=0, lt=1)
-    weight_decay: float = setting(0.0, ge=0)
-    seed: int = 0
-    seeds: list[int] = field(default_factory=list)  # every arm once per seed ([] = [seed])
-    eval_every: int = setting(0, ge=0)  # 0 = evaluate at the start and the end only
-    bias_eval: bool = True  # bias probes at each eval point
-    bias_items: int = setting(0, ge=0)  # items per bias probe at eval points (0 = all)
-    analysis: bool = True  # spectra, hidden states and drift at each eval point
-    probe_size: int = setting(64, ge=2)  # held-out texts for drift, spectra and t-SNE
-    log_terms: bool = True  # also log the (unweighted) terms of the lora and pissa arms
+    steps: int = setting(30, ge=1, label="Steps",
+        help="Optimizer steps per arm; each step sees one batch.")  # fmt: skip
+    batch_size: int = setting(4, ge=1, label="Batch size",
+        help="Examples per step; larger is steadier but slower.")  # fmt: skip
+    grad_accum: int = setting(1, ge=1, label="Gradient accumulation",
+        help="Micro-batches per step (the batch is split into this many).")  # fmt: skip
+    seq_len: int = setting(128, ge=8, label="Sequence length",
+        help="Tokens per example; longer ones are cut.")  # fmt: skip
+    lr: float = setting(2e-4, **LR, label="Learning rate",
+        help="Step size of the adapter updates (around 1e-4 to 1e-3 for LoRA).")  # fmt: skip
+    lr_by_arm: dict[str, float] = setting(factory=dict, items=LR, label="Learning rate by arm",
+        help="Rates of some arms, by arm name or kind, e.g. {pissa: 1e-4}; the others take lr.")  # fmt: skip
+    lr_mode: str = setting("fixed", choices=("fixed", "tuned"), label="Learning-rate mode",
+        help="fixed: lr and lr_by_arm. tuned: a short sweep of lr_grid per arm first, each arm's rate chosen by its loss on a validation split carved from the training data.")  # fmt: skip
+    lr_grid: list[float] = setting(factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3], items=LR, label="Candidate rates",
+        help="The learning rates tried for each arm in lr_mode tuned.")  # fmt: skip
+    tune_steps: int = setting(10, ge=0, label="Tuning steps",
+        help="Steps of each candidate rate in lr_mode tuned.")  # fmt: skip
+    val_fraction: float = setting(0.1, ge=0, lt=1, label="Validation share",
+        help="Share of the training rows held out (never trained on) to choose the rate.")  # fmt: skip
+    max_grad_norm: float = setting(0.0, ge=0, le=1_000_000, zero="off", label="Gradient clipping",
+        help="Clip each arm's adapter gradient norm to this (0 = off).")  # fmt: skip
+    scheduler: str = setting("cosine", choices=("constant", "linear", "cosine"), label="Learning-rate schedule",
+        help="How the learning rate changes over the steps, after the warm-up.")  # fmt: skip
+    warmup_ratio: float = setting(0.03, ge=0, lt=1, label="Warm-up",
+        help="Fraction of the steps over which the learning rate rises from 0.")  # fmt: skip
+    weight_decay: float = setting(0.0, ge=0, le=10, label="Weight decay",
+        help="AdamW weight decay of the adapter weights.")  # fmt: skip
+    seed: int = setting(0, **SEED, label="Seed",
+        help="The training seed (data order, dropout, init): the same for every arm.")  # fmt: skip
+    seeds: list[int] = setting(factory=list, items=SEED, label="Seeds",
+        help="Train every arm once per seed in one run (empty: just seed).")  # fmt: skip
+    eval_every: int = setting(0, ge=0, label="Evaluate every",
+        help="Steps between evaluations (metrics, drift, spectra, t-SNE); 0 = start and end only.")  # fmt: skip
+    bias_eval: bool = setting(True, label="Bias probes", help="Bias probes at each eval point.")
+    bias_items: int = setting(0, ge=0, label="Bias items",
+        help="Items per bias probe at eval points (0 = all).")  # fmt: skip
+    analysis: bool = setting(True, label="Analysis",
+        help="Spectra, hidden states and drift at each eval point.")  # fmt: skip
+    probe_size: int = setting(64, ge=2, label="Probe texts",
+        help="Held-out texts for drift, spectra and t-SNE.")  # fmt: skip
+    log_terms: bool = setting(True, label="Terms of every arm",
+        help="Also log the (unweighted) regularizer terms of the lora and pissa arms.")  # fmt: skip
 
 
 @dataclass
 class BiasConfig:
     """Published bias benchmarks scored at every eval point (paths; "" = off)."""
 
-    crows_pairs: str = ""  # CrowS-Pairs CSV (sent_more, sent_less, stereo_antistereo, bias_type)
-    bbq: str = ""  # BBQ JSONL (context, question, ans0-ans2, label, context_condition, ...)
-    winogender: str = ""  # WinoGender-style templates (occupation, participant, answer, sentence)
-    winogender_stats: str = ""  # occupation,women_pct[,source] for the WinoGender correlation
+    crows_pairs: str = setting("", label="CrowS-Pairs file",
+        help="CrowS-Pairs CSV (sent_more, sent_less, stereo_antistereo, bias_type); empty: off.")  # fmt: skip
+    bbq: str = setting("", label="BBQ file",
+        help="BBQ JSONL (context, question, ans0-ans2, label, context_condition, ...); empty: off.")  # fmt: skip
+    winogender: str = setting("", label="WinoGender file",
+        help="WinoGender-style templates (occupation, participant, answer, sentence); empty: off.")  # fmt: skip
+    winogender_stats: str = setting("", label="Occupation statistics file",
+        help="occupation,women_pct[,source] for the WinoGender correlation; empty: off.")  # fmt: skip
 
 
 @dataclass
 class RunConfig:
-    name: str = "custom"
-    task: str = setting("nlg", choices=TASKS)  # nlg (causal LM) | nlu (sequence classification)
-    arms: list[str] = field(default_factory=lambda: list(arm_specs.ARMS))
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    reg: RegConfig = field(default_factory=RegConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    bias: BiasConfig = field(default_factory=BiasConfig)
+    name: str = setting("custom", label="Run name", help="The run's name; its id starts with it.")
+    task: str = setting("nlg", choices=TASKS, label="Task type",
+        help="nlg: the model writes an answer (causal LM). nlu: it picks a class (classifier head).")  # fmt: skip
+    arms: list[str] = setting(factory=lambda: list(arm_specs.ARMS), label="Arms",
+        help="Trained on the same batches from the same seed. BA-LoRA = PiSSA init + the 3 regularizers.")  # fmt: skip
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    reg: RegConfig = dataclasses.field(default_factory=RegConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    bias: BiasConfig = dataclasses.field(default_factory=BiasConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,62 +218,6 @@ NLU_REG_DEFAULTS = {
     "svd_k": 5,
     "svd_norm": "nuclear",
 }
-
-
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    """Convert a YAML/CLI value to the declared type or raise naming ``where``."""
-    origin = get_origin(typ)
-    if origin is list:
-        (item,) = get_args(typ)
-        if isinstance(value, str) and where == "arms":
-            value = arm_specs.split_list(value)
-        elif isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {short_repr(value)}")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {short_repr(value)}")
-        _, item = get_args(typ)
-        return {str(k): _coerce(v, item, f"{where}.{short_repr(str(k))}") for k, v in value.items()}
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where}: expected true or false, got {short_repr(value)}")
-    if typ is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {short_repr(value)}")
-        out = None
-        if isinstance(value, int):
-            out = value
-        elif isinstance(value, float) and value.is_integer():
-            out = int(value)
-        elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            digits = value.strip().lstrip("+-")
-            out = int(value) if len(digits) <= len(str(MAX_INT)) else MAX_INT + 1
-        if out is None:
-            raise ConfigError(f"{where}: expected an integer, got {short_repr(value)}")
-        if abs(out) > MAX_INT:
-            raise ConfigError(f"{where}: {short_repr(value)} is too large (at most {MAX_INT})")
-        return out
-    if typ is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {short_repr(value)}")
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {short_repr(value)}") from None
-        if not math.isfinite(out):
-            raise ConfigError(f"{where}: expected a finite number, got {short_repr(value)}")
-        return out
-    if typ is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{where}: expected text, got {short_repr(value)}")
-        return str(value)
-    raise ConfigError(f"{where}: unsupported type {typ}")
 
 
 def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
@@ -311,7 +234,7 @@ def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
                 raise ConfigError(f"{where}: expected a mapping of {type(current).__name__} fields")
             _apply(current, value, prefix=f"{where}.")
         else:
-            setattr(obj, key, _coerce(value, hints[key], where))
+            setattr(obj, key, coerce(value, hints[key], where))
 
 
 def _field(path: str) -> dataclasses.Field:
@@ -332,7 +255,17 @@ def _field(path: str) -> dataclasses.Field:
 def rules(path: str) -> dict[str, Any]:
     """The declared constraints of one field (``{"ge": 0, "lt": 0.5}``, ``{"choices": ...}``,
     or ``{}``), by its config path."""
-    return dict(_field(path).metadata)
+    return constraints(_field(path))
+
+
+def label(path: str) -> str:
+    """The label a field shows (the Setup form, the settings table), by its config path."""
+    return _field(path).metadata.get("label", "")
+
+
+def help_text(path: str) -> str:
+    """What a field does, in a sentence or two (the form, the CLI, the settings table)."""
+    return _field(path).metadata.get("help", "")
 
 
 def check_value(path: str, value: Any) -> str | None:
@@ -348,8 +281,14 @@ def declared(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any, Mapping[str
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             yield from declared(value, f"{prefix}{f.name}.")
-        elif f.metadata:
-            yield f"{prefix}{f.name}", value, f.metadata
+        elif own := constraints(f):
+            yield f"{prefix}{f.name}", value, own
+
+
+def settings_rows() -> list[dict[str, str]]:
+    """One row per setting, in declaration order (key, label, type, default, allowed, help):
+    what ``python -m lab settings`` and ``docs/settings.md`` show."""
+    return rows_of(RunConfig)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -361,8 +300,12 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{where}: {msg}")
 
     for where, value, declared_rules in declared(cfg):
-        msg = broken(value, declared_rules)
-        need(msg is None, where, str(msg))
+        if "items" in declared_rules:
+            bad = broken_items(where, value, declared_rules)
+            need(bad is None, *(bad or ("", "")))
+        else:
+            msg = broken(value, declared_rules)
+            need(msg is None, where, str(msg))
     need(len(cfg.arms) > 0, "arms", "at least one arm is needed")
     for arm in cfg.arms:
         need(
@@ -376,10 +319,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"arms: {e}") from None
     folders = [arm_specs.folder_name(a) for a in cfg.arms]
     need(len(set(folders)) == len(folders), "arms", "an arm is listed twice")
-    for key, lr in cfg.train.lr_by_arm.items():
+    for key in cfg.train.lr_by_arm:
         kinds = {a.partition("@")[0] for a in cfg.arms}
         need(key in cfg.arms or key in kinds, f"train.lr_by_arm.{key}", "names no arm of this run")
-        need(lr > 0, f"train.lr_by_arm.{key}", "must be positive")
     need(bool(cfg.model.name.strip()), "model.name", "must not be empty")
     need(
         bool(DEVICE.match(cfg.model.device)),
@@ -399,8 +341,6 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def _validate_seeds(cfg: RunConfig, need) -> None:
     seeds = cfg.train.seeds
-    for i, seed in enumerate(seeds):
-        need(0 <= seed <= SEED_MAX, f"train.seeds[{i}]", f"must be in [0, {SEED_MAX}], got {seed}")
     need(
         len(set(seeds)) == len(seeds),
         "train.seeds",
@@ -419,8 +359,6 @@ def _validate_seeds(cfg: RunConfig, need) -> None:
 
 def _validate_lr_tuning(cfg: RunConfig, need) -> None:
     t = cfg.train
-    for i, lr in enumerate(t.lr_grid):
-        need(lr > 0, f"train.lr_grid[{i}]", f"a learning rate must be positive, got {lr}")
     need(len(set(t.lr_grid)) == len(t.lr_grid), "train.lr_grid", "a learning rate is listed twice")
     if t.lr_mode != "tuned":
         return
@@ -448,6 +386,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"preset {path.name}: not valid YAML{line}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"preset {path.name}: not UTF-8 text") from None
+    except ConfigError as e:  # an alias, or a key given twice
+        raise ConfigError(f"preset {path.name}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -26,7 +26,7 @@ LAYERS = [
     ("datasets", "models"),
     ("runs",),
     ("method",),
-    ("config", "arms"),
+    ("config", "arms", "fields"),
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

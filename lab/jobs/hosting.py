@@ -66,6 +66,9 @@ class Limits:
     grid_points: int  # points of one Tune grid
     seeds: int  # train.seeds of one run (every arm is trained once per seed)
     lr_grid: int  # candidate rates of train.lr_grid (lr_mode tuned)
+    pissa_niter: int  # power iterations of the PiSSA init (no step limit covers them)
+    top_k: int  # reg.top_k
+    svd_k: int  # reg.svd_k
 
 
 LOCAL_LIMITS = Limits(
@@ -93,6 +96,9 @@ LOCAL_LIMITS = Limits(
     grid_points=12,
     seeds=16,
     lr_grid=12,
+    pissa_niter=1000,
+    top_k=1_000_000,
+    svd_k=10_000,
 )
 PUBLIC_LIMITS = Limits(
     steps=200,
@@ -119,6 +125,9 @@ PUBLIC_LIMITS = Limits(
     grid_points=12,
     seeds=3,
     lr_grid=4,
+    pissa_niter=16,
+    top_k=1000,
+    svd_k=64,
 )
 
 
@@ -375,24 +384,56 @@ def check_overrides(hosting: Hosting, overrides: object) -> list[str]:
     return list(overrides)
 
 
+# config path -> the ``Limits`` entry that caps it (an upper bound declared in lab.config holds too)
+FIELD_LIMITS = {
+    "train.steps": "steps",
+    "train.tune_steps": "steps",
+    "train.eval_every": "steps",
+    "train.batch_size": "batch_size",
+    "train.grad_accum": "grad_accum",
+    "train.seq_len": "seq_len",
+    "data.max_train": "max_train",
+    "data.max_eval": "max_eval",
+    "train.probe_size": "probe_size",
+    "train.bias_items": "bias_items",
+    "lora.rank": "rank",
+    "lora.pissa_niter": "pissa_niter",
+    "reg.top_k": "top_k",
+    "reg.svd_k": "svd_k",
+}
+
+
+def upper_bound(path: str, limits: Limits) -> float | None:
+    """The largest value config field ``path`` may take under ``limits`` (for a list or a
+    mapping: each element); None when nothing bounds it."""
+    from lab.config import rules
+
+    r = rules(path)
+    r = r.get("items", r)
+    caps = [r[k] for k in ("le", "lt") if k in r]
+    if path in FIELD_LIMITS:
+        caps.append(getattr(limits, FIELD_LIMITS[path]))
+    return min(caps) if caps else None
+
+
+def _value(cfg: RunConfig, path: str):
+    node = cfg
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def check_limits(cfg: RunConfig, limits: Limits) -> None:
     """Raise ``ConfigError`` naming the first field over its limit."""
     t = cfg.train
     eval_points = 2 + (t.steps // t.eval_every if t.eval_every else 0)
     checks = [
-        ("train.steps", t.steps, limits.steps),
-        ("train.batch_size", t.batch_size, limits.batch_size),
-        ("train.grad_accum", t.grad_accum, limits.grad_accum),
-        ("train.seq_len", t.seq_len, limits.seq_len),
-        ("data.max_train", cfg.data.max_train, limits.max_train),
-        ("data.max_eval", cfg.data.max_eval, limits.max_eval),
-        ("train.probe_size", t.probe_size, limits.probe_size),
-        ("train.bias_items", t.bias_items, limits.bias_items),
-        ("lora.rank", cfg.lora.rank, limits.rank),
+        (path, _value(cfg, path), getattr(limits, name)) for path, name in FIELD_LIMITS.items()
+    ]
+    checks += [
         ("arms", len(cfg.arms), limits.arms),
         ("train.seeds", len(t.seeds), limits.seeds),
         ("train.lr_grid", len(t.lr_grid) if t.lr_mode == "tuned" else 0, limits.lr_grid),
-        ("train.tune_steps", t.tune_steps if t.lr_mode == "tuned" else 0, limits.steps),
         ("train.eval_every (eval points)", eval_points, limits.eval_points),
     ]
     for where, value, cap in checks:
