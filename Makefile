@@ -26,6 +26,7 @@ browser:
 	npm ci --no-audit --no-fund --silent
 
 test: setup browser
+	$(BIN)/python -m pip install -q -r requirements-ray.txt
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

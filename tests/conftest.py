@@ -127,7 +127,6 @@ def browser():
 # A sweep shared by the sweep and pooling tests: tiny-test, 3 seeds x 2 learning rates.
 
 
-
 FAST = ["train.steps=2", "train.analysis=false", "train.bias_eval=false", "data.max_eval=8"]
 SEEDS_X_LRS = {
     "preset": "tiny-test",
