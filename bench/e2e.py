@@ -70,9 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # (module, attribute, phase): the engine functions timed inside the child.
 TIMED = (
-    ("lab.engine.trainer", "load_task_data", "data_load_s"),
-    ("lab.engine.trainer", "load_model", "model_load_s"),
-    ("lab.engine.trainer", "build_arms", "arm_build_s"),
+    ("lab.engine.lifecycle", "load_task_data", "data_load_s"),
+    ("lab.engine.lifecycle", "load_model", "model_load_s"),
+    ("lab.engine.lifecycle", "build_arms", "arm_build_s"),
     ("lab.engine.steps", "micro_batches", "batching_s"),
     ("lab.engine.evaluation", "evaluate_task", "eval_task_s"),
     ("lab.engine.evaluation", "evaluate_bias", "eval_bias_s"),

@@ -58,7 +58,10 @@ def test_default_out_goes_under_the_runs_root(tmp_path):
         (["--preset", "no-such-preset"], "unknown preset 'no-such-preset'"),
         (["--preset", "tiny-test", "--set", "train.stepz=3"], "unknown key 'train.stepz'"),
         (["--preset", "tiny-test", "--set", "train.steps=-1"], "train.steps: must be at least 1"),
-        (["--preset", "tiny-test", "--set", "reg.lambda2=-0.5"], "reg.lambda2: must be 0 or more"),
+        (
+            ["--preset", "tiny-test", "--set", "reg.lambda2=-0.5"],
+            "reg.lambda2: must be in [0, 100]",
+        ),
         (
             ["--preset", "tiny-test", "--set", "model.name=nobody/no-model"],
             "could not fetch 'nobody/no-model'",

@@ -42,7 +42,7 @@ def _cfg(extra=()):
     "override, where, words",
     [
         ("train.lr_grid=[]", "train.lr_grid", "at least one learning rate"),
-        ("train.lr_grid=[0.001, -0.01]", "train.lr_grid[1]", "must be positive"),
+        ("train.lr_grid=[0.001, -0.01]", "train.lr_grid[1]", "must be in \\(0, 10\\]"),
         ("train.lr_grid=[0.001, 0.001]", "train.lr_grid", "listed twice"),
         ("train.tune_steps=0", "train.tune_steps", "at least 1 in lr_mode tuned"),
         ("train.val_fraction=0", "train.val_fraction", "in lr_mode tuned"),
@@ -58,7 +58,7 @@ def test_bad_values_name_the_key(override, where, words):
 
 def test_fixed_mode_ignores_the_tuning_settings_but_not_bad_rates():
     load_preset("tiny-test", ["train.lr_grid=[]", "train.tune_steps=0"])  # unused: accepted
-    with pytest.raises(ConfigError, match=r"^train\.lr_grid\[0\]: .*positive"):
+    with pytest.raises(ConfigError, match=r"^train\.lr_grid\[0\]: .*must be in"):
         load_preset("tiny-test", ["train.lr_grid=[-1]"])
 
 

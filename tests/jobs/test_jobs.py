@@ -69,7 +69,7 @@ def test_bad_config_raises_before_anything_is_written(tmp_path, fake_python):
     mgr = manager(tmp_path, fake_python)
     with pytest.raises(ConfigError, match="train.steps: must be at least 1"):
         mgr.submit("tiny-test", ["train.steps=0"])
-    with pytest.raises(ConfigError, match="reg.lambda1: must be 0 or more"):
+    with pytest.raises(ConfigError, match="reg.lambda1: must be in \\[0, 100\\]"):
         mgr.submit("tiny-test", ["reg.lambda1=-0.1"])
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert mgr.jobs() == []

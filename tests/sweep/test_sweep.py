@@ -98,7 +98,10 @@ def test_a_failing_cell_is_retried_once_then_marked_failed_and_the_others_finish
         if cfg.train.seed == 1:
             tries.append(Path(out).name)
             events = original(cfg, out, **kwargs)
-            yield next(events)  # the run has started and written its folder
+            for event in events:  # until the run has started and written its folder
+                yield event
+                if (Path(out) / "config.yaml").is_file():
+                    break
             events.close()
             raise RuntimeError("the device went away")
         yield from original(cfg, out, **kwargs)
@@ -111,8 +114,7 @@ def test_a_failing_cell_is_retried_once_then_marked_failed_and_the_others_finish
     assert by_seed[1]["attempts"] == 2 and by_seed[0]["attempts"] == 1
     assert "RuntimeError: the device went away" in by_seed[1]["error"]
     assert tries == ["001-seed1", "001-seed1"]
-    # the first attempt's folder is kept aside, the second stays in place
-    assert (tmp_path / "s" / "attempts" / "001-seed1-1" / "config.yaml").is_file()
+    assert (tmp_path / "s" / "001-seed1" / "config.yaml").is_file()
     assert load_run(tmp_path / "s" / "001-seed1").summary["status"] == "failed"
 
 

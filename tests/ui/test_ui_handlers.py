@@ -76,10 +76,10 @@ def test_custom_model_text_wins_over_the_dropdown():
     ("changes", "message"),
     [
         ({"train__steps": 0}, "train.steps: must be at least 1"),
-        ({"reg__lambda2": -0.01}, "reg.lambda2: must be 0 or more"),
+        ({"reg__lambda2": -0.01}, "reg.lambda2: must be in [0, 100]"),
         ({"arms": []}, "arms: at least one arm is needed"),
         ({"model__name": "tiny-bert"}, "supports task nlu, not nlg"),
-        ({"train__lr": 0}, "train.lr: must be positive"),
+        ({"train__lr": 0}, "train.lr: must be in (0, 10]"),
     ],
 )
 def test_bad_settings_show_the_field_and_write_nothing(runs_dir, changes, message):
