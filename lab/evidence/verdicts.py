@@ -272,27 +272,37 @@ def _scaled(x: float | None, k: float) -> float | None:
     return None if x is None else x * k
 
 
-def run_verdicts(run_dir, step: int | None = None, **kwargs) -> list[VerdictRow]:
+def run_verdicts(
+    run_dir, step: int | None = None, *, stability: bool = True, **kwargs
+) -> list[VerdictRow]:
     """:func:`compare_arms` on the per-item records of a run directory at ``step`` (the latest
-    eval point by default; the base model's rows come from step 0)."""
+    eval point by default; the base model's rows come from step 0). ``stability``: flag a
+    comparison whose sign changed over the earlier eval points (``lab.evidence.stability``)."""
+    if stability:
+        from lab.evidence.stability import stable_verdicts  # same package; it builds on this one
+
+        return stable_verdicts(run_dir, step, **kwargs)[0]
     return compare_arms(load_items(run_dir, step), **kwargs)
 
 
-def run_evidence(
-    run_dir, step: int | None = None, *, bias_only: bool = False
-) -> dict[str, list[VerdictRow]] | None:
+def run_evidence(run_dir, step: int | None = None, *, bias_only: bool = False) -> dict | None:
     """The verdict rows of a run split into ``versus_arm`` (arm against arm) and
-    ``versus_base`` (arm against the untouched base model), or None when the run has no
-    per-item records. ``bias_only`` keeps the bias metrics alone."""
+    ``versus_base`` (arm against the untouched base model), with ``over_training`` (each
+    comparison at every eval point, ``lab.evidence.stability.over_training``), or None when the
+    run has no per-item records. ``bias_only`` keeps the bias metrics alone."""
+    from lab.evidence.stability import stable_verdicts  # same package; it builds on this one
+
     try:
-        rows = run_verdicts(run_dir, step)
+        rows, series = stable_verdicts(run_dir, step)
     except FileNotFoundError:
         return None
     if bias_only:
         rows = [r for r in rows if METRICS[r.metric].vs_base]
+        series = {k: v for k, v in series.items() if METRICS[k[0]].vs_base}
     return {
         "versus_arm": [r for r in rows if r.arm_b != "base"],
         "versus_base": [r for r in rows if r.arm_b == "base"],
+        "over_training": series,
     }
 
 

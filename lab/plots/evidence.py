@@ -1,4 +1,6 @@
-"""Forest plot of verdict rows: each paired difference (arm a - arm b) with its confidence
+"""Forest plot of verdict rows, and each comparison over training (:func:`stability_figures`).
+
+Forest plot: each paired difference (arm a - arm b) with its confidence
 interval, one line per metric and comparison, a zero line, n in the label and the hover.
 
 Rates (percentage points) and nats never share an axis: each unit gets its own panel. Each
@@ -52,6 +54,45 @@ def _seed_points(r: dict) -> list[dict]:
     return points if len(points) > 1 else []
 
 
+def _row_traces(part: list[dict], name: str, colour: str, unit: str, legend: bool) -> list:
+    """The traces of one comparison's rows in one panel: each difference with its interval
+    (filled when significant after Holm), and a small cross for each seed's own difference."""
+    xs = [float(r["diff"]) for r in part]
+    up = [float(r["ci_high"]) - x if _finite(r.get("ci_high")) else 0.0 for r, x in zip(part, xs)]
+    down = [x - float(r["ci_low"]) if _finite(r.get("ci_low")) else 0.0 for r, x in zip(part, xs)]
+    hover = [
+        f"{verdict_text(r)}<br>p = {r['p']:.3g}, Holm p = {r['p_holm']:.3g}, "
+        f"n = {r['n']}, seeds = {r['n_seeds']}"
+        + (f", MDD = {r['mdd']:.3g}" if _finite(r.get("mdd")) else "")
+        for r in part
+    ]
+    traces = [
+        go.Scatter(
+            x=xs, y=[_label(r) for r in part], mode="markers", name=name, legendgroup=name,
+            showlegend=legend,
+            marker={"color": colour, "size": 10, "line": {"color": colour, "width": 2},
+                    "symbol": ["circle" if r.get("significant") else "circle-open" for r in part]},
+            error_x={"type": "data", "symmetric": False, "array": up, "arrayminus": down,
+                     "color": colour},
+            hovertext=hover, hoverinfo="text",
+        )
+    ]  # fmt: skip
+    seeds = [(d, _label(r)) for r in part for d in _seed_points(r)]
+    if seeds:  # each seed's own difference beside the pooled interval
+        traces.append(
+            go.Scatter(
+                x=[float(d["diff"]) for d, _ in seeds], y=[y for _, y in seeds], mode="markers",
+                name=f"{name}: each seed", legendgroup=name, showlegend=False,
+                marker={"color": colour, "size": 7, "symbol": "x-thin",
+                        "line": {"color": colour, "width": 2}},
+                hovertext=[f"seed {d['seed']}: {d['diff']:+.3g} {UNITS.get(unit, unit)}"
+                           for d, _ in seeds],
+                hoverinfo="text",
+            )
+        )  # fmt: skip
+    return traces
+
+
 def forest_figure(rows: Sequence, title: str | None = None) -> go.Figure:
     """The verdict rows of ``lab.evidence.verdicts.compare_arms`` (objects or their dicts) as a forest
     plot; an empty figure with a message when there is nothing to draw."""
@@ -78,64 +119,9 @@ def forest_figure(rows: Sequence, title: str | None = None) -> go.Figure:
             if not part:
                 continue
             name = _name(comp)
-            ys = [_label(r) for r in part]
-            xs = [float(r["diff"]) for r in part]
-            up = [
-                float(r["ci_high"]) - x if _finite(r.get("ci_high")) else 0.0
-                for r, x in zip(part, xs)
-            ]
-            down = [
-                x - float(r["ci_low"]) if _finite(r.get("ci_low")) else 0.0
-                for r, x in zip(part, xs)
-            ]
-            hover = [
-                f"{verdict_text(r)}<br>p = {r['p']:.3g}, Holm p = {r['p_holm']:.3g}, "
-                f"n = {r['n']}, seeds = {r['n_seeds']}"
-                + (f", MDD = {r['mdd']:.3g}" if _finite(r.get("mdd")) else "")
-                for r in part
-            ]
-            fig.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=ys,
-                    mode="markers",
-                    name=name,
-                    legendgroup=name,
-                    showlegend=name not in shown,
-                    marker={
-                        "color": colour[comp],
-                        "size": 10,
-                        "symbol": ["circle" if r.get("significant") else "circle-open" for r in part],
-                        "line": {"color": colour[comp], "width": 2},
-                    },
-                    error_x={"type": "data", "symmetric": False, "array": up, "arrayminus": down,
-                             "color": colour[comp]},
-                    hovertext=hover,
-                    hoverinfo="text",
-                ),
-                row=i,
-                col=1,
-            )  # fmt: skip
+            for trace in _row_traces(part, name, colour[comp], unit, name not in shown):
+                fig.add_trace(trace, row=i, col=1)
             shown.add(name)
-            seeds = [(d, _label(r)) for r in part for d in _seed_points(r)]
-            if seeds:  # each seed's own difference beside the pooled interval
-                fig.add_trace(
-                    go.Scatter(
-                        x=[float(d["diff"]) for d, _ in seeds],
-                        y=[y for _, y in seeds],
-                        mode="markers",
-                        name=f"{name}: each seed",
-                        legendgroup=name,
-                        showlegend=False,
-                        marker={"color": colour[comp], "size": 7, "symbol": "x-thin",
-                                "line": {"color": colour[comp], "width": 2}},
-                        hovertext=[f"seed {d['seed']}: {d['diff']:+.3g} {UNITS.get(unit, unit)}"
-                                   for d, _ in seeds],
-                        hoverinfo="text",
-                    ),
-                    row=i,
-                    col=1,
-                )  # fmt: skip
         fig.add_vline(x=0, line={"color": "#444", "dash": "dash", "width": 1}, row=i, col=1)
         fig.update_yaxes(  # rows in the given order (metric by metric), top to bottom
             categoryorder="array", categoryarray=[_label(r) for r in mine],
@@ -149,3 +135,46 @@ def forest_figure(rows: Sequence, title: str | None = None) -> go.Figure:
         **LAYOUT,
     )
     return fig
+
+
+def stability_figures(series: Mapping) -> dict[str, go.Figure]:
+    """``{metric label: figure}`` of ``lab.evidence.stability.over_training``: per metric, each
+    comparison's difference "in these runs" and its 95% interval (a band) over the eval steps,
+    a zero line; a comparison whose sign changed during training is named in the legend."""
+    from lab.evidence.stability import sign_change  # the flag the verdicts carry
+
+    by_metric: dict[str, list] = {}
+    for (_metric, arm_a, arm_b), points in (series or {}).items():
+        pts = [p for p in points if _finite(p.get("diff"))]
+        if pts:
+            by_metric.setdefault(pts[0]["label"], []).append(((arm_a, arm_b), pts))
+    palette = plotly.colors.qualitative.Plotly
+    out = {}
+    for label, comps in by_metric.items():
+        fig = go.Figure()
+        for i, (comp, pts) in enumerate(comps):
+            colour, name = palette[i % len(palette)], _name(comp)
+            if sign_change(pts):
+                name += " (sign changed)"
+            steps = [p["step"] for p in pts]
+            lo = [p["ci_low"] if _finite(p.get("ci_low")) else p["diff"] for p in pts]
+            hi = [p["ci_high"] if _finite(p.get("ci_high")) else p["diff"] for p in pts]
+            fig.add_trace(go.Scatter(
+                x=steps + steps[::-1], y=hi + lo[::-1], fill="toself", fillcolor=colour,
+                opacity=0.2, line={"width": 0}, hoverinfo="skip", showlegend=False,
+                legendgroup=name,
+            ))  # fmt: skip
+            fig.add_trace(go.Scatter(
+                x=steps, y=[p["diff"] for p in pts], mode="lines+markers", name=name,
+                legendgroup=name, line={"color": colour},
+                hovertext=[f"step {p['step']}: {p['diff']:+.3g} [{lo_:+.3g}, {hi_:+.3g}]"
+                           for p, lo_, hi_ in zip(pts, lo, hi)], hoverinfo="text",
+            ))  # fmt: skip
+        unit = comps[0][1][0]["unit"]
+        fig.add_hline(y=0, line={"color": "#444", "dash": "dash", "width": 1})
+        fig.update_layout(
+            title=f"{label}: difference over training (in these runs, 95% interval)",
+            xaxis_title="step", yaxis_title=UNITS.get(unit, unit), height=300, **LAYOUT,
+        )  # fmt: skip
+        out[label] = fig
+    return out

@@ -23,6 +23,7 @@ from plotly.offline import get_plotlyjs
 from lab import plots
 from lab.evidence import verdicts
 from lab.plots import run as run_plots
+from lab.plots.evidence import stability_figures
 from lab.plots.run import RunData
 from lab.plots.tables import dict_rows, html_table
 from lab.runs import provenance
@@ -161,6 +162,14 @@ def _verdicts_html(run_dir: Path, summary: dict) -> str:
             for i, x in enumerate(short)
         ]
         parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")
+    series = {k: v for k, v in (ev.get("over_training") or {}).items() if len(v) > 1}
+    figs = stability_figures(series)
+    if figs:  # each comparison at every eval point: did its sign hold during training?
+        parts.append("<h3>Over training</h3>")
+        parts += [
+            f.to_html(full_html=False, include_plotlyjs=False, default_height="300px")
+            for f in figs.values()
+        ]
     return "".join(parts)
 
 

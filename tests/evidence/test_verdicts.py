@@ -499,3 +499,61 @@ def test_lab_verdicts_plan_puts_the_seeds_needed_under_each_row(tmp_path, capsys
 def plan_within(run) -> float:
     """The item noise part of the per-seed variance of the run's one row, in points²."""
     return compare_arms(load_items(run), ["accuracy"])[0].seed_variance["within"]
+
+
+# ---- stability over training ------------------------------------------------------------------
+
+
+def _write_steps(run, per_step: dict[int, dict[int, int]]) -> None:
+    """Items tables at several eval steps: BA-LoRA's accuracy shifted by the given points per
+    seed at each step (see :func:`_shifted`)."""
+    from lab.evidence.items import write_items
+
+    for step, per_seed in per_step.items():
+        for (arm, s), metrics in _shifted(per_seed, seed=step).items():
+            ids = [f"q{i}" for i in range(200)]
+            write_items(run, step, arm, s, {m: (ids, v) for m, v in metrics.items()})
+
+
+def test_a_comparison_whose_sign_changed_during_training_is_flagged_and_drawn(tmp_path):
+    from lab.evidence.stability import over_training, sign_change
+    from lab.evidence.verdicts import run_evidence, run_verdicts
+    from lab.plots.evidence import stability_figures
+    from lab.plots.report import _verdicts_html
+
+    run = tmp_path / "run"
+    _write_steps(run, {4: {0: 20, 1: 18, 2: 22}, 8: {0: 2, 1: -1, 2: 1}, 12: {0: -15, 1: -12, 2: -18}})  # fmt: skip
+    series = over_training(run)
+    points = series[("accuracy", "balora", "lora")]
+    assert [p["step"] for p in points] == [4, 8, 12]
+    assert points[0]["ci_low"] > 0 and points[2]["ci_high"] < 0
+    assert sign_change(points)["above"]["step"] == 4 and sign_change(points)["below"]["step"] == 12
+    (row,) = run_verdicts(run)
+    assert len(row.flags) == 1 and row.diff == pytest.approx(-15.0)
+    text = verdict_text(row)
+    assert "During training the sign changed in these runs: +20.0 points [" in text
+    assert "] at step 4, −15.0 points [" in text and text.endswith("] at step 12.")
+    assert run_verdicts(run, step=8)[0].flags == []  # up to step 8: above 0, then 0
+    assert run_verdicts(run, stability=False)[0].flags == []
+    figs = stability_figures(series)
+    (fig,) = figs.values()
+    line = [t for t in fig.data if t.mode == "lines+markers"]
+    assert len(line) == 1 and list(line[0].x) == [4, 8, 12] and "(sign changed)" in line[0].name
+    assert list(line[0].y) == pytest.approx([20.0, 2 / 3, -15.0])
+    assert any(s.y0 == 0 and s.y1 == 0 for s in fig.layout.shapes)
+    page = _verdicts_html(run, {})
+    assert "<h3>Over training</h3>" in page and "sign changed in these runs" in page
+    assert "over_training" in run_evidence(run)
+
+
+def test_a_steady_comparison_is_not_flagged(tmp_path):
+    from lab.evidence.stability import over_training, sign_change
+    from lab.evidence.verdicts import run_verdicts
+    from lab.plots.evidence import stability_figures
+
+    run = tmp_path / "run"
+    _write_steps(run, {4: {0: 2, 1: -3, 2: 1}, 8: {0: 10, 1: 12, 2: 9}, 12: {0: 14, 1: 15, 2: 11}})  # fmt: skip
+    points = over_training(run)[("accuracy", "balora", "lora")]
+    assert sign_change(points) is None and run_verdicts(run)[0].flags == []
+    (fig,) = stability_figures(over_training(run)).values()
+    assert not any("sign changed" in (t.name or "") for t in fig.data)
