@@ -24,9 +24,7 @@ N_RESAMPLES = 500  # bootstrap resamples per step: an interval per eval point, n
 Key = tuple[str, str, str]  # (metric, arm a, arm b)
 
 
-def over_training(
-    run_dir, *, n_resamples: int = N_RESAMPLES, **kwargs
-) -> dict[Key, list[dict]]:
+def over_training(run_dir, *, n_resamples: int = N_RESAMPLES, **kwargs) -> dict[Key, list[dict]]:
     """``{(metric, arm_a, arm_b): [{"step", "diff", "ci_low", "ci_high", "significant",
     "across_seeds"}, ...]}`` over the run's eval steps, ascending, in the display unit.
     ``kwargs`` go to ``compare_arms`` (metric_specs, pairs, base_pairs, ...). A step whose
