@@ -202,6 +202,10 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:  # an unhashable key: SafeLoader refuses it with its own error
+                break
             if key in seen:
                 raise ConfigError(
                     f"key {short_repr(key)} is given twice (line {key_node.start_mark.line + 1})"

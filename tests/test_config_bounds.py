@@ -86,6 +86,13 @@ def test_a_key_given_twice_in_a_preset_is_refused_naming_the_key_and_the_file(tm
         load_preset(path)
 
 
+def test_a_preset_with_an_unhashable_key_is_a_config_error(tmp_path):
+    path = tmp_path / "listkey.yaml"
+    path.write_text("name: listkey\n? [a, b]\n: 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"listkey\.yaml"):
+        load_preset(path)
+
+
 def test_every_field_has_a_label_and_help():
     missing = [
         p
