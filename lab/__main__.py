@@ -223,8 +223,7 @@ def _pooled_verdicts(args: argparse.Namespace, dirs: list[Path]) -> int:
     """Several runs, or a sweep folder: runs that differ only in the seed, pooled."""
     from lab.runs.store import read_summary
     from lab.sweep import pool
-
-    INDEX = "sweep.json"  # lab.sweep.runner.INDEX; importing the runner loads the engine
+    from lab.sweep.index import INDEX
 
     if len(dirs) == 1:
         groups = pool.sweep_verdicts(dirs[0], args.step)
@@ -254,8 +253,7 @@ def _pooled_verdicts(args: argparse.Namespace, dirs: list[Path]) -> int:
 def cmd_verdicts(args: argparse.Namespace) -> int:
     from lab.evidence import plan, verdicts
     from lab.runs.store import RunReadError, read_summary
-
-    INDEX = "sweep.json"  # lab.sweep.runner.INDEX; importing the runner loads the engine
+    from lab.sweep.index import INDEX
 
     dirs = [Path(d) for d in args.run_dir]
     for d in dirs:

@@ -89,9 +89,8 @@ def _set_aside(run_dir: Path) -> None:
     shutil.move(str(run_dir), str(folder / f"{run_dir.name}-{n}"))
 
 
-def _attempt(cfg: RunConfig, run_dir: Path, consume: Consumer | None) -> bool:
-    """One try at the cell; returns whether it continued from a checkpoint."""
-    resume = resumable(run_dir, cfg)
+def _attempt(cfg: RunConfig, run_dir: Path, consume: Consumer | None, resume: bool) -> None:
+    """One try at the cell, continuing from its checkpoint when ``resume``."""
     if resume:
         cfg = checkpoint.resume_config(run_dir, [])
     else:
@@ -102,7 +101,6 @@ def _attempt(cfg: RunConfig, run_dir: Path, consume: Consumer | None) -> bool:
             pass
     finally:  # an interrupted run writes its summary now, not whenever it is collected
         events.close()
-    return resume
 
 
 def run_cell(
@@ -116,9 +114,11 @@ def run_cell(
         return CellResult(name, "done", 0, False, None, 0.0)
     error, resumed = None, False
     for attempt in range(1, RETRIES + 2):
+        resume = resumable(run_dir, cfg)  # decided first: a try that fails still resumed
+        resumed = resumed or resume
         try:
             with torch_threads(cpus):
-                resumed = _attempt(cfg, run_dir, consume) or resumed
+                _attempt(cfg, run_dir, consume, resume)
         except Exception as e:  # the cell fails, the sweep goes on; the cause is kept
             error = f"{type(e).__name__}: {e}"
             last = traceback.format_exc(limit=4).strip().splitlines()[-1]

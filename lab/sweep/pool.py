@@ -24,7 +24,7 @@ from lab.config import from_dict, safe_yaml
 from lab.evidence.items import item_steps, load_items
 from lab.evidence.verdicts import VerdictRow, compare_arms
 from lab.runs.store import RunReadError
-from lab.sweep.runner import read_index
+from lab.sweep.index import read_index
 
 SEED_KEYS = ("train.seed", "train.seeds")
 

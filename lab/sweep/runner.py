@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lab.runs.store import RunReadError, write_json
+from lab.runs.store import write_json
 from lab.sweep import cells as cell_runs
+from lab.sweep.index import INDEX, read_index
 from lab.sweep.spec import Cell, Spec, SweepError, plan
 
-INDEX = "sweep.json"
 ENGINES = ("local", "ray")
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -64,24 +64,6 @@ class Index:
         self.data["counts"] = counts
         self.data["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
         write_json(self.path, self.data)
-
-
-def read_index(out: str | Path) -> dict[str, Any]:
-    """``sweep.json`` of a sweep folder; :class:`SweepError` when there is none or it is corrupt."""
-    import json
-
-    path = Path(out) / INDEX
-    if not path.is_file():
-        raise SweepError(f"{out} is not a sweep folder (no {INDEX})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        raise RunReadError(
-            f"{INDEX} of sweep {Path(out).name} is corrupt or half-written"
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
-        raise RunReadError(f"{INDEX} of sweep {Path(out).name} does not hold a sweep index")
-    return data
 
 
 def _same_spec(old: dict, new: dict, out: Path) -> None:

@@ -114,6 +114,8 @@ def test_a_failing_cell_is_retried_once_then_marked_failed_and_the_others_finish
     assert by_seed[1]["attempts"] == 2 and by_seed[0]["attempts"] == 1
     assert "RuntimeError: the device went away" in by_seed[1]["error"]
     assert tries == ["001-seed1", "001-seed1"]
+    # the first try checkpointed at step 0, so the second continued from it in place
+    assert by_seed[1]["resumed"] is True and not (tmp_path / "s" / "attempts").exists()
     assert (tmp_path / "s" / "001-seed1" / "config.yaml").is_file()
     assert load_run(tmp_path / "s" / "001-seed1").summary["status"] == "failed"
 
