@@ -208,14 +208,14 @@ def cmd_bias(args: argparse.Namespace) -> int:
 
 
 def _print_verdicts(args: argparse.Namespace, rows: list, summary: dict | None) -> None:
-    from lab.evidence import verdicts
+    from lab.evidence import sentences
 
     if args.markdown:
-        print(verdicts.markdown_table(rows))
+        print(sentences.markdown_table(rows))
         return
-    rates = verdicts.learning_rates_text(summary)
-    short = [f"In short: {x}" for x in verdicts.in_short(rows)]
-    for line in ([rates] if rates else []) + short + [verdicts.verdict_text(r) for r in rows]:
+    rates = sentences.learning_rates_text(summary)
+    short = [f"In short: {x}" for x in sentences.in_short(rows)]
+    for line in ([rates] if rates else []) + short + [sentences.verdict_text(r) for r in rows]:
         print(line)
 
 
@@ -251,7 +251,7 @@ def _pooled_verdicts(args: argparse.Namespace, dirs: list[Path]) -> int:
 
 
 def cmd_verdicts(args: argparse.Namespace) -> int:
-    from lab.evidence import plan, verdicts
+    from lab.evidence import plan, sentences, verdicts
     from lab.runs.store import RunReadError, read_summary
     from lab.sweep.index import INDEX
 
@@ -276,18 +276,18 @@ def cmd_verdicts(args: argparse.Namespace) -> int:
             d["plan"] = p
         print(json.dumps(out, indent=2))
     elif args.markdown:
-        print(verdicts.markdown_table(rows))
+        print(sentences.markdown_table(rows))
         for r, p in zip(rows, plans):
             print(f"- {r.label}, {verdicts.arm_display(r.arm_a)} − "
                   f"{verdicts.arm_display(r.arm_b)}: {plan.plan_text(r.to_dict(), p)}")  # fmt: skip
     else:
-        rates = verdicts.learning_rates_text(read_summary(run_dir))
+        rates = sentences.learning_rates_text(read_summary(run_dir))
         for line in ([rates] if rates else []) + [
-            f"In short: {x}" for x in verdicts.in_short(rows)
+            f"In short: {x}" for x in sentences.in_short(rows)
         ]:
             print(line)
         for i, r in enumerate(rows):
-            print(verdicts.verdict_text(r))
+            print(sentences.verdict_text(r))
             if planning:
                 print(f"  {plan.plan_text(r.to_dict(), plans[i])}")
     return 0

@@ -122,7 +122,8 @@ def test_a_noisy_imbalanced_run_records_the_scenario_metrics(tmp_path, capsys):
     import lab.engine.trainer as trainer
     from lab.config import load_preset
     from lab.evidence.items import load_items
-    from lab.evidence.verdicts import in_short, run_verdicts
+    from lab.evidence.sentences import in_short
+    from lab.evidence.verdicts import run_verdicts
 
     cfg = load_preset(
         "tiny-test",

@@ -19,7 +19,8 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lab.evidence.verdicts import arm_display, sample_size, seed_diffs, verdict_text
+from lab.evidence.sentences import sample_size, seed_diffs, verdict_text
+from lab.evidence.verdicts import arm_display
 from lab.plots.common import LAYOUT, empty_figure
 
 UNITS = {"points": "percentage points", "nats": "nats"}

@@ -21,7 +21,7 @@ import yaml
 from plotly.offline import get_plotlyjs
 
 from lab import plots
-from lab.evidence import verdicts
+from lab.evidence import sentences, verdicts
 from lab.plots import run as run_plots
 from lab.plots.evidence import stability_figures
 from lab.plots.run import RunData
@@ -152,9 +152,9 @@ def _verdicts_html(run_dir: Path, summary: dict) -> str:
         return "<p>This run has no per-item records, so no paired differences.</p>"
     if not ev["versus_arm"] and not ev["versus_base"]:
         return "<p>No comparable items in this run.</p>"
-    rates = verdicts.learning_rates_text(summary)
+    rates = sentences.learning_rates_text(summary)
     parts = [f"<p><i>{html.escape(rates)}</i></p>"] if rates else []
-    for title, short, lines in verdicts.evidence_sections(ev):
+    for title, short, lines in sentences.evidence_sections(ev):
         if title:
             parts.append(f"<h3>{html.escape(title)}</h3>")
         parts += [

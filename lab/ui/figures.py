@@ -181,7 +181,7 @@ def evidence(run_dir: str | Path, *, bias_only: bool = False) -> tuple[str, Any]
 
     Arm-against-arm lines come first; arm-against-base lines (bias) follow. A run without
     per-item records says so instead."""
-    from lab.evidence import verdicts
+    from lab.evidence import sentences, verdicts
     from lab.plots.evidence import forest_figure
 
     ev = verdicts.run_evidence(run_dir, bias_only=bias_only)
@@ -194,10 +194,10 @@ def evidence(run_dir: str | Path, *, bias_only: bool = False) -> tuple[str, Any]
     if not ev["versus_arm"] and not ev["versus_base"]:
         return "*No comparable items in this run (one arm only?).*", forest_figure([])
     lines = ["**What changed** (differences with 95% CIs, Holm-adjusted p, and n):", ""]
-    rates = verdicts.learning_rates_text(runs.read_summary(run_dir))
+    rates = sentences.learning_rates_text(runs.read_summary(run_dir))
     if rates:
         lines += [f"*{rates}*", ""]
-    for title, short, verdict_lines in verdicts.evidence_sections(ev):
+    for title, short, verdict_lines in sentences.evidence_sections(ev):
         if title:
             lines += ["", f"**{title}:**", ""]
         for i, sentence in enumerate(short):  # one paragraph each

@@ -21,7 +21,7 @@ from lab import arms
 from lab.config import ConfigError, load_preset
 from lab.engine import adapters
 from lab.engine.checkpoint import ResumeError
-from lab.evidence import verdicts
+from lab.evidence import sentences, verdicts
 from lab.evidence.items import load_items
 from lab.plots import report
 from lab.plots.common import arm_color
@@ -133,7 +133,7 @@ def test_verdicts_pair_within_each_seed():
     assert got[0] == pytest.approx(1.009, abs=1e-9) and got[1] == pytest.approx(3.009, abs=1e-9)
     assert row.diff == pytest.approx(2.009, abs=1e-9)
     assert row.seed_spread == pytest.approx(2.0, abs=1e-9)
-    text = verdicts.verdict_text(row)
+    text = sentences.verdict_text(row)
     assert "2 seeds × 10 items" in text
     assert "per seed +1.01, +3.01 (seeds 0, 1; spread 2 nats), 2 seeds × 10 items" in text
 
@@ -226,7 +226,7 @@ def test_verdicts_pair_within_a_seed_and_pool_stratified(seeded_run):
         assert r.n_seeds == 2 and r.stats["n_strata"] == 2
         assert [d["seed"] for d in r.per_seed] == SEEDS
         assert sum(d["n"] for d in r.per_seed) == r.n
-        text = verdicts.verdict_text(r)
+        text = sentences.verdict_text(r)
         assert f"2 seeds × {r.items_per_seed} items" in text and "(seeds 0, 1" in text
     r = next(x for x in versus if x.metric == "gold_logprob" and x.arm_b == "lora")
     # the per-seed difference is the mean over that seed's items of balora - lora

@@ -189,7 +189,8 @@ def test_tiny_run_items_agree_with_the_events(tiny_run):
 
 
 def test_tiny_run_verdicts(tiny_run):
-    from lab.evidence.verdicts import run_verdicts, verdict_text
+    from lab.evidence.sentences import verdict_text
+    from lab.evidence.verdicts import run_verdicts
 
     _, _, out = tiny_run
     rows = run_verdicts(out)

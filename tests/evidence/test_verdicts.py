@@ -13,19 +13,15 @@ import pytest
 from lab.evidence import words
 from lab.evidence.items import load_items
 from lab.evidence.seeds import no_result_note
-from lab.evidence.stats import holm
-from lab.evidence.verdicts import (
-    METRICS,
+from lab.evidence.sentences import (
     SEEDS_DISAGREE,
-    MetricSpec,
-    arm_display,
-    compare_arms,
-    default_pairs,
     in_short,
     markdown_table,
     seeds_disagree,
     verdict_text,
 )
+from lab.evidence.stats import holm
+from lab.evidence.verdicts import METRICS, MetricSpec, arm_display, compare_arms, default_pairs
 
 
 def _records(values: dict[tuple[str, int], dict[str, np.ndarray]]) -> list[dict]:
@@ -315,7 +311,7 @@ def _specs(rates: dict[str, float], seeds=(0, 1)) -> dict:
 
 
 def test_the_learning_rates_stand_beside_the_verdicts_as_the_summary_records_them():
-    from lab.evidence.verdicts import learning_rates_text
+    from lab.evidence.sentences import learning_rates_text
 
     one = learning_rates_text({"arm_specs": _specs({"lora": 5e-4, "pissa": 5e-4, "balora": 5e-4})})
     assert one == (
@@ -351,13 +347,13 @@ def test_the_learning_rates_stand_beside_the_verdicts_as_the_summary_records_the
     ],
 )
 def test_a_summary_edited_into_something_else_gives_no_learning_rate_line(summary):
-    from lab.evidence.verdicts import learning_rates_text
+    from lab.evidence.sentences import learning_rates_text
 
     assert learning_rates_text(summary) is None
 
 
 def test_a_malformed_tuning_record_falls_back_to_the_fixed_rate_line():
-    from lab.evidence.verdicts import learning_rates_text
+    from lab.evidence.sentences import learning_rates_text
 
     specs = {"arm_specs": _specs({"lora": 1e-3, "balora": 1e-3}), "lr_tuning": ["x"]}
     assert learning_rates_text(specs).startswith("Learning rates: one fixed rate")
