@@ -362,6 +362,15 @@ def test_a_malformed_tuning_record_falls_back_to_the_fixed_rate_line():
 # ---- two levels: in these runs (items) and across seeds (the method) ------------------------
 
 
+def _write_shifted(run, per_seed_points: dict[int, int], step: int = 4, seed: int = 0) -> None:
+    """The items tables of :func:`_shifted` at one eval step of ``run``."""
+    from lab.evidence.items import write_items
+
+    for (arm, s), metrics in _shifted(per_seed_points, seed=seed).items():
+        ids = [f"q{i}" for i in range(200)]
+        write_items(run, step, arm, s, {m: (ids, v) for m, v in metrics.items()})
+
+
 def _shifted(per_seed_points: dict[int, int], n: int = 200, seed: int = 0) -> dict:
     """0/1 accuracy of LoRA and BA-LoRA under each seed, BA-LoRA's difference exactly the given
     points: items LoRA gets wrong turned right (a gain) or right turned wrong (a loss)."""
@@ -448,12 +457,9 @@ def test_holm_runs_at_each_level_separately():
 
 def test_the_json_of_lab_verdicts_carries_both_levels(tmp_path, capsys):
     from lab.__main__ import main
-    from lab.evidence.items import write_items
 
     run = tmp_path / "run"
-    for (arm, s), metrics in _shifted({0: 12, 1: 15, 2: 10}).items():
-        ids = [f"q{i}" for i in range(200)]
-        write_items(run, 4, arm, s, {m: (ids, v) for m, v in metrics.items()})
+    _write_shifted(run, {0: 12, 1: 15, 2: 10})
     assert main(["verdicts", str(run), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0]["across_seeds_note"] == ""
@@ -467,13 +473,10 @@ def test_the_json_of_lab_verdicts_carries_both_levels(tmp_path, capsys):
 
 def test_lab_verdicts_plan_puts_the_seeds_needed_under_each_row(tmp_path, capsys):
     from lab.__main__ import main
-    from lab.evidence.items import write_items
     from lab.evidence.plan import seeds_needed
 
     run = tmp_path / "run"
-    for (arm, s), metrics in _shifted({0: 12, 1: 4, 2: 9}).items():
-        ids = [f"q{i}" for i in range(200)]
-        write_items(run, 4, arm, s, {m: (ids, v) for m, v in metrics.items()})
+    _write_shifted(run, {0: 12, 1: 4, 2: 9})
     assert main(["verdicts", str(run), "--plan"]) == 0
     verdict, plan_line = capsys.readouterr().out.strip().splitlines()[-2:]
     assert verdict.startswith("BA-LoRA did better than LoRA on clean accuracy in these runs")
@@ -503,12 +506,9 @@ def plan_within(run) -> float:
 def _write_steps(run, per_step: dict[int, dict[int, int]]) -> None:
     """Items tables at several eval steps: BA-LoRA's accuracy shifted by the given points per
     seed at each step (see :func:`_shifted`)."""
-    from lab.evidence.items import write_items
 
     for step, per_seed in per_step.items():
-        for (arm, s), metrics in _shifted(per_seed, seed=step).items():
-            ids = [f"q{i}" for i in range(200)]
-            write_items(run, step, arm, s, {m: (ids, v) for m, v in metrics.items()})
+        _write_shifted(run, per_seed, step=step, seed=step)
 
 
 def test_a_comparison_whose_sign_changed_during_training_is_flagged_and_drawn(tmp_path):
