@@ -180,6 +180,8 @@ def compare(
         raise ValueError(f"max new tokens must be 1 to {lim.max_new_tokens} on this app")
     if not isinstance(prompt, str) or len(prompt) > lim.prompt_chars:
         raise ValueError(f"the prompt must be text of at most {lim.prompt_chars} characters")
+    if pair_index == ALL_PAIRS and max_new_tokens > (most := all_pairs_tokens(lim)):
+        raise ValueError(f"all pairs: at most {most} new tokens per answer on this app")
     run_dir = common.resolve_run(run_id, owner)
     run = runs.load_run(run_dir)
     failed = failed_arms(run)
@@ -200,6 +202,12 @@ def compare(
         return head + render_pair(pair, rows) + render_failed(failed), rows
     rows = completions.side_by_side(arm_set, prompt, **kwargs)
     return head + render_single(prompt, rows) + render_failed(failed), rows
+
+
+def all_pairs_tokens(lim) -> int:
+    """The longest answer "all pairs" may ask for: its two prompts a pair over every pair cost
+    at most 4 single generations of the app's longest answer (``lim.max_new_tokens``)."""
+    return max(1, lim.max_new_tokens * 4 // (2 * max(1, len(pairs()))))
 
 
 def random_model_note(run: runs.Run) -> str:

@@ -217,3 +217,17 @@ def test_guarded_handlers_run_on_behalf_of_the_requests_address(monkeypatch):
     assert list(streaming(request, 1)) == ["203.0.113.9"] * 2
     params = list(__import__("inspect").signature(handler).parameters)
     assert params == ["_request", "x"]  # Gradio sees the request parameter first
+
+
+# ---- what one request may cost -----------------------------------------------------------------
+
+
+def test_compare_all_pairs_is_bounded_before_any_model_loads(public, monkeypatch):
+    from lab.ui import compare
+
+    lim = common.hosting().limits
+    most = compare.all_pairs_tokens(lim)
+    assert most * 2 * len(compare.pairs()) <= 4 * lim.max_new_tokens
+    monkeypatch.setattr(common, "resolve_run", lambda *a: pytest.fail("no run may be read"))
+    with pytest.raises(ValueError, match=f"all pairs: at most {most} new tokens"):
+        compare.compare("any", "", compare.ALL_PAIRS, most + 1, 0, False, owner="x" * 32)
